@@ -1,0 +1,1 @@
+"""operator package of face-pipeline."""

@@ -1,0 +1,209 @@
+"""Every setting of the pipeline, read from the environment.
+
+Names are the runbook's primary names; the runbook's legacy aliases are accepted
+too (``FACE_STREAM``, ``GLOBAL_DEDUP_TTL_SEC``, ...). ``AliasChoices`` tries the
+names in order, so when both are set the primary name wins.
+
+An invalid value stops start-up with one line that names the variable and what
+it accepts (see :func:`load_settings`), never a pydantic traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env(primary: str, *aliases: str) -> AliasChoices:
+    return AliasChoices(primary, *aliases)
+
+
+def default_models_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "facepipe" / "models"
+
+
+class Settings(BaseSettings):
+    """Typed view of the environment. Field order follows the runbook's sections."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    # --- Redis connection & streams (runbook) ---
+    redis_url: str = Field("redis://localhost:6379/0", validation_alias=_env("REDIS_URL"))
+    redis_stream_name: str = Field(
+        "face-processing-queue", min_length=1, validation_alias=_env("REDIS_STREAM_NAME", "FACE_STREAM")
+    )
+    redis_group_name: str = Field(
+        "pipeline", min_length=1, validation_alias=_env("REDIS_GROUP_NAME", "FACE_GROUP")
+    )
+    redis_consumer_name: str = Field(
+        "", validation_alias=_env("REDIS_CONSUMER_NAME", "FACE_CONSUMER"),
+        description="empty: pipe-{hostname}-{pid}",
+    )
+    # Streams between stages. Empty means derived from REDIS_STREAM_NAME.
+    detected_stream_name: str = Field("", validation_alias=_env("DETECTED_STREAM_NAME"))
+    embedded_stream_name: str = Field("", validation_alias=_env("EMBEDDED_STREAM_NAME"))
+
+    # --- Dedup (runbook) ---
+    enable_global_dedup: bool = Field(True, validation_alias=_env("ENABLE_GLOBAL_DEDUP", "GLOBAL_DEDUP_ENABLED"))
+    dedup_ttl_seconds: int = Field(
+        3600, ge=1, le=365 * 24 * 3600, validation_alias=_env("DEDUP_TTL_SECONDS", "GLOBAL_DEDUP_TTL_SEC")
+    )
+    dedup_max_hamming: int = Field(
+        8, ge=0, le=64, validation_alias=_env("DEDUP_MAX_HAMMING", "GLOBAL_DEDUP_MAX_HAMMING")
+    )
+
+    # --- Worker (runbook) ---
+    max_worker_concurrency: int = Field(5, ge=1, le=256, validation_alias=_env("MAX_WORKER_CONCURRENCY"))
+    worker_batch_size: int = Field(10, ge=1, le=1000, validation_alias=_env("WORKER_BATCH_SIZE"))
+    enable_queue_worker: bool = Field(True, validation_alias=_env("ENABLE_QUEUE_WORKER"))
+    read_block_ms: int = Field(2000, ge=1, le=60_000, validation_alias=_env("READ_BLOCK_MS"))
+    claim_idle_ms: int = Field(60_000, ge=100, le=86_400_000, validation_alias=_env("CLAIM_IDLE_MS"))
+    max_deliveries: int = Field(5, ge=1, le=100, validation_alias=_env("MAX_DELIVERIES"))
+    retry_backoff_initial_s: float = Field(0.5, gt=0, le=60, validation_alias=_env("RETRY_BACKOFF_INITIAL_S"))
+    retry_backoff_max_s: float = Field(30.0, gt=0, le=600, validation_alias=_env("RETRY_BACKOFF_MAX_S"))
+    metrics_port: int = Field(0, ge=0, le=65535, validation_alias=_env("METRICS_PORT"))
+
+    # --- Object storage (runbook: MinIO API) ---
+    minio_endpoint: str = Field("localhost:9000", min_length=1, validation_alias=_env("MINIO_ENDPOINT"))
+    minio_access_key: str = Field("minioadmin", validation_alias=_env("MINIO_ACCESS_KEY"))
+    minio_secret_key: str = Field("minioadmin", validation_alias=_env("MINIO_SECRET_KEY"))
+    minio_secure: bool = Field(False, validation_alias=_env("MINIO_SECURE"))
+    bucket_raw: str = Field("raw-images", min_length=3, max_length=63, validation_alias=_env("BUCKET_RAW"))
+    bucket_crops: str = Field("face-crops", min_length=3, max_length=63, validation_alias=_env("BUCKET_CROPS"))
+    bucket_thumbs: str = Field("face-thumbs", min_length=3, max_length=63, validation_alias=_env("BUCKET_THUMBS"))
+    bucket_metadata: str = Field(
+        "face-metadata", min_length=3, max_length=63, validation_alias=_env("BUCKET_METADATA")
+    )
+
+    # --- Vector database (runbook) ---
+    # Unset or "embedded": qdrant-client local mode at QDRANT_PATH (one process per path).
+    qdrant_url: str = Field("embedded", validation_alias=_env("QDRANT_URL"))
+    qdrant_api_key: str = Field("", validation_alias=_env("QDRANT_API_KEY"))
+    qdrant_collection: str = Field("faces_v1", min_length=1, validation_alias=_env("QDRANT_COLLECTION"))
+    qdrant_path: Path = Field(Path("data/qdrant"), validation_alias=_env("QDRANT_PATH"))
+
+    # --- Models ---
+    model_pack: Literal["buffalo_sc", "buffalo_l", "opencv_yunet_sface"] = Field(
+        "buffalo_sc", validation_alias=_env("MODEL_PACK")
+    )
+    models_dir: Path = Field(default_factory=default_models_dir, validation_alias=_env("MODELS_DIR"))
+    inference_device: Literal["auto", "cpu", "cuda"] = Field("auto", validation_alias=_env("INFERENCE_DEVICE"))
+    ort_intra_op_threads: int = Field(0, ge=0, le=256, validation_alias=_env("ORT_INTRA_OP_THREADS"))
+    det_size: int = Field(640, ge=128, le=2048, validation_alias=_env("DET_SIZE"))
+    det_threshold: float = Field(0.5, gt=0, lt=1, validation_alias=_env("DET_THRESHOLD"))
+    embed_batch_size: int = Field(32, ge=1, le=1024, validation_alias=_env("EMBED_BATCH_SIZE"))
+    embed_max_wait_ms: int = Field(50, ge=0, le=10_000, validation_alias=_env("EMBED_MAX_WAIT_MS"))
+
+    # --- Quality gates (detector) ---
+    min_face_size: int = Field(20, ge=1, le=4096, validation_alias=_env("MIN_FACE_SIZE"))
+    min_det_score: float = Field(0.5, ge=0, le=1, validation_alias=_env("MIN_DET_SCORE"))
+    min_blur_variance: float = Field(15.0, ge=0, validation_alias=_env("MIN_BLUR_VARIANCE"))
+    max_pose_ratio: float = Field(3.0, ge=1, validation_alias=_env("MAX_POSE_RATIO"))
+    max_image_bytes: int = Field(50 * 1024 * 1024, ge=1024, validation_alias=_env("MAX_IMAGE_BYTES"))
+    max_image_pixels: int = Field(60_000_000, ge=1, validation_alias=_env("MAX_IMAGE_PIXELS"))
+    max_image_side: int = Field(16_384, ge=16, validation_alias=_env("MAX_IMAGE_SIDE"))
+
+    # --- ops-api ---
+    ops_api_host: str = Field("127.0.0.1", validation_alias=_env("OPS_API_HOST"))
+    ops_api_port: int = Field(8001, ge=1, le=65535, validation_alias=_env("OPS_API_PORT"))
+    ops_api_token: str = Field("", validation_alias=_env("OPS_API_TOKEN"))
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, validation_alias=_env("MAX_UPLOAD_BYTES"))
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", validation_alias=_env("LOG_LEVEL"))
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_is_url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in {"redis", "rediss", "unix"} or not (parsed.netloc or parsed.path):
+            raise ValueError("must be a URL such as redis://host:6379/0 (schemes redis, rediss, unix)")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    # --- derived names ---
+    @property
+    def ingest_stream(self) -> str:
+        return self.redis_stream_name
+
+    @property
+    def detected_stream(self) -> str:
+        return self.detected_stream_name or f"{self.redis_stream_name}:detected"
+
+    @property
+    def embedded_stream(self) -> str:
+        return self.embedded_stream_name or f"{self.redis_stream_name}:embedded"
+
+    @property
+    def pipeline_streams(self) -> list[str]:
+        """The streams in pipeline order; each has a DLQ at ``<stream>:dlq``."""
+        return [self.ingest_stream, self.detected_stream, self.embedded_stream]
+
+    @property
+    def qdrant_embedded(self) -> bool:
+        return self.qdrant_url.strip().lower() in {"", "embedded"}
+
+    def consumer_name(self) -> str:
+        return self.redis_consumer_name or f"pipe-{socket.gethostname()}-{os.getpid()}"
+
+
+def dlq_stream(stream: str) -> str:
+    return f"{stream}:dlq"
+
+
+class ConfigError(SystemExit):
+    """Raised instead of a traceback: the message is the one line an operator needs."""
+
+
+def _describe(error: dict) -> str:
+    loc = str(error["loc"][0]) if error["loc"] else "?"
+    info = None
+    env_name = loc.upper()
+    for name, field_info in Settings.model_fields.items():
+        choices = field_info.validation_alias.choices if isinstance(field_info.validation_alias, AliasChoices) else []
+        if loc == name or loc in choices:
+            # Name the variable that was actually set (it may be a legacy alias).
+            info, env_name = field_info, loc if loc in choices else str(choices[0]) if choices else name.upper()
+            break
+    value = error.get("input")
+    ctx = error.get("ctx") or {}
+    kind = error["type"]
+    if kind in {"greater_than_equal", "less_than_equal", "greater_than", "less_than"} and info is not None:
+        low = high = None
+        for meta in info.metadata:
+            low = getattr(meta, "ge", None) if getattr(meta, "ge", None) is not None else low
+            low = getattr(meta, "gt", None) if getattr(meta, "gt", None) is not None else low
+            high = getattr(meta, "le", None) if getattr(meta, "le", None) is not None else high
+            high = getattr(meta, "lt", None) if getattr(meta, "lt", None) is not None else high
+        allowed = f"allowed range {low}..{high}" if high is not None else f"must be at least {low}"
+    elif kind == "literal_error":
+        allowed = f"allowed values: {ctx.get('expected')}"
+    else:
+        allowed = error["msg"].removeprefix("Value error, ")
+    return f"{env_name}={value!r} is invalid: {allowed}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment, or exit with one clear line per bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = "; ".join(_describe(err) for err in exc.errors())
+        raise ConfigError(f"invalid configuration: {lines}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once (the runbook: all flags are cached at start-up)."""
+    return load_settings()

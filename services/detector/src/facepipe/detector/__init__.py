@@ -1,0 +1,1 @@
+"""detector package of face-pipeline."""

@@ -1,0 +1,1 @@
+"""embedder package of face-pipeline."""

@@ -1,0 +1,1 @@
+"""ops_api package of face-pipeline."""

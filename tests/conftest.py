@@ -1,0 +1,78 @@
+"""Session-wide real servers: a redis-server and a SeaweedFS S3 server on free ports.
+
+Every test that needs Redis or S3 uses these (or starts its own when it must kill
+one). They are torn down at the end of the session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from facepipe.common.localservers import ServerProcess, start_redis, start_seaweedfs
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FACES_DIR = Path(os.environ.get("FACEPIPE_FACES_DIR", REPO_ROOT.parent / "shared" / "data" / "faces"))
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: ServerProcess) -> Iterator[str]:
+    """The session server's URL, flushed after each test so tests never see each other's keys."""
+    yield redis_server.url
+    redis.Redis.from_url(redis_server.url).flushall()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def base_env(redis_url: str, s3_server: ServerProcess, tmp_path: Path) -> dict[str, str]:
+    """Environment for services under test: the session's servers, fresh names per test.
+
+    Bucket and collection names are unique per test so tests sharing the S3 server
+    never see each other's objects.
+    """
+    suffix = tmp_path.name.replace("_", "-").lower()[-20:].strip("-")
+    return {
+        "REDIS_URL": redis_url,
+        "MINIO_ENDPOINT": s3_server.url,
+        "MINIO_ACCESS_KEY": "minioadmin",
+        "MINIO_SECRET_KEY": "minioadmin",
+        "QDRANT_URL": "embedded",
+        "QDRANT_PATH": str(tmp_path / "qdrant"),
+        "BUCKET_RAW": f"raw-{suffix}"[:63],
+        "BUCKET_CROPS": f"crops-{suffix}"[:63],
+        "BUCKET_THUMBS": f"thumbs-{suffix}"[:63],
+        "BUCKET_METADATA": f"meta-{suffix}"[:63],
+    }
+
+
+@pytest.fixture(scope="session")
+def faces_manifest() -> dict[str, dict]:
+    manifest = FACES_DIR / "MANIFEST.json"
+    if not manifest.exists():
+        pytest.skip(f"test photos not found at {FACES_DIR} (set FACEPIPE_FACES_DIR)")
+    return json.loads(manifest.read_text())["photos"]
