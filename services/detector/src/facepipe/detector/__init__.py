@@ -1,1 +1,1 @@
-"""detector package of face-pipeline."""
+"""Detector stage of face-pipeline: ingest stream → faces with aligned crops → detected stream."""

@@ -1,1 +1,1 @@
-"""embedder package of face-pipeline."""
+"""Embedder stage of face-pipeline: detected stream → batched face embeddings → embedded stream."""

@@ -1,0 +1,58 @@
+{{/* Name of the FacePipeline: nameOverride or the release name. */}}
+{{- define "fp.name" -}}
+{{- default .Release.Name .Values.nameOverride -}}
+{{- end -}}
+
+{{- define "fp.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "fp.labels" -}}
+helm.sh/chart: {{ include "fp.chart" . }}
+app.kubernetes.io/name: face-pipeline
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: face-pipeline
+facepipe.io/tenant: {{ .Values.tenantId | quote }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The image of one component: its own image.repository/tag when given, else
+<image.registry>/<imageName>:<image.tag or appVersion>, with image.gpuTagSuffix on the
+detector and embedder tags when the models run on cuda (their images carry onnxruntime-gpu).
+Call with (dict "root" $ "key" "detector" "imageName" "detector").
+*/}}
+{{- define "fp.componentImage" -}}
+{{- $root := .root -}}
+{{- $own := (index $root.Values.components .key).image | default dict -}}
+{{- $repository := $own.repository | default (printf "%s/%s" (trimSuffix "/" $root.Values.image.registry) .imageName) -}}
+{{- $tag := $own.tag -}}
+{{- if not $tag -}}
+{{- $tag = $root.Values.image.tag | default $root.Chart.AppVersion -}}
+{{- if and (eq $root.Values.models.device "cuda") (has .key (list "detector" "embedder")) -}}
+{{- $tag = printf "%s%s" $tag $root.Values.image.gpuTagSuffix -}}
+{{- end -}}
+{{- end -}}
+{{- dict "repository" $repository "tag" $tag | toYaml -}}
+{{- end -}}
+
+{{/*
+The FacePipeline CRD's CEL rules that JSON Schema cannot express (values.schema.json,
+generated from the CRD, covers the rest): fail the render with the CRD's own message.
+*/}}
+{{- define "fp.validate" -}}
+{{- $name := include "fp.name" . -}}
+{{- if or (gt (len $name) 50) (not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" $name)) -}}
+{{- fail (printf "FacePipeline name %q (nameOverride, else the release name) must be a DNS-1035 label of at most 50 characters: child Services are named after it" $name) -}}
+{{- end -}}
+{{- range $key := list "detector" "embedder" "indexer" "opsApi" -}}
+{{- $scaling := (index $.Values.components $key).autoscaling | default dict -}}
+{{- if and $scaling.enabled (gt (int64 $scaling.minReplicas) (int64 $scaling.maxReplicas)) -}}
+{{- fail (printf "components.%s: autoscaling.minReplicas must not exceed autoscaling.maxReplicas (%d > %d)" $key (int64 $scaling.minReplicas) (int64 $scaling.maxReplicas)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}

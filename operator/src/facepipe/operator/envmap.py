@@ -1,0 +1,162 @@
+"""Which runbook settings each component reads, and which ones the spec owns.
+
+The names are the primary environment names of ``facepipe.common.settings.Settings``.
+A pod template carries (and its config hash covers) only the settings its
+component reads, so changing e.g. ``DEDUP_MAX_HAMMING`` rolls the detector, the
+indexer and ops-api but never the embedder. A test checks that every setting is
+in this table, so a new setting cannot silently miss its readers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Final
+
+from pydantic import AliasChoices, ValidationError
+
+from facepipe.common.settings import Settings
+from facepipe.operator.constants import COMPONENTS, WORKERS, Component
+
+if TYPE_CHECKING:
+    from facepipe.operator.spec import PipelineSpec
+
+ALL: Final[frozenset[Component]] = frozenset(COMPONENTS)
+_WORKERS: Final[frozenset[Component]] = frozenset(WORKERS)
+
+_GROUPS: Final[list[tuple[frozenset[Component], tuple[str, ...]]]] = [
+    # Streams: every component (ops-api reports their figures).
+    (ALL, ("REDIS_URL", "REDIS_STREAM_NAME", "REDIS_GROUP_NAME", "DETECTED_STREAM_NAME",
+           "EMBEDDED_STREAM_NAME", "LOG_LEVEL")),
+    # The worker loop.
+    (_WORKERS, ("REDIS_CONSUMER_NAME", "ENABLE_QUEUE_WORKER", "READ_BLOCK_MS", "CLAIM_IDLE_MS",
+                "MAX_DELIVERIES", "RETRY_BACKOFF_INITIAL_S", "RETRY_BACKOFF_MAX_S",
+                "WORKER_BATCH_SIZE", "MAX_WORKER_CONCURRENCY", "METRICS_PORT")),
+    # Dedup: the detector pre-checks, the indexer commits, ops-api reports and flushes.
+    (frozenset({"detector", "indexer", "ops-api"}),
+     ("ENABLE_GLOBAL_DEDUP", "DEDUP_TTL_SECONDS", "DEDUP_MAX_HAMMING")),
+    # Object storage: the detector downloads, the indexer stores artifacts, ops-api serves/deletes.
+    (frozenset({"detector", "indexer", "ops-api"}),
+     ("MINIO_ENDPOINT", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY", "MINIO_SECURE", "BUCKET_RAW",
+      "BUCKET_CROPS", "BUCKET_THUMBS", "BUCKET_METADATA")),
+    # Vectors: the indexer upserts, ops-api searches.
+    (frozenset({"indexer", "ops-api"}), ("QDRANT_URL", "QDRANT_API_KEY", "QDRANT_COLLECTION", "QDRANT_PATH")),
+    # Models: detection and embedding; ops-api runs both for search by photo.
+    (frozenset({"detector", "embedder", "ops-api"}),
+     ("MODEL_PACK", "MODELS_DIR", "INFERENCE_DEVICE", "ORT_INTRA_OP_THREADS", "DET_SIZE", "DET_THRESHOLD")),
+    (frozenset({"embedder", "ops-api"}), ("EMBED_BATCH_SIZE", "EMBED_MAX_WAIT_MS")),
+    # Quality gates and image limits: wherever images are decoded.
+    (frozenset({"detector", "ops-api"}),
+     ("MIN_FACE_SIZE", "MIN_DET_SCORE", "MIN_BLUR_VARIANCE", "MAX_POSE_RATIO", "MAX_IMAGE_BYTES",
+      "MAX_IMAGE_PIXELS", "MAX_IMAGE_SIDE")),
+    (frozenset({"ops-api"}), ("OPS_API_HOST", "OPS_API_PORT", "OPS_API_TOKEN", "MAX_UPLOAD_BYTES")),
+]
+
+READERS: Final[dict[str, frozenset[Component]]] = {name: who for who, names in _GROUPS for name in names}
+
+# Set from dedicated spec fields (or per pod); spec.settings may not override them.
+MANAGED: Final[dict[str, str]] = {
+    "REDIS_URL": "spec.redis.url / urlSecretRef",
+    "REDIS_STREAM_NAME": "spec.redis.streamName",
+    "REDIS_GROUP_NAME": "spec.redis.groupName",
+    "REDIS_CONSUMER_NAME": "spec.redis.consumerNamePrefix (the pod name follows it)",
+    "ENABLE_GLOBAL_DEDUP": "spec.dedup.enabled",
+    "DEDUP_TTL_SECONDS": "spec.dedup.ttlSeconds",
+    "DEDUP_MAX_HAMMING": "spec.dedup.maxHamming",
+    "WORKER_BATCH_SIZE": "spec.components.<worker>.batchSize",
+    "MAX_WORKER_CONCURRENCY": "spec.components.<worker>.concurrency",
+    "METRICS_PORT": "the operator (9100 on workers)",
+    "MINIO_ENDPOINT": "spec.storage.endpoint",
+    "MINIO_ACCESS_KEY": "spec.storage.secretRef",
+    "MINIO_SECRET_KEY": "spec.storage.secretRef",
+    "MINIO_SECURE": "spec.storage.secure",
+    "BUCKET_RAW": "spec.storage.buckets.raw",
+    "BUCKET_CROPS": "spec.storage.buckets.crops",
+    "BUCKET_THUMBS": "spec.storage.buckets.thumbs",
+    "BUCKET_METADATA": "spec.storage.buckets.metadata",
+    "QDRANT_URL": "spec.vectorDb.url",
+    "QDRANT_API_KEY": "spec.vectorDb.apiKeySecretRef",
+    "QDRANT_COLLECTION": "spec.vectorDb.collection",
+    "QDRANT_PATH": "nothing: a Qdrant server is required in Kubernetes",
+    "MODEL_PACK": "spec.models.pack",
+    "MODELS_DIR": "spec.models.volume.mountPath",
+    "INFERENCE_DEVICE": "spec.models.device",
+    "OPS_API_HOST": "the operator (0.0.0.0)",
+    "OPS_API_PORT": "spec.components.opsApi.port",
+    "OPS_API_TOKEN": "spec.components.opsApi.tokenSecretRef",
+    "LOG_LEVEL": "spec.logLevel",
+}
+
+
+def primary_env_names() -> list[str]:
+    """Every setting's primary environment name, in the order of the Settings class."""
+    names = []
+    for field in Settings.model_fields.values():
+        alias = field.validation_alias
+        assert isinstance(alias, AliasChoices)
+        names.append(str(alias.choices[0]))
+    return names
+
+
+def legacy_aliases() -> dict[str, str]:
+    aliases = {}
+    for field in Settings.model_fields.values():
+        alias = field.validation_alias
+        assert isinstance(alias, AliasChoices)
+        primary, *others = (str(choice) for choice in alias.choices)
+        aliases.update(dict.fromkeys(others, primary))
+    return aliases
+
+
+def reads(component: Component, name: str) -> bool:
+    # A setting missing from the table (added to Settings later) goes to everyone: safe, if noisy.
+    return component in READERS.get(name, ALL)
+
+
+def settings_problems(spec: PipelineSpec) -> list[str]:
+    """Unknown or spec-owned names in spec.settings / components.*.settings, and invalid values."""
+    from facepipe.operator.builders import component_literal_env, shared_env
+
+    known = set(primary_env_names())
+    aliases = legacy_aliases()
+    problems: list[str] = []
+    sources = {"spec.settings": spec.settings}
+    for component in COMPONENTS:
+        key = "opsApi" if component == "ops-api" else component
+        sources[f"spec.components.{key}.settings"] = _component_settings(spec, component)
+    for where, values in sources.items():
+        for name in values:
+            if name in aliases:
+                problems.append(f"{where}.{name}: a legacy alias; use {aliases[name]}")
+            elif name not in known:
+                problems.append(f"{where}.{name}: not a setting of the services")
+            elif name in MANAGED:
+                problems.append(f"{where}.{name}: set by {MANAGED[name]}")
+    if problems:
+        return problems
+    # Validate what each component would really see, with the services' own rules.
+    shared = shared_env(spec)
+    for component in COMPONENTS:
+        env = {name: value for name, value in shared.items() if reads(component, name)}
+        env.update(component_literal_env(spec, component))
+        env.setdefault("REDIS_URL", "redis://from-secret:6379/0")  # the value sits in a Secret
+        problems += [f"{component}: {line}" for line in _invalid_values(env)]
+    return sorted(set(problems))
+
+
+def _component_settings(spec: PipelineSpec, component: Component) -> Mapping[str, str]:
+    if component == "ops-api":
+        return spec.components.opsApi.settings
+    return spec.worker(component).settings
+
+
+def _invalid_values(env: Mapping[str, str]) -> list[str]:
+    try:
+        # model_validate reads only `env`, never the operator's own environment.
+        Settings.model_validate(dict(env))
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "?"
+            lines.append(f"{name}={error.get('input')!r} is invalid: {error['msg']}")
+        return lines
+    return []

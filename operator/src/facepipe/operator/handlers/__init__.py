@@ -1,0 +1,1 @@
+"""What the Kopf handlers in facepipe.operator.main do."""

@@ -1,0 +1,183 @@
+"""Reconcile one FacePipeline: children, status, stream figures, and the purge on deletion."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+
+import kopf
+import redis
+
+from facepipe.common.settings import Settings
+from facepipe.operator.builders import Owner, build_children, secret_env, shared_env, stream_names
+from facepipe.operator.constants import COMPONENTS
+from facepipe.operator.handlers.runtime import PURGE_RETRY_SECONDS, RUNTIME
+from facepipe.operator.kube import FACE_PIPELINE, SECRET, ApiError, KubeApi
+from facepipe.operator.purge import PurgeUnavailable, settings_from_env
+from facepipe.operator.reconcile import ApplyResult, apply_children
+from facepipe.operator.spec import PipelineSpec, SpecError, parse_spec
+from facepipe.operator.status import ComponentState, Observation, component_state, compute_status, status_patch
+from facepipe.operator.streams import read_stream_figures
+
+Logger = logging.Logger | logging.LoggerAdapter
+
+
+class SecretValueError(Exception):
+    pass
+
+
+def read_secret_value(api: KubeApi, namespace: str, name: str, key: str) -> str:
+    secret = api.get(SECRET, namespace, name)
+    if secret is None:
+        raise SecretValueError(f"Secret {name!r} not found")
+    if key in (secret.get("stringData") or {}):
+        return str(secret["stringData"][key])
+    encoded = (secret.get("data") or {}).get(key)
+    if encoded is None:
+        raise SecretValueError(f"Secret {name!r} has no key {key!r}")
+    return base64.b64decode(encoded).decode()
+
+
+def redis_url(api: KubeApi, namespace: str, spec: PipelineSpec) -> str:
+    if spec.redis.url is not None:
+        return spec.redis.url
+    assert spec.redis.urlSecretRef is not None
+    return read_secret_value(api, namespace, spec.redis.urlSecretRef.name, spec.redis.urlSecretRef.key)
+
+
+def tenant_settings(api: KubeApi, namespace: str, spec: PipelineSpec) -> Settings:
+    """The settings a component of this pipeline sees, Secrets resolved (for the purge)."""
+    env = dict(shared_env(spec))
+    for name, ref in secret_env(spec).items():
+        env[name] = read_secret_value(api, namespace, ref["name"], ref["key"])
+    return settings_from_env(env)
+
+
+def _components(spec: PipelineSpec, result: ApplyResult, owner: Owner) -> dict[str, ComponentState]:
+    states = {}
+    for component in COMPONENTS:
+        deployment = result.live.get(f"Deployment/{owner.name}-{component}")
+        if deployment is None:
+            continue
+        comp_spec = spec.components.opsApi if component == "ops-api" else spec.worker(component)
+        scaling = comp_spec.autoscaling
+        autoscaler = scaling.provider if scaling.enabled else ""
+        states[component] = component_state(deployment, autoscaler, scaling.minReplicas)
+    return states
+
+
+def _read_streams(api: KubeApi, namespace: str, spec: PipelineSpec) -> tuple[list[dict[str, Any]], str | None]:
+    try:
+        url = redis_url(api, namespace, spec)
+        figures = read_stream_figures(url, stream_names(spec), spec.redis.groupName)
+    except SecretValueError as exc:
+        return [], f"cannot read the Redis URL: {exc}"
+    except (redis.RedisError, OSError) as exc:
+        return [], f"cannot read stream figures from Redis: {type(exc).__name__}: {exc}"
+    return [figure.as_status() for figure in figures], None
+
+
+def reconcile(api: KubeApi, namespace: str, name: str, *, read_streams: bool, logger: Logger,
+              expected_uid: str | None = None) -> Observation | None:
+    """One level-based pass over the FacePipeline as it is now; None when it is gone or going."""
+    body = api.get(FACE_PIPELINE, namespace, name)
+    if body is None or (expected_uid and body["metadata"].get("uid") != expected_uid):
+        return None
+    uid = body["metadata"]["uid"]
+    with RUNTIME.lock_for(uid):
+        body = api.get(FACE_PIPELINE, namespace, name)  # fresh, now that no other pass runs
+        if body is None or body["metadata"].get("uid") != uid or body["metadata"].get("deletionTimestamp"):
+            return None
+        generation = int(body["metadata"].get("generation", 1))
+        previous = body.get("status") or {}
+        try:
+            spec = parse_spec(name, body.get("spec"))
+        except SpecError as exc:
+            logger.warning("FacePipeline %s/%s has an invalid spec: %s", namespace, name, exc)
+            obs = Observation(generation=generation, spec_error=str(exc))
+            _write_status(api, namespace, name, obs, previous)
+            return obs
+        owner = Owner(name, namespace, uid)
+        apply_error = None
+        result = ApplyResult()
+        try:
+            result = apply_children(api, namespace, name, uid, build_children(owner, spec))
+        except ApiError as exc:
+            if exc.status >= 500 or exc.status == 429:
+                raise  # the API server's trouble: Kopf retries with backoff
+            apply_error = f"applying children failed: {exc}"
+            if exc.not_found and "scaledobjects" in str(exc).lower() + exc.message.lower():
+                apply_error = "KEDA is not installed (scaledobjects.keda.sh): " + apply_error
+            logger.error("FacePipeline %s/%s: %s", namespace, name, apply_error)
+        if result.changed:
+            logger.info("FacePipeline %s/%s: created %s, updated %s, deleted %s", namespace, name,
+                        result.created, result.updated, result.deleted)
+        streams: list[dict[str, Any]] | None = None
+        streams_error = None
+        if read_streams:
+            streams, streams_error = _read_streams(api, namespace, spec)
+        obs = Observation(generation=generation, apply_error=apply_error, changed=result.changed,
+                          components=_components(spec, result, owner), streams=streams,
+                          streams_error=streams_error, streams_read=read_streams)
+        _write_status(api, namespace, name, obs, previous)
+        return obs
+
+
+def _write_status(api: KubeApi, namespace: str, name: str, obs: Observation, previous: dict[str, Any]) -> None:
+    patch = status_patch(compute_status(obs, previous), previous)
+    if patch:
+        try:
+            api.patch(FACE_PIPELINE, namespace, name, {"status": patch}, subresource="status")
+        except ApiError as exc:
+            if not exc.not_found:
+                raise
+
+
+# --- Kopf entry points (registered in facepipe.operator.main) ---------------------------------
+
+def on_spec(name: str, namespace: str, uid: str, logger: Logger) -> None:
+    """create / update / resume: apply the children and the status (streams are read too)."""
+    reconcile(RUNTIME.require_api(), namespace, name, read_streams=True, logger=logger, expected_uid=uid)
+
+
+def resync(name: str, namespace: str, uid: str, logger: Logger) -> None:
+    """Timer: the same full pass, so drift is repaired and stream figures stay fresh."""
+    reconcile(RUNTIME.require_api(), namespace, name, read_streams=True, logger=logger, expected_uid=uid)
+
+
+def on_child_event(event: dict[str, Any], body: dict[str, Any], logger: Logger) -> None:
+    """A managed child changed or vanished: reconcile its FacePipeline at once."""
+    if event.get("type") is None:  # Kopf's initial listing; on.resume covers start-up
+        return
+    meta = body.get("metadata") or {}
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("kind") == FACE_PIPELINE.kind and ref.get("apiVersion") == FACE_PIPELINE.api_version:
+            reconcile(RUNTIME.require_api(), meta.get("namespace", ""), ref["name"], read_streams=False,
+                      logger=logger, expected_uid=ref.get("uid"))
+
+
+def purge_requested(spec: dict[str, Any], **_: Any) -> bool:
+    return (spec or {}).get("deletionPolicy") == "Purge"
+
+
+def on_delete_purge(name: str, namespace: str, uid: str, body: dict[str, Any], logger: Logger) -> None:
+    """deletionPolicy Purge: delete the tenant's data, then let Kopf drop the finalizer."""
+    api = RUNTIME.require_api()
+    previous = body.get("status") or {}
+    generation = int(body["metadata"].get("generation", 1))
+    try:
+        spec = parse_spec(name, body.get("spec"))
+        settings = tenant_settings(api, namespace, spec)
+        purger = RUNTIME.get_purger()
+        logger.info("purging the data of tenant %s", spec.tenantId)
+        purger(settings, spec.tenantId)
+    except (SpecError, SecretValueError, PurgeUnavailable, redis.RedisError, OSError, ValueError) as exc:
+        message = (f"deletionPolicy Purge: the tenant's data could not be purged ({exc}); the finalizer "
+                   "stays until it succeeds (or set deletionPolicy: Retain to keep the data)")
+        _write_status(api, namespace, name, Observation(generation=generation, purge_error=message,
+                                                        terminating=True), previous)
+        raise kopf.TemporaryError(message, delay=PURGE_RETRY_SECONDS) from exc
+    RUNTIME.forget(uid)
+    logger.info("purged the data of tenant %s", spec.tenantId)
+

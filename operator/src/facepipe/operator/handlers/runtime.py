@@ -1,0 +1,65 @@
+"""Process-wide state of the operator: the API client and the purge seam."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+
+import kopf
+
+from facepipe.operator.constants import FINALIZER, GROUP
+from facepipe.operator.kube import KubeApi
+from facepipe.operator.purge import Purger, default_purger
+
+# How often every FacePipeline is reconciled in full and its stream figures are read.
+RESYNC_SECONDS = float(os.environ.get("FACEPIPE_OPERATOR_RESYNC_SECONDS", "30"))
+# How long a failed purge waits before the next try (the finalizer holds the object meanwhile).
+PURGE_RETRY_SECONDS = float(os.environ.get("FACEPIPE_OPERATOR_PURGE_RETRY_SECONDS", "30"))
+
+
+@dataclass
+class Runtime:
+    api: KubeApi | None = None
+    purger: Purger | None = None  # None: facepipe.common.deletion.purge_tenant
+    locks: dict[str, threading.Lock] = field(default_factory=dict)
+    locks_guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def require_api(self) -> KubeApi:
+        if self.api is None:
+            raise kopf.TemporaryError("the operator is not started yet", delay=1)
+        return self.api
+
+    def lock_for(self, uid: str) -> threading.Lock:
+        """One reconcile at a time per FacePipeline (spec handlers, timers and child events race)."""
+        with self.locks_guard:
+            return self.locks.setdefault(uid, threading.Lock())
+
+    def forget(self, uid: str) -> None:
+        with self.locks_guard:
+            self.locks.pop(uid, None)
+
+    def get_purger(self) -> Purger:
+        return self.purger or default_purger()
+
+
+RUNTIME = Runtime()
+
+
+def configure(settings: kopf.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter) -> None:
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration")
+    settings.posting.level = logging.WARNING  # Kubernetes events only for problems
+    settings.execution.max_workers = 8
+    if RUNTIME.api is None:
+        RUNTIME.api = KubeApi.from_environment(os.environ.get("FACEPIPE_OPERATOR_KUBECONFIG") or None)
+    logger.info("facepipe operator configured (resync every %.0f s)", RESYNC_SECONDS)
+
+
+def cleanup() -> None:
+    if RUNTIME.api is not None:
+        RUNTIME.api.close()
+        RUNTIME.api = None

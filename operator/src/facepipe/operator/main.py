@@ -1,0 +1,63 @@
+"""Kopf registrations only: ``kopf run -m facepipe.operator.main`` (or ``python -m facepipe.operator``).
+
+Each handler hands over to facepipe.operator.handlers; the children are built by the
+pure functions of facepipe.operator.builders.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from facepipe.operator.constants import GROUP, LABEL_MANAGED_BY, OPERATOR_NAME, PLURAL, VERSION
+from facepipe.operator.handlers import pipeline, runtime
+from facepipe.operator.kube import MANAGED_KINDS
+
+Logger = logging.Logger | logging.LoggerAdapter
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> None:
+    runtime.configure(settings, logger)
+
+
+@kopf.on.cleanup()
+def cleanup(**_: Any) -> None:
+    runtime.cleanup()
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+def resume(name: str, namespace: str, uid: str, logger: Logger, **_: Any) -> None:
+    pipeline.on_spec(name, namespace, uid, logger)
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+def create(name: str, namespace: str, uid: str, logger: Logger, **_: Any) -> None:
+    pipeline.on_spec(name, namespace, uid, logger)
+
+
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+def update(name: str, namespace: str, uid: str, logger: Logger, **_: Any) -> None:
+    pipeline.on_spec(name, namespace, uid, logger)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=runtime.RESYNC_SECONDS, initial_delay=runtime.RESYNC_SECONDS)
+def resync(name: str, namespace: str, uid: str, logger: Logger, **_: Any) -> None:
+    pipeline.resync(name, namespace, uid, logger)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, when=pipeline.purge_requested)
+def purge(name: str, namespace: str, uid: str, body: kopf.Body, logger: Logger, **_: Any) -> None:
+    pipeline.on_delete_purge(name, namespace, uid, dict(body), logger)
+
+
+def _on_child_event(event: kopf.RawEvent, body: kopf.Body, logger: Logger, **_: Any) -> None:
+    pipeline.on_child_event(dict(event), dict(body), logger)
+
+
+for _kind in MANAGED_KINDS:
+    _group, _, _version = _kind.api_version.rpartition("/")
+    kopf.on.event(_group, _version, _kind.plural, labels={LABEL_MANAGED_BY: OPERATOR_NAME},
+                  id=f"child-{_kind.plural}")(_on_child_event)

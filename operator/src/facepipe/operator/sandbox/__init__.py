@@ -1,0 +1,1 @@
+"""A Kubernetes API emulator (KMock) to run and test the operator without a cluster."""

@@ -1,0 +1,113 @@
+"""``facepipe demo`` (``make demo``): a throw-away local stack, sample faces in, a search out.
+
+Starts ``facepipe up`` on a free port with a temporary data dir, ingests the
+sample faces that ship inside installed packages (insightface's t1.jpg, 6 faces;
+scikit-image's astronaut) plus ``../shared/data/faces`` when present and any
+paths given, waits for the pipeline, prints the stats and a search, stops the
+stack and exits 0 (non-zero if any step failed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+
+from facepipe.cli.samples import sample_images
+from facepipe.common.localservers import free_port
+
+TENANT = "demo"
+READY_TIMEOUT_S = 300.0
+SHARED_FACES = Path("..") / "shared" / "data" / "faces"
+
+
+def _wait_ready(api: str, up: subprocess.Popen, log_path: Path) -> bool:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if up.poll() is not None:
+            return False
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{api}/ready", timeout=10).status_code == 200:
+                return True
+        time.sleep(0.5)
+    return False
+
+
+def _stop(up: subprocess.Popen, console: Console) -> int:
+    if up.poll() is None:
+        os.killpg(up.pid, signal.SIGTERM)
+        try:
+            return up.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            console.print("[red]the stack did not stop within 90s: killing it[/]")
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
+            return 1
+    return up.returncode
+
+
+def run_demo(extra_paths: list[Path] | None = None, keep: bool = False) -> int:
+    from facepipe.cli.main import main as facepipe
+
+    console = Console(highlight=False)
+    data_dir = Path(tempfile.mkdtemp(prefix="facepipe-demo-"))
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+    log_path = data_dir / "up.log"
+    console.rule("[bold]facepipe demo")
+    console.print(f"starting the local stack: facepipe up --data-dir {data_dir} --port {port}  (log: {log_path})")
+    with open(log_path, "wb") as log:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "facepipe.cli", "up", "--data-dir", str(data_dir), "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "FACEPIPE_API": api},
+        )
+    failed = False
+    try:
+        started = time.monotonic()
+        if not _wait_ready(api, up, log_path):
+            console.print("[bold red]the stack did not become ready; its log ends with:[/]")
+            console.print(log_path.read_text(errors="replace")[-4000:], markup=False)
+            failed = True
+            return 1
+        console.print(f"ready in {time.monotonic() - started:.0f}s")
+        photos = [str(p) for p in sample_images(data_dir / "samples")]
+        query = photos[1]  # the astronaut
+        if SHARED_FACES.is_dir():
+            photos.append(str(SHARED_FACES))
+            query = str(SHARED_FACES / "obama_3.jpg")
+        photos += [str(p) for p in extra_paths or []]
+        console.rule(f"facepipe ingest {' '.join(photos)} --tenant {TENANT} --wait")
+        steps = [
+            ["ingest", *photos, "--tenant", TENANT, "--wait", "--timeout", "300", "--api", api],
+            ["stats", "--api", api],
+            ["search", query, "--tenant", TENANT, "--top-k", "3", "--api", api],
+        ]
+        for argv in steps:
+            if argv[0] != "ingest":
+                console.rule("facepipe " + " ".join(a for a in argv if a not in {"--api", api}))
+            code = facepipe(argv)
+            if code != 0:
+                console.print(f"[bold red]facepipe {argv[0]} failed with exit code {code}[/]")
+                failed = True
+                return code
+        return 0
+    finally:
+        console.rule("stopping the stack")
+        stop_code = _stop(up, console)
+        if stop_code not in (0, None):
+            console.print(f"[red]facepipe up exited with code {stop_code}; log: {log_path}[/]")
+        if keep or failed:
+            console.print(f"data and logs kept in {data_dir}")
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        console.print("[bold green]demo finished[/]" if not failed else "[bold red]demo failed[/]")

@@ -1,0 +1,306 @@
+"""The indexer stage: embedded faces → dedup commit → S3 artifacts → Qdrant points → ack.
+
+Order of effects for one message, and why it is safe to crash anywhere:
+
+1. validate everything (message, tenant, embeddings, crops) before touching any store, so a
+   bad message claims no dedup entry;
+2. dedup ``check_and_remember`` of all its faces in one atomic script: a face that
+   near-duplicates a face remembered by another owner (another image, or the same image
+   ingested again) is skipped; the others are remembered *with their owner* (image_sha256,
+   face index, ingest event: see :func:`ingest_event_id`);
+3. crop, thumbnail and metadata JSON to S3 at deterministic keys;
+4. one Qdrant upsert for the faces of the whole batch (point id = UUIDv5 of tenant, image, face);
+5. the worker acks.
+
+A crash after 2 leaves dedup entries whose face is not indexed yet; the redelivered message
+finds entries owned by itself, so they are not duplicates, and 3-4 simply run again
+(overwriting the same keys and points). Nothing is lost and nothing is doubled.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import cv2
+import numpy as np
+import redis
+
+from facepipe.common.dedup import DedupCache, Owner
+from facepipe.common.errors import PermanentError
+from facepipe.common.imaging import decode_jpeg, encode_jpeg
+from facepipe.common.messages import EmbeddedFace, EmbeddedMessage, parse_message
+from facepipe.common.metrics import timed
+from facepipe.common.models.packs import get_pack
+from facepipe.common.settings import Settings
+from facepipe.common.stats import Stats
+from facepipe.common.storage import ArtifactKeys, ObjectStore, artifact_keys
+from facepipe.common.streams import Outcome, StreamMessage, map_concurrently, worker_redis
+from facepipe.common.vectors import FacePoint, VectorIndex
+
+log = logging.getLogger("facepipe.indexer")
+
+THUMB_SIZE = 64
+STREAM_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+# A stored embedding must be unit length (cosine); allow float32 rounding and re-normalise.
+NORM_TOLERANCE = 1e-2
+
+
+@dataclass
+class _Prepared:
+    """One validated message, ready for its side effects."""
+
+    message: StreamMessage
+    parsed: EmbeddedMessage
+    vectors: list[np.ndarray]
+    crops: list[bytes]
+    thumbs: list[bytes]
+
+
+@dataclass
+class _Indexed:
+    """One message whose artifacts are stored; its points wait for the batch upsert."""
+
+    outcome: Outcome
+    points: list[FacePoint]
+
+
+def ingest_event_id(message: StreamMessage) -> str:
+    """The ingest event a message belongs to: stable across its redeliveries, new for a new ingest.
+
+    A message that carries ``source.id`` (the ingest stream entry the image came in with) is
+    identified by it, so duplicates a stage published on its own redelivery, and a DLQ replay,
+    count as the same event. Without it, this embedded entry's own id (stable across the
+    indexer's redeliveries and retries) identifies the event.
+    """
+    source = message.payload.get("source")
+    if isinstance(source, dict):
+        source_id = source.get("id")
+        if isinstance(source_id, str) and STREAM_ENTRY_ID.fullmatch(source_id):
+            return source_id
+    return message.id
+
+
+def decode_embedding(face: EmbeddedFace, dim: int) -> np.ndarray:
+    """The face's embedding as a unit float32 vector of ``dim``, or PermanentError("invalid_embedding")."""
+    try:
+        raw = base64.b64decode(face.embedding_b64, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise PermanentError(
+            "invalid_embedding", f"face {face.index}: embedding_b64 is not base64: {exc}"
+        ) from None
+    if len(raw) != 4 * dim:
+        raise PermanentError(
+            "invalid_embedding",
+            f"face {face.index}: embedding has {len(raw)} bytes, expected {4 * dim} ({dim} x f32)",
+        )
+    vector = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    norm = float(np.linalg.norm(vector))
+    if not np.all(np.isfinite(vector)) or abs(norm - 1.0) > NORM_TOLERANCE:
+        raise PermanentError(
+            "invalid_embedding",
+            f"face {face.index}: embedding must be finite and L2-normalised (norm {norm:.4f})",
+        )
+    return vector / norm
+
+
+def decode_crop(face: EmbeddedFace) -> bytes:
+    try:
+        return base64.b64decode(face.crop_jpeg_b64, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise PermanentError(
+            "undecodable_crop", f"face {face.index}: crop_jpeg_b64 is not base64: {exc}"
+        ) from None
+
+
+def thumbnail_jpeg(crop_jpeg: bytes, size: int = THUMB_SIZE) -> bytes:
+    """A ``size`` x ``size`` JPEG of the aligned crop; PermanentError("undecodable_crop") if it is no JPEG."""
+    crop = decode_jpeg(crop_jpeg)
+    return encode_jpeg(cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA), quality=85)
+
+
+class IndexerHandler:
+    """StageHandler of the embedded stream (see module doc for the order of effects)."""
+
+    name = "indexer"
+    required_fields = ("v", "ingest", "model", "faces")
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        redis_client: redis.Redis | None = None,
+        store: ObjectStore | None = None,
+        index: VectorIndex | None = None,
+    ) -> None:
+        self.settings = settings
+        self.input_stream = settings.embedded_stream
+        self.pack = get_pack(settings.model_pack)
+        self._redis = redis_client
+        self._store = store
+        self._index = index
+        self._owns_index = index is None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Connect, create buckets and the collection (a collection of another size stops start-up)."""
+        if self._redis is None:
+            self._redis = worker_redis(self.settings)
+        if self._store is None:
+            self._store = ObjectStore(self.settings)
+        self.store.ensure_buckets()
+        if self._index is None:
+            self._index = VectorIndex(self.settings)
+        self.index.ensure_collection(self.pack.dim)
+        self.dedup = DedupCache(self.redis, self.settings)
+        self.stats = Stats(self.redis, stage=self.name)
+        log.info(
+            "Indexer ready: collection %s (%d-d, pack %s), dedup %s (max Hamming %d, TTL %ds)",
+            self.settings.qdrant_collection,
+            self.pack.dim,
+            self.pack.name,
+            "on" if self.dedup.enabled else "off",
+            self.settings.dedup_max_hamming,
+            self.settings.dedup_ttl_seconds,
+        )
+
+    def close(self) -> None:
+        if self._index is not None and self._owns_index:
+            self._index.close()
+            self._index = None
+
+    @property
+    def redis(self) -> redis.Redis:
+        assert self._redis is not None, "setup() first"
+        return self._redis
+
+    @property
+    def store(self) -> ObjectStore:
+        assert self._store is not None, "setup() first"
+        return self._store
+
+    @property
+    def index(self) -> VectorIndex:
+        assert self._index is not None, "setup() first"
+        return self._index
+
+    # --- the batch -----------------------------------------------------------------------
+
+    def process_batch(self, messages: list[StreamMessage]) -> Sequence[Outcome | BaseException]:
+        limit = self.settings.max_worker_concurrency
+        staged = map_concurrently(self._index_artifacts, messages, limit, return_exceptions=True)
+        points = [point for item in staged if isinstance(item, _Indexed) for point in item.points]
+        if points:
+            try:
+                with timed(self.stats, "upsert"):
+                    self.index.upsert(points)
+            except Exception as exc:
+                # Every message with points waits for this upsert: they all retry (or crash) together.
+                return [
+                    exc if isinstance(item, _Indexed) and item.points else _result(item) for item in staged
+                ]
+        return [_result(item) for item in staged]
+
+    def _index_artifacts(self, message: StreamMessage) -> _Indexed:
+        prepared = self._prepare(message)
+        parsed = prepared.parsed
+        ingest = parsed.ingest
+        tenant = ingest.tenant_id
+        faces = parsed.faces
+        event = ingest_event_id(message)
+        results = self.dedup.check_and_remember_many(
+            tenant, [(face.phash, Owner(ingest.image_sha256, face.index, event)) for face in faces]
+        )
+        kept = [i for i, result in enumerate(results) if not result.is_duplicate]
+        created_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+        uploads: list[tuple[str, str, bytes, str]] = []
+        points: list[FacePoint] = []
+        for i in kept:
+            face = faces[i]
+            keys = artifact_keys(tenant, ingest.image_sha256, face.index)
+            payload = self._payload(parsed, face, keys, created_at)
+            metadata = {**payload, "landmarks": face.landmarks, "image": parsed.image.model_dump()}
+            uploads += [
+                (self.settings.bucket_crops, keys.crop, prepared.crops[i], "image/jpeg"),
+                (self.settings.bucket_thumbs, keys.thumb, prepared.thumbs[i], "image/jpeg"),
+                (self.settings.bucket_metadata, keys.metadata, _json_bytes(metadata), "application/json"),
+            ]
+            points.append(FacePoint(tenant, ingest.image_sha256, face.index, prepared.vectors[i], payload))
+        if uploads:
+            with timed(self.stats, "storage", count=len(uploads), tenant=tenant):
+                map_concurrently(
+                    lambda u: self.store.put_bytes(*u), uploads, self.settings.max_worker_concurrency
+                )
+        dup_skipped = len(faces) - len(kept)
+        return _Indexed(
+            outcome=Outcome(
+                summary={
+                    "faces_total": len(faces) + len(parsed.rejected),
+                    "accepted": len(kept),
+                    "rejected": len(parsed.rejected),
+                    "dup_skipped": dup_skipped,
+                },
+                counters={"faces_processed": len(kept), "faces_dup_skipped": dup_skipped},
+            ),
+            points=points,
+        )
+
+    def _prepare(self, message: StreamMessage) -> _Prepared:
+        parsed = parse_message(EmbeddedMessage, message.payload)
+        model = parsed.model
+        if model.pack != self.pack.name or model.dim != self.pack.dim:
+            # Vectors of another pack are not comparable with this collection's, even at the same size.
+            raise PermanentError(
+                "model_pack_mismatch",
+                f"message embedded with pack {model.pack!r} ({model.dim}-d); this indexer serves "
+                f"{self.pack.name!r} ({self.pack.dim}-d) into collection {self.settings.qdrant_collection!r}",
+            )
+        indexes = [face.index for face in parsed.faces]
+        if len(set(indexes)) != len(indexes):
+            raise PermanentError("invalid_fields", f"duplicate face indexes {indexes}", fields=("faces",))
+        vectors = [decode_embedding(face, model.dim) for face in parsed.faces]
+        crops = [decode_crop(face) for face in parsed.faces]
+        thumbs = [thumbnail_jpeg(crop) for crop in crops]  # also proves every crop decodes
+        return _Prepared(message, parsed, vectors, crops, thumbs)
+
+    def _payload(
+        self, parsed: EmbeddedMessage, face: EmbeddedFace, keys: ArtifactKeys, created_at: str
+    ) -> dict:
+        ingest = parsed.ingest
+        return {
+            "tenant_id": ingest.tenant_id,
+            "site": ingest.site,
+            "url": ingest.url,
+            "image_sha256": ingest.image_sha256,
+            "face_index": face.index,
+            "bbox": face.bbox,
+            "det_score": face.det_score,
+            "quality": face.quality.model_dump(),
+            "phash": face.phash,
+            "phash_prefix": face.phash[:4],
+            "model_pack": parsed.model.pack,
+            "model": parsed.model.model_dump(),
+            "source": {"bucket": ingest.bucket, "key": ingest.key},
+            "artifacts": {
+                "crop": {"bucket": self.settings.bucket_crops, "key": keys.crop},
+                "thumb": {"bucket": self.settings.bucket_thumbs, "key": keys.thumb},
+                "metadata": {"bucket": self.settings.bucket_metadata, "key": keys.metadata},
+            },
+            "created_at": created_at,
+        }
+
+
+def _result(item: _Indexed | BaseException) -> Outcome | BaseException:
+    return item.outcome if isinstance(item, _Indexed) else item
+
+
+def _json_bytes(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()

@@ -1,0 +1,230 @@
+"""charts/face-pipeline-operator rendered by the real Helm engine, linted, validated for 1.33."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import helm_python as helm
+import pytest
+import yaml
+from chartkit import (
+    ADAPTER_FILE,
+    CRD_FILE,
+    DASHBOARD_DIR,
+    OPERATOR_CHART,
+    RULES_FILE,
+    is_custom_resource,
+    lint_problems,
+    render,
+    validate_builtin,
+    values_sets,
+)
+
+VALUES = values_sets(OPERATOR_CHART)
+NAMESPACE = "facepipe-system"
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: list[dict], kind: str) -> dict:
+    found = by_kind(docs, kind)
+    assert len(found) == 1, f"{len(found)} {kind}s"
+    return found[0]
+
+
+def test_values_sets_exist() -> None:
+    assert {"minimal", "full", "keda"} <= VALUES.keys()
+
+
+def test_chart_crd_is_a_byte_copy_of_crds() -> None:
+    copy = OPERATOR_CHART / "crds" / CRD_FILE.name
+    assert copy.read_bytes() == CRD_FILE.read_bytes(), "run: make charts-sync-crds"
+    # Helm installs it from the chart's crds/ (before any template, never templated).
+    crds = helm.Chart.load(str(OPERATOR_CHART)).crds
+    assert [c["name"] for c in crds] == [f"crds/{CRD_FILE.name}"]
+    assert crds[0]["data"] == CRD_FILE.read_text()
+
+
+@pytest.mark.parametrize("values_name", sorted(VALUES))
+def test_lint_strict_is_clean(values_name: str) -> None:
+    assert lint_problems(OPERATOR_CHART, VALUES[values_name]) == []
+
+
+@pytest.mark.parametrize("values_name", sorted(VALUES))
+def test_every_builtin_document_is_valid_for_kubernetes_1_33(values_name: str) -> None:
+    docs = render(OPERATOR_CHART, VALUES[values_name], name="fpo", namespace=NAMESPACE)
+    builtin = [d for d in docs if not is_custom_resource(d)]
+    assert by_kind(builtin, "Deployment") and by_kind(builtin, "ServiceAccount")
+    for doc in builtin:
+        validate_builtin(doc)
+    for doc in docs:
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "face-pipeline"
+
+
+def test_validation_would_catch_a_bad_document() -> None:
+    docs = render(OPERATOR_CHART, {}, name="fpo", namespace=NAMESPACE)
+    deployment = one(docs, "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Always"  # a typo
+    with pytest.raises(Exception, match="imagePullPolcy"):
+        validate_builtin(deployment)
+
+
+def test_operator_deployment_runs_one_unprivileged_kopf() -> None:
+    docs = render(OPERATOR_CHART, {}, name="fpo", namespace=NAMESPACE)
+    deployment = one(docs, "Deployment")
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    container = pod["containers"][0]
+    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+    assert container["command"] == ["python", "-m", "facepipe.operator"]
+    assert container["args"][:3] == ["--standalone", "--liveness=http://0.0.0.0:8080/healthz", "--all-namespaces"]
+    assert container["image"] == "ghcr.io/face-pipeline/operator:0.1.0"
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
+
+
+def test_more_than_one_replica_is_refused() -> None:
+    with pytest.raises(helm.HelmValuesError, match="replicaCount"):
+        render(OPERATOR_CHART, {"replicaCount": 2})
+    with pytest.raises(helm.HelmValuesError, match="additional properties"):
+        render(OPERATOR_CHART, {"monitoring": {"podMonitr": {"enabled": False}}})
+
+
+def rules_of(docs: list[dict]) -> list[dict[str, Any]]:
+    return [rule for kind in ("ClusterRole", "Role") for doc in by_kind(docs, kind) for rule in doc["rules"]]
+
+
+@pytest.mark.parametrize("values_name", sorted(VALUES))
+def test_rbac_is_least_privilege(values_name: str) -> None:
+    docs = render(OPERATOR_CHART, VALUES[values_name], name="fpo", namespace=NAMESPACE)
+    rules = rules_of(docs)
+    assert rules
+    for rule in rules:
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
+        if "secrets" in rule["resources"]:
+            assert rule["verbs"] == ["get"], "secrets: read one by name, never list or watch"
+        if "customresourcedefinitions" in rule["resources"] or "namespaces" in rule["resources"]:
+            assert set(rule["verbs"]) <= {"list", "watch"}
+        assert "escalate" not in rule["verbs"] and "bind" not in rule["verbs"] and "impersonate" not in rule["verbs"]
+    granted = {(g, r) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]}
+    assert ("facepipe.io", "facepipelines/status") in granted
+    assert ("apps", "deployments") in granted and ("autoscaling", "horizontalpodautoscalers") in granted
+    assert (("keda.sh", "scaledobjects") in granted) == VALUES[values_name].get("rbac", {}).get("keda", True)
+    # Bindings point at the chart's own ServiceAccount.
+    sa = one(docs, "ServiceAccount")["metadata"]
+    for binding in by_kind(docs, "ClusterRoleBinding") + by_kind(docs, "RoleBinding"):
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["name"], "namespace": NAMESPACE}]
+
+
+def test_watching_listed_namespaces_grants_only_there() -> None:
+    values = VALUES["full"]
+    watched = values["operator"]["watchNamespaces"]
+    docs = render(OPERATOR_CHART, values, name="fpo", namespace=NAMESPACE)
+    roles = by_kind(docs, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(watched)
+    # The one ClusterRole left is read-only discovery.
+    cluster_rules = [rule for doc in by_kind(docs, "ClusterRole") for rule in doc["rules"]]
+    assert {r for rule in cluster_rules for r in rule["resources"]} == {"customresourcedefinitions", "namespaces"}
+    args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert [a for a in args if a.startswith("--namespace=")] == [f"--namespace={n}" for n in watched]
+    assert "--all-namespaces" not in args and "--verbose" in args
+
+
+def test_cluster_wide_operator_does_not_list_namespaces() -> None:
+    docs = render(OPERATOR_CHART, {}, name="fpo", namespace=NAMESPACE)
+    assert not by_kind(docs, "Role")
+    resources = {r for rule in rules_of(docs) for r in rule["resources"]}
+    assert "namespaces" not in resources  # Kopf only lists namespaces when given a list of them
+
+
+def test_monitors_select_what_the_operator_creates() -> None:
+    """Selectors, ports and relabelling match the pods/Services of facepipe.operator.builders."""
+    docs = render(OPERATOR_CHART, {}, name="fpo", namespace=NAMESPACE)
+    pod_monitor = one(docs, "PodMonitor")["spec"]
+    service_monitor = one(docs, "ServiceMonitor")["spec"]
+    assert pod_monitor["namespaceSelector"] == {"any": True}
+    expressions = {e["key"]: e for e in pod_monitor["selector"]["matchExpressions"]}
+    assert set(expressions["app.kubernetes.io/component"]["values"]) == {"detector", "embedder", "indexer"}
+    assert expressions["facepipe.io/tenant"]["operator"] == "Exists"
+    assert pod_monitor["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert service_monitor["selector"]["matchLabels"] == {"app.kubernetes.io/component": "ops-api"}
+    assert service_monitor["endpoints"][0]["port"] == "http"
+    for endpoint in (pod_monitor["podMetricsEndpoints"][0], service_monitor["endpoints"][0]):
+        relabel = {r["targetLabel"]: r["sourceLabels"] for r in endpoint["relabelings"]}
+        assert relabel["tenant"] == ["__meta_kubernetes_pod_label_facepipe_io_tenant"]
+        assert relabel["component"] == ["__meta_kubernetes_pod_label_app_kubernetes_io_component"]
+    roles = [(r["regex"], r["replacement"]) for r in service_monitor["endpoints"][0]["metricRelabelings"]]
+    assert roles == [("(.+)", "ingest"), (".*:detected", "detected"), (".*:embedded", "embedded")]
+
+
+def test_monitors_match_the_operator_builders() -> None:
+    """The operator's own builders produce pods and Services these monitors find."""
+    from facepipe.operator import builders
+    from facepipe.operator.constants import BACKLOG_METRIC, INPUT_ROLE
+    from facepipe.operator.spec import parse_spec
+
+    spec = parse_spec("acme", {"tenantId": "acme", "redis": {"url": "redis://r:6379/0"},
+                       "storage": {"endpoint": "minio:9000"}, "vectorDb": {"url": "http://q:6333"},
+                       "components": {"detector": {"autoscaling": {"enabled": True}}}})
+    owner = builders.Owner(name="acme", namespace="acme", uid="0000")
+    children = builders.build_children(owner, spec)
+    for child in children:
+        if child["kind"] == "Deployment":
+            pod = child["spec"]["template"]
+            component = pod["metadata"]["labels"]["app.kubernetes.io/component"]
+            assert pod["metadata"]["labels"]["facepipe.io/tenant"] == "acme"
+            ports = {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+            assert ("http" if component == "ops-api" else "metrics") in ports
+        if child["kind"] == "Service" and child["metadata"]["labels"].get("app.kubernetes.io/component") == "ops-api":
+            assert child["spec"]["ports"][0]["name"] == "http"
+        if child["kind"] == "HorizontalPodAutoscaler":
+            metric = child["spec"]["metrics"][0]["external"]["metric"]
+            assert metric["name"] == BACKLOG_METRIC
+            assert metric["selector"]["matchLabels"] == {"stream_role": INPUT_ROLE["detector"], "tenant": "acme"}
+    adapter = yaml.safe_load(ADAPTER_FILE.read_text())["rules"]["external"]
+    assert [rule["name"]["as"] for rule in adapter] == [BACKLOG_METRIC]
+    assert 'stream_role!=""' in adapter[0]["seriesQuery"] and "tenant" in adapter[0]["metricsQuery"]
+
+
+def test_prometheus_rule_is_the_tested_rule_file() -> None:
+    docs = render(OPERATOR_CHART, {}, name="fpo", namespace=NAMESPACE)
+    rule = one(docs, "PrometheusRule")
+    assert rule["spec"] == yaml.safe_load(RULES_FILE.read_text())
+    # Prometheus' {{ $labels }} templates must survive Helm untouched.
+    assert "{{ $labels.stage }}" in json.dumps(rule)
+
+
+def test_dashboards_ship_as_sidecar_configmaps() -> None:
+    docs = render(OPERATOR_CHART, {}, name="fpo", namespace=NAMESPACE)
+    dashboards = [d for d in by_kind(docs, "ConfigMap") if "grafana_dashboard" in d["metadata"]["labels"]]
+    files = {p.name: p.read_text() for p in DASHBOARD_DIR.glob("*.json")}
+    assert len(dashboards) == len(files) >= 2
+    for configmap in dashboards:
+        assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+        ((name, text),) = configmap["data"].items()
+        assert json.loads(text) == json.loads(files[name])
+    full = render(OPERATOR_CHART, VALUES["full"], name="fpo", namespace=NAMESPACE)
+    for configmap in [d for d in by_kind(full, "ConfigMap") if "grafana_dashboard" in d["metadata"]["labels"]]:
+        assert configmap["metadata"]["namespace"] == "monitoring"
+        assert configmap["metadata"]["annotations"]["grafana_folder"] == "Face pipeline"
+
+
+def test_adapter_configmap_carries_the_adapter_rules() -> None:
+    docs = render(OPERATOR_CHART, {}, name="fpo", namespace=NAMESPACE)
+    (configmap,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-adapter-rules")]
+    config = yaml.safe_load(configmap["data"]["config.yaml"])
+    assert config["externalRules"] == yaml.safe_load(ADAPTER_FILE.read_text())["rules"]["external"]
+    assert "<<.LabelMatchers>>" in config["externalRules"][0]["metricsQuery"]
+
+
+def test_monitoring_objects_can_be_switched_off() -> None:
+    docs = render(OPERATOR_CHART, VALUES["keda"], name="fpo", namespace=NAMESPACE)
+    kinds = {d["kind"] for d in docs}
+    assert not kinds & {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+    assert not [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-adapter-rules")]

@@ -1,0 +1,86 @@
+"""The local-mode supervisor with real child processes: restart on crash, one SIGTERM on stop."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from facepipe.cli.supervisor import ChildSpec, Supervisor
+
+CRASHER = "import sys; print('crasher up', flush=True); sys.exit(3)"
+GRACEFUL = """
+import signal, sys, time
+count = 0
+def on_term(signum, frame):
+    global count
+    count += 1
+    print(f'SIGTERM #{count}', flush=True)
+    time.sleep(0.3)  # "finishing the batch in hand"
+    print('clean exit', flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+print('worker up', flush=True)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def _wait_for(predicate, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_crashed_child_is_restarted_and_all_stop_cleanly(tmp_path: Path) -> None:
+    events: list[str] = []
+    lines: list[tuple[str, str]] = []
+    env = dict(os.environ)
+    supervisor = Supervisor(
+        [ChildSpec("crasher", [sys.executable, "-c", CRASHER], env),
+         ChildSpec("worker", [sys.executable, "-c", GRACEFUL], env)],
+        tmp_path / "logs", on_event=events.append, on_line=lambda name, line: lines.append((name, line)),
+    )
+    result: list[int] = []
+    runner = threading.Thread(target=lambda: result.append(supervisor.run(install_signal_handlers=False)))
+    runner.start()
+    try:
+        # Backoff 1 s then 2 s: two restarts within a few seconds.
+        assert _wait_for(lambda: supervisor.restarts()["crasher"] >= 2), events
+        assert _wait_for(lambda: ("worker", "worker up") in lines)
+        worker_pid = supervisor.pids()["worker"]
+    finally:
+        supervisor.request_stop()
+        runner.join(timeout=60)
+    assert result == [0]
+    assert any("crasher" in e and "exited with code 3" in e and "restarting in" in e for e in events), events
+    assert supervisor.restarts()["worker"] == 0
+    worker_lines = [line for name, line in lines if name == "worker"]
+    assert worker_lines[-2:] == ["SIGTERM #1", "clean exit"]  # exactly one SIGTERM, then a clean exit
+    assert not Path(f"/proc/{worker_pid}").exists() or "zombie" in Path(f"/proc/{worker_pid}/status").read_text()
+    log = (tmp_path / "logs" / "crasher.log").read_text()
+    assert log.count("crasher up") >= 3  # the original run and the restarts, all logged to one file
+
+
+def test_child_that_ignores_sigterm_is_killed_after_the_timeout(tmp_path: Path) -> None:
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); " \
+               "time.sleep(600)"
+    events: list[str] = []
+    lines: list[str] = []
+    supervisor = Supervisor([ChildSpec("stubborn", [sys.executable, "-c", stubborn], dict(os.environ))],
+                            tmp_path, on_event=events.append, on_line=lambda _n, line: lines.append(line),
+                            stop_timeout_s=1.0)
+    runner = threading.Thread(target=lambda: supervisor.run(install_signal_handlers=False))
+    runner.start()
+    assert _wait_for(lambda: "up" in lines)
+    started = time.monotonic()
+    supervisor.request_stop()
+    runner.join(timeout=30)
+    assert not runner.is_alive()
+    assert time.monotonic() - started < 20
+    assert any("did not stop within" in e for e in events), events

@@ -1,0 +1,376 @@
+"""Global dedup (the runbook's tests/test_phase3_dedup.py, against a real redis-server).
+
+Recall is checked exhaustively in the sense that matters: for every threshold the runbook
+names and every distance up to it, generated pairs (random flips, flips packed into one chunk,
+flips spread over all chunks) are found, and pairs one bit beyond are not.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from facepipe.common.dedup import (
+    HASH_BITS,
+    DedupCache,
+    Owner,
+    hamming,
+    lookup_suffixes,
+    normalize_phash,
+    plan_layout,
+    write_suffixes,
+)
+from facepipe.common.errors import PermanentError
+from facepipe.common.settings import load_settings
+
+A = Owner("a" * 64, 0)
+B = Owner("b" * 64, 0)
+
+
+@pytest.fixture
+def make_cache(redis_client: redis.Redis, redis_url: str) -> Callable[..., DedupCache]:
+    def make(enabled: bool = True, max_hamming: int = 8, ttl: int = 3600) -> DedupCache:
+        settings = load_settings(
+            redis_url=redis_url,
+            enable_global_dedup=enabled,
+            dedup_max_hamming=max_hamming,
+            dedup_ttl_seconds=ttl,
+        )
+        return DedupCache(redis_client, settings)
+
+    return make
+
+
+def flip(phash: str, bits: list[int]) -> str:
+    value = int(phash, 16)
+    for bit in bits:
+        value ^= 1 << (HASH_BITS - 1 - bit)
+    return f"{value:016x}"
+
+
+# --- the runbook's names -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        ("0000000000000000", "0000000000000000", 0),
+        ("0000000000000000", "0000000000000001", 1),
+        ("0000000000000000", "8000000000000000", 1),
+        ("0000000000000000", "000000000000000f", 4),
+        ("0000000000000000", "ffffffffffffffff", 64),
+        ("ffffffffffffffff", "fffffffffffffffe", 1),
+        ("8f373c9c3c9c3c1e", "8f373c9c3c9c3c1e", 0),
+        ("8f373c9c3c9c3c1e", "8f373c9c3c9c3c1f", 1),
+        ("8f373c9c3c9c3c1e", "0f373c9c3c9c3c1e", 1),
+        ("aaaaaaaaaaaaaaaa", "5555555555555555", 64),
+        ("00000000ffffffff", "ffffffff00000000", 64),
+        ("0123456789abcdef", "0123456789ABCDEF", 0),  # case does not matter
+        ("f0f0f0f0f0f0f0f0", "0f0f0f0f0f0f0f0f", 64),
+        ("1000000000000001", "0000000000000000", 2),
+    ],
+)
+def test_hamming_distance_table(a: str, b: str, expected: int) -> None:
+    assert hamming(a, b) == expected
+    assert hamming(b, a) == expected
+
+
+def test_hamming_rejects_malformed_hashes() -> None:
+    for bad in ("", "123", "0123456789abcdeg", "0123456789abcdef0", None):
+        with pytest.raises(ValueError):
+            normalize_phash(bad)  # type: ignore[arg-type]
+
+
+def test_should_skip_disabled_always_false(
+    make_cache: Callable[..., DedupCache], redis_client: redis.Redis
+) -> None:
+    enabled = make_cache(enabled=True)
+    assert enabled.remember("demo", "8f373c9c3c9c3c1e", A)
+    assert enabled.should_skip("demo", "8f373c9c3c9c3c1e", B)  # the entry really is there
+
+    disabled = make_cache(enabled=False)
+    for phash in ("8f373c9c3c9c3c1e", "8f373c9c3c9c3c1f", "0000000000000000"):
+        assert disabled.should_skip("demo", phash, B) is False
+        assert disabled.check_and_remember("demo", phash, B) == (False, None)
+
+
+def test_remember_then_should_skip_exact_match(make_cache: Callable[..., DedupCache]) -> None:
+    cache = make_cache(max_hamming=8)
+    assert not cache.should_skip("demo", "8f373c9c3c9c3c1e", A)
+    assert cache.remember("demo", "8f373c9c3c9c3c1e", A)
+    assert cache.should_skip("demo", "8f373c9c3c9c3c1e", B)
+    is_dup, owner = cache.check_and_remember("demo", "8F373C9C3C9C3C1E", B)
+    assert (is_dup, owner) == (True, A)
+
+
+# --- recall --------------------------------------------------------------------------------
+
+
+def _flip_patterns(threshold: int, distance: int, rng: random.Random) -> list[list[int]]:
+    """Bit positions to flip: random ones, all in the first chunk, spread over every chunk."""
+    patterns = [rng.sample(range(HASH_BITS), distance) for _ in range(6)]
+    layout = plan_layout(threshold)
+    if layout.chunks and distance:
+        patterns.append(list(range(distance)))  # packed into the first chunk (and on, past its end)
+        # Round-robin over the chunks: the worst case for pigeonhole (each chunk gets ~distance/m flips).
+        spread: list[int] = []
+        cursor = [off for off, _ in layout.chunks]
+        for i in range(distance):
+            c = i % len(layout.chunks)
+            spread.append(cursor[c])
+            cursor[c] += 1
+        patterns.append(spread)
+    return patterns
+
+
+@pytest.mark.parametrize("threshold", [0, 3, 8, 12])
+def test_recall_is_exact_up_to_the_threshold_and_nothing_beyond(
+    make_cache: Callable[..., DedupCache], threshold: int
+) -> None:
+    cache = make_cache(max_hamming=threshold)
+    rng = random.Random(threshold)
+    pair = 0
+    for distance in range(threshold + 3):
+        for bits in _flip_patterns(threshold, distance, rng):
+            pair += 1
+            tenant = f"recall-{threshold}-{pair}"  # one pair per tenant: other pairs cannot interfere
+            base = f"{rng.getrandbits(64):016x}"
+            variant = flip(base, bits)
+            assert hamming(base, variant) == distance
+            assert cache.remember(tenant, base, A)
+            result = cache.check_and_remember_many(tenant, [(variant, B)])[0]
+            if distance <= threshold:
+                assert result.is_duplicate, (
+                    f"missed a pair at distance {distance} (threshold {threshold}): {bits}"
+                )
+                assert (result.matched_owner, result.matched_phash, result.distance) == (A, base, distance)
+            else:
+                assert not result.is_duplicate, f"matched beyond the threshold at distance {distance}"
+    assert pair >= 6 * (threshold + 3)
+
+
+@pytest.mark.parametrize("threshold", range(0, 65))
+def test_every_layout_keeps_the_pigeonhole_guarantee(threshold: int) -> None:
+    layout = plan_layout(threshold)
+    assert layout.threshold == threshold
+    if layout.scan or threshold == 0:
+        return
+    widths = [width for _, width in layout.chunks]
+    assert sum(widths) == HASH_BITS
+    assert [off for off, _ in layout.chunks] == [sum(widths[:i]) for i in range(len(widths))]
+    # Each chunk differing in more than `radius` bits would need more than `threshold` flips.
+    assert len(layout.chunks) * (layout.radius + 1) > threshold
+    base = "8f373c9c3c9c3c1e"
+    assert len(set(lookup_suffixes(base, layout))) == layout.lookups_per_hash()
+    assert set(write_suffixes(base, layout)) <= set(lookup_suffixes(base, layout))
+
+
+def test_large_thresholds_fall_back_to_an_exact_scan(make_cache: Callable[..., DedupCache]) -> None:
+    assert plan_layout(40).scan
+    cache = make_cache(max_hamming=40)
+    rng = random.Random(40)
+    base = f"{rng.getrandbits(64):016x}"
+    cache.remember("scan", base, A)
+    assert cache.should_skip("scan", flip(base, rng.sample(range(64), 40)), B)
+    assert not cache.should_skip("scan", flip(base, rng.sample(range(64), 41)), B)
+
+
+# --- scoping, owners, expiry --------------------------------------------------------------------
+
+
+def test_tenants_never_suppress_each_other(
+    make_cache: Callable[..., DedupCache], redis_client: redis.Redis
+) -> None:
+    cache = make_cache(max_hamming=8)
+    assert cache.remember("tenant-a", "8f373c9c3c9c3c1e", A)
+    assert not cache.should_skip("tenant-b", "8f373c9c3c9c3c1e", B)
+    assert not cache.should_skip("tenant-b", "8f373c9c3c9c3c1f", B)
+    assert cache.check_and_remember("tenant-b", "8f373c9c3c9c3c1e", B) == (False, None)
+    keys = [k.decode() if isinstance(k, bytes) else k for k in redis_client.keys("*")]
+    assert keys and all(k.startswith(("dedup:t:tenant-a:", "dedup:t:tenant-b:")) for k in keys)
+    for bad in ("a:b", "*", "../x", ""):
+        with pytest.raises(PermanentError):
+            cache.should_skip(bad, "8f373c9c3c9c3c1e", B)
+
+
+def test_redelivery_by_the_same_owner_is_not_a_duplicate(make_cache: Callable[..., DedupCache]) -> None:
+    cache = make_cache(max_hamming=8)
+    face0, face1 = Owner("c" * 64, 0), Owner("c" * 64, 1)
+    first = cache.check_and_remember_many("demo", [("8f373c9c3c9c3c1e", face0), ("0123456789abcdef", face1)])
+    assert [r.is_duplicate for r in first] == [False, False]
+    again = cache.check_and_remember_many("demo", [("8f373c9c3c9c3c1e", face0), ("0123456789abcdef", face1)])
+    assert [r.is_duplicate for r in again] == [False, False]
+    # Another image with the same faces is a duplicate, of the right owners.
+    other = cache.check_and_remember_many(
+        "demo", [("8f373c9c3c9c3c1e", B), ("0123456789abcdee", Owner("b" * 64, 1))]
+    )
+    assert [(r.is_duplicate, r.matched_owner) for r in other] == [(True, face0), (True, face1)]
+
+
+def test_the_same_face_of_another_ingest_event_is_a_duplicate(make_cache: Callable[..., DedupCache]) -> None:
+    cache = make_cache(max_hamming=8)
+    first = Owner("c" * 64, 0, "1700000000000-0")
+    assert cache.check_and_remember("demo", "8f373c9c3c9c3c1e", first) == (False, None)
+    # Redelivery of that event: its own entry, not a duplicate.
+    assert cache.check_and_remember("demo", "8f373c9c3c9c3c1e", first) == (False, None)
+    # The same image ingested again (a second run): a duplicate of the first event's face.
+    again = Owner("c" * 64, 0, "1700000000999-0")
+    assert cache.check_and_remember("demo", "8f373c9c3c9c3c1e", again) == (True, first)
+    assert Owner.parse(first.token) == first
+    with pytest.raises(ValueError):
+        cache.check_and_remember("demo", "8f373c9c3c9c3c1e", Owner("c" * 64, 0, "a:b"))
+
+
+def test_faces_of_one_call_are_checked_against_each_other(make_cache: Callable[..., DedupCache]) -> None:
+    cache = make_cache(max_hamming=4)
+    results = cache.check_and_remember_many(
+        "demo", [("8f373c9c3c9c3c1e", Owner("img", 0)), ("8f373c9c3c9c3c1f", Owner("img", 1))]
+    )
+    assert [r.is_duplicate for r in results] == [False, True]
+    assert results[1].matched_owner == Owner("img", 0)
+
+
+def test_should_skip_writes_nothing(make_cache: Callable[..., DedupCache], redis_client: redis.Redis) -> None:
+    cache = make_cache(max_hamming=8)
+    assert not cache.should_skip("demo", "8f373c9c3c9c3c1e", A)
+    assert redis_client.dbsize() == 0
+
+
+def test_disabled_writes_no_keys(make_cache: Callable[..., DedupCache], redis_client: redis.Redis) -> None:
+    cache = make_cache(enabled=False)
+    results = cache.check_and_remember_many("demo", [("8f373c9c3c9c3c1e", A), ("8f373c9c3c9c3c1e", B)])
+    assert [r.is_duplicate for r in results] == [False, False]
+    assert cache.remember("demo", "8f373c9c3c9c3c1e", A)
+    assert redis_client.dbsize() == 0
+
+
+def test_entries_expire_after_the_ttl_without_stale_matches(
+    make_cache: Callable[..., DedupCache], redis_client: redis.Redis
+) -> None:
+    cache = make_cache(max_hamming=8, ttl=2)
+    old = "8f373c9c3c9c3c1e"
+    assert cache.remember("demo", old, A)
+    assert cache.should_skip("demo", flip(old, [0, 20, 40]), B)
+    time.sleep(1.0)
+    # A later hash sharing old's first chunk refreshes that chunk set's TTL, so `old` stays a member
+    # of a live set after its own expiry: its per-member expiry must keep it from matching.
+    sharing = flip(old, [30, 31, 50, 51, 60, 61, 62, 63, 40, 41])
+    assert hamming(old, sharing) > 8
+    assert cache.remember("demo", sharing, Owner("d" * 64, 0))
+    shared_key = f"dedup:t:demo:{write_suffixes(old, cache.layout)[0]}"
+    time.sleep(1.2)
+    assert redis_client.exists(shared_key) == 1
+    assert redis_client.zscore(shared_key, old) is not None  # the stale member is really there
+    assert not cache.should_skip("demo", old, B)
+    assert not cache.should_skip("demo", flip(old, [0, 20, 40]), B)
+    # After the TTL the face is new again: remembered by its new owner.
+    assert cache.check_and_remember("demo", old, B) == (False, None)
+    time.sleep(2.3)
+    assert redis_client.keys("*") == []  # every key carries a TTL
+
+
+def test_forget_image_removes_only_that_images_entries(
+    make_cache: Callable[..., DedupCache], redis_client: redis.Redis
+) -> None:
+    cache = make_cache(max_hamming=8)
+    img = Owner("e" * 64, 0)
+    cache.check_and_remember_many(
+        "demo", [("8f373c9c3c9c3c1e", img), ("0123456789abcdef", Owner(img.image_sha256, 1))]
+    )
+    cache.remember("demo", "fedcba9876543210", A)
+    assert cache.forget_image("demo", img.image_sha256) == 2
+    assert not cache.should_skip("demo", "8f373c9c3c9c3c1e", B)
+    assert not cache.should_skip("demo", "0123456789abcdef", B)
+    assert cache.should_skip("demo", "fedcba9876543210", B)
+    # forget with an owner only removes that owner's entry.
+    assert cache.forget("demo", "fedcba9876543210", owner=B) == 0
+    assert cache.forget("demo", "fedcba9876543210", owner=A) == 1
+    assert not cache.should_skip("demo", "fedcba9876543210", B)
+
+
+def test_flush_one_tenant_or_all_and_stats(
+    make_cache: Callable[..., DedupCache], redis_client: redis.Redis
+) -> None:
+    cache = make_cache(max_hamming=8)
+    cache.remember("t1", "8f373c9c3c9c3c1e", A)
+    cache.remember("t2", "8f373c9c3c9c3c1e", A)
+    redis_client.set("stats:counters", "untouched")
+    stats = cache.stats()
+    assert stats["keys"] == len(redis_client.keys("dedup:*")) > 0
+    assert stats["memory_bytes"] > 0
+
+    removed = cache.flush("t1")
+    assert removed > 0
+    assert not cache.should_skip("t1", "8f373c9c3c9c3c1e", B)
+    assert cache.should_skip("t2", "8f373c9c3c9c3c1e", B)
+    cache.flush()
+    assert redis_client.keys("dedup:*") == []
+    assert redis_client.get("stats:counters") == "untouched"
+    assert cache.stats() == {"keys": 0, "memory_bytes": 0}
+
+
+def test_exact_matches_survive_a_threshold_change(make_cache: Callable[..., DedupCache]) -> None:
+    make_cache(max_hamming=8).remember("demo", "8f373c9c3c9c3c1e", A)
+    assert make_cache(max_hamming=3).should_skip("demo", "8f373c9c3c9c3c1e", B)
+    assert make_cache(max_hamming=0).should_skip("demo", "8f373c9c3c9c3c1e", B)
+
+
+# --- atomicity across processes -----------------------------------------------------------------
+
+_RACER = r"""
+import json, sys
+import redis
+from facepipe.common.dedup import DedupCache, Owner
+from facepipe.common.settings import load_settings
+
+url, name, hashes = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+client = redis.Redis.from_url(url, decode_responses=True)
+cache = DedupCache(client, load_settings(redis_url=url, dedup_max_hamming=8))
+client.blpop("race:go", timeout=60)  # both processes start together
+won = []
+for i, phash in enumerate(hashes):
+    is_dup, owner = cache.check_and_remember("race", phash, Owner(name, i))
+    won.append(None if is_dup else phash)
+    if is_dup:
+        assert owner.image_sha256 != name, owner
+print(json.dumps(won))
+"""
+
+
+def test_two_processes_racing_the_same_hashes_remember_each_exactly_once(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    rng = random.Random(7)
+    hashes = [f"{rng.getrandbits(64):016x}" for _ in range(300)]
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER, redis_url, name, json.dumps(hashes)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("racer-one", "racer-two")
+    ]
+    deadline = time.monotonic() + 60
+    while redis_client.execute_command("CLIENT", "LIST").count("cmd=blpop") < 2:
+        assert time.monotonic() < deadline, "racers did not start"
+        assert all(r.poll() is None for r in racers), [r.communicate() for r in racers]
+        time.sleep(0.05)
+    redis_client.rpush("race:go", "go", "go")
+    outputs = []
+    for racer in racers:
+        out, err = racer.communicate(timeout=120)
+        assert racer.returncode == 0, err
+        outputs.append(json.loads(out))
+    for i, phash in enumerate(hashes):
+        winners = [won[i] for won in outputs if won[i] is not None]
+        assert winners == [phash], f"hash {i}: {len(winners)} processes remembered it"
+    owners = {redis_client.get(f"dedup:t:race:owner:{h}").split(":")[0] for h in hashes}
+    assert owners <= {"racer-one", "racer-two"}
