@@ -27,12 +27,15 @@ lint: install
 	.venv/bin/ruff check .
 
 # --- charts, dashboards, alerts (issue #7) ---
-.PHONY: charts-sync-crds dashboards charts-test promtool-test
+.PHONY: charts-sync-crds dashboards charts-schema charts-test promtool-test
 charts-sync-crds: ## copy crds/ (the source of truth) into the operator chart
 	cp crds/facepipelines.facepipe.io.yaml charts/face-pipeline-operator/crds/facepipelines.facepipe.io.yaml
 
 dashboards: install ## regenerate the Grafana dashboard JSON from dashboards/generate.py
 	$(PY) dashboards/generate.py
+
+charts-schema: install ## regenerate the tenant chart's values.schema.json from the CRD
+	$(PY) charts/tools/tenant_values_schema.py
 
 promtool-test: ## check the alert rules and run their promtool unit tests
 	promtool check rules charts/face-pipeline-operator/rules/facepipe-alerts.yaml

@@ -120,22 +120,28 @@ OVERVIEW = Dashboard(
                 Panel(
                     "Messages acked per second by stage",
                     "Messages each stage finished and acked (its output durably published).",
-                    (Query(f"sum by (tenant, stage) ({rate('facepipe_worker_msgs_acked_total')})",
-                           "{{tenant}} {{stage}}"),),
+                    (
+                        Query(
+                            f"sum by (tenant, stage) ({rate('facepipe_worker_msgs_acked_total')})",
+                            "{{tenant}} {{stage}}",
+                        ),
+                    ),
                     unit="short",
                 ),
                 Panel(
                     "Faces per second by stage",
                     "Faces each stage handled: detected and accepted, embedded, indexed.",
-                    (Query(f"sum by (tenant, stage) ({rate('facepipe_faces_processed_total')})",
-                           "{{tenant}} {{stage}}"),),
+                    (
+                        Query(
+                            f"sum by (tenant, stage) ({rate('facepipe_faces_processed_total')})",
+                            "{{tenant}} {{stage}}",
+                        ),
+                    ),
                 ),
                 Panel(
                     "Ingest rate",
                     "Images per second the detector finished (acked or dead-lettered).",
-                    (
-                        Query(f"sum by (tenant) ({rate(FINISHED, ONLY_DETECTOR)})", "{{tenant}}"),
-                    ),
+                    (Query(f"sum by (tenant) ({rate(FINISHED, ONLY_DETECTOR)})", "{{tenant}}"),),
                     kind="stat",
                     width=6,
                     height=6,
@@ -143,8 +149,12 @@ OVERVIEW = Dashboard(
                 Panel(
                     "Messages in flight by stage",
                     "Messages a worker holds right now (read, not yet acked).",
-                    (Query(f"sum by (tenant, stage) (facepipe_worker_inflight_messages{{{SEL}}})",
-                           "{{tenant}} {{stage}}"),),
+                    (
+                        Query(
+                            f"sum by (tenant, stage) (facepipe_worker_inflight_messages{{{SEL}}})",
+                            "{{tenant}} {{stage}}",
+                        ),
+                    ),
                     width=18,
                     height=6,
                 ),
@@ -217,8 +227,12 @@ OVERVIEW = Dashboard(
                 Panel(
                     "Faces rejected by reason",
                     "Faces the quality gates turned down, per reason (size, score, blur, pose...).",
-                    (Query(f"sum by (tenant, reason) ({rate('facepipe_faces_rejected_total')})",
-                           "{{tenant}} {{reason}}"),),
+                    (
+                        Query(
+                            f"sum by (tenant, reason) ({rate('facepipe_faces_rejected_total')})",
+                            "{{tenant}} {{reason}}",
+                        ),
+                    ),
                     stacked=True,
                 ),
                 Panel(
@@ -241,17 +255,24 @@ OVERVIEW = Dashboard(
                     "Replicas per component",
                     "Current and desired replicas of each Deployment (kube-state-metrics).",
                     (
-                        Query(deployment_replicas("kube_deployment_status_replicas"),
-                              "{{tenant}} {{component}}"),
-                        Query(deployment_replicas("kube_deployment_spec_replicas"),
-                              "{{tenant}} {{component}} desired"),
+                        Query(
+                            deployment_replicas("kube_deployment_status_replicas"), "{{tenant}} {{component}}"
+                        ),
+                        Query(
+                            deployment_replicas("kube_deployment_spec_replicas"),
+                            "{{tenant}} {{component}} desired",
+                        ),
                     ),
                 ),
                 Panel(
                     "Available replicas per component",
                     "Replicas passing readiness; the ComponentNotReady alert fires below desired.",
-                    (Query(deployment_replicas("kube_deployment_status_replicas_available"),
-                           "{{tenant}} {{component}}"),),
+                    (
+                        Query(
+                            deployment_replicas("kube_deployment_status_replicas_available"),
+                            "{{tenant}} {{component}}",
+                        ),
+                    ),
                 ),
                 Panel(
                     "Readiness checks",
@@ -286,26 +307,42 @@ QUEUES = Dashboard(
                 Panel(
                     "Stream length",
                     "XLEN: entries kept in each stream, processed or not.",
-                    (Query(f"max by (tenant, stream) (facepipe_stream_length{{{SEL}}})",
-                           "{{tenant}} {{stream}}"),),
+                    (
+                        Query(
+                            f"max by (tenant, stream) (facepipe_stream_length{{{SEL}}})",
+                            "{{tenant}} {{stream}}",
+                        ),
+                    ),
                 ),
                 Panel(
                     "Consumer-group lag",
                     "Entries never delivered to the group.",
-                    (Query(f"max by (tenant, stream, group) (facepipe_stream_lag{{{SEL}}})",
-                           "{{tenant}} {{stream}} / {{group}}"),),
+                    (
+                        Query(
+                            f"max by (tenant, stream, group) (facepipe_stream_lag{{{SEL}}})",
+                            "{{tenant}} {{stream}} / {{group}}",
+                        ),
+                    ),
                 ),
                 Panel(
                     "Pending entries",
                     "Delivered to a consumer and not yet acked (reclaimed after CLAIM_IDLE_MS).",
-                    (Query(f"max by (tenant, stream, group) (facepipe_stream_pending{{{SEL}}})",
-                           "{{tenant}} {{stream}} / {{group}}"),),
+                    (
+                        Query(
+                            f"max by (tenant, stream, group) (facepipe_stream_pending{{{SEL}}})",
+                            "{{tenant}} {{stream}} / {{group}}",
+                        ),
+                    ),
                 ),
                 Panel(
                     "Consumers per group",
                     "Consumers registered in each group (XINFO GROUPS).",
-                    (Query(f"max by (tenant, stream, group) (facepipe_stream_consumers{{{SEL}}})",
-                           "{{tenant}} {{stream}} / {{group}}"),),
+                    (
+                        Query(
+                            f"max by (tenant, stream, group) (facepipe_stream_consumers{{{SEL}}})",
+                            "{{tenant}} {{stream}} / {{group}}",
+                        ),
+                    ),
                     width=24,
                     height=6,
                 ),
@@ -317,21 +354,32 @@ QUEUES = Dashboard(
                 Panel(
                     "DLQ length",
                     "Entries in each <stream>:dlq.",
-                    (Query(f"max by (tenant, stream) (facepipe_dlq_length{{{SEL}}})",
-                           "{{tenant}} {{stream}}"),),
+                    (
+                        Query(
+                            f"max by (tenant, stream) (facepipe_dlq_length{{{SEL}}})", "{{tenant}} {{stream}}"
+                        ),
+                    ),
                 ),
                 Panel(
                     "DLQ growth per hour",
                     "Entries added to each dead-letter stream over the last hour.",
-                    (Query(f"max by (tenant, stream) (delta(facepipe_dlq_length{{{SEL}}}[1h]))",
-                           "{{tenant}} {{stream}}"),),
+                    (
+                        Query(
+                            f"max by (tenant, stream) (delta(facepipe_dlq_length{{{SEL}}}[1h]))",
+                            "{{tenant}} {{stream}}",
+                        ),
+                    ),
                 ),
                 Panel(
                     "Messages dead-lettered per second by stage and reason",
                     "The reasons (invalid_json, missing_fields, max_deliveries_exceeded, ...) "
                     "behind the HighDLQRate alert.",
-                    (Query(f"sum by (tenant, stage, reason) ({rate('facepipe_worker_msgs_dlq_total')})",
-                           "{{tenant}} {{stage}} {{reason}}"),),
+                    (
+                        Query(
+                            f"sum by (tenant, stage, reason) ({rate('facepipe_worker_msgs_dlq_total')})",
+                            "{{tenant}} {{stage}} {{reason}}",
+                        ),
+                    ),
                     stacked=True,
                 ),
                 Panel(
@@ -355,14 +403,22 @@ QUEUES = Dashboard(
                 Panel(
                     "Transient errors per second by stage",
                     "Redis/S3/Qdrant unreachable: retried with backoff, never dead-lettered.",
-                    (Query(f"sum by (tenant, stage) ({rate('facepipe_worker_transient_errors_total')})",
-                           "{{tenant}} {{stage}}"),),
+                    (
+                        Query(
+                            f"sum by (tenant, stage) ({rate('facepipe_worker_transient_errors_total')})",
+                            "{{tenant}} {{stage}}",
+                        ),
+                    ),
                 ),
                 Panel(
                     "Redeliveries per second by stage",
                     "Pending messages reclaimed from a crashed or stuck consumer (XAUTOCLAIM).",
-                    (Query(f"sum by (tenant, stage) ({rate('facepipe_worker_redeliveries_total')})",
-                           "{{tenant}} {{stage}}"),),
+                    (
+                        Query(
+                            f"sum by (tenant, stage) ({rate('facepipe_worker_redeliveries_total')})",
+                            "{{tenant}} {{stage}}",
+                        ),
+                    ),
                 ),
             ),
         ),
@@ -400,7 +456,9 @@ def _variables() -> list[dict[str, Any]]:
             "refresh": 1,
         },
         query_var("namespace", "Namespace", "label_values(facepipe_stream_length, namespace)"),
-        query_var("tenant", "Tenant", 'label_values(facepipe_stream_length{namespace=~"$namespace"}, tenant)'),
+        query_var(
+            "tenant", "Tenant", 'label_values(facepipe_stream_length{namespace=~"$namespace"}, tenant)'
+        ),
     ]
 
 
@@ -426,8 +484,12 @@ def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
             "thresholdsStyle": {"mode": "line" if panel.thresholds else "off"},
         }
         options: dict[str, Any] = {
-            "legend": {"displayMode": "table", "placement": "bottom", "showLegend": True,
-                       "calcs": ["lastNotNull", "max"]},
+            "legend": {
+                "displayMode": "table",
+                "placement": "bottom",
+                "showLegend": True,
+                "calcs": ["lastNotNull", "max"],
+            },
             "tooltip": {"mode": "multi", "sort": "desc"},
         }
     else:
@@ -466,8 +528,16 @@ def build(dashboard: Dashboard) -> dict[str, Any]:
     panel_id = 1
     y = 0
     for row in dashboard.rows:
-        panels.append({"id": panel_id, "type": "row", "title": row.title, "collapsed": False,
-                       "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
+        panels.append(
+            {
+                "id": panel_id,
+                "type": "row",
+                "title": row.title,
+                "collapsed": False,
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+                "panels": [],
+            }
+        )
         panel_id += 1
         y += 1
         x = 0
@@ -506,8 +576,14 @@ def build(dashboard: Dashboard) -> dict[str, Any]:
             ]
         },
         "links": [
-            {"title": "Other face-pipeline dashboards", "type": "dashboards", "tags": list(dashboard.tags),
-             "asDropdown": False, "includeVars": True, "keepTime": True}
+            {
+                "title": "Other face-pipeline dashboards",
+                "type": "dashboards",
+                "tags": list(dashboard.tags),
+                "asDropdown": False,
+                "includeVars": True,
+                "keepTime": True,
+            }
         ]
         if dashboard.links_to
         else [],
@@ -527,7 +603,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rendered = render_all()
     stale = sorted(
-        name for name, text in rendered.items()
+        name
+        for name, text in rendered.items()
         if not (OUTPUT_DIR / name).exists() or (OUTPUT_DIR / name).read_text() != text
     )
     extra = sorted(p.name for p in OUTPUT_DIR.glob("*.json") if p.name not in rendered)

@@ -29,8 +29,17 @@ SCHEMA_PATH = REPO / "charts" / "face-pipeline" / "values.schema.json"
 
 # Keys of FacePipeline.spec the chart takes verbatim from values (same names, same shapes).
 SPEC_KEYS = (
-    "tenantId", "logLevel", "settings", "redis", "dedup", "storage", "vectorDb", "models",
-    "deletionPolicy", "restartAt", "components",
+    "tenantId",
+    "logLevel",
+    "settings",
+    "redis",
+    "dedup",
+    "storage",
+    "vectorDb",
+    "models",
+    "deletionPolicy",
+    "restartAt",
+    "components",
 )
 
 # CEL rules as JSON Schema, keyed by the rule's text.
@@ -61,8 +70,14 @@ CEL_IN_TEMPLATE = {
 # CEL rules with no meaning for a chart's values.
 CEL_NOT_APPLICABLE = {"self == oldSelf"}  # immutability: the API server's business on update
 
-DROPPED_KEYS = {"default", "x-kubernetes-int-or-string", "x-kubernetes-preserve-unknown-fields",
-                "x-kubernetes-list-type", "x-kubernetes-list-map-keys", "nullable"}
+DROPPED_KEYS = {
+    "default",
+    "x-kubernetes-int-or-string",
+    "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+    "nullable",
+}
 
 
 def translate(node: dict[str, Any], path: str = "spec") -> dict[str, Any]:
@@ -131,7 +146,11 @@ def chart_schema(crd: dict[str, Any]) -> dict[str, Any]:
                 "additionalProperties": False,
                 "required": ["registry"],
                 "properties": {
-                    "registry": {"type": "string", "minLength": 1, "pattern": "^[^:@\\s]+(:[0-9]+)?(/[^:@\\s]+)*$"},
+                    "registry": {
+                        "type": "string",
+                        "minLength": 1,
+                        "pattern": "^[^:@\\s]+(:[0-9]+)?(/[^:@\\s]+)*$",
+                    },
                     "tag": {"description": "Empty: the chart's appVersion.", "type": "string"},
                     "gpuTagSuffix": {
                         "description": "Appended to the detector and embedder tags when models.device=cuda.",

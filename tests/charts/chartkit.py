@@ -5,6 +5,7 @@ Imported by the tests in this folder (tests/charts/conftest.py puts the folder o
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -43,10 +44,16 @@ def values_sets(chart: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def render(chart: Path, values: dict[str, Any], name: str = "test", namespace: str = "facepipe") -> list[dict]:
+@functools.lru_cache(maxsize=4)
+def _load_chart(chart: Path) -> helm.Chart:
+    return helm.Chart.load(str(chart))
+
+
+def render(
+    chart: Path, values: dict[str, Any], name: str = "test", namespace: str = "facepipe"
+) -> list[dict]:
     """Render with the real Helm engine; every non-empty YAML document of every template."""
-    loaded = helm.Chart.load(str(chart))
-    rendered = loaded.render(values, name=name, namespace=namespace)
+    rendered = _load_chart(chart).render(values, name=name, namespace=namespace)
     docs: list[dict] = []
     for path, text in sorted(rendered.items()):
         if not path.endswith((".yaml", ".yml")):
@@ -77,18 +84,20 @@ def crd() -> dict[str, Any]:
     return yaml.safe_load(CRD_FILE.read_text())
 
 
-def crd_schema() -> dict[str, Any]:
+@functools.lru_cache(maxsize=1)
+def _crd_validator() -> jsonschema.Draft7Validator:
     version = next(v for v in crd()["spec"]["versions"] if v["storage"])
-    return version["schema"]["openAPIV3Schema"]
+    return jsonschema.Draft7Validator(version["schema"]["openAPIV3Schema"])
 
 
 def crd_errors(document: dict[str, Any]) -> list[str]:
     """What the CRD's own OpenAPI v3 schema says about a FacePipeline (CEL rules aside)."""
-    validator = jsonschema.Draft7Validator(crd_schema())
+    validator = _crd_validator()
     return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(document)]
 
 
 # --------------------------------------------------------------------------- PromQL names
+
 
 def _walk(node: Any) -> Iterator[Any]:
     """Every node of a promql_parser AST."""
@@ -143,8 +152,13 @@ def promql_metric_names(expr: str) -> set[str]:
     return names
 
 
-GRAFANA_VARS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h",
-                "$namespace": "ns", "$tenant": "acme"}
+GRAFANA_VARS = {
+    "$__rate_interval": "5m",
+    "$__interval": "1m",
+    "$__range": "1h",
+    "$namespace": "ns",
+    "$tenant": "acme",
+}
 
 
 def grafana_to_promql(expr: str) -> str:
@@ -202,6 +216,7 @@ def promtool(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
 
 
 # --------------------------------------------------------------------------- /metrics names
+
 
 def exposed_names(exposition: str) -> set[str]:
     """Every series name a Prometheus text exposition can produce.

@@ -14,6 +14,7 @@ PROMTOOL_TESTS = REPO / "tests" / "charts" / "alerts.promtool.yaml"
 RUNBOOK_ALERTS = {"HighDLQRate", "QueueBacklog", "SlowProcessing"}
 README = "https://github.com/face-pipeline/face-pipeline"
 
+
 def test_rules_pass_promtool_check() -> None:
     result = promtool("check", "rules", str(RULES_FILE))
     assert result.returncode == 0, result.stdout + result.stderr

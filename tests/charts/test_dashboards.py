@@ -74,8 +74,10 @@ def test_layout_is_sane(name: str) -> None:
     cells: set[tuple[int, int]] = set()
     for panel in panels:
         pos = panel["gridPos"]
-        assert 0 <= pos["x"] and pos["x"] + pos["w"] <= 24, panel["title"]
-        area = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"]) for y in range(pos["y"], pos["y"] + pos["h"])}
+        assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24, panel["title"]
+        area = {
+            (x, y) for x in range(pos["x"], pos["x"] + pos["w"]) for y in range(pos["y"], pos["y"] + pos["h"])
+        }
         assert not area & cells, f"{panel['title']} overlaps another panel"
         cells |= area
         if panel["type"] != "row":
@@ -91,7 +93,9 @@ def test_issue_panels_are_present() -> None:
 
     assert some(r"sum by \(tenant, stage\) \(rate\(facepipe_worker_msgs_acked_total")
     for quantile in ("0.5", "0.95", "0.99"):
-        assert some(rf"histogram_quantile\({quantile}, sum by \(le, tenant, stage\) \(rate\(facepipe_message_duration")
+        assert some(
+            rf"histogram_quantile\({quantile}, sum by \(le, tenant, stage\) \(rate\(facepipe_message_duration"
+        )
     assert some(r"facepipe_faces_dup_skipped_total.*/.*facepipe_faces_dup_skipped_total")
     assert some(r"sum by \(tenant, reason\) \(rate\(facepipe_faces_rejected_total")
     for gauge in ("facepipe_stream_length", "facepipe_stream_lag", "facepipe_stream_pending"):
@@ -103,9 +107,14 @@ def test_issue_panels_are_present() -> None:
 def test_every_query_is_valid_promql_for_prometheus(tmp_path: Path) -> None:
     """promtool parses each query (Grafana variables filled in) as a recording rule."""
     exprs = [e for d in dashboards().values() for e in dashboard_exprs(d)]
-    rules = {"groups": [{"name": "dashboards", "rules": [
-        {"record": f"dashboard_query_{i}", "expr": expr} for i, expr in enumerate(exprs)
-    ]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "dashboards",
+                "rules": [{"record": f"dashboard_query_{i}", "expr": expr} for i, expr in enumerate(exprs)],
+            }
+        ]
+    }
     path = tmp_path / "dashboard-queries.yaml"
     path.write_text(yaml.safe_dump(rules))
     result = promtool("check", "rules", str(path))
@@ -115,8 +124,15 @@ def test_every_query_is_valid_promql_for_prometheus(tmp_path: Path) -> None:
 
 def test_promtool_would_catch_a_broken_query(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump({"groups": [{"name": "x", "rules": [
-        {"record": "bad_query", "expr": "sum by (stage (rate(x[5m]))"}]}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "groups": [
+                    {"name": "x", "rules": [{"record": "bad_query", "expr": "sum by (stage (rate(x[5m]))"}]}
+                ]
+            }
+        )
+    )
     assert promtool("check", "rules", str(path)).returncode != 0
 
 

@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 from typing import Any
 
 import helm_python as helm
@@ -20,6 +28,8 @@ from chartkit import (
     validate_builtin,
     values_sets,
 )
+
+from facepipe.common.localservers import free_port
 
 VALUES = values_sets(OPERATOR_CHART)
 NAMESPACE = "facepipe-system"
@@ -46,6 +56,7 @@ def test_chart_crd_is_a_byte_copy_of_crds() -> None:
     crds = helm.Chart.load(str(OPERATOR_CHART)).crds
     assert [c["name"] for c in crds] == [f"crds/{CRD_FILE.name}"]
     assert crds[0]["data"] == CRD_FILE.read_text()
+    validate_builtin(yaml.safe_load(crds[0]["data"]))  # a CustomResourceDefinition is a built-in kind
 
 
 @pytest.mark.parametrize("values_name", sorted(VALUES))
@@ -80,7 +91,8 @@ def test_operator_deployment_runs_one_unprivileged_kopf() -> None:
     container = pod["containers"][0]
     assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
     assert container["command"] == ["python", "-m", "facepipe.operator"]
-    assert container["args"][:3] == ["--standalone", "--liveness=http://0.0.0.0:8080/healthz", "--all-namespaces"]
+    # Every namespace, standalone: the defaults of python -m facepipe.operator.
+    assert container["args"] == ["--liveness=http://0.0.0.0:8080/healthz"]
     assert container["image"] == "ghcr.io/face-pipeline/operator:0.1.0"
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -111,7 +123,11 @@ def test_rbac_is_least_privilege(values_name: str) -> None:
             assert rule["verbs"] == ["get"], "secrets: read one by name, never list or watch"
         if "customresourcedefinitions" in rule["resources"] or "namespaces" in rule["resources"]:
             assert set(rule["verbs"]) <= {"list", "watch"}
-        assert "escalate" not in rule["verbs"] and "bind" not in rule["verbs"] and "impersonate" not in rule["verbs"]
+        assert (
+            "escalate" not in rule["verbs"]
+            and "bind" not in rule["verbs"]
+            and "impersonate" not in rule["verbs"]
+        )
     granted = {(g, r) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]}
     assert ("facepipe.io", "facepipelines/status") in granted
     assert ("apps", "deployments") in granted and ("autoscaling", "horizontalpodautoscalers") in granted
@@ -130,10 +146,13 @@ def test_watching_listed_namespaces_grants_only_there() -> None:
     assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(watched)
     # The one ClusterRole left is read-only discovery.
     cluster_rules = [rule for doc in by_kind(docs, "ClusterRole") for rule in doc["rules"]]
-    assert {r for rule in cluster_rules for r in rule["resources"]} == {"customresourcedefinitions", "namespaces"}
+    assert {r for rule in cluster_rules for r in rule["resources"]} == {
+        "customresourcedefinitions",
+        "namespaces",
+    }
     args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert [a for a in args if a.startswith("--namespace=")] == [f"--namespace={n}" for n in watched]
-    assert "--all-namespaces" not in args and "--verbose" in args
+    assert "--verbose" in args and "--debug" in args
 
 
 def test_cluster_wide_operator_does_not_list_namespaces() -> None:
@@ -169,9 +188,16 @@ def test_monitors_match_the_operator_builders() -> None:
     from facepipe.operator.constants import BACKLOG_METRIC, INPUT_ROLE
     from facepipe.operator.spec import parse_spec
 
-    spec = parse_spec("acme", {"tenantId": "acme", "redis": {"url": "redis://r:6379/0"},
-                       "storage": {"endpoint": "minio:9000"}, "vectorDb": {"url": "http://q:6333"},
-                       "components": {"detector": {"autoscaling": {"enabled": True}}}})
+    spec = parse_spec(
+        "acme",
+        {
+            "tenantId": "acme",
+            "redis": {"url": "redis://r:6379/0"},
+            "storage": {"endpoint": "minio:9000"},
+            "vectorDb": {"url": "http://q:6333"},
+            "components": {"detector": {"autoscaling": {"enabled": True}}},
+        },
+    )
     owner = builders.Owner(name="acme", namespace="acme", uid="0000")
     children = builders.build_children(owner, spec)
     for child in children:
@@ -181,12 +207,18 @@ def test_monitors_match_the_operator_builders() -> None:
             assert pod["metadata"]["labels"]["facepipe.io/tenant"] == "acme"
             ports = {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
             assert ("http" if component == "ops-api" else "metrics") in ports
-        if child["kind"] == "Service" and child["metadata"]["labels"].get("app.kubernetes.io/component") == "ops-api":
+        if (
+            child["kind"] == "Service"
+            and child["metadata"]["labels"].get("app.kubernetes.io/component") == "ops-api"
+        ):
             assert child["spec"]["ports"][0]["name"] == "http"
         if child["kind"] == "HorizontalPodAutoscaler":
             metric = child["spec"]["metrics"][0]["external"]["metric"]
             assert metric["name"] == BACKLOG_METRIC
-            assert metric["selector"]["matchLabels"] == {"stream_role": INPUT_ROLE["detector"], "tenant": "acme"}
+            assert metric["selector"]["matchLabels"] == {
+                "stream_role": INPUT_ROLE["detector"],
+                "tenant": "acme",
+            }
     adapter = yaml.safe_load(ADAPTER_FILE.read_text())["rules"]["external"]
     assert [rule["name"]["as"] for rule in adapter] == [BACKLOG_METRIC]
     assert 'stream_role!=""' in adapter[0]["seriesQuery"] and "tenant" in adapter[0]["metricsQuery"]
@@ -210,7 +242,9 @@ def test_dashboards_ship_as_sidecar_configmaps() -> None:
         ((name, text),) = configmap["data"].items()
         assert json.loads(text) == json.loads(files[name])
     full = render(OPERATOR_CHART, VALUES["full"], name="fpo", namespace=NAMESPACE)
-    for configmap in [d for d in by_kind(full, "ConfigMap") if "grafana_dashboard" in d["metadata"]["labels"]]:
+    for configmap in [
+        d for d in by_kind(full, "ConfigMap") if "grafana_dashboard" in d["metadata"]["labels"]
+    ]:
         assert configmap["metadata"]["namespace"] == "monitoring"
         assert configmap["metadata"]["annotations"]["grafana_folder"] == "Face pipeline"
 
@@ -228,3 +262,44 @@ def test_monitoring_objects_can_be_switched_off() -> None:
     kinds = {d["kind"] for d in docs}
     assert not kinds & {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
     assert not [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-adapter-rules")]
+
+
+def test_operator_starts_with_the_charts_command_and_args(tmp_path: Path) -> None:
+    """The chart's command line, run for real against the Kubernetes API emulator: Kopf answers
+    its liveness probe, so every option the chart passes is one the operator understands."""
+    from facepipe.operator.sandbox.emulator import EmulatorServer, write_kubeconfig
+
+    port = free_port()
+    values = {"operator": {"watchNamespaces": ["acme"], "verbose": True, "livenessPort": port}}
+    docs = render(OPERATOR_CHART, values, name="fpo", namespace=NAMESPACE)
+    container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][0] == "python"
+    command = [sys.executable, *container["command"][1:], *container["args"]]
+    probe = container["livenessProbe"]["httpGet"]
+    server = EmulatorServer([OPERATOR_CHART / "crds" / CRD_FILE.name])
+    server.start()
+    log = tmp_path / "operator.log"
+    env = {**os.environ, "KUBECONFIG": str(write_kubeconfig(tmp_path / "kubeconfig", server.url))}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, f"operator exited {proc.returncode}:\n{log.read_text()[-3000:]}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{probe['path']}", timeout=5) as response:
+                    assert response.status == 200
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                assert time.monotonic() < deadline, f"no liveness answer:\n{log.read_text()[-3000:]}"
+                time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        server.stop()

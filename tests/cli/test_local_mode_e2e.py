@@ -245,7 +245,14 @@ def test_killed_worker_is_restarted(stack: Stack) -> None:
     supervisor = psutil.Process(stack.local["supervisor_pid"])
 
     def detector_pids() -> set[int]:
-        return {p.pid for p in supervisor.children() if "facepipe.detector" in " ".join(p.cmdline())}
+        pids = set()
+        for child in supervisor.children():
+            try:
+                if "facepipe.detector" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+                    pids.add(child.pid)
+            except psutil.Error:  # exited while we looked
+                continue
+        return pids
 
     [old] = detector_pids()
     os.kill(old, signal.SIGKILL)
@@ -253,7 +260,12 @@ def test_killed_worker_is_restarted(stack: Stack) -> None:
     while time.monotonic() < deadline and (not detector_pids() or detector_pids() == {old}):
         time.sleep(0.2)
     assert detector_pids() and old not in detector_pids()
-    assert "detector (pid" in stack.log() and "restarting in" in stack.log()
+    assert f"detector (pid {old}) exited with code -9" in stack.log() and "restarting in" in stack.log()
+    # The new detector consumes again (its start-up block is logged a second time).
+    detector_log = stack.data_dir / "stack" / "logs" / "detector.log"
+    while detector_log.read_text().count("Worker started, waiting for messages") < 2:
+        assert time.monotonic() < deadline + 60, "restarted detector never started consuming"
+        time.sleep(0.2)
 
 
 def test_sigterm_stops_everything_cleanly(stack: Stack) -> None:

@@ -107,3 +107,11 @@ def test_settings_error_from_plain_python_has_no_traceback() -> None:
     assert result.stderr.strip().splitlines() == [
         "invalid configuration: DEDUP_MAX_HAMMING='70' is invalid: allowed range 0..64"
     ]
+
+
+def test_invalid_value_set_through_legacy_alias_names_the_alias(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DEDUP_MAX_HAMMING", raising=False)
+    monkeypatch.setenv("GLOBAL_DEDUP_MAX_HAMMING", "99")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "GLOBAL_DEDUP_MAX_HAMMING='99'" in str(caught.value)

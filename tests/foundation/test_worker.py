@@ -203,6 +203,26 @@ def test_transient_error_raised_for_the_batch_is_retried_not_dead_lettered(harne
     assert result.stderr.count("Transient error on 2 message(s)") == 3
 
 
+def test_entries_retried_for_a_transient_error_are_not_reclaimed_by_others(harness) -> None:
+    # MAX_DELIVERIES=1: a single reclaim by the second consumer would dead-letter the message.
+    settings = {"CLAIM_IDLE_MS": "300", "MAX_DELIVERIES": "1"}
+    flaky = harness.publish(harness.ingest_payload(1, action="transient_until_gate"))
+    holder = harness.start(
+        "--once", REDIS_CONSUMER_NAME="a", RETRY_BACKOFF_INITIAL_S="1", RETRY_BACKOFF_MAX_S="1", **settings
+    )
+    harness.wait_until(lambda: harness.redis.hget("toy:attempts", flaky), what="worker a to hold the message")
+    other = harness.start(REDIS_CONSUMER_NAME="b", **settings)
+    harness.wait_until(lambda: "Worker started" in other.log(), what="worker b to start")
+    time.sleep(1.5)  # several of b's reclaim rounds, each longer than CLAIM_IDLE_MS after a's failure
+    harness.redis.set("toy:gate", "open")
+    assert holder.proc.wait(timeout=60) == 0
+    assert other.terminate() == 0
+    assert harness.redis.xlen(DLQ) == 0
+    assert harness.out_sources() == [flaky]
+    assert harness.redis.hget("toy:deliveries", flaky) == "1"
+    assert "Reclaimed" not in other.log()
+
+
 def test_transient_error_returned_for_one_message_retries_only_that_one(harness) -> None:
     flaky = harness.publish(harness.ingest_payload(1, action="transient_result", fail_times=2))
     neighbour = harness.publish(harness.ingest_payload(2))

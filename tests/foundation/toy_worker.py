@@ -9,7 +9,8 @@ effect that must exist exactly once per message.
 
 Behaviour per message (payload field ``action``): ``ok`` (default), ``crash``
 (raises RuntimeError, every delivery), ``transient`` (raises TransientError for the
-whole batch the first ``fail_times`` attempts), ``transient_result`` (returns a
+whole batch the first ``fail_times`` attempts), ``transient_until_gate`` (the same
+until the key ``toy:gate`` exists), ``transient_result`` (returns a
 TransientError for that message only). ``slow: true`` messages sleep TOY_SLEEP_S
 when TOY_HONOR_SLOW=1; without TOY_HONOR_SLOW every batch sleeps TOY_SLEEP_S.
 TOY_INPUT=final reads the last pipeline stream instead of the ingest stream.
@@ -63,6 +64,8 @@ class ToyHandler:
                 raise RuntimeError(f"toy crash on {message.id}")
             if action == "transient" and attempts[message.id] <= int(message.payload.get("fail_times", 0)):
                 raise TransientError(f"toy transient failure on {message.id}")
+            if action == "transient_until_gate" and not self.redis.exists("toy:gate"):
+                raise TransientError(f"toy transient failure on {message.id} until toy:gate is set")
         results: list[Outcome | BaseException] = []
         for message in messages:
             fail_times = int(message.payload.get("fail_times", 0))

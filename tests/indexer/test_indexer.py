@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +22,9 @@ from facepipe.common.dedup import DedupCache, Owner
 from facepipe.common.settings import Settings, dlq_stream, load_settings
 from facepipe.common.stats import Stats
 from facepipe.common.storage import ObjectStore, artifact_keys, image_prefix
+from facepipe.common.streams import StreamMessage
 from facepipe.common.vectors import VectorIndex, point_id
+from facepipe.indexer import IndexerHandler
 
 SHA_A = "a1" * 32
 SHA_B = "b2" * 32
@@ -105,29 +109,128 @@ def test_indexes_faces_with_artifacts_at_the_payload_keys(
     assert stats["timings_ms"]["upsert"]["count"] == 1
 
 
-def test_redelivered_message_is_reindexed_not_skipped_and_adds_no_points(
-    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, make_message: MakeMessage, publish: Publish,
-    run_indexer: RunIndexer, open_index: OpenIndex, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture,
-) -> None:
-    monkeypatch.setenv("CLAIM_IDLE_MS", "100")
-    settings = load_settings()
-    first = publish(make_message("demo", SHA_A, FACES))
-    assert run_indexer(settings) == 0
-    # A real redelivery of that entry: the same entry id handed out again. A consumer reads it and
-    # dies without acking; the indexer reclaims it once it is idle (XAUTOCLAIM).
-    redis_client.xadd(settings.embedded_stream, {"message": json.dumps(make_message("demo", SHA_A, FACES))})
-    second = redis_client.xreadgroup(
+def take_and_die(client: redis.Redis, settings: Settings) -> StreamMessage:
+    """Read one entry as a consumer that then dies without acking (it stays pending, then is reclaimed)."""
+    with contextlib.suppress(redis.ResponseError):  # BUSYGROUP: the group exists already
+        client.xgroup_create(settings.embedded_stream, settings.redis_group_name, id="0", mkstream=True)
+    reply = client.xreadgroup(
         settings.redis_group_name, "crashed-consumer", {settings.embedded_stream: ">"}, count=1
-    )[0][1][0][0]
-    # What the dead consumer got done before it died: the dedup remember (owned by its entry).
+    )
+    entry_id, fields = reply[0][1][0]
+    return StreamMessage(entry_id, settings.embedded_stream, json.loads(fields["message"]), fields, 1)
+
+
+@pytest.fixture
+def reclaiming(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings whose workers reclaim entries idle for 100 ms (a dead consumer's)."""
+    monkeypatch.setenv("CLAIM_IDLE_MS", "100")
+    return load_settings()
+
+
+def test_crash_between_dedup_remember_and_upsert_loses_no_face(
+    reclaiming: Settings,
+    make_message: MakeMessage,
+    publish: Publish,
+    run_indexer: RunIndexer,
+    open_index: OpenIndex,
+    store: ObjectStore,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = reclaiming
+    publish(make_message("demo", SHA_A, FACES))
+    taken = take_and_die(redis_client, settings)
+    # What the dead consumer got done: the dedup commit of the faces, owned by this entry.
     cache = DedupCache(redis_client, settings)
-    assert not cache.check_and_remember("demo", FACES[0][1], Owner(SHA_A, 0, second))[0] is False or True
+    owners = [(phash, Owner(SHA_A, index, taken.id)) for index, phash, _seed in FACES]
+    assert [r.is_duplicate for r in cache.check_and_remember_many("demo", owners)] == [False, False]
     time.sleep(0.3)
     with caplog.at_level(logging.INFO):
         assert run_indexer(settings) == 0
-    assert f"Successfully processed message {second}: faces_total=2, accepted=0" not in caplog.text
+    assert (
+        f"Successfully processed message {taken.id}: faces_total=2, accepted=2, rejected=0, dup_skipped=0"
+        in (caplog.text)
+    )
     assert pending(redis_client, settings) == 0
-    assert first != second
+    assert open_index(settings).count("demo") == 2
+    assert store.exists(settings.bucket_crops, artifact_keys("demo", SHA_A, 1).crop)
+
+
+def test_crash_after_upsert_before_ack_is_reindexed_idempotently(
+    reclaiming: Settings,
+    make_message: MakeMessage,
+    publish: Publish,
+    run_indexer: RunIndexer,
+    open_index: OpenIndex,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = reclaiming
+    publish(make_message("demo", SHA_A, FACES))
+    taken = take_and_die(redis_client, settings)
+    # The dead consumer did all the work (dedup, S3, Qdrant) and died before its ack.
+    handler = IndexerHandler(settings)
+    handler.setup()
+    try:
+        assert [type(r).__name__ for r in handler.process_batch([taken])] == ["Outcome"]
+        assert handler.index.count("demo") == 2
+    finally:
+        handler.close()
+    time.sleep(0.3)
+    with caplog.at_level(logging.INFO):
+        assert run_indexer(settings) == 0
+    assert (
+        f"Successfully processed message {taken.id}: faces_total=2, accepted=2, rejected=0, dup_skipped=0"
+        in (caplog.text)
+    )
+    assert "near-duplicate" not in caplog.text
+    assert pending(redis_client, settings) == 0
+    assert counters(redis_client)["faces_processed"] == 2  # counted once: with the one ack
+    assert open_index(settings).count("demo") == 2
+
+
+def test_the_same_event_published_twice_is_indexed_twice_without_new_points(
+    settings: Settings,
+    make_message: MakeMessage,
+    publish: Publish,
+    run_indexer: RunIndexer,
+    open_index: OpenIndex,
+    redis_client: redis.Redis,
+) -> None:
+    # A stage that published and died before its ack publishes again on redelivery: both copies
+    # carry the ingest entry they came from (source.id), so they are one event, not duplicates.
+    message = {
+        **make_message("demo", SHA_A, FACES),
+        "source": {"stream": "face-processing-queue", "id": "5-0"},
+    }
+    publish(message)
+    publish(message)
+    assert run_indexer(settings) == 0
+    assert counters(redis_client)["faces_processed"] == 4
+    assert counters(redis_client)["faces_dup_skipped"] == 0
+    assert open_index(settings).count("demo") == 2
+
+
+def test_the_same_image_ingested_again_is_dup_skipped_without_new_points(
+    settings: Settings,
+    make_message: MakeMessage,
+    publish: Publish,
+    run_indexer: RunIndexer,
+    open_index: OpenIndex,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    publish(make_message("demo", SHA_A, FACES))
+    assert run_indexer(settings) == 0
+    again = publish(make_message("demo", SHA_A, FACES))  # the runbook's "second run (same images)"
+    with caplog.at_level(logging.INFO):
+        assert run_indexer(settings) == 0
+    assert (
+        f"Successfully processed message {again}: faces_total=2, accepted=0, rejected=0, dup_skipped=2"
+        in (caplog.text)
+    )
+    assert counters(redis_client)["faces_processed"] == 2
+    assert counters(redis_client)["faces_dup_skipped"] == 2
     assert open_index(settings).count("demo") == 2
 
 

@@ -23,7 +23,7 @@ os.environ.setdefault("FACEPIPE_OPERATOR_PURGE_RETRY_SECONDS", "1")
 
 from operatorkit import CRD_PATH, wait_for
 
-from facepipe.operator.kube import KubeApi
+from facepipe.operator.kube import FACE_PIPELINE, KubeApi
 from facepipe.operator.sandbox.emulator import EmulatorServer, write_kubeconfig
 
 
@@ -54,7 +54,7 @@ def operator_runner(kubeconfig: Path) -> Iterator[Any]:
     os.environ["KUBECONFIG"] = str(kubeconfig)  # Kopf's own login reads it
     try:
         with kopf.testing.KopfRunner(
-            ["run", "--all-namespaces", "--standalone", "--verbose", "-m", "facepipe.operator.main"],
+            ["run", "--all-namespaces", "--standalone", "-m", "facepipe.operator.main"],
             timeout=60,
         ) as runner:
             from facepipe.operator.handlers.runtime import RUNTIME
@@ -70,5 +70,9 @@ def operator_runner(kubeconfig: Path) -> Iterator[Any]:
 
 
 @pytest.fixture
-def namespace() -> str:
-    return f"t-{uuid.uuid4().hex[:10]}"
+def namespace(kube: KubeApi) -> Iterator[str]:
+    """A fresh namespace; its FacePipelines are deleted afterwards so timers stop working on them."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    yield name
+    for pipeline in kube.list(FACE_PIPELINE, name):
+        kube.delete(FACE_PIPELINE, name, pipeline["metadata"]["name"])

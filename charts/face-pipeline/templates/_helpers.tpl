@@ -50,9 +50,20 @@ generated from the CRD, covers the rest): fail the render with the CRD's own mes
 {{- fail (printf "FacePipeline name %q (nameOverride, else the release name) must be a DNS-1035 label of at most 50 characters: child Services are named after it" $name) -}}
 {{- end -}}
 {{- range $key := list "detector" "embedder" "indexer" "opsApi" -}}
-{{- $scaling := (index $.Values.components $key).autoscaling | default dict -}}
+{{- $component := index $.Values.components $key | default dict -}}
+{{- $scaling := $component.autoscaling | default dict -}}
 {{- if and $scaling.enabled (gt (int64 $scaling.minReplicas) (int64 $scaling.maxReplicas)) -}}
 {{- fail (printf "components.%s: autoscaling.minReplicas must not exceed autoscaling.maxReplicas (%d > %d)" $key (int64 $scaling.minReplicas) (int64 $scaling.maxReplicas)) -}}
+{{- end -}}
+{{- /* What the operator would refuse later (facepipe.operator.spec), refused now. */ -}}
+{{- if and $scaling.enabled (eq $scaling.provider "keda") $.Values.redis.urlSecretRef (not $.Values.redis.kedaAuthenticationRef) -}}
+{{- fail (printf "components.%s: autoscaling.provider keda with redis.urlSecretRef needs redis.kedaAuthenticationRef (a TriggerAuthentication giving KEDA the address and password)" $key) -}}
+{{- end -}}
+{{- if and $scaling.enabled (eq $scaling.provider "keda") $.Values.redis.url (not $.Values.redis.kedaAuthenticationRef) (not (regexMatch "^rediss?://[^@/:]+(:[0-9]+)?(/[0-9]*)?$" $.Values.redis.url)) -}}
+{{- fail (printf "components.%s: autoscaling.provider keda needs redis.url as redis[s]://host[:port][/db] without credentials, or redis.kedaAuthenticationRef" $key) -}}
+{{- end -}}
+{{- if and $scaling.enabled (eq $key "opsApi") (not (($component.resources | default dict).requests | default dict).cpu) -}}
+{{- fail "components.opsApi.resources.requests.cpu: required when opsApi autoscaling is enabled (it scales on CPU utilisation of the request)" -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}

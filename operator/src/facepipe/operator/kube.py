@@ -9,6 +9,7 @@ Kopf runs the operator's sync handlers in worker threads, where this blocks fine
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -86,7 +87,9 @@ class KubeApi:
                 raise kubernetes.config.ConfigException("a kubeconfig was given")
             kubernetes.config.load_incluster_config(client_configuration=configuration)
         except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+            # $KUBECONFIG read now: the kubernetes package reads it once, at its own import.
+            kubernetes.config.load_kube_config(config_file=kubeconfig or os.environ.get("KUBECONFIG"),
+                                               client_configuration=configuration)
         return cls(kubernetes.client.ApiClient(configuration))
 
     def close(self) -> None:

@@ -23,6 +23,12 @@ def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> None
     runtime.configure(settings, logger)
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    # In a pod: the service account; elsewhere: $KUBECONFIG (read now, not at import time).
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 @kopf.on.cleanup()
 def cleanup(**_: Any) -> None:
     runtime.cleanup()

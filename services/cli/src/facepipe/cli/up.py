@@ -177,7 +177,7 @@ class _Printer:
         self.quiet = quiet
 
     def event(self, message: str) -> None:
-        self.console.print(Text("   facepipe | ", style="bold blue") + Text(message))
+        self.console.print(Text("   facepipe | ", style="bold blue") + Text(message), soft_wrap=True)
 
     def line(self, name: str, line: str) -> None:
         if not self.quiet:
@@ -192,7 +192,7 @@ def _wait_ready(api: str, supervisor: Supervisor, printer: _Printer, banner: str
         with contextlib.suppress(httpx.HTTPError):
             response = httpx.get(f"{api}/ready", timeout=10)
             if response.status_code == 200:
-                printer.console.print(banner)
+                printer.console.print(banner, soft_wrap=True)
                 return
             last = response.text
         time.sleep(0.5)
@@ -209,7 +209,7 @@ def run_up(data_dir: Path, host: str = "127.0.0.1", port: int = 8001, quiet: boo
         with _locked(data_dir):
             return _run_locked(data_dir.resolve(), host, port, printer)
     except (UpError, ConfigError) as exc:
-        console.print(Text(f"facepipe up: {exc}", style="bold red"))
+        console.print(Text(f"facepipe up: {exc}", style="bold red"), soft_wrap=True)
         return 2
 
 

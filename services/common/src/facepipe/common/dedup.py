@@ -46,7 +46,7 @@ from facepipe.common.messages import IMAGE_ID_PATTERN
 from facepipe.common.settings import Settings
 from facepipe.common.tenancy import validate_tenant_id
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("facepipe.common.dedup")
 
 HASH_BITS = 64
 KEY_ROOT = "dedup:"

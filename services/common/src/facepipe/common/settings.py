@@ -166,6 +166,10 @@ class ConfigError(SystemExit):
     """Raised instead of a traceback: the message is the one line an operator needs."""
 
 
+def _env_is_set(name: str) -> bool:
+    return any(key.upper() == name.upper() for key in os.environ)
+
+
 def _describe(error: dict) -> str:
     loc = str(error["loc"][0]) if error["loc"] else "?"
     info = None
@@ -173,8 +177,11 @@ def _describe(error: dict) -> str:
     for name, field_info in Settings.model_fields.items():
         choices = field_info.validation_alias.choices if isinstance(field_info.validation_alias, AliasChoices) else []
         if loc == name or loc in choices:
-            # Name the variable that was actually set (it may be a legacy alias).
-            info, env_name = field_info, loc if loc in choices else str(choices[0]) if choices else name.upper()
+            # Name the variable that was actually set: pydantic reports the primary name
+            # even when the value came through a legacy alias.
+            names = [str(choice) for choice in choices] or [name.upper()]
+            info = field_info
+            env_name = next((n for n in names if _env_is_set(n)), names[0])
             break
     value = error.get("input")
     ctx = error.get("ctx") or {}

@@ -183,11 +183,14 @@ class Worker:
         self.log.info("%s received: finishing the batch in hand, then exiting", signal.Signals(signum).name)
         self._stop.set()
 
+    def _backoff_delay(self, attempt: int) -> float:
+        initial, cap = self.settings.retry_backoff_initial_s, self.settings.retry_backoff_max_s
+        # Jitter, so replicas that failed together do not retry in lockstep.
+        return min(cap, initial * 2 ** max(attempt - 1, 0)) * random.uniform(0.8, 1.0)
+
     def _sleep_backoff(self, attempt: int) -> bool:
         """Wait the attempt's backoff; False when asked to stop meanwhile."""
-        initial, cap = self.settings.retry_backoff_initial_s, self.settings.retry_backoff_max_s
-        delay = min(cap, initial * 2 ** max(attempt - 1, 0)) * random.uniform(0.8, 1.0)
-        return not self._stop.wait(delay)
+        return not self._stop.wait(self._backoff_delay(attempt))
 
     # -------------------------------------------------------------------- run
     def run(self) -> int:
@@ -474,8 +477,7 @@ class Worker:
                 type(error).__name__,
                 error,
             )
-            self._keep_ownership(retry)
-            if not self._sleep_backoff(attempt):
+            if not self._wait_holding(retry, attempt):
                 self.log.info("Stopping: %d message(s) left pending for redelivery", len(retry))
                 return
             todo = retry
@@ -495,21 +497,31 @@ class Worker:
             )
         return results
 
-    def _keep_ownership(self, messages: list[StreamMessage]) -> None:
-        """Reset the entries' idle time while retrying, so no other consumer reclaims them.
+    def _wait_holding(self, messages: list[StreamMessage], attempt: int) -> bool:
+        """Wait the backoff of ``attempt`` while keeping the entries; False when asked to stop.
 
-        A reclaim would count as a delivery, and enough of them during a long outage
-        would dead-letter a message for being transient. JUSTID does not count one.
+        Their idle time is reset (XCLAIM JUSTID) at least every CLAIM_IDLE_MS / 2, so no
+        other consumer reclaims them: a reclaim counts as a delivery, and enough of them
+        during a long outage would dead-letter a message for being transient. JUSTID
+        does not count one.
         """
-        with contextlib.suppress(redis.RedisError):  # Redis down too: nobody can reclaim them meanwhile
-            self.redis.xclaim(
-                self.stream,
-                self.group,
-                self.consumer,
-                min_idle_time=0,
-                message_ids=[message.id for message in messages],
-                justid=True,
-            )
+        remaining = self._backoff_delay(attempt)
+        step = self.settings.claim_idle_ms / 2000.0
+        while True:
+            with contextlib.suppress(redis.RedisError):  # Redis down too: nobody can reclaim them
+                self.redis.xclaim(
+                    self.stream,
+                    self.group,
+                    self.consumer,
+                    min_idle_time=0,
+                    message_ids=[message.id for message in messages],
+                    justid=True,
+                )
+            if remaining <= 0:
+                return True
+            if self._stop.wait(min(step, remaining)):
+                return False
+            remaining -= step
 
     def _crashed(self, message: StreamMessage, result: object) -> None:
         if isinstance(result, BaseException):
@@ -623,6 +635,17 @@ class Worker:
                 if not self._sleep_backoff(attempt):
                     self.log.info("Stopping while Redis is down: message %s left pending", entry_id)
                     return False
+            except redis.ResponseError as exc:
+                # A command failed inside EXEC (e.g. WRONGTYPE: an output key is not a stream).
+                # Redis does not roll back, so the XACK queued last may have run anyway.
+                self.log.error(
+                    "Redis rejected a write of message %s (%s); its ack may have gone through: "
+                    "check %s and the output streams",
+                    entry_id,
+                    exc,
+                    self.stream,
+                )
+                return False
             except Exception:
                 self.log.exception("Could not commit message %s; left pending for redelivery", entry_id)
                 return False

@@ -35,6 +35,7 @@ class OpsBackend:
         settings: Settings,
         redis_client: redis.Redis | None = None,
         index: VectorIndex | None = None,
+        models: SearchModels | None = None,
     ) -> None:
         self.settings = settings
         self.redis = redis_client or redis.Redis.from_url(
@@ -47,7 +48,7 @@ class OpsBackend:
         self.store = ObjectStore(settings)
         self._index = index
         self._owns_index = index is None
-        self._models: SearchModels | None = None
+        self._models: SearchModels | None = models
         self._lock = threading.Lock()
 
     @property
