@@ -12,7 +12,7 @@ from pydantic_core import PydanticUndefined
 from facepipe.common.settings import Settings
 
 
-def rows() -> list[tuple[str, str, str, str]]:
+def rows() -> list[tuple[str, str, str, str, str]]:
     out = []
     for name, info in Settings.model_fields.items():
         choices = info.validation_alias.choices if isinstance(info.validation_alias, AliasChoices) else [name]
@@ -32,15 +32,15 @@ def rows() -> list[tuple[str, str, str, str]]:
         annotation = str(info.annotation)
         if "Literal" in annotation:
             limits.append(annotation.split("Literal", 1)[1].strip("[]").replace("'", ""))
-        out.append((primary, aliases, default, ", ".join(limits)))
+        out.append((primary, aliases, default, ", ".join(limits), info.description or ""))
     return out
 
 
 def main() -> None:
-    print("| variable | legacy alias | default | allowed |")
-    print("|---|---|---|---|")
-    for primary, aliases, default, limits in rows():
-        print(f"| `{primary}` | {aliases} | `{default}` | {limits} |")
+    print("| variable | legacy alias | default | allowed | what it does |")
+    print("|---|---|---|---|---|")
+    for primary, aliases, default, limits, description in rows():
+        print(f"| `{primary}` | {aliases} | `{default}` | {limits} | {description} |")
 
 
 if __name__ == "__main__":

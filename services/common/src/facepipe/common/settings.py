@@ -36,88 +36,301 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
 
     # --- Redis connection & streams (runbook) ---
-    redis_url: str = Field("redis://localhost:6379/0", validation_alias=_env("REDIS_URL"))
+    redis_url: str = Field(
+        "redis://localhost:6379/0",
+        validation_alias=_env("REDIS_URL"),
+        description="Redis for streams, dedup cache and stats",
+    )
     redis_stream_name: str = Field(
-        "face-processing-queue", min_length=1, validation_alias=_env("REDIS_STREAM_NAME", "FACE_STREAM")
+        "face-processing-queue",
+        min_length=1,
+        validation_alias=_env("REDIS_STREAM_NAME", "FACE_STREAM"),
+        description="ingest stream the producer XADDs to",
     )
     redis_group_name: str = Field(
-        "pipeline", min_length=1, validation_alias=_env("REDIS_GROUP_NAME", "FACE_GROUP")
+        "pipeline",
+        min_length=1,
+        validation_alias=_env("REDIS_GROUP_NAME", "FACE_GROUP"),
+        description="consumer group, the same on every stream",
     )
     redis_consumer_name: str = Field(
-        "", validation_alias=_env("REDIS_CONSUMER_NAME", "FACE_CONSUMER"),
+        "",
+        validation_alias=_env("REDIS_CONSUMER_NAME", "FACE_CONSUMER"),
         description="empty: pipe-{hostname}-{pid}",
     )
     # Streams between stages. Empty means derived from REDIS_STREAM_NAME.
-    detected_stream_name: str = Field("", validation_alias=_env("DETECTED_STREAM_NAME"))
-    embedded_stream_name: str = Field("", validation_alias=_env("EMBEDDED_STREAM_NAME"))
+    detected_stream_name: str = Field(
+        "",
+        validation_alias=_env("DETECTED_STREAM_NAME"),
+        description="detector → embedder stream; empty: <ingest>:detected",
+    )
+    embedded_stream_name: str = Field(
+        "",
+        validation_alias=_env("EMBEDDED_STREAM_NAME"),
+        description="embedder → indexer stream; empty: <ingest>:embedded",
+    )
 
     # --- Dedup (runbook) ---
-    enable_global_dedup: bool = Field(True, validation_alias=_env("ENABLE_GLOBAL_DEDUP", "GLOBAL_DEDUP_ENABLED"))
+    enable_global_dedup: bool = Field(
+        True,
+        validation_alias=_env("ENABLE_GLOBAL_DEDUP", "GLOBAL_DEDUP_ENABLED"),
+        description="near-duplicate face suppression on/off (off: nothing read or written)",
+    )
     dedup_ttl_seconds: int = Field(
-        3600, ge=1, le=365 * 24 * 3600, validation_alias=_env("DEDUP_TTL_SECONDS", "GLOBAL_DEDUP_TTL_SEC")
+        3600,
+        ge=1,
+        le=365 * 24 * 3600,
+        validation_alias=_env("DEDUP_TTL_SECONDS", "GLOBAL_DEDUP_TTL_SEC"),
+        description="how long a remembered face pHash suppresses its near-duplicates",
     )
     dedup_max_hamming: int = Field(
-        8, ge=0, le=64, validation_alias=_env("DEDUP_MAX_HAMMING", "GLOBAL_DEDUP_MAX_HAMMING")
+        8,
+        ge=0,
+        le=64,
+        validation_alias=_env("DEDUP_MAX_HAMMING", "GLOBAL_DEDUP_MAX_HAMMING"),
+        description="largest Hamming distance between 64-bit pHashes counted as duplicate",
     )
 
     # --- Worker (runbook) ---
-    max_worker_concurrency: int = Field(5, ge=1, le=256, validation_alias=_env("MAX_WORKER_CONCURRENCY"))
-    worker_batch_size: int = Field(10, ge=1, le=1000, validation_alias=_env("WORKER_BATCH_SIZE"))
-    enable_queue_worker: bool = Field(True, validation_alias=_env("ENABLE_QUEUE_WORKER"))
-    read_block_ms: int = Field(2000, ge=1, le=60_000, validation_alias=_env("READ_BLOCK_MS"))
-    claim_idle_ms: int = Field(60_000, ge=100, le=86_400_000, validation_alias=_env("CLAIM_IDLE_MS"))
-    max_deliveries: int = Field(5, ge=1, le=100, validation_alias=_env("MAX_DELIVERIES"))
-    retry_backoff_initial_s: float = Field(0.5, gt=0, le=60, validation_alias=_env("RETRY_BACKOFF_INITIAL_S"))
-    retry_backoff_max_s: float = Field(30.0, gt=0, le=600, validation_alias=_env("RETRY_BACKOFF_MAX_S"))
-    metrics_port: int = Field(0, ge=0, le=65535, validation_alias=_env("METRICS_PORT"))
+    max_worker_concurrency: int = Field(
+        5,
+        ge=1,
+        le=256,
+        validation_alias=_env("MAX_WORKER_CONCURRENCY"),
+        description="messages processed at once inside one worker (download/decode threads)",
+    )
+    worker_batch_size: int = Field(
+        10,
+        ge=1,
+        le=1000,
+        validation_alias=_env("WORKER_BATCH_SIZE"),
+        description="messages read per XREADGROUP (the --max-batch flag overrides)",
+    )
+    enable_queue_worker: bool = Field(
+        True,
+        validation_alias=_env("ENABLE_QUEUE_WORKER"),
+        description="master switch: false makes a worker log why and exit 0",
+    )
+    read_block_ms: int = Field(
+        2000,
+        ge=1,
+        le=60_000,
+        validation_alias=_env("READ_BLOCK_MS"),
+        description="XREADGROUP block time; --once returns after one empty block",
+    )
+    claim_idle_ms: int = Field(
+        60_000,
+        ge=100,
+        le=86_400_000,
+        validation_alias=_env("CLAIM_IDLE_MS"),
+        description="pending entries idle this long are reclaimed from dead consumers (XAUTOCLAIM)",
+    )
+    max_deliveries: int = Field(
+        5,
+        ge=1,
+        le=100,
+        validation_alias=_env("MAX_DELIVERIES"),
+        description="deliveries after which an entry is a poison pill and goes to the DLQ",
+    )
+    retry_backoff_initial_s: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        validation_alias=_env("RETRY_BACKOFF_INITIAL_S"),
+        description="first back-off after a transient error (Redis/S3/Qdrant unreachable)",
+    )
+    retry_backoff_max_s: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        validation_alias=_env("RETRY_BACKOFF_MAX_S"),
+        description="back-off ceiling; transient errors are retried forever, never DLQ'd",
+    )
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        validation_alias=_env("METRICS_PORT"),
+        description="port of the worker's Prometheus /metrics; 0: off",
+    )
 
     # --- Object storage (runbook: MinIO API) ---
-    minio_endpoint: str = Field("localhost:9000", min_length=1, validation_alias=_env("MINIO_ENDPOINT"))
-    minio_access_key: str = Field("minioadmin", validation_alias=_env("MINIO_ACCESS_KEY"))
-    minio_secret_key: str = Field("minioadmin", validation_alias=_env("MINIO_SECRET_KEY"))
-    minio_secure: bool = Field(False, validation_alias=_env("MINIO_SECURE"))
-    bucket_raw: str = Field("raw-images", min_length=3, max_length=63, validation_alias=_env("BUCKET_RAW"))
-    bucket_crops: str = Field("face-crops", min_length=3, max_length=63, validation_alias=_env("BUCKET_CROPS"))
-    bucket_thumbs: str = Field("face-thumbs", min_length=3, max_length=63, validation_alias=_env("BUCKET_THUMBS"))
+    minio_endpoint: str = Field(
+        "localhost:9000",
+        min_length=1,
+        validation_alias=_env("MINIO_ENDPOINT"),
+        description="S3 endpoint host:port (MinIO, SeaweedFS, AWS)",
+    )
+    minio_access_key: str = Field(
+        "minioadmin", validation_alias=_env("MINIO_ACCESS_KEY"), description="S3 access key"
+    )
+    minio_secret_key: str = Field(
+        "minioadmin", validation_alias=_env("MINIO_SECRET_KEY"), description="S3 secret key"
+    )
+    minio_secure: bool = Field(False, validation_alias=_env("MINIO_SECURE"), description="use HTTPS to S3")
+    bucket_raw: str = Field(
+        "raw-images",
+        min_length=3,
+        max_length=63,
+        validation_alias=_env("BUCKET_RAW"),
+        description="bucket of crawled images (ingest messages point into it)",
+    )
+    bucket_crops: str = Field(
+        "face-crops",
+        min_length=3,
+        max_length=63,
+        validation_alias=_env("BUCKET_CROPS"),
+        description="bucket of aligned 112×112 face crops",
+    )
+    bucket_thumbs: str = Field(
+        "face-thumbs",
+        min_length=3,
+        max_length=63,
+        validation_alias=_env("BUCKET_THUMBS"),
+        description="bucket of face thumbnails",
+    )
     bucket_metadata: str = Field(
-        "face-metadata", min_length=3, max_length=63, validation_alias=_env("BUCKET_METADATA")
+        "face-metadata",
+        min_length=3,
+        max_length=63,
+        validation_alias=_env("BUCKET_METADATA"),
+        description="bucket of per-face metadata JSON",
     )
 
     # --- Vector database (runbook) ---
     # Unset or "embedded": qdrant-client local mode at QDRANT_PATH (one process per path).
-    qdrant_url: str = Field("embedded", validation_alias=_env("QDRANT_URL"))
-    qdrant_api_key: str = Field("", validation_alias=_env("QDRANT_API_KEY"))
-    qdrant_collection: str = Field("faces_v1", min_length=1, validation_alias=_env("QDRANT_COLLECTION"))
-    qdrant_path: Path = Field(Path("data/qdrant"), validation_alias=_env("QDRANT_PATH"))
+    qdrant_url: str = Field(
+        "embedded",
+        validation_alias=_env("QDRANT_URL"),
+        description="Qdrant server URL; empty or `embedded`: qdrant-client local mode at QDRANT_PATH",
+    )
+    qdrant_api_key: str = Field(
+        "", validation_alias=_env("QDRANT_API_KEY"), description="Qdrant API key (server mode)"
+    )
+    qdrant_collection: str = Field(
+        "faces_v1",
+        min_length=1,
+        validation_alias=_env("QDRANT_COLLECTION"),
+        description="collection of face vectors",
+    )
+    qdrant_path: Path = Field(
+        Path("data/qdrant"),
+        validation_alias=_env("QDRANT_PATH"),
+        description="directory of the embedded vector store (one process may open it)",
+    )
 
     # --- Models ---
     model_pack: Literal["buffalo_sc", "buffalo_l", "opencv_yunet_sface"] = Field(
-        "buffalo_sc", validation_alias=_env("MODEL_PACK")
+        "buffalo_sc",
+        validation_alias=_env("MODEL_PACK"),
+        description="detector + recognizer pair (see Models)",
     )
-    models_dir: Path = Field(default_factory=default_models_dir, validation_alias=_env("MODELS_DIR"))
-    inference_device: Literal["auto", "cpu", "cuda"] = Field("auto", validation_alias=_env("INFERENCE_DEVICE"))
-    ort_intra_op_threads: int = Field(0, ge=0, le=256, validation_alias=_env("ORT_INTRA_OP_THREADS"))
-    det_size: int = Field(640, ge=128, le=2048, validation_alias=_env("DET_SIZE"))
-    det_threshold: float = Field(0.5, gt=0, lt=1, validation_alias=_env("DET_THRESHOLD"))
-    embed_batch_size: int = Field(32, ge=1, le=1024, validation_alias=_env("EMBED_BATCH_SIZE"))
-    embed_max_wait_ms: int = Field(50, ge=0, le=10_000, validation_alias=_env("EMBED_MAX_WAIT_MS"))
+    models_dir: Path = Field(
+        default_factory=default_models_dir,
+        validation_alias=_env("MODELS_DIR"),
+        description="where `make models` puts model files and services load them",
+    )
+    inference_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        validation_alias=_env("INFERENCE_DEVICE"),
+        description="auto: CUDA when onnxruntime has it, else CPU; cuda without CUDA: CPU, logged",
+    )
+    ort_intra_op_threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        validation_alias=_env("ORT_INTRA_OP_THREADS"),
+        description="onnxruntime intra-op threads; 0: onnxruntime's default",
+    )
+    det_size: int = Field(
+        640, ge=128, le=2048, validation_alias=_env("DET_SIZE"), description="detector input size (square)"
+    )
+    det_threshold: float = Field(
+        0.5, gt=0, lt=1, validation_alias=_env("DET_THRESHOLD"), description="detector score threshold"
+    )
+    embed_batch_size: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        validation_alias=_env("EMBED_BATCH_SIZE"),
+        description="faces per embedding inference call (batches span messages)",
+    )
+    embed_max_wait_ms: int = Field(
+        50,
+        ge=0,
+        le=10_000,
+        validation_alias=_env("EMBED_MAX_WAIT_MS"),
+        description="reserved: the embedder never holds a lone message back (embeds what one read returns)",
+    )
 
     # --- Quality gates (detector) ---
-    min_face_size: int = Field(20, ge=1, le=4096, validation_alias=_env("MIN_FACE_SIZE"))
-    min_det_score: float = Field(0.5, ge=0, le=1, validation_alias=_env("MIN_DET_SCORE"))
-    min_blur_variance: float = Field(15.0, ge=0, validation_alias=_env("MIN_BLUR_VARIANCE"))
-    max_pose_ratio: float = Field(3.0, ge=1, validation_alias=_env("MAX_POSE_RATIO"))
-    max_image_bytes: int = Field(50 * 1024 * 1024, ge=1024, validation_alias=_env("MAX_IMAGE_BYTES"))
-    max_image_pixels: int = Field(60_000_000, ge=1, validation_alias=_env("MAX_IMAGE_PIXELS"))
-    max_image_side: int = Field(16_384, ge=16, validation_alias=_env("MAX_IMAGE_SIDE"))
+    min_face_size: int = Field(
+        20,
+        ge=1,
+        le=4096,
+        validation_alias=_env("MIN_FACE_SIZE"),
+        description="quality gate: smaller faces (shorter bbox side, px) are rejected",
+    )
+    min_det_score: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        validation_alias=_env("MIN_DET_SCORE"),
+        description="quality gate: lower detection scores are rejected",
+    )
+    min_blur_variance: float = Field(
+        15.0,
+        ge=0,
+        validation_alias=_env("MIN_BLUR_VARIANCE"),
+        description="quality gate: Laplacian variance of the aligned crop below this is blurry",
+    )
+    max_pose_ratio: float = Field(
+        3.0,
+        ge=1,
+        validation_alias=_env("MAX_POSE_RATIO"),
+        description="quality gate: landmark asymmetry ratio above this is an extreme pose",
+    )
+    max_image_bytes: int = Field(
+        50 * 1024 * 1024,
+        ge=1024,
+        validation_alias=_env("MAX_IMAGE_BYTES"),
+        description="images larger than this are refused before download completes",
+    )
+    max_image_pixels: int = Field(
+        60_000_000,
+        ge=1,
+        validation_alias=_env("MAX_IMAGE_PIXELS"),
+        description="decompression-bomb guard: width×height limit read from the header",
+    )
+    max_image_side: int = Field(
+        16_384,
+        ge=16,
+        validation_alias=_env("MAX_IMAGE_SIDE"),
+        description="longest image side allowed, read from the header",
+    )
 
     # --- ops-api ---
-    ops_api_host: str = Field("127.0.0.1", validation_alias=_env("OPS_API_HOST"))
-    ops_api_port: int = Field(8001, ge=1, le=65535, validation_alias=_env("OPS_API_PORT"))
-    ops_api_token: str = Field("", validation_alias=_env("OPS_API_TOKEN"))
-    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, validation_alias=_env("MAX_UPLOAD_BYTES"))
+    ops_api_host: str = Field(
+        "127.0.0.1", validation_alias=_env("OPS_API_HOST"), description="ops-api bind address"
+    )
+    ops_api_port: int = Field(
+        8001, ge=1, le=65535, validation_alias=_env("OPS_API_PORT"), description="ops-api port"
+    )
+    ops_api_token: str = Field(
+        "",
+        validation_alias=_env("OPS_API_TOKEN"),
+        description="when set, mutating endpoints need `Authorization: Bearer <token>`",
+    )
+    max_upload_bytes: int = Field(
+        10 * 1024 * 1024,
+        ge=1024,
+        validation_alias=_env("MAX_UPLOAD_BYTES"),
+        description="largest /search upload",
+    )
 
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", validation_alias=_env("LOG_LEVEL"))
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", validation_alias=_env("LOG_LEVEL"), description="DEBUG, INFO, WARNING or ERROR"
+    )
 
     @field_validator("redis_url")
     @classmethod
@@ -175,7 +388,11 @@ def _describe(error: dict) -> str:
     info = None
     env_name = loc.upper()
     for name, field_info in Settings.model_fields.items():
-        choices = field_info.validation_alias.choices if isinstance(field_info.validation_alias, AliasChoices) else []
+        choices = (
+            field_info.validation_alias.choices
+            if isinstance(field_info.validation_alias, AliasChoices)
+            else []
+        )
         if loc == name or loc in choices:
             # Name the variable that was actually set: pydantic reports the primary name
             # even when the value came through a legacy alias.

@@ -87,15 +87,12 @@ def check_bearer_token(expected: str, authorization: str | None) -> None:
         raise ApiError(403, "forbidden", "the bearer token does not match OPS_API_TOKEN", challenge)
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class BodySizeLimit:
     """Refuse request bodies over ``max_bytes`` (+ multipart framing) with 413, without reading them all.
 
-    A declared Content-Length over the limit is refused at once; a chunked body is
-    counted as it arrives and cut off when it passes the limit.
+    A declared Content-Length over the limit is refused at once. A chunked body is
+    counted as it arrives; past the limit the app sees the body end there (its parse
+    fails) and whatever it answers is replaced by the 413.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -118,26 +115,25 @@ class BodySizeLimit:
             await self._too_large(f"{int(declared)} bytes")(scope, receive, send)
             return
         received = 0
-        response_started = False
+        exceeded = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
+            if exceeded:
+                return {"type": "http.request", "body": b"", "more_body": False}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise _BodyTooLarge
+                    exceeded = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            if message["type"] == "http.response.start":
-                response_started = True
-            await send(message)
+        async def guarded_send(message: Message) -> None:
+            if not exceeded:
+                await send(message)
+            elif message["type"] == "http.response.start":
+                await self._too_large(f"more than {self.limit} bytes")(scope, receive, send)
+            # else: the body of the app's own answer, replaced by the 413 above
 
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _BodyTooLarge:
-            if response_started:
-                raise
-            await self._too_large(f"more than {self.limit} bytes")(scope, receive, send)
+        await self.app(scope, counting_receive, guarded_send)
