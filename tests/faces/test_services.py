@@ -97,6 +97,10 @@ def test_detector_then_embedder_one_message_per_image_with_unit_vectors(
                 for p in stream_payloads(redis_client, settings.embedded_stream)]
 
     assert sorted(m.ingest.key for m in embedded) == sorted(f"{TENANT}/{n}" for n in faces_manifest)
+    # Each image carries the ingest entry it came in with (the dedup owner's event), end to end.
+    ingest_ids = {entry_id for entry_id, _ in redis_client.xrange(settings.ingest_stream)}
+    assert {m.source.id for m in embedded if m.source} == ingest_ids
+    assert all(m.source and m.source.stream == settings.ingest_stream for m in embedded)
     assert redis_client.xlen(dlq_stream(settings.ingest_stream)) == 0
     assert redis_client.xlen(dlq_stream(settings.detected_stream)) == 0
     total_faces = 0

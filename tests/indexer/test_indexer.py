@@ -349,3 +349,17 @@ def test_module_entry_point_runs_one_batch(
     assert "Starting Redis Streams worker..." in result.stderr
     assert f"Successfully processed message {entry}: faces_total=2, accepted=2" in result.stderr
     assert open_index(settings).count("demo") == 2
+
+
+def test_within_one_batch_the_earlier_message_keeps_the_face(
+    settings: Settings,
+    make_message: MakeMessage,
+    publish: Publish,
+    run_indexer: RunIndexer,
+    open_index: OpenIndex,
+) -> None:
+    # Messages of a batch are prepared and stored concurrently, but dedup runs in stream order.
+    for n in range(6):
+        publish(make_message("demo", f"img{n}", [(0, f"8f373c9c3c9c3c1{n}", n)]))
+    assert run_indexer(settings, max_batch=6) == 0
+    assert [hit.payload["image_sha256"] for hit in open_index(settings).scroll("demo")] == ["img0"]

@@ -36,5 +36,9 @@ def minimal_spec(redis_url: str, tenant: str = "acme") -> dict[str, Any]:
 
 
 def facepipeline(name: str, namespace: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": "facepipe.io/v1alpha1", "kind": "FacePipeline",
-            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    return {
+        "apiVersion": "facepipe.io/v1alpha1",
+        "kind": "FacePipeline",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }

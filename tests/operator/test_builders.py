@@ -60,10 +60,14 @@ VARIANTS = {
     "minimal": minimal_spec("redis://redis:6379/0"),
     "full example": example("facepipeline-full.yaml")["spec"],
     "cuda + keda everywhere": with_changes(
-        minimal_spec("rediss://redis.cache:6380/2"), models__device="cuda",
+        minimal_spec("rediss://redis.cache:6380/2"),
+        models__device="cuda",
         components__detector={"autoscaling": {"enabled": True, "provider": "keda", "minReplicas": 0}},
-        components__opsApi={"resources": {"requests": {"cpu": "100m"}},
-                            "autoscaling": {"enabled": True, "provider": "keda"}}),
+        components__opsApi={
+            "resources": {"requests": {"cpu": "100m"}},
+            "autoscaling": {"enabled": True, "provider": "keda"},
+        },
+    ),
 }
 
 
@@ -84,8 +88,16 @@ def test_every_child_is_owned_labelled_and_selectable(variant: str) -> None:
     children = build_children(OWNER, spec_of(VARIANTS[variant]))
     for child in children:
         refs = child["metadata"]["ownerReferences"]
-        assert refs == [{"apiVersion": "facepipe.io/v1alpha1", "kind": "FacePipeline", "name": "acme",
-                         "uid": OWNER.uid, "controller": True, "blockOwnerDeletion": True}]
+        assert refs == [
+            {
+                "apiVersion": "facepipe.io/v1alpha1",
+                "kind": "FacePipeline",
+                "name": "acme",
+                "uid": OWNER.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
         assert child["metadata"]["namespace"] == "tenants"
         assert child["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "facepipe-operator"
         # Every label value and selector value must be a valid Kubernetes label value.
@@ -99,7 +111,11 @@ def _label_values(obj: Any) -> list[str]:
         for key, value in obj.items():
             if key in ("labels", "matchLabels") and isinstance(value, dict):
                 found += [str(v) for v in value.values()]
-            elif key == "selector" and isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+            elif (
+                key == "selector"
+                and isinstance(value, dict)
+                and all(isinstance(v, str) for v in value.values())
+            ):
                 found += list(value.values())
             else:
                 found += _label_values(value)
@@ -112,19 +128,30 @@ def _label_values(obj: Any) -> list[str]:
 def test_one_pipeline_becomes_config_map_four_deployments_services_and_autoscalers() -> None:
     spec = spec_of(example("facepipeline-full.yaml")["spec"])
     refs = sorted(children_by_ref(build_children(OWNER, spec)))
-    assert refs == sorted([
-        "ConfigMap/acme-config",
-        "Deployment/acme-detector", "Deployment/acme-embedder", "Deployment/acme-indexer",
-        "Deployment/acme-ops-api",
-        "Service/acme-ops-api", "Service/acme-workers",
-        "HorizontalPodAutoscaler/acme-detector", "ScaledObject/acme-embedder",
-        "HorizontalPodAutoscaler/acme-ops-api",
-    ])
+    assert refs == sorted(
+        [
+            "ConfigMap/acme-config",
+            "Deployment/acme-detector",
+            "Deployment/acme-embedder",
+            "Deployment/acme-indexer",
+            "Deployment/acme-ops-api",
+            "Service/acme-ops-api",
+            "Service/acme-workers",
+            "HorizontalPodAutoscaler/acme-detector",
+            "ScaledObject/acme-embedder",
+            "HorizontalPodAutoscaler/acme-ops-api",
+        ]
+    )
 
 
 def test_config_map_holds_the_runbook_names_with_the_spec_values() -> None:
-    raw = with_changes(minimal_spec("redis://redis:6379/0"), dedup__maxHamming=12, dedup__ttlSeconds=1800,
-                       dedup__enabled=False, settings={"DET_SIZE": "512"})
+    raw = with_changes(
+        minimal_spec("redis://redis:6379/0"),
+        dedup__maxHamming=12,
+        dedup__ttlSeconds=1800,
+        dedup__enabled=False,
+        settings={"DET_SIZE": "512"},
+    )
     data = build_config_map(OWNER, spec_of(raw))["data"]
     assert data["REDIS_URL"] == "redis://redis:6379/0"
     assert data["REDIS_STREAM_NAME"] == "face-processing-queue"
@@ -139,7 +166,11 @@ def test_config_map_holds_the_runbook_names_with_the_spec_values() -> None:
     # Every key is a real setting, and what the services would read back is what the spec says.
     assert set(data) <= set(primary_env_names())
     settings = Settings.model_validate(data)
-    assert (settings.dedup_max_hamming, settings.dedup_ttl_seconds, settings.enable_global_dedup) == (12, 1800, False)
+    assert (settings.dedup_max_hamming, settings.dedup_ttl_seconds, settings.enable_global_dedup) == (
+        12,
+        1800,
+        False,
+    )
     assert settings.detected_stream == "face-processing-queue:detected"
 
 
@@ -150,9 +181,12 @@ def test_workers_get_downward_api_consumer_names_metrics_port_and_a_grace_period
         pod = deployment["spec"]["template"]["spec"]
         env = env_of(deployment)
         assert env["REDIS_CONSUMER_NAME"]["valueFrom"] == {
-            "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}
+            "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}
+        }
         assert env["METRICS_PORT"]["value"] == "9100"
-        assert pod["containers"][0]["ports"] == [{"name": "metrics", "containerPort": 9100, "protocol": "TCP"}]
+        assert pod["containers"][0]["ports"] == [
+            {"name": "metrics", "containerPort": 9100, "protocol": "TCP"}
+        ]
         assert pod["terminationGracePeriodSeconds"] == 120
         assert pod["containers"][0]["command"] == ["python", "-m", f"facepipe.{component}"]
         labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -169,11 +203,15 @@ def test_consumer_name_prefix_is_followed_by_the_pod_name() -> None:
     env_list = build_deployment(OWNER, spec, "detector")["spec"]["template"]["spec"]["containers"][0]["env"]
     names = [entry["name"] for entry in env_list]
     assert env_of(build_deployment(OWNER, spec, "detector"))["REDIS_CONSUMER_NAME"] == {
-        "name": "REDIS_CONSUMER_NAME", "value": "acme-$(POD_NAME)"}
+        "name": "REDIS_CONSUMER_NAME",
+        "value": "acme-$(POD_NAME)",
+    }
     # $(POD_NAME) expands only when POD_NAME is defined earlier in the list.
     assert names.index("POD_NAME") < names.index("REDIS_CONSUMER_NAME")
-    assert env_of(build_deployment(OWNER, spec, "detector"))["POD_NAME"]["valueFrom"]["fieldRef"][
-        "fieldPath"] == "metadata.name"
+    assert (
+        env_of(build_deployment(OWNER, spec, "detector"))["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"]
+        == "metadata.name"
+    )
 
 
 def test_ops_api_has_readiness_on_ready_a_service_and_no_consumer_name() -> None:
@@ -187,8 +225,10 @@ def test_ops_api_has_readiness_on_ready_a_service_and_no_consumer_name() -> None
     assert env["OPS_API_HOST"]["value"] == "0.0.0.0" and env["OPS_API_PORT"]["value"] == "8001"
     assert "REDIS_CONSUMER_NAME" not in env
     service = children["Service/acme-ops-api"]
-    assert service["spec"]["selector"] == {"app.kubernetes.io/instance": "acme",
-                                           "app.kubernetes.io/component": "ops-api"}
+    assert service["spec"]["selector"] == {
+        "app.kubernetes.io/instance": "acme",
+        "app.kubernetes.io/component": "ops-api",
+    }
     assert service["spec"]["ports"][0]["targetPort"] == "http"
     workers = children["Service/acme-workers"]
     assert workers["spec"]["clusterIP"] == "None" and workers["spec"]["ports"][0]["port"] == 9100
@@ -200,7 +240,9 @@ def test_secrets_are_referenced_never_copied() -> None:
     assert "REDIS_URL" not in data and "MINIO_SECRET_KEY" not in data and "QDRANT_API_KEY" not in data
     env = env_of(build_deployment(OWNER, spec, "indexer"))
     assert env["REDIS_URL"]["valueFrom"] == {"secretKeyRef": {"name": "acme-redis", "key": "url"}}
-    assert env["MINIO_SECRET_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "acme-minio", "key": "secretKey"}}
+    assert env["MINIO_SECRET_KEY"]["valueFrom"] == {
+        "secretKeyRef": {"name": "acme-minio", "key": "secretKey"}
+    }
     assert env["QDRANT_API_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "acme-qdrant", "key": "apiKey"}}
     ops_env = env_of(build_deployment(OWNER, spec, "ops-api"))
     assert ops_env["OPS_API_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "acme-ops-api", "key": "token"}}
@@ -278,31 +320,53 @@ def test_cuda_gives_detector_and_embedder_a_gpu_and_keeps_ops_api_on_cpu() -> No
         else:
             assert "nvidia.com/gpu" not in limits and "tolerations" not in pod
     assert env_of(build_deployment(OWNER, spec, "ops-api"))["INFERENCE_DEVICE"] == {
-        "name": "INFERENCE_DEVICE", "value": "cpu"}
+        "name": "INFERENCE_DEVICE",
+        "value": "cpu",
+    }
     cpu = spec_of(minimal_spec("redis://redis:6379/0"))
-    assert "resources" not in build_deployment(OWNER, cpu, "detector")["spec"]["template"]["spec"]["containers"][0]
+    assert (
+        "resources"
+        not in build_deployment(OWNER, cpu, "detector")["spec"]["template"]["spec"]["containers"][0]
+    )
 
 
 def test_models_volume_is_the_claim_when_given() -> None:
     spec = spec_of(example("facepipeline-full.yaml")["spec"])
     pod = build_deployment(OWNER, spec, "detector")["spec"]["template"]["spec"]
-    assert pod["volumes"] == [{"name": "models", "persistentVolumeClaim": {"claimName": "facepipe-models",
-                                                                           "readOnly": True}}]
+    assert pod["volumes"] == [
+        {"name": "models", "persistentVolumeClaim": {"claimName": "facepipe-models", "readOnly": True}}
+    ]
     assert pod["containers"][0]["volumeMounts"][0]["mountPath"] == "/models"
     assert "volumes" not in build_deployment(OWNER, spec, "indexer")["spec"]["template"]["spec"]
 
 
 def test_hpa_scales_a_worker_on_its_input_streams_backlog() -> None:
-    raw = with_changes(minimal_spec("redis://redis:6379/0"), components__embedder={
-        "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6, "targetLagPerReplica": 50}})
+    raw = with_changes(
+        minimal_spec("redis://redis:6379/0"),
+        components__embedder={
+            "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6, "targetLagPerReplica": 50}
+        },
+    )
     children = children_by_ref(build_children(OWNER, spec_of(raw)))
     hpa = children["HorizontalPodAutoscaler/acme-embedder"]
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "acme-embedder"}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "acme-embedder",
+    }
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
-    assert hpa["spec"]["metrics"] == [{"type": "External", "external": {
-        "metric": {"name": "facepipe_stream_backlog",
-                   "selector": {"matchLabels": {"stream_role": "detected", "tenant": "acme"}}},
-        "target": {"type": "AverageValue", "averageValue": "50"}}}]
+    assert hpa["spec"]["metrics"] == [
+        {
+            "type": "External",
+            "external": {
+                "metric": {
+                    "name": "facepipe_stream_backlog",
+                    "selector": {"matchLabels": {"stream_role": "detected", "tenant": "acme"}},
+                },
+                "target": {"type": "AverageValue", "averageValue": "50"},
+            },
+        }
+    ]
     # The autoscaler owns the replica count; the Deployment does not state one.
     assert "replicas" not in children["Deployment/acme-embedder"]["spec"]
     assert children["Deployment/acme-detector"]["spec"]["replicas"] == 1
@@ -310,16 +374,30 @@ def test_hpa_scales_a_worker_on_its_input_streams_backlog() -> None:
 
 
 def test_keda_provider_gives_a_scaled_object_and_no_hpa() -> None:
-    raw = with_changes(minimal_spec("rediss://cache.svc:6380/3"), components__indexer={
-        "autoscaling": {"enabled": True, "provider": "keda", "minReplicas": 0, "targetLagPerReplica": 25}})
+    raw = with_changes(
+        minimal_spec("rediss://cache.svc:6380/3"),
+        components__indexer={
+            "autoscaling": {"enabled": True, "provider": "keda", "minReplicas": 0, "targetLagPerReplica": 25}
+        },
+    )
     children = children_by_ref(build_children(OWNER, spec_of(raw)))
     assert not any(ref.startswith("HorizontalPodAutoscaler/") for ref in children)
     scaled = children["ScaledObject/acme-indexer"]
     assert scaled["spec"]["scaleTargetRef"] == {"name": "acme-indexer"}
     assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (0, 10)
-    assert scaled["spec"]["triggers"] == [{"type": "redis-streams", "metadata": {
-        "stream": "face-processing-queue:embedded", "consumerGroup": "pipeline", "lagCount": "25",
-        "address": "cache.svc:6380", "databaseIndex": "3", "enableTLS": "true"}}]
+    assert scaled["spec"]["triggers"] == [
+        {
+            "type": "redis-streams",
+            "metadata": {
+                "stream": "face-processing-queue:embedded",
+                "consumerGroup": "pipeline",
+                "lagCount": "25",
+                "address": "cache.svc:6380",
+                "databaseIndex": "3",
+                "enableTLS": "true",
+            },
+        }
+    ]
 
 
 def test_keda_with_credentials_uses_the_trigger_authentication() -> None:
@@ -330,11 +408,14 @@ def test_keda_with_credentials_uses_the_trigger_authentication() -> None:
     assert "address" not in trigger["metadata"]
 
 
-@pytest.mark.parametrize(("url", "problem"), [
-    ("unix:///tmp/redis.sock", "TCP Redis address"),
-    ("redis://:secret@redis:6379/0", "credentials"),
-    ("redis://redis:6379/zero", "not a number"),
-])
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("unix:///tmp/redis.sock", "TCP Redis address"),
+        ("redis://:secret@redis:6379/0", "credentials"),
+        ("redis://redis:6379/zero", "not a number"),
+    ],
+)
 def test_keda_redis_address_refuses_what_keda_cannot_use(url: str, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         keda_redis_address(url)
@@ -343,8 +424,12 @@ def test_keda_redis_address_refuses_what_keda_cannot_use(url: str, problem: str)
 def test_ops_api_autoscales_on_cpu() -> None:
     spec = spec_of(example("facepipeline-full.yaml")["spec"])
     hpa = children_by_ref(build_children(OWNER, spec))["HorizontalPodAutoscaler/acme-ops-api"]
-    assert hpa["spec"]["metrics"] == [{"type": "Resource", "resource": {
-        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 75}}}]
+    assert hpa["spec"]["metrics"] == [
+        {
+            "type": "Resource",
+            "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 75}},
+        }
+    ]
 
 
 def test_builders_are_deterministic() -> None:

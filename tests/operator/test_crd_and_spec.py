@@ -49,8 +49,13 @@ def test_crd_is_a_valid_v1_crd_with_status_and_printer_columns() -> None:
     assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
     assert version["subresources"] == {"status": {}}
     columns = {column["name"]: column["jsonPath"] for column in version["additionalPrinterColumns"]}
-    assert columns == {"Tenant": ".spec.tenantId", "Phase": ".status.phase", "Ingest-Lag": ".status.ingestLag",
-                       "Ready": ".status.readyComponents", "Age": ".metadata.creationTimestamp"}
+    assert columns == {
+        "Tenant": ".spec.tenantId",
+        "Phase": ".status.phase",
+        "Ingest-Lag": ".status.ingestLag",
+        "Ready": ".status.readyComponents",
+        "Age": ".metadata.creationTimestamp",
+    }
 
 
 def test_crd_defaults_are_the_operators_defaults() -> None:
@@ -75,8 +80,10 @@ INVALID = {
     "maxHamming below 0": ({"dedup": {"maxHamming": -1}}, "spec.dedup.maxHamming"),
     "ttl 0": ({"dedup": {"ttlSeconds": 0}}, "spec.dedup.ttlSeconds"),
     "unknown device": ({"models": {"device": "tpu"}}, "spec.models.device"),
-    "unknown provider": ({"components": {"detector": {"autoscaling": {"provider": "vpa"}}}},
-                         "spec.components.detector.autoscaling.provider"),
+    "unknown provider": (
+        {"components": {"detector": {"autoscaling": {"provider": "vpa"}}}},
+        "spec.components.detector.autoscaling.provider",
+    ),
     "deletion policy": ({"deletionPolicy": "Delete"}, "spec.deletionPolicy"),
     "qdrant without scheme": ({"vectorDb": {"url": "qdrant:6333"}}, "spec.vectorDb.url"),
     "tenant with colon": ({"tenantId": "a:b"}, "spec.tenantId"),
@@ -89,7 +96,9 @@ def test_schema_and_operator_refuse_the_same_bad_values(case: str) -> None:
     change, field = INVALID[case]
     raw = minimal_spec("redis://redis:6379/0")
     for key, value in change.items():
-        raw[key] = {**raw[key], **value} if isinstance(value, dict) and isinstance(raw.get(key), dict) else value
+        raw[key] = (
+            {**raw[key], **value} if isinstance(value, dict) and isinstance(raw.get(key), dict) else value
+        )
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft7Validator(spec_schema()).validate(raw)
     with pytest.raises(SpecError) as caught:
@@ -98,21 +107,36 @@ def test_schema_and_operator_refuse_the_same_bad_values(case: str) -> None:
 
 
 BEYOND_SCHEMA = {
-    "unknown setting name": ({"settings": {"NOT_A_SETTING": "1"}}, "spec.settings.NOT_A_SETTING: not a setting"),
+    "unknown setting name": (
+        {"settings": {"NOT_A_SETTING": "1"}},
+        "spec.settings.NOT_A_SETTING: not a setting",
+    ),
     "managed setting": ({"settings": {"DEDUP_MAX_HAMMING": "3"}}, "set by spec.dedup.maxHamming"),
     "legacy alias": ({"settings": {"FACE_STREAM": "x"}}, "use REDIS_STREAM_NAME"),
     "bad setting value": ({"settings": {"DET_SIZE": "5"}}, "DET_SIZE='5' is invalid"),
-    "both redis url and secret": ({"redis": {"url": "redis://r:6379/0", "urlSecretRef": {"name": "s"}}},
-                                  "exactly one of url and urlSecretRef"),
-    "hpa min 0": ({"components": {"detector": {"autoscaling": {"enabled": True, "minReplicas": 0}}}},
-                  "minReplicas 0 needs provider keda"),
-    "min above max": ({"components": {"embedder": {"autoscaling": {"enabled": True, "minReplicas": 5,
-                                                                  "maxReplicas": 2}}}}, "exceeds maxReplicas"),
-    "keda with a password url": ({"redis": {"url": "redis://:pw@r:6379/0"},
-                                  "components": {"indexer": {"autoscaling": {"enabled": True, "provider": "keda"}}}},
-                                 "kedaAuthenticationRef"),
+    "both redis url and secret": (
+        {"redis": {"url": "redis://r:6379/0", "urlSecretRef": {"name": "s"}}},
+        "exactly one of url and urlSecretRef",
+    ),
+    "hpa min 0": (
+        {"components": {"detector": {"autoscaling": {"enabled": True, "minReplicas": 0}}}},
+        "minReplicas 0 needs provider keda",
+    ),
+    "min above max": (
+        {"components": {"embedder": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}}},
+        "exceeds maxReplicas",
+    ),
+    "keda with a password url": (
+        {
+            "redis": {"url": "redis://:pw@r:6379/0"},
+            "components": {"indexer": {"autoscaling": {"enabled": True, "provider": "keda"}}},
+        },
+        "kedaAuthenticationRef",
+    ),
     "ops-api cpu scaling without a cpu request": (
-        {"components": {"opsApi": {"autoscaling": {"enabled": True}}}}, "resources.requests.cpu"),
+        {"components": {"opsApi": {"autoscaling": {"enabled": True}}}},
+        "resources.requests.cpu",
+    ),
 }
 
 
@@ -127,7 +151,7 @@ def test_problems_the_schema_cannot_see_give_one_clear_line(case: str) -> None:
 
 @pytest.mark.parametrize("name", ["Demo", "1demo", "a" * 51, "demo_1"])
 def test_names_that_cannot_name_services_are_refused(name: str) -> None:
-    with pytest.raises(SpecError, match="metadata.name"):
+    with pytest.raises(SpecError, match=r"metadata\.name"):
         parse_spec(name, minimal_spec("redis://redis:6379/0"))
 
 

@@ -9,14 +9,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from operatorkit import wait_for
 
 from facepipe.operator.kube import CONFIG_MAP, DEPLOYMENT, FACE_PIPELINE, ApiError, KubeApi
 from facepipe.operator.sandbox.emulator import EmulatorServer, label_selector_matches
 
 
 def config_map(namespace: str, name: str, **labels: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels}, "data": {"a": "1"}}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "data": {"a": "1"},
+    }
 
 
 def watch_lines(url: str, path: str, limit: int, timeout: float = 5.0) -> Iterator[dict[str, Any]]:
@@ -32,7 +37,11 @@ def test_create_assigns_identity_and_versions(kube: KubeApi, namespace: str) -> 
     created = kube.create(config_map(namespace, "c1"))
     meta = created["metadata"]
     assert uuid.UUID(meta["uid"])
-    assert meta["generation"] == 1 and int(meta["resourceVersion"]) > 0 and meta["creationTimestamp"].endswith("Z")
+    assert (
+        meta["generation"] == 1
+        and int(meta["resourceVersion"]) > 0
+        and meta["creationTimestamp"].endswith("Z")
+    )
     with pytest.raises(ApiError) as caught:
         kube.create(config_map(namespace, "c1"))
     assert caught.value.status == 409
@@ -53,7 +62,9 @@ def test_stale_resource_version_is_a_conflict(kube: KubeApi, namespace: str) -> 
     version = kube.create(config_map(namespace, "c1"))["metadata"]["resourceVersion"]
     kube.patch(CONFIG_MAP, namespace, "c1", {"data": {"a": "2"}})
     with pytest.raises(ApiError) as caught:
-        kube.patch(CONFIG_MAP, namespace, "c1", {"metadata": {"resourceVersion": version}, "data": {"a": "3"}})
+        kube.patch(
+            CONFIG_MAP, namespace, "c1", {"metadata": {"resourceVersion": version}, "data": {"a": "3"}}
+        )
     assert caught.value.status == 409
 
 
@@ -76,26 +87,40 @@ def test_label_selector_forms() -> None:
 
 
 def test_watch_from_a_resource_version_does_not_replay_old_objects(
-        kube: KubeApi, kube_emulator: EmulatorServer, namespace: str) -> None:
+    kube: KubeApi, kube_emulator: EmulatorServer, namespace: str
+) -> None:
     kube.create(config_map(namespace, "old"))
     since = kube.request("GET", CONFIG_MAP.path(namespace))["metadata"]["resourceVersion"]
     kube.create(config_map(namespace, "new"))  # after the listing: must be delivered
-    events = watch_lines(kube_emulator.url,
-                         f"/api/v1/namespaces/{namespace}/configmaps?watch=true&resourceVersion={since}", limit=1)
+    events = watch_lines(
+        kube_emulator.url,
+        f"/api/v1/namespaces/{namespace}/configmaps?watch=true&resourceVersion={since}",
+        limit=1,
+    )
     first = next(events)
     assert (first["type"], first["object"]["metadata"]["name"]) == ("ADDED", "new")
 
 
 def test_status_subresource_writes_only_status(kube: KubeApi, namespace: str) -> None:
-    body = {"apiVersion": "facepipe.io/v1alpha1", "kind": "FacePipeline",
-            "metadata": {"name": "fp", "namespace": namespace}, "spec": {"tenantId": "a"}, "status": {"phase": "X"}}
+    body = {
+        "apiVersion": "facepipe.io/v1alpha1",
+        "kind": "FacePipeline",
+        "metadata": {"name": "fp", "namespace": namespace},
+        "spec": {"tenantId": "a"},
+        "status": {"phase": "X"},
+    }
     created = kube.create(body)
     assert "status" not in created  # dropped on create, as with a status subresource
     kube.patch(FACE_PIPELINE, namespace, "fp", {"spec": {"tenantId": "b"}, "status": {"phase": "Y"}})
     after_main = kube.get(FACE_PIPELINE, namespace, "fp")
     assert after_main is not None and after_main["spec"]["tenantId"] == "b" and "status" not in after_main
-    kube.patch(FACE_PIPELINE, namespace, "fp", {"spec": {"tenantId": "c"}, "status": {"phase": "Z"}},
-               subresource="status")
+    kube.patch(
+        FACE_PIPELINE,
+        namespace,
+        "fp",
+        {"spec": {"tenantId": "c"}, "status": {"phase": "Z"}},
+        subresource="status",
+    )
     after_status = kube.get(FACE_PIPELINE, namespace, "fp")
     assert after_status is not None
     assert after_status["status"] == {"phase": "Z"} and after_status["spec"]["tenantId"] == "b"
@@ -103,11 +128,16 @@ def test_status_subresource_writes_only_status(kube: KubeApi, namespace: str) ->
 
 
 def test_finalizers_hold_deletion_and_dependents_are_collected(kube: KubeApi, namespace: str) -> None:
-    owner = kube.create({**config_map(namespace, "owner"), "metadata": {
-        "name": "owner", "namespace": namespace, "finalizers": ["test/hold"]}})
+    owner = kube.create(
+        {
+            **config_map(namespace, "owner"),
+            "metadata": {"name": "owner", "namespace": namespace, "finalizers": ["test/hold"]},
+        }
+    )
     dependent = config_map(namespace, "dependent")
-    dependent["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner",
-                                                 "uid": owner["metadata"]["uid"]}]
+    dependent["metadata"]["ownerReferences"] = [
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"]}
+    ]
     kube.create(dependent)
     kube.delete(CONFIG_MAP, namespace, "owner")
     held = kube.get(CONFIG_MAP, namespace, "owner")
@@ -123,3 +153,14 @@ def test_only_the_newest_version_of_a_kind_is_served(kube: KubeApi) -> None:
     assert [v["version"] for v in groups["versions"]] == ["v2"]
     assert kube.request("GET", "/api/v1")["groupVersion"] == "v1"
     assert kube.list(DEPLOYMENT, "nowhere") == []
+
+
+def test_a_dependent_created_after_its_owner_is_gone_is_collected(kube: KubeApi, namespace: str) -> None:
+    owner = kube.create(config_map(namespace, "owner"))
+    kube.delete(CONFIG_MAP, namespace, "owner")
+    late = config_map(namespace, "late")
+    late["metadata"]["ownerReferences"] = [
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"]}
+    ]
+    assert kube.create(late)["metadata"]["name"] == "late"  # accepted, as by an API server
+    wait_for(lambda: kube.get(CONFIG_MAP, namespace, "late") is None, what="the garbage collector")

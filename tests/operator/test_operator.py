@@ -13,7 +13,16 @@ from operatorkit import facepipeline, minimal_spec, wait_for
 from facepipe.common.settings import Settings
 from facepipe.operator.handlers import pipeline
 from facepipe.operator.handlers.runtime import RUNTIME
-from facepipe.operator.kube import CONFIG_MAP, DEPLOYMENT, FACE_PIPELINE, HPA, SCALED_OBJECT, SECRET, SERVICE, KubeApi
+from facepipe.operator.kube import (
+    CONFIG_MAP,
+    DEPLOYMENT,
+    FACE_PIPELINE,
+    HPA,
+    SCALED_OBJECT,
+    SECRET,
+    SERVICE,
+    KubeApi,
+)
 from facepipe.operator.sandbox.emulator import EmulatorServer, write_kubeconfig
 
 pytestmark = pytest.mark.usefixtures("operator_runner")
@@ -38,6 +47,7 @@ def wait_for_children(kube: KubeApi, namespace: str, name: str = "acme") -> dict
     def all_there() -> dict[str, dict[str, Any]] | None:
         found = {c: kube.get(DEPLOYMENT, namespace, f"{name}-{c}") for c in COMPONENTS}
         return found if all(found.values()) else None  # type: ignore[return-value]
+
     return wait_for(all_there, what="four Deployments")
 
 
@@ -53,7 +63,9 @@ def patch_spec(kube: KubeApi, namespace: str, patch: dict[str, Any], name: str =
     kube.patch(FACE_PIPELINE, namespace, name, {"spec": patch})
 
 
-def test_create_builds_every_child_owned_with_the_right_env(kube: KubeApi, namespace: str, redis_url: str) -> None:
+def test_create_builds_every_child_owned_with_the_right_env(
+    kube: KubeApi, namespace: str, redis_url: str
+) -> None:
     spec = minimal_spec(redis_url)
     spec["dedup"] = {"maxHamming": 10}
     spec["components"] = {"detector": {"autoscaling": {"enabled": True, "maxReplicas": 4}}}
@@ -68,8 +80,9 @@ def test_create_builds_every_child_owned_with_the_right_env(kube: KubeApi, names
     assert config["data"]["DEDUP_MAX_HAMMING"] == "10"
     assert config["data"]["REDIS_URL"] == redis_url
     for child in [config, service, hpa, *deployments.values()]:
-        assert [(r["kind"], r["name"], r["uid"], r["controller"]) for r in child["metadata"]["ownerReferences"]] == [
-            ("FacePipeline", "acme", uid, True)]
+        assert [
+            (r["kind"], r["name"], r["uid"], r["controller"]) for r in child["metadata"]["ownerReferences"]
+        ] == [("FacePipeline", "acme", uid, True)]
     for component in ("detector", "embedder", "indexer"):
         env = env_of(deployments[component])
         assert env["REDIS_CONSUMER_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
@@ -80,8 +93,10 @@ def test_create_builds_every_child_owned_with_the_right_env(kube: KubeApi, names
     assert "replicas" not in deployments["detector"]["spec"]  # the HPA owns it
     assert kube.get(HPA, namespace, "acme-embedder") is None
 
-    final = wait_for(lambda: status(kube, namespace).get("components") and status(kube, namespace),
-                     what="a status with components")
+    final = wait_for(
+        lambda: status(kube, namespace).get("components") and status(kube, namespace),
+        what="a status with components",
+    )
     assert final["observedGeneration"] == owner["metadata"]["generation"]
     assert final["readyComponents"] == "0/4"  # the emulator runs no pods
     assert final["phase"] == "Progressing"
@@ -89,34 +104,51 @@ def test_create_builds_every_child_owned_with_the_right_env(kube: KubeApi, names
 
 
 def test_max_hamming_edit_rolls_only_its_readers_and_restart_at_rolls_all(
-        kube: KubeApi, namespace: str, redis_url: str) -> None:
+    kube: KubeApi, namespace: str, redis_url: str
+) -> None:
     kube.create(facepipeline("acme", namespace, minimal_spec(redis_url)))
     before = wait_for_children(kube, namespace)
     patch_spec(kube, namespace, {"dedup": {"maxHamming": 14}})
-    wait_for(lambda: (kube.get(CONFIG_MAP, namespace, "acme-config") or {}).get("data", {}).get(
-        "DEDUP_MAX_HAMMING") == "14", what="the ConfigMap update")
+    wait_for(
+        lambda: (
+            (kube.get(CONFIG_MAP, namespace, "acme-config") or {}).get("data", {}).get("DEDUP_MAX_HAMMING")
+            == "14"
+        ),
+        what="the ConfigMap update",
+    )
 
     def hashes_moved() -> dict[str, dict[str, Any]] | None:
         now = {c: kube.get(DEPLOYMENT, namespace, f"acme-{c}") for c in COMPONENTS}
-        moved = all(template(now[c])["metadata"]["annotations"]["facepipe.io/config-hash"]  # type: ignore[index]
-                    != template(before[c])["metadata"]["annotations"]["facepipe.io/config-hash"]
-                    for c in ("detector", "indexer", "ops-api"))
+        moved = all(
+            template(now[c])["metadata"]["annotations"]["facepipe.io/config-hash"]  # type: ignore[index]
+            != template(before[c])["metadata"]["annotations"]["facepipe.io/config-hash"]
+            for c in ("detector", "indexer", "ops-api")
+        )
         return now if moved else None  # type: ignore[return-value]
 
     after = wait_for(hashes_moved, what="new config hashes on detector, indexer, ops-api")
     # The embedder does not read dedup settings: untouched, not even a new resourceVersion.
-    assert after["embedder"]["metadata"]["resourceVersion"] == before["embedder"]["metadata"]["resourceVersion"]
+    assert (
+        after["embedder"]["metadata"]["resourceVersion"] == before["embedder"]["metadata"]["resourceVersion"]
+    )
     assert template(after["embedder"]) == template(before["embedder"])
 
     patch_spec(kube, namespace, {"restartAt": "2026-11-28T12:00:00Z"})
     for component in COMPONENTS:
-        wait_for(lambda c=component: template(kube.get(DEPLOYMENT, namespace, f"acme-{c}"))["metadata"][  # type: ignore[arg-type]
-            "annotations"].get("kubectl.kubernetes.io/restartedAt") == "2026-11-28T12:00:00Z",
-            what=f"restartedAt on {component}")
+        wait_for(
+            lambda c=component: (
+                template(kube.get(DEPLOYMENT, namespace, f"acme-{c}"))["metadata"][  # type: ignore[arg-type]
+                    "annotations"
+                ].get("kubectl.kubernetes.io/restartedAt")
+                == "2026-11-28T12:00:00Z"
+            ),
+            what=f"restartedAt on {component}",
+        )
 
 
 def test_keda_provider_swaps_the_hpa_for_a_scaled_object_and_back(
-        kube: KubeApi, namespace: str, redis_url: str) -> None:
+    kube: KubeApi, namespace: str, redis_url: str
+) -> None:
     spec = minimal_spec(redis_url)
     spec["components"] = {"indexer": {"autoscaling": {"enabled": True, "targetLagPerReplica": 40}}}
     kube.create(facepipeline("acme", namespace, spec))
@@ -132,11 +164,14 @@ def test_keda_provider_swaps_the_hpa_for_a_scaled_object_and_back(
 
     patch_spec(kube, namespace, {"components": {"indexer": {"autoscaling": {"provider": "hpa"}}}})
     wait_for(lambda: kube.get(HPA, namespace, "acme-indexer"), what="the HPA back")
-    wait_for(lambda: kube.get(SCALED_OBJECT, namespace, "acme-indexer") is None, what="the ScaledObject to go")
+    wait_for(
+        lambda: kube.get(SCALED_OBJECT, namespace, "acme-indexer") is None, what="the ScaledObject to go"
+    )
 
 
 def test_status_carries_real_stream_figures_from_redis(
-        kube: KubeApi, namespace: str, redis_url: str, redis_client: redis.Redis) -> None:
+    kube: KubeApi, namespace: str, redis_url: str, redis_client: redis.Redis
+) -> None:
     stream = "face-processing-queue"
     for index in range(5):
         redis_client.xadd(stream, {"message": f'{{"n": {index}}}'})
@@ -151,8 +186,15 @@ def test_status_carries_real_stream_figures_from_redis(
         return streams if streams.get("ingest", {}).get("pending") == 2 else None
 
     streams = wait_for(figures, what="stream figures in the status")
-    assert streams["ingest"] == {"name": stream, "role": "ingest", "length": 5, "lag": 3, "pending": 2,
-                                 "consumers": 1, "dlqLength": 1}
+    assert streams["ingest"] == {
+        "name": stream,
+        "role": "ingest",
+        "length": 5,
+        "lag": 3,
+        "pending": 2,
+        "consumers": 1,
+        "dlqLength": 1,
+    }
     assert streams["detected"]["length"] == 1 and streams["detected"]["lag"] == 1  # no group yet: all waiting
     assert status(kube, namespace)["ingestLag"] == 5
 
@@ -163,76 +205,131 @@ def test_status_carries_real_stream_figures_from_redis(
 def test_unreachable_redis_is_degraded_not_a_crash(kube: KubeApi, namespace: str) -> None:
     kube.create(facepipeline("acme", namespace, minimal_spec("redis://127.0.0.1:1/0")))
     wait_for_children(kube, namespace)  # the children do not depend on Redis
-    degraded = wait_for(lambda: condition(kube, namespace, "Degraded").get("reason") == "RedisUnreachable"
-                        and condition(kube, namespace, "Degraded"), what="Degraded RedisUnreachable")
+    degraded = wait_for(
+        lambda: (
+            condition(kube, namespace, "Degraded").get("reason") == "RedisUnreachable"
+            and condition(kube, namespace, "Degraded")
+        ),
+        what="Degraded RedisUnreachable",
+    )
     assert degraded["status"] == "True" and "Redis" in degraded["message"]
     assert status(kube, namespace)["phase"] == "Degraded"
 
 
 def test_hand_deleted_and_hand_edited_children_are_put_back(
-        kube: KubeApi, namespace: str, redis_url: str) -> None:
+    kube: KubeApi, namespace: str, redis_url: str
+) -> None:
     kube.create(facepipeline("acme", namespace, minimal_spec(redis_url)))
     original = wait_for_children(kube, namespace)["embedder"]
 
     kube.delete(DEPLOYMENT, namespace, "acme-embedder")
-    back = wait_for(lambda: (d := kube.get(DEPLOYMENT, namespace, "acme-embedder"))
-                    and d["metadata"]["uid"] != original["metadata"]["uid"] and d, what="the Deployment back")
+    back = wait_for(
+        lambda: (
+            (d := kube.get(DEPLOYMENT, namespace, "acme-embedder"))
+            and d["metadata"]["uid"] != original["metadata"]["uid"]
+            and d
+        ),
+        what="the Deployment back",
+    )
     assert template(back) == template(original)
 
     container = template(back)["spec"]["containers"][0]
-    kube.patch(DEPLOYMENT, namespace, "acme-embedder", {"spec": {"template": {"spec": {"containers": [
-        {**container, "image": "evil/image:latest"}]}}}})
-    wait_for(lambda: template(kube.get(DEPLOYMENT, namespace, "acme-embedder"))["spec"]["containers"][0][  # type: ignore[arg-type]
-        "image"] == container["image"], what="the image put back")
+    kube.patch(
+        DEPLOYMENT,
+        namespace,
+        "acme-embedder",
+        {"spec": {"template": {"spec": {"containers": [{**container, "image": "evil/image:latest"}]}}}},
+    )
+    wait_for(
+        lambda: (
+            template(kube.get(DEPLOYMENT, namespace, "acme-embedder"))["spec"]["containers"][0][  # type: ignore[arg-type]
+                "image"
+            ]
+            == container["image"]
+        ),
+        what="the image put back",
+    )
 
     kube.patch(CONFIG_MAP, namespace, "acme-config", {"data": {"DEDUP_MAX_HAMMING": "63", "EXTRA": "x"}})
-    wait_for(lambda: (kube.get(CONFIG_MAP, namespace, "acme-config") or {}).get("data", {}).get(
-        "DEDUP_MAX_HAMMING") == "8" and "EXTRA" not in kube.get(CONFIG_MAP, namespace, "acme-config")["data"],  # type: ignore[index]
-        what="the ConfigMap put back")
+    wait_for(
+        lambda: (
+            (kube.get(CONFIG_MAP, namespace, "acme-config") or {}).get("data", {}).get("DEDUP_MAX_HAMMING")
+            == "8"
+            and "EXTRA" not in kube.get(CONFIG_MAP, namespace, "acme-config")["data"]
+        ),  # type: ignore[index]
+        what="the ConfigMap put back",
+    )
 
 
-def test_a_second_reconcile_writes_nothing(kube: KubeApi, kubeconfig: Any, namespace: str, redis_url: str) -> None:
+def test_a_second_reconcile_writes_nothing(
+    kube: KubeApi, kubeconfig: Any, namespace: str, redis_url: str
+) -> None:
     kube.create(facepipeline("acme", namespace, minimal_spec(redis_url)))
     wait_for_children(kube, namespace)
     wait_for(lambda: status(kube, namespace).get("components"), what="the first status")
     probe = KubeApi.from_environment(str(kubeconfig))
     try:
-        versions = {c: kube.get(DEPLOYMENT, namespace, f"acme-{c}")["metadata"]["resourceVersion"]  # type: ignore[index]
-                    for c in COMPONENTS}
+        versions = {
+            c: kube.get(DEPLOYMENT, namespace, f"acme-{c}")["metadata"]["resourceVersion"]  # type: ignore[index]
+            for c in COMPONENTS
+        }
         observation = pipeline.reconcile(probe, namespace, "acme", read_streams=False, logger=LOGGER)
         assert observation is not None and not observation.changed
         assert probe.writes == 0
         # And the operator's own timer passes (every second here) change nothing either.
         timer_passes = RUNTIME.api.writes if RUNTIME.api else 0
-        wait_for(lambda: RUNTIME.api is not None and RUNTIME.api.writes > timer_passes + 2, what="timer passes")
-        assert {c: kube.get(DEPLOYMENT, namespace, f"acme-{c}")["metadata"]["resourceVersion"]  # type: ignore[index]
-                for c in COMPONENTS} == versions
+        wait_for(
+            lambda: RUNTIME.api is not None and RUNTIME.api.writes > timer_passes + 2, what="timer passes"
+        )
+        assert {
+            c: kube.get(DEPLOYMENT, namespace, f"acme-{c}")["metadata"]["resourceVersion"]  # type: ignore[index]
+            for c in COMPONENTS
+        } == versions
     finally:
         probe.close()
 
 
 def test_deployments_reporting_ready_make_the_pipeline_running(
-        kube: KubeApi, namespace: str, redis_url: str) -> None:
+    kube: KubeApi, namespace: str, redis_url: str
+) -> None:
     kube.create(facepipeline("acme", namespace, minimal_spec(redis_url)))
     deployments = wait_for_children(kube, namespace)
     # The emulator has no Deployment controller: play it, as kube-controller-manager would.
     for component, deployment in deployments.items():
-        kube.patch(DEPLOYMENT, namespace, f"acme-{component}", {"status": {
-            "observedGeneration": deployment["metadata"]["generation"], "replicas": 1, "readyReplicas": 1,
-            "updatedReplicas": 1, "availableReplicas": 1}}, subresource="status")
+        kube.patch(
+            DEPLOYMENT,
+            namespace,
+            f"acme-{component}",
+            {
+                "status": {
+                    "observedGeneration": deployment["metadata"]["generation"],
+                    "replicas": 1,
+                    "readyReplicas": 1,
+                    "updatedReplicas": 1,
+                    "availableReplicas": 1,
+                }
+            },
+            subresource="status",
+        )
     wait_for(lambda: status(kube, namespace).get("phase") == "Running", what="phase Running")
     assert status(kube, namespace)["readyComponents"] == "4/4"
     assert condition(kube, namespace, "Ready")["status"] == "True"
 
 
 def test_invalid_spec_is_degraded_with_a_message_and_fixing_it_recovers(
-        kube: KubeApi, namespace: str, redis_url: str) -> None:
+    kube: KubeApi, namespace: str, redis_url: str
+) -> None:
     spec = minimal_spec(redis_url)
     spec["dedup"] = {"maxHamming": 99}  # the schema would refuse it; the emulator admits anything
     spec["settings"] = {"NOT_A_SETTING": "1"}
     kube.create(facepipeline("acme", namespace, spec))
-    degraded = wait_for(lambda: condition(kube, namespace, "Degraded").get("reason") == "InvalidSpec"
-                        and condition(kube, namespace, "Degraded"), what="Degraded InvalidSpec")
+    degraded = wait_for(
+        lambda: (
+            condition(kube, namespace, "Degraded").get("reason") == "InvalidSpec"
+            and condition(kube, namespace, "Degraded")
+        ),
+        what="Degraded InvalidSpec",
+    )
     assert "spec.dedup.maxHamming" in degraded["message"]
     assert status(kube, namespace)["phase"] == "Degraded"
     assert kube.list(DEPLOYMENT, namespace) == []
@@ -243,13 +340,22 @@ def test_invalid_spec_is_degraded_with_a_message_and_fixing_it_recovers(
 
 
 def test_purge_policy_purges_through_the_seam_and_retain_does_not(
-        kube: KubeApi, namespace: str, redis_url: str) -> None:
+    kube: KubeApi, namespace: str, redis_url: str
+) -> None:
     calls: list[tuple[Settings, str]] = []
     RUNTIME.purger = lambda settings, tenant: calls.append((settings, tenant))
     try:
-        kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "minio", "namespace": namespace},
-                     "data": {"accessKey": base64.b64encode(b"ak").decode(),
-                              "secretKey": base64.b64encode(b"sk").decode()}})
+        kube.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "minio", "namespace": namespace},
+                "data": {
+                    "accessKey": base64.b64encode(b"ak").decode(),
+                    "secretKey": base64.b64encode(b"sk").decode(),
+                },
+            }
+        )
         purge_spec = minimal_spec(redis_url, tenant="gone")
         purge_spec["deletionPolicy"] = "Purge"
         purge_spec["storage"]["secretRef"] = {"name": "minio"}
@@ -257,9 +363,17 @@ def test_purge_policy_purges_through_the_seam_and_retain_does_not(
         kube.create(facepipeline("kept", namespace, minimal_spec(redis_url, tenant="kept")))
         wait_for_children(kube, namespace, "purged")
         wait_for_children(kube, namespace, "kept")
-        purged = wait_for(lambda: "facepipe.io/purge" in ((kube.get(FACE_PIPELINE, namespace, "purged") or {})
-                                                          .get("metadata", {}).get("finalizers") or [])
-                          and kube.get(FACE_PIPELINE, namespace, "purged"), what="the purge finalizer")
+        purged = wait_for(
+            lambda: (
+                "facepipe.io/purge"
+                in (
+                    (kube.get(FACE_PIPELINE, namespace, "purged") or {}).get("metadata", {}).get("finalizers")
+                    or []
+                )
+                and kube.get(FACE_PIPELINE, namespace, "purged")
+            ),
+            what="the purge finalizer",
+        )
         assert purged
         kept = kube.get(FACE_PIPELINE, namespace, "kept")
         assert kept is not None and "facepipe.io/purge" not in (kept["metadata"].get("finalizers") or [])
@@ -291,11 +405,15 @@ def test_failed_purge_keeps_the_finalizer_and_says_why(kube: KubeApi, namespace:
         spec = minimal_spec(redis_url)
         spec["deletionPolicy"] = "Purge"
         kube.create(facepipeline("acme", namespace, spec))
-        wait_for(lambda: (kube.get(FACE_PIPELINE, namespace, "acme") or {}).get("metadata", {}).get("finalizers"),
-                 what="the finalizer")
+        wait_for(
+            lambda: (kube.get(FACE_PIPELINE, namespace, "acme") or {}).get("metadata", {}).get("finalizers"),
+            what="the finalizer",
+        )
         kube.delete(FACE_PIPELINE, namespace, "acme")
-        wait_for(lambda: condition(kube, namespace, "Degraded").get("reason") == "PurgeFailed",
-                 what="Degraded PurgeFailed")
+        wait_for(
+            lambda: condition(kube, namespace, "Degraded").get("reason") == "PurgeFailed",
+            what="Degraded PurgeFailed",
+        )
         assert status(kube, namespace)["phase"] == "Terminating"
         wait_for(lambda: kube.get(FACE_PIPELINE, namespace, "acme") is None, what="deletion after the retry")
         assert attempts == ["acme", "acme"]
@@ -316,22 +434,111 @@ def test_keda_not_installed_is_reported(tmp_path: Any, redis_url: str) -> None:
             observation = pipeline.reconcile(api, "ns", "acme", read_streams=False, logger=LOGGER)
             assert observation is not None and observation.apply_error
             assert "KEDA is not installed" in observation.apply_error
-            degraded = next(c for c in api.get(FACE_PIPELINE, "ns", "acme")["status"]["conditions"]  # type: ignore[index]
-                            if c["type"] == "Degraded")
+            degraded = next(
+                c
+                for c in api.get(FACE_PIPELINE, "ns", "acme")["status"]["conditions"]  # type: ignore[index]
+                if c["type"] == "Degraded"
+            )
             assert (degraded["status"], degraded["reason"]) == ("True", "ApplyFailed")
         finally:
             api.close()
 
 
-def test_secret_sourced_redis_url_is_read_for_the_status(kube: KubeApi, namespace: str, redis_url: str) -> None:
-    kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "redis", "namespace": namespace},
-                 "data": {"url": base64.b64encode(redis_url.encode()).decode()}})
+def test_secret_sourced_redis_url_is_read_for_the_status(
+    kube: KubeApi, namespace: str, redis_url: str
+) -> None:
+    kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "redis", "namespace": namespace},
+            "data": {"url": base64.b64encode(redis_url.encode()).decode()},
+        }
+    )
     spec = minimal_spec(redis_url)
     spec["redis"] = {"urlSecretRef": {"name": "redis"}}
     kube.create(facepipeline("acme", namespace, spec))
     deployments = wait_for_children(kube, namespace)
-    assert env_of(deployments["indexer"])["REDIS_URL"]["valueFrom"] == {"secretKeyRef": {"name": "redis",
-                                                                                         "key": "url"}}
+    assert env_of(deployments["indexer"])["REDIS_URL"]["valueFrom"] == {
+        "secretKeyRef": {"name": "redis", "key": "url"}
+    }
     assert "REDIS_URL" not in kube.get(CONFIG_MAP, namespace, "acme-config")["data"]  # type: ignore[index]
-    wait_for(lambda: len(status(kube, namespace).get("streams", [])) == 3, what="figures via the Secret's URL")
+    wait_for(
+        lambda: len(status(kube, namespace).get("streams", [])) == 3, what="figures via the Secret's URL"
+    )
     assert kube.get(SECRET, namespace, "redis") is not None
+
+
+def test_purge_deletes_the_tenants_real_data_and_nothing_else(
+    kube: KubeApi,
+    namespace: str,
+    base_env: dict[str, str],
+    redis_client: redis.Redis,
+    tmp_path: Any,
+) -> None:
+    """Purge end to end: real Redis dedup keys, real S3 objects (SeaweedFS), real vectors.
+
+    The one stand-in: no Qdrant server exists here, so the purge reaches the vectors through
+    qdrant-client's local mode at a path (same client API) instead of spec.vectorDb.url.
+    """
+    from facepipe.common.dedup import DedupCache, Owner
+    from facepipe.common.deletion import purge_tenant
+    from facepipe.common.storage import ObjectStore
+    from facepipe.common.vectors import FacePoint, VectorIndex
+
+    local_vectors = {"qdrant_url": "embedded", "qdrant_path": tmp_path / "qdrant"}
+    env = {**base_env, "QDRANT_COLLECTION": f"faces-{namespace}"}
+    settings = Settings.model_validate(env).model_copy(update=local_vectors)
+    store = ObjectStore(settings)
+    store.ensure_buckets()
+    index = VectorIndex(settings)
+    index.ensure_collection(4)
+    dedup = DedupCache(redis_client, settings)
+    for tenant in ("gone", "kept"):
+        store.put_bytes(settings.bucket_crops, f"{tenant}/ab/{'ab' * 32}/face_0.jpg", b"jpeg")
+        index.upsert([FacePoint(tenant, "ab" * 32, 0, [0.5, 0.5, 0.5, 0.5])])
+        dedup.remember(tenant, "0123456789abcdef", Owner("ab" * 32, 0))
+    index.close()  # local mode: one process per path, and the purge opens it next
+
+    RUNTIME.purger = lambda resolved, tenant: purge_tenant(resolved.model_copy(update=local_vectors), tenant)
+    try:
+        kube.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "minio", "namespace": namespace},
+                "stringData": {"accessKey": env["MINIO_ACCESS_KEY"], "secretKey": env["MINIO_SECRET_KEY"]},
+            }
+        )
+        spec = minimal_spec(env["REDIS_URL"], tenant="gone")
+        spec["deletionPolicy"] = "Purge"
+        spec["storage"] = {
+            "endpoint": env["MINIO_ENDPOINT"],
+            "secretRef": {"name": "minio"},
+            "buckets": {
+                "raw": env["BUCKET_RAW"],
+                "crops": env["BUCKET_CROPS"],
+                "thumbs": env["BUCKET_THUMBS"],
+                "metadata": env["BUCKET_METADATA"],
+            },
+        }
+        spec["vectorDb"]["collection"] = env["QDRANT_COLLECTION"]
+        kube.create(facepipeline("acme", namespace, spec))
+        wait_for(
+            lambda: (kube.get(FACE_PIPELINE, namespace, "acme") or {}).get("metadata", {}).get("finalizers"),
+            what="the purge finalizer",
+        )
+        kube.delete(FACE_PIPELINE, namespace, "acme")
+        wait_for(lambda: kube.get(FACE_PIPELINE, namespace, "acme") is None, timeout=60, what="the purge")
+    finally:
+        RUNTIME.purger = None
+
+    assert list(store.list_keys(settings.bucket_crops, "gone/")) == []
+    assert len(list(store.list_keys(settings.bucket_crops, "kept/"))) == 1
+    assert redis_client.keys("dedup:t:gone:*") == []
+    assert redis_client.keys("dedup:t:kept:*")
+    index = VectorIndex(settings)
+    try:
+        assert (index.count("gone"), index.count("kept")) == (0, 1)
+    finally:
+        index.close()

@@ -20,8 +20,16 @@ INGEST = "face-processing-queue"
 
 
 def _ingest_payload(n: int) -> dict:
-    return {"image_sha256": f"img{n}", "bucket": "raw-images", "key": f"demo/{n}.jpg", "tenant_id": "demo",
-            "site": "local", "url": f"http://example.com/{n}.jpg", "image_phash": None, "face_hints": None}
+    return {
+        "image_sha256": f"img{n}",
+        "bucket": "raw-images",
+        "key": f"demo/{n}.jpg",
+        "tenant_id": "demo",
+        "site": "local",
+        "url": f"http://example.com/{n}.jpg",
+        "image_phash": None,
+        "face_hints": None,
+    }
 
 
 class RejectEverything:
@@ -54,7 +62,9 @@ def _dead_letter(settings: Settings, redis_client: redis.Redis, raw_payloads: li
 # --- /ready ------------------------------------------------------------------------------
 
 
-def test_ready_is_503_until_buckets_and_collection_exist_then_200(client: TestClient, settings: Settings) -> None:
+def test_ready_is_503_until_buckets_and_collection_exist_then_200(
+    client: TestClient, settings: Settings
+) -> None:
     response = client.get("/ready")
     assert response.status_code == 503
     body = response.json()
@@ -72,8 +82,12 @@ def test_ready_is_503_until_buckets_and_collection_exist_then_200(client: TestCl
     response = client.get("/ready")
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body == {"ready": True, "checks": dict.fromkeys(body["checks"], "healthy"),
-                    "provider": "CPUExecutionProvider", "model_pack": "buffalo_sc"}
+    assert body == {
+        "ready": True,
+        "checks": dict.fromkeys(body["checks"], "healthy"),
+        "provider": "CPUExecutionProvider",
+        "model_pack": "buffalo_sc",
+    }
 
 
 def test_ready_reports_missing_models_as_unhealthy(make_client: AppFactory, tmp_path) -> None:
@@ -87,8 +101,9 @@ def test_ready_reports_missing_models_as_unhealthy(make_client: AppFactory, tmp_
 # --- /stats and /metrics -------------------------------------------------------------------
 
 
-def test_stats_has_runbook_shape_and_stream_depth(client: TestClient, settings: Settings,
-                                                  redis_client: redis.Redis) -> None:
+def test_stats_has_runbook_shape_and_stream_depth(
+    client: TestClient, settings: Settings, redis_client: redis.Redis
+) -> None:
     for n in range(3):
         redis_client.xadd(INGEST, {"message": json.dumps(_ingest_payload(n))})
     redis_client.xgroup_create(INGEST, "pipeline", id="0")
@@ -97,8 +112,13 @@ def test_stats_has_runbook_shape_and_stream_depth(client: TestClient, settings: 
     redis_client.hset("stats:counters", mapping={"faces_processed": 7, "worker_msgs_dlq": 1})
 
     body = client.get("/stats").json()
-    assert body["counters"] == {"faces_processed": 7, "faces_rejected": 0, "faces_dup_skipped": 0,
-                                "worker_msgs_acked": 0, "worker_msgs_dlq": 1}
+    assert body["counters"] == {
+        "faces_processed": 7,
+        "faces_rejected": 0,
+        "faces_dup_skipped": 0,
+        "worker_msgs_acked": 0,
+        "worker_msgs_dlq": 1,
+    }
     assert set(body["timings_ms"]) == {"detection", "embedding", "storage", "upsert"}
     assert body["dedup_stats"] == {"keys": 0, "memory_bytes": 0}
     ingest = body["streams"][INGEST]
@@ -126,8 +146,9 @@ def test_lag_is_counted_when_redis_reports_none(client: TestClient, redis_client
     assert group["lag"] == 2  # ids[1] and ids[3]
 
 
-def test_metrics_exposes_stream_gauges_for_every_pipeline_stream(client: TestClient, settings: Settings,
-                                                                 redis_client: redis.Redis) -> None:
+def test_metrics_exposes_stream_gauges_for_every_pipeline_stream(
+    client: TestClient, settings: Settings, redis_client: redis.Redis
+) -> None:
     for n in range(5):
         redis_client.xadd(settings.detected_stream, {"message": json.dumps({"n": n})})
     redis_client.xadd(f"{INGEST}:dlq", {"reason": "x", "payload": "{}"})
@@ -150,8 +171,9 @@ def test_metrics_exposes_stream_gauges_for_every_pipeline_stream(client: TestCli
 # --- /dlq ----------------------------------------------------------------------------------
 
 
-def test_dlq_list_shows_reason_source_and_payload(client: TestClient, settings: Settings,
-                                                  redis_client: redis.Redis) -> None:
+def test_dlq_list_shows_reason_source_and_payload(
+    client: TestClient, settings: Settings, redis_client: redis.Redis
+) -> None:
     valid = json.dumps(_ingest_payload(1))
     ids = _dead_letter(settings, redis_client, [valid, '{"invalid":"json'])
     assert len(ids) == 2
@@ -175,7 +197,10 @@ def test_dlq_list_shows_reason_source_and_payload(client: TestClient, settings: 
 
 
 def test_dlq_bad_input_is_a_clear_400(client: TestClient) -> None:
-    for params, error in [({"stream": "other-stream"}, "unknown_stream"), ({"after": "yesterday"}, "invalid_id")]:
+    for params, error in [
+        ({"stream": "other-stream"}, "unknown_stream"),
+        ({"after": "yesterday"}, "invalid_id"),
+    ]:
         response = client.get("/dlq", params=params)
         assert response.status_code == 400
         assert response.json()["error"] == error
@@ -184,7 +209,9 @@ def test_dlq_bad_input_is_a_clear_400(client: TestClient) -> None:
     assert "count" in response.json()["message"]
 
 
-def test_dlq_replay_selected_then_all(client: TestClient, settings: Settings, redis_client: redis.Redis) -> None:
+def test_dlq_replay_selected_then_all(
+    client: TestClient, settings: Settings, redis_client: redis.Redis
+) -> None:
     payloads = [json.dumps(_ingest_payload(n)) for n in range(3)]
     ids = _dead_letter(settings, redis_client, payloads)
     before = redis_client.xlen(INGEST)
@@ -225,8 +252,9 @@ def test_dlq_replay_bad_input(client: TestClient) -> None:
 # --- auth ----------------------------------------------------------------------------------
 
 
-def test_mutating_endpoints_need_the_bearer_token(make_client: AppFactory, settings: Settings,
-                                                  redis_client: redis.Redis) -> None:
+def test_mutating_endpoints_need_the_bearer_token(
+    make_client: AppFactory, settings: Settings, redis_client: redis.Redis
+) -> None:
     client = make_client(ops_api_token="s3cret")
     ids = _dead_letter(settings, redis_client, [json.dumps(_ingest_payload(1))])
     calls = [
@@ -244,8 +272,9 @@ def test_mutating_endpoints_need_the_bearer_token(make_client: AppFactory, setti
         assert "OPS_API_TOKEN" in wrong.json()["message"]
     assert redis_client.xlen(f"{INGEST}:dlq") == 1  # nothing happened without the token
 
-    ok = client.post("/dlq/replay", json={"stream": INGEST, "all": True},
-                     headers={"Authorization": "Bearer s3cret"})
+    ok = client.post(
+        "/dlq/replay", json={"stream": INGEST, "all": True}, headers={"Authorization": "Bearer s3cret"}
+    )
     assert ok.status_code == 200
     assert list(ok.json()["replayed"]) == ids
     # Reading stays open: the token guards only what changes data.
@@ -259,8 +288,16 @@ def test_mutating_endpoints_need_the_bearer_token(make_client: AppFactory, setti
 def test_openapi_docs_and_unknown_paths(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
-    for path in ("/ready", "/stats", "/metrics", "/search", "/dlq", "/dlq/replay", "/images/{image_sha256}",
-                 "/tenants/{tenant_id}"):
+    for path in (
+        "/ready",
+        "/stats",
+        "/metrics",
+        "/search",
+        "/dlq",
+        "/dlq/replay",
+        "/images/{image_sha256}",
+        "/tenants/{tenant_id}",
+    ):
         assert path in paths
     missing = client.get("/nope")
     assert missing.status_code == 404
@@ -268,8 +305,12 @@ def test_openapi_docs_and_unknown_paths(client: TestClient) -> None:
     assert client.get("/local").status_code == 404  # not started by `facepipe up`
 
 
-def test_local_endpoint_serves_what_facepipe_up_set(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FACEPIPE_LOCAL_INFO", json.dumps({"mode": "local", "settings": {"redis_url": "redis://x"}}))
+def test_local_endpoint_serves_what_facepipe_up_set(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "FACEPIPE_LOCAL_INFO", json.dumps({"mode": "local", "settings": {"redis_url": "redis://x"}})
+    )
     assert client.get("/local").json()["settings"]["redis_url"] == "redis://x"
 
 

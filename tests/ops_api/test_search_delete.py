@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from facepipe.cli.ingest import ingest_paths
-from facepipe.common.settings import Settings, load_settings
+from facepipe.common.settings import Settings
 from facepipe.common.storage import ObjectStore, image_prefix
 from facepipe.common.streams import Worker
 from facepipe.detector.handler import DetectorHandler
@@ -23,12 +23,16 @@ from facepipe.ops_api.backend import OpsBackend
 from facepipe.ops_api.search import SearchModels
 
 
-def _index(settings: Settings, backend: OpsBackend, models: SearchModels, tenant: str, paths: list[Path],
-           site: str) -> None:
+def _index(
+    settings: Settings, backend: OpsBackend, models: SearchModels, tenant: str, paths: list[Path], site: str
+) -> None:
     """Ingest as the CLI does, then one batch of each real stage (sharing the API's Qdrant client)."""
     ingest_paths(settings, backend.redis, backend.store, paths, tenant, site=site)
-    handlers = [DetectorHandler(settings, detector=models.detector), EmbedderHandler(settings, embedder=models.embedder),
-                IndexerHandler(settings, index=backend.index)]
+    handlers = [
+        DetectorHandler(settings, detector=models.detector),
+        EmbedderHandler(settings, embedder=models.embedder),
+        IndexerHandler(settings, index=backend.index),
+    ]
     for handler in handlers:
         assert Worker(settings, handler, max_batch=20, once=True).run() == 0
 
@@ -40,7 +44,14 @@ def indexed(settings: Settings, buffalo_sc, faces_dir: Path) -> tuple[TestClient
     backend = OpsBackend(settings, models=models)
     photos = sorted(p for p in faces_dir.iterdir() if p.suffix in {".jpg", ".png"})
     _index(settings, backend, models, "acme", photos, "acme.example")
-    _index(settings, backend, models, "zeta", [faces_dir / "obama_1.jpg", faces_dir / "biden_1.jpg"], "zeta.example")
+    _index(
+        settings,
+        backend,
+        models,
+        "zeta",
+        [faces_dir / "obama_1.jpg", faces_dir / "biden_1.jpg"],
+        "zeta.example",
+    )
     client = TestClient(create_app(settings, backend, warm_models=False))
     shas = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in photos}
     with client:
@@ -49,12 +60,14 @@ def indexed(settings: Settings, buffalo_sc, faces_dir: Path) -> tuple[TestClient
 
 def _search(client: TestClient, path: Path, tenant: str, **form: str):
     with path.open("rb") as handle:
-        return client.post("/search", files={"image": (path.name, handle, "image/jpeg")},
-                           data={"tenant_id": tenant, **form})
+        return client.post(
+            "/search", files={"image": (path.name, handle, "image/jpeg")}, data={"tenant_id": tenant, **form}
+        )
 
 
-def test_search_returns_the_tenants_matching_faces_only(indexed, faces_dir: Path,
-                                                        faces_manifest: dict[str, dict]) -> None:
+def test_search_returns_the_tenants_matching_faces_only(
+    indexed, faces_dir: Path, faces_manifest: dict[str, dict]
+) -> None:
     client, shas = indexed
     response = _search(client, faces_dir / "obama_3.jpg", "zeta", top_k="10")
     assert response.status_code == 200, response.text
@@ -83,8 +96,9 @@ def test_search_of_a_photo_without_faces_and_of_a_group_photo(indexed, faces_dir
     client, _ = indexed
     blank = io.BytesIO()
     Image.new("RGB", (200, 200), (120, 160, 200)).save(blank, format="PNG")
-    response = client.post("/search", files={"image": ("sky.png", blank.getvalue(), "image/png")},
-                           data={"tenant_id": "acme"})
+    response = client.post(
+        "/search", files={"image": ("sky.png", blank.getvalue(), "image/png")}, data={"tenant_id": "acme"}
+    )
     assert response.status_code == 200 and response.json()["faces"] == []
     group = _search(client, faces_dir / "obama_and_biden.jpg", "acme", top_k="1").json()
     assert len(group["faces"]) == 3
@@ -98,17 +112,38 @@ def test_search_bad_input_is_a_clear_4xx(make_client, settings: Settings, tmp_pa
     small = jpeg.getvalue()
     cases = [
         ({"files": {"image": ("a.jpg", small)}, "data": {}}, 422, "invalid_request", "tenant_id"),
-        ({"files": {"image": ("a.jpg", small)}, "data": {"tenant_id": "a/../b"}}, 400, "invalid_tenant_id", "a/../b"),
-        ({"files": {"image": ("a.jpg", small)}, "data": {"tenant_id": "t", "top_k": "0"}}, 422, "invalid_request",
-         "top_k"),
+        (
+            {"files": {"image": ("a.jpg", small)}, "data": {"tenant_id": "a/../b"}},
+            400,
+            "invalid_tenant_id",
+            "a/../b",
+        ),
+        (
+            {"files": {"image": ("a.jpg", small)}, "data": {"tenant_id": "t", "top_k": "0"}},
+            422,
+            "invalid_request",
+            "top_k",
+        ),
         ({"data": {"tenant_id": "t"}}, 422, "invalid_request", "image"),
-        ({"files": {"image": ("notes.txt", b"hello, not an image")}, "data": {"tenant_id": "t"}}, 415,
-         "undecodable_image", "notes.txt is not a readable image"),
+        (
+            {"files": {"image": ("notes.txt", b"hello, not an image")}, "data": {"tenant_id": "t"}},
+            415,
+            "undecodable_image",
+            "notes.txt is not a readable image",
+        ),
         ({"files": {"image": ("empty.jpg", b"")}, "data": {"tenant_id": "t"}}, 400, "empty_upload", "empty"),
-        ({"files": {"image": ("big.jpg", small + b"\0" * 5000)}, "data": {"tenant_id": "t"}}, 413,
-         "payload_too_large", "MAX_UPLOAD_BYTES"),
-        ({"files": {"image": ("huge.jpg", b"\xff" * 200_000)}, "data": {"tenant_id": "t"}}, 413,
-         "payload_too_large", "MAX_UPLOAD_BYTES"),
+        (
+            {"files": {"image": ("big.jpg", small + b"\0" * 5000)}, "data": {"tenant_id": "t"}},
+            413,
+            "payload_too_large",
+            "MAX_UPLOAD_BYTES",
+        ),
+        (
+            {"files": {"image": ("huge.jpg", b"\xff" * 200_000)}, "data": {"tenant_id": "t"}},
+            413,
+            "payload_too_large",
+            "MAX_UPLOAD_BYTES",
+        ),
     ]
     for kwargs, status, error, words in cases:
         response = client.post("/search", **kwargs)
@@ -125,13 +160,16 @@ def test_oversize_chunked_upload_is_cut_off(make_client) -> None:
         for _ in range(100):
             yield b"x" * 10_000
 
-    response = client.post("/search", content=chunks(),
-                           headers={"Content-Type": "multipart/form-data; boundary=zzz"})
+    response = client.post(
+        "/search", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=zzz"}
+    )
     assert response.status_code == 413
     assert response.json()["error"] == "payload_too_large"
 
 
-def test_delete_image_and_tenant(indexed, settings: Settings, faces_dir: Path, redis_client: redis.Redis) -> None:
+def test_delete_image_and_tenant(
+    indexed, settings: Settings, faces_dir: Path, redis_client: redis.Redis
+) -> None:
     client, shas = indexed
     store = ObjectStore(settings)
     sha = shas["obama_1.jpg"]
@@ -141,7 +179,12 @@ def test_delete_image_and_tenant(indexed, settings: Settings, faces_dir: Path, r
     response = client.delete(f"/images/{sha}", params={"tenant_id": "zeta"})
     assert response.status_code == 200, response.text
     report = response.json()
-    assert (report["points"], report["artifacts"], report["raw_objects"], report["dedup_entries"]) == (1, 3, 1, 1)
+    assert (report["points"], report["artifacts"], report["raw_objects"], report["dedup_entries"]) == (
+        1,
+        3,
+        1,
+        1,
+    )
     assert not any(list(store.list_keys(b, prefix)) for b in store.buckets)
     remaining = _search(client, faces_dir / "obama_1.jpg", "zeta").json()["faces"][0]["matches"]
     assert [m["image_sha256"] for m in remaining] == [shas["biden_1.jpg"]]
@@ -155,7 +198,9 @@ def test_delete_image_and_tenant(indexed, settings: Settings, faces_dir: Path, r
     assert gone["points"] == 1 and gone["dedup_entries"] >= 1
     assert _search(client, faces_dir / "obama_1.jpg", "zeta").json()["faces"][0]["matches"] == []
     assert not list(redis_client.scan_iter("dedup:t:zeta:*"))
-    assert len(_search(client, faces_dir / "obama_1.jpg", "acme", top_k="50").json()["faces"][0]["matches"]) >= 9
+    assert (
+        len(_search(client, faces_dir / "obama_1.jpg", "acme", top_k="50").json()["faces"][0]["matches"]) >= 9
+    )
 
 
 def test_delete_bad_input(client: TestClient) -> None:

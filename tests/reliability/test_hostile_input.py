@@ -9,11 +9,13 @@ no worker may die; peak memory is reported and bounded.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hostile import (
     CROP_REASONS,
@@ -30,7 +32,8 @@ from hostile import (
     mutated,
     raw_garbage,
 )
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import HealthCheck, given, seed
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from reliability_images import GeneratedImage
 from reliabilitykit import Stack, peak_rss_mib, record, scaled
@@ -42,6 +45,7 @@ pytestmark = pytest.mark.reliability
 PEAK_RSS_LIMIT_MIB = 1500  # per worker process; the models alone take ~300 MiB
 
 
+@pytest.mark.timeout(2400)
 def test_hostile_messages_end_acked_or_dead_lettered(stack: Stack, image_set: list[GeneratedImage]) -> None:
     total = scaled(10_000, 2_000)
     stack.overrides.update({"CLAIM_IDLE_MS": "4000", "MAX_DELIVERIES": "2", "WORKER_BATCH_SIZE": "16"})
@@ -59,7 +63,6 @@ def test_hostile_messages_end_acked_or_dead_lettered(stack: Stack, image_set: li
     base_embedded = json.loads(client.xrange(settings.embedded_stream)[0][1]["message"])
     base_ingest = json.loads(client.xrange(settings.ingest_stream)[0][1]["message"])
     crop_b64 = base_detected["faces"][0]["crop_jpeg_b64"]
-    import base64
 
     files = image_corpus(photo.data)
     for name, (data, _allowed) in files.items():
@@ -145,7 +148,7 @@ def test_hostile_messages_end_acked_or_dead_lettered(stack: Stack, image_set: li
         published[(streams[stage], str(entry_id))] = item
 
     @seed(20261128)
-    @settings(max_examples=total, deadline=None, database=None, derandomize=False,
+    @hypothesis_settings(max_examples=total, deadline=None, database=None, derandomize=False,
               suppress_health_check=list(HealthCheck))
     @given(st.one_of(
         st.tuples(st.just("ingest"), ingest_messages), st.tuples(st.just("ingest"), ingest_messages),
@@ -208,10 +211,6 @@ def _with_embedding(base: dict, value: str) -> dict:
 
 
 def _embeddings() -> list[str]:
-    import base64
-
-    import numpy as np
-
     def b64(array: np.ndarray) -> str:
         return base64.b64encode(np.asarray(array, dtype="<f4").tobytes()).decode("ascii")
 

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.reliability
 KINDS = ("detector", "embedder", "indexer")
 
 
+@pytest.mark.timeout(2400)
 def test_kill9_at_random_moments_loses_and_doubles_nothing(stack: Stack, image_set: list[GeneratedImage]) -> None:
     rng = random.Random(8)
     images = image_set

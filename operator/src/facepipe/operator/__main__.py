@@ -9,11 +9,21 @@ import kopf
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m facepipe.operator", description=__doc__)
-    parser.add_argument("-n", "--namespace", action="append", default=[],
-                        help="serve only this namespace (repeatable; globs allowed); default: all")
-    parser.add_argument("--peering", default=None,
-                        help="Kopf peering object name for several operator replicas (default: standalone)")
-    parser.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="serve only this namespace (repeatable; globs allowed); default: all",
+    )
+    parser.add_argument(
+        "--peering",
+        default=None,
+        help="Kopf peering object name for several operator replicas (default: standalone)",
+    )
+    parser.add_argument(
+        "--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)

@@ -51,8 +51,14 @@ class Owner:
 
 
 def owner_reference(owner: Owner) -> dict[str, Any]:
-    return {"apiVersion": API_VERSION, "kind": KIND, "name": owner.name, "uid": owner.uid,
-            "controller": True, "blockOwnerDeletion": True}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 def child_name(owner: Owner, suffix: str) -> str:
@@ -68,8 +74,13 @@ def selector_labels(owner: Owner, component: Component) -> dict[str, str]:
 
 
 def common_labels(owner: Owner, spec: PipelineSpec) -> dict[str, str]:
-    return {LABEL_NAME: "facepipe", LABEL_INSTANCE: owner.name, LABEL_PART_OF: "face-pipeline",
-            LABEL_MANAGED_BY: OPERATOR_NAME, LABEL_TENANT: spec.tenantId}
+    return {
+        LABEL_NAME: "facepipe",
+        LABEL_INSTANCE: owner.name,
+        LABEL_PART_OF: "face-pipeline",
+        LABEL_MANAGED_BY: OPERATOR_NAME,
+        LABEL_TENANT: spec.tenantId,
+    }
 
 
 def component_labels(owner: Owner, spec: PipelineSpec, component: Component) -> dict[str, str]:
@@ -80,11 +91,16 @@ def component_labels(owner: Owner, spec: PipelineSpec, component: Component) -> 
 
 
 def _metadata(owner: Owner, name: str, labels: dict[str, str]) -> dict[str, Any]:
-    return {"name": name, "namespace": owner.namespace, "labels": labels,
-            "ownerReferences": [owner_reference(owner)]}
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": labels,
+        "ownerReferences": [owner_reference(owner)],
+    }
 
 
 # --- streams -----------------------------------------------------------------------------------
+
 
 def stream_names(spec: PipelineSpec) -> dict[StreamRole, str]:
     """The pipeline's streams by role, named as facepipe.common.settings derives them."""
@@ -93,6 +109,7 @@ def stream_names(spec: PipelineSpec) -> dict[StreamRole, str]:
 
 
 # --- environment -------------------------------------------------------------------------------
+
 
 def _flag(value: bool) -> str:
     return "true" if value else "false"
@@ -104,25 +121,27 @@ def shared_env(spec: PipelineSpec) -> dict[str, str]:
     if spec.redis.url is not None:
         env["REDIS_URL"] = spec.redis.url
     buckets = spec.storage.buckets
-    env.update({
-        "REDIS_STREAM_NAME": spec.redis.streamName,
-        "REDIS_GROUP_NAME": spec.redis.groupName,
-        "ENABLE_GLOBAL_DEDUP": _flag(spec.dedup.enabled),
-        "DEDUP_MAX_HAMMING": str(spec.dedup.maxHamming),
-        "DEDUP_TTL_SECONDS": str(spec.dedup.ttlSeconds),
-        "MINIO_ENDPOINT": spec.storage.endpoint,
-        "MINIO_SECURE": _flag(spec.storage.secure),
-        "BUCKET_RAW": buckets.raw,
-        "BUCKET_CROPS": buckets.crops,
-        "BUCKET_THUMBS": buckets.thumbs,
-        "BUCKET_METADATA": buckets.metadata,
-        "QDRANT_URL": spec.vectorDb.url,
-        "QDRANT_COLLECTION": spec.vectorDb.collection,
-        "MODEL_PACK": spec.models.pack,
-        "MODELS_DIR": spec.models.volume.mountPath,
-        "INFERENCE_DEVICE": spec.models.device,
-        "LOG_LEVEL": spec.logLevel,
-    })
+    env.update(
+        {
+            "REDIS_STREAM_NAME": spec.redis.streamName,
+            "REDIS_GROUP_NAME": spec.redis.groupName,
+            "ENABLE_GLOBAL_DEDUP": _flag(spec.dedup.enabled),
+            "DEDUP_MAX_HAMMING": str(spec.dedup.maxHamming),
+            "DEDUP_TTL_SECONDS": str(spec.dedup.ttlSeconds),
+            "MINIO_ENDPOINT": spec.storage.endpoint,
+            "MINIO_SECURE": _flag(spec.storage.secure),
+            "BUCKET_RAW": buckets.raw,
+            "BUCKET_CROPS": buckets.crops,
+            "BUCKET_THUMBS": buckets.thumbs,
+            "BUCKET_METADATA": buckets.metadata,
+            "QDRANT_URL": spec.vectorDb.url,
+            "QDRANT_COLLECTION": spec.vectorDb.collection,
+            "MODEL_PACK": spec.models.pack,
+            "MODELS_DIR": spec.models.volume.mountPath,
+            "INFERENCE_DEVICE": spec.models.device,
+            "LOG_LEVEL": spec.logLevel,
+        }
+    )
     env.update(spec.settings)
     return dict(sorted(env.items()))
 
@@ -137,11 +156,15 @@ def secret_env(spec: PipelineSpec) -> dict[str, dict[str, str]]:
         refs["MINIO_ACCESS_KEY"] = {"name": ref.name, "key": ref.accessKeyKey}
         refs["MINIO_SECRET_KEY"] = {"name": ref.name, "key": ref.secretKeyKey}
     if spec.vectorDb.apiKeySecretRef is not None:
-        refs["QDRANT_API_KEY"] = {"name": spec.vectorDb.apiKeySecretRef.name,
-                                  "key": spec.vectorDb.apiKeySecretRef.key}
+        refs["QDRANT_API_KEY"] = {
+            "name": spec.vectorDb.apiKeySecretRef.name,
+            "key": spec.vectorDb.apiKeySecretRef.key,
+        }
     if spec.components.opsApi.tokenSecretRef is not None:
-        refs["OPS_API_TOKEN"] = {"name": spec.components.opsApi.tokenSecretRef.name,
-                                 "key": spec.components.opsApi.tokenSecretRef.key}
+        refs["OPS_API_TOKEN"] = {
+            "name": spec.components.opsApi.tokenSecretRef.name,
+            "key": spec.components.opsApi.tokenSecretRef.key,
+        }
     return refs
 
 
@@ -154,15 +177,24 @@ def component_literal_env(spec: PipelineSpec, component: Component) -> dict[str,
     env: dict[str, str] = {}
     if component == "ops-api":
         ops = spec.components.opsApi
-        env.update({"OPS_API_HOST": "0.0.0.0", "OPS_API_PORT": str(ops.port),
-                    # ops-api pods get no GPU; detection for search-by-photo runs on the CPU.
-                    "INFERENCE_DEVICE": "cpu"})
+        env.update(
+            {
+                "OPS_API_HOST": "0.0.0.0",
+                "OPS_API_PORT": str(ops.port),
+                # ops-api pods get no GPU; detection for search-by-photo runs on the CPU.
+                "INFERENCE_DEVICE": "cpu",
+            }
+        )
         env.update(ops.settings)
     else:
         worker = spec.worker(component)
-        env.update({"WORKER_BATCH_SIZE": str(worker.batchSize),
-                    "MAX_WORKER_CONCURRENCY": str(worker.concurrency),
-                    "METRICS_PORT": str(METRICS_PORT)})
+        env.update(
+            {
+                "WORKER_BATCH_SIZE": str(worker.batchSize),
+                "MAX_WORKER_CONCURRENCY": str(worker.concurrency),
+                "METRICS_PORT": str(METRICS_PORT),
+            }
+        )
         env.update(worker.settings)
     return env
 
@@ -190,8 +222,10 @@ def config_hash(spec: PipelineSpec, component: Component) -> str:
 def _container_env(owner: Owner, spec: PipelineSpec, component: Component) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
-        {"name": "POD_NAMESPACE",
-         "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}},
+        {
+            "name": "POD_NAMESPACE",
+            "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}},
+        },
     ]
     if component in WORKERS:
         # One consumer per pod, stable for the pod's life: its pending entries stay its own.
@@ -199,13 +233,22 @@ def _container_env(owner: Owner, spec: PipelineSpec, component: Component) -> li
         if prefix:
             env.append({"name": "REDIS_CONSUMER_NAME", "value": f"{prefix}$(POD_NAME)"})
         else:
-            env.append({"name": "REDIS_CONSUMER_NAME",
-                        "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}})
+            env.append(
+                {
+                    "name": "REDIS_CONSUMER_NAME",
+                    "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}},
+                }
+            )
     cm = config_map_name(owner)
-    env += [{"name": name, "valueFrom": {"configMapKeyRef": {"name": cm, "key": name}}}
-            for name in component_shared_keys(spec, component)]
-    env += [{"name": name, "valueFrom": {"secretKeyRef": dict(ref)}}
-            for name, ref in secret_env(spec).items() if reads(component, name)]
+    env += [
+        {"name": name, "valueFrom": {"configMapKeyRef": {"name": cm, "key": name}}}
+        for name in component_shared_keys(spec, component)
+    ]
+    env += [
+        {"name": name, "valueFrom": {"secretKeyRef": dict(ref)}}
+        for name, ref in secret_env(spec).items()
+        if reads(component, name)
+    ]
     env += [{"name": name, "value": value} for name, value in component_literal_env(spec, component).items()]
     return env
 
@@ -243,10 +286,14 @@ def build_deployment(owner: Owner, spec: PipelineSpec, component: Component) -> 
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
     if component == "ops-api":
-        container["ports"] = [{"name": "http", "containerPort": spec.components.opsApi.port, "protocol": "TCP"}]
+        container["ports"] = [
+            {"name": "http", "containerPort": spec.components.opsApi.port, "protocol": "TCP"}
+        ]
         container["readinessProbe"] = {
             "httpGet": {"path": "/ready", "port": "http"},
-            "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3,
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
         }
     else:
         container["ports"] = [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
@@ -266,13 +313,18 @@ def build_deployment(owner: Owner, spec: PipelineSpec, component: Component) -> 
             mount["subPath"] = volume.subPath
         container["volumeMounts"] = [mount]
         if volume.claimName:
-            pod_spec["volumes"] = [{"name": "models", "persistentVolumeClaim": {
-                "claimName": volume.claimName, "readOnly": volume.readOnly}}]
+            pod_spec["volumes"] = [
+                {
+                    "name": "models",
+                    "persistentVolumeClaim": {"claimName": volume.claimName, "readOnly": volume.readOnly},
+                }
+            ]
         else:
             pod_spec["volumes"] = [{"name": "models", "emptyDir": {}}]
     if spec.models.device == "cuda" and component in ("detector", "embedder"):
-        pod_spec["tolerations"] = [{"key": spec.models.gpuResourceName, "operator": "Exists",
-                                    "effect": "NoSchedule"}]
+        pod_spec["tolerations"] = [
+            {"key": spec.models.gpuResourceName, "operator": "Exists", "effect": "NoSchedule"}
+        ]
     if spec.image.pullSecrets:
         pod_spec["imagePullSecrets"] = [{"name": name} for name in spec.image.pullSecrets]
     annotations = {ANNOTATION_CONFIG_HASH: config_hash(spec, component)}
@@ -337,6 +389,7 @@ def build_workers_service(owner: Owner, spec: PipelineSpec) -> Manifest:
 
 # --- autoscaling -------------------------------------------------------------------------------
 
+
 def keda_redis_address(url: str) -> dict[str, str]:
     """KEDA redis-streams trigger metadata for a password-less redis:// or rediss:// URL."""
     parsed = urlparse(url)
@@ -365,25 +418,48 @@ def build_hpa(owner: Owner, spec: PipelineSpec, component: Component) -> Manifes
     metadata = _metadata(owner, child_name(owner, component), component_labels(owner, spec, component))
     if component == "ops-api":
         scaling = spec.components.opsApi.autoscaling
-        metrics = [{"type": "Resource", "resource": {"name": "cpu", "target": {
-            "type": "Utilization", "averageUtilization": scaling.targetCPUUtilizationPercentage}}}]
+        metrics = [
+            {
+                "type": "Resource",
+                "resource": {
+                    "name": "cpu",
+                    "target": {
+                        "type": "Utilization",
+                        "averageUtilization": scaling.targetCPUUtilizationPercentage,
+                    },
+                },
+            }
+        ]
         bounds = (scaling.minReplicas, scaling.maxReplicas)
     else:
         worker = spec.worker(component).autoscaling
         # Backlog = consumer-group lag + pending of the component's input stream (docs/design.md).
         # Stream names hold ':' which label values cannot, so the metric is selected by role.
-        metrics = [{"type": "External", "external": {
-            "metric": {"name": BACKLOG_METRIC, "selector": {"matchLabels": {
-                "stream_role": INPUT_ROLE[component], "tenant": spec.tenantId}}},
-            "target": {"type": "AverageValue", "averageValue": str(worker.targetLagPerReplica)},
-        }}]
+        metrics = [
+            {
+                "type": "External",
+                "external": {
+                    "metric": {
+                        "name": BACKLOG_METRIC,
+                        "selector": {
+                            "matchLabels": {"stream_role": INPUT_ROLE[component], "tenant": spec.tenantId}
+                        },
+                    },
+                    "target": {"type": "AverageValue", "averageValue": str(worker.targetLagPerReplica)},
+                },
+            }
+        ]
         bounds = (worker.minReplicas, worker.maxReplicas)
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
         "metadata": metadata,
-        "spec": {"scaleTargetRef": _scale_target(owner, component), "minReplicas": bounds[0],
-                 "maxReplicas": bounds[1], "metrics": metrics},
+        "spec": {
+            "scaleTargetRef": _scale_target(owner, component),
+            "minReplicas": bounds[0],
+            "maxReplicas": bounds[1],
+            "metrics": metrics,
+        },
     }
 
 
@@ -391,14 +467,21 @@ def build_scaled_object(owner: Owner, spec: PipelineSpec, component: Component) 
     metadata = _metadata(owner, child_name(owner, component), component_labels(owner, spec, component))
     if component == "ops-api":
         scaling = spec.components.opsApi.autoscaling
-        triggers: list[dict[str, Any]] = [{"type": "cpu", "metricType": "Utilization",
-                                           "metadata": {"value": str(scaling.targetCPUUtilizationPercentage)}}]
+        triggers: list[dict[str, Any]] = [
+            {
+                "type": "cpu",
+                "metricType": "Utilization",
+                "metadata": {"value": str(scaling.targetCPUUtilizationPercentage)},
+            }
+        ]
         bounds = (scaling.minReplicas, scaling.maxReplicas)
     else:
         worker = spec.worker(component).autoscaling
-        trigger_metadata = {"stream": stream_names(spec)[INPUT_ROLE[component]],
-                            "consumerGroup": spec.redis.groupName,
-                            "lagCount": str(worker.targetLagPerReplica)}
+        trigger_metadata = {
+            "stream": stream_names(spec)[INPUT_ROLE[component]],
+            "consumerGroup": spec.redis.groupName,
+            "lagCount": str(worker.targetLagPerReplica),
+        }
         trigger: dict[str, Any] = {"type": "redis-streams", "metadata": trigger_metadata}
         if spec.redis.kedaAuthenticationRef:
             trigger["authenticationRef"] = {"name": spec.redis.kedaAuthenticationRef}
@@ -411,8 +494,12 @@ def build_scaled_object(owner: Owner, spec: PipelineSpec, component: Component) 
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
         "metadata": metadata,
-        "spec": {"scaleTargetRef": {"name": child_name(owner, component)}, "minReplicaCount": bounds[0],
-                 "maxReplicaCount": bounds[1], "triggers": triggers},
+        "spec": {
+            "scaleTargetRef": {"name": child_name(owner, component)},
+            "minReplicaCount": bounds[0],
+            "maxReplicaCount": bounds[1],
+            "triggers": triggers,
+        },
     }
 
 

@@ -31,17 +31,24 @@ WORKERS: Final[tuple[Component, ...]] = ("detector", "embedder", "indexer")
 COMPONENTS: Final[tuple[Component, ...]] = (*WORKERS, "ops-api")
 # spec.components.<key> for each component.
 SPEC_KEYS: Final[dict[Component, str]] = {
-    "detector": "detector", "embedder": "embedder", "indexer": "indexer", "ops-api": "opsApi",
+    "detector": "detector",
+    "embedder": "embedder",
+    "indexer": "indexer",
+    "ops-api": "opsApi",
 }
 # The Python module each component runs (`python -m ...`).
 MODULES: Final[dict[Component, str]] = {
-    "detector": "facepipe.detector", "embedder": "facepipe.embedder",
-    "indexer": "facepipe.indexer", "ops-api": "facepipe.ops_api",
+    "detector": "facepipe.detector",
+    "embedder": "facepipe.embedder",
+    "indexer": "facepipe.indexer",
+    "ops-api": "facepipe.ops_api",
 }
 # Which stream each worker reads; its role names the stream in the backlog metric.
 StreamRole = Literal["ingest", "detected", "embedded"]
 INPUT_ROLE: Final[dict[Component, StreamRole]] = {
-    "detector": "ingest", "embedder": "detected", "indexer": "embedded",
+    "detector": "ingest",
+    "embedder": "detected",
+    "indexer": "embedded",
 }
 
 METRICS_PORT: Final = 9100

@@ -25,29 +25,73 @@ _WORKERS: Final[frozenset[Component]] = frozenset(WORKERS)
 
 _GROUPS: Final[list[tuple[frozenset[Component], tuple[str, ...]]]] = [
     # Streams: every component (ops-api reports their figures).
-    (ALL, ("REDIS_URL", "REDIS_STREAM_NAME", "REDIS_GROUP_NAME", "DETECTED_STREAM_NAME",
-           "EMBEDDED_STREAM_NAME", "LOG_LEVEL")),
+    (
+        ALL,
+        (
+            "REDIS_URL",
+            "REDIS_STREAM_NAME",
+            "REDIS_GROUP_NAME",
+            "DETECTED_STREAM_NAME",
+            "EMBEDDED_STREAM_NAME",
+            "LOG_LEVEL",
+        ),
+    ),
     # The worker loop.
-    (_WORKERS, ("REDIS_CONSUMER_NAME", "ENABLE_QUEUE_WORKER", "READ_BLOCK_MS", "CLAIM_IDLE_MS",
-                "MAX_DELIVERIES", "RETRY_BACKOFF_INITIAL_S", "RETRY_BACKOFF_MAX_S",
-                "WORKER_BATCH_SIZE", "MAX_WORKER_CONCURRENCY", "METRICS_PORT")),
+    (
+        _WORKERS,
+        (
+            "REDIS_CONSUMER_NAME",
+            "ENABLE_QUEUE_WORKER",
+            "READ_BLOCK_MS",
+            "CLAIM_IDLE_MS",
+            "MAX_DELIVERIES",
+            "RETRY_BACKOFF_INITIAL_S",
+            "RETRY_BACKOFF_MAX_S",
+            "WORKER_BATCH_SIZE",
+            "MAX_WORKER_CONCURRENCY",
+            "METRICS_PORT",
+        ),
+    ),
     # Dedup: the detector pre-checks, the indexer commits, ops-api reports and flushes.
-    (frozenset({"detector", "indexer", "ops-api"}),
-     ("ENABLE_GLOBAL_DEDUP", "DEDUP_TTL_SECONDS", "DEDUP_MAX_HAMMING")),
+    (
+        frozenset({"detector", "indexer", "ops-api"}),
+        ("ENABLE_GLOBAL_DEDUP", "DEDUP_TTL_SECONDS", "DEDUP_MAX_HAMMING"),
+    ),
     # Object storage: the detector downloads, the indexer stores artifacts, ops-api serves/deletes.
-    (frozenset({"detector", "indexer", "ops-api"}),
-     ("MINIO_ENDPOINT", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY", "MINIO_SECURE", "BUCKET_RAW",
-      "BUCKET_CROPS", "BUCKET_THUMBS", "BUCKET_METADATA")),
+    (
+        frozenset({"detector", "indexer", "ops-api"}),
+        (
+            "MINIO_ENDPOINT",
+            "MINIO_ACCESS_KEY",
+            "MINIO_SECRET_KEY",
+            "MINIO_SECURE",
+            "BUCKET_RAW",
+            "BUCKET_CROPS",
+            "BUCKET_THUMBS",
+            "BUCKET_METADATA",
+        ),
+    ),
     # Vectors: the indexer upserts, ops-api searches.
     (frozenset({"indexer", "ops-api"}), ("QDRANT_URL", "QDRANT_API_KEY", "QDRANT_COLLECTION", "QDRANT_PATH")),
     # Models: detection and embedding; ops-api runs both for search by photo.
-    (frozenset({"detector", "embedder", "ops-api"}),
-     ("MODEL_PACK", "MODELS_DIR", "INFERENCE_DEVICE", "ORT_INTRA_OP_THREADS", "DET_SIZE", "DET_THRESHOLD")),
+    (
+        frozenset({"detector", "embedder", "ops-api"}),
+        ("MODEL_PACK", "MODELS_DIR", "INFERENCE_DEVICE", "ORT_INTRA_OP_THREADS", "DET_SIZE", "DET_THRESHOLD"),
+    ),
     (frozenset({"embedder", "ops-api"}), ("EMBED_BATCH_SIZE", "EMBED_MAX_WAIT_MS")),
     # Quality gates and image limits: wherever images are decoded.
-    (frozenset({"detector", "ops-api"}),
-     ("MIN_FACE_SIZE", "MIN_DET_SCORE", "MIN_BLUR_VARIANCE", "MAX_POSE_RATIO", "MAX_IMAGE_BYTES",
-      "MAX_IMAGE_PIXELS", "MAX_IMAGE_SIDE")),
+    (
+        frozenset({"detector", "ops-api"}),
+        (
+            "MIN_FACE_SIZE",
+            "MIN_DET_SCORE",
+            "MIN_BLUR_VARIANCE",
+            "MAX_POSE_RATIO",
+            "MAX_IMAGE_BYTES",
+            "MAX_IMAGE_PIXELS",
+            "MAX_IMAGE_SIDE",
+        ),
+    ),
     (frozenset({"ops-api"}), ("OPS_API_HOST", "OPS_API_PORT", "OPS_API_TOKEN", "MAX_UPLOAD_BYTES")),
 ]
 

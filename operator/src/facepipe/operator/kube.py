@@ -25,7 +25,9 @@ class Kind:
     plural: str
     namespaced: bool = True
 
-    def path(self, namespace: str | None = None, name: str | None = None, subresource: str | None = None) -> str:
+    def path(
+        self, namespace: str | None = None, name: str | None = None, subresource: str | None = None
+    ) -> str:
         base = f"/api/{self.api_version}" if "/" not in self.api_version else f"/apis/{self.api_version}"
         if self.namespaced and namespace:
             base += f"/namespaces/{quote(namespace, safe='')}"
@@ -88,21 +90,34 @@ class KubeApi:
             kubernetes.config.load_incluster_config(client_configuration=configuration)
         except kubernetes.config.ConfigException:
             # $KUBECONFIG read now: the kubernetes package reads it once, at its own import.
-            kubernetes.config.load_kube_config(config_file=kubeconfig or os.environ.get("KUBECONFIG"),
-                                               client_configuration=configuration)
+            kubernetes.config.load_kube_config(
+                config_file=kubeconfig or os.environ.get("KUBECONFIG"), client_configuration=configuration
+            )
         return cls(kubernetes.client.ApiClient(configuration))
 
     def close(self) -> None:
         self._client.close()
 
-    def request(self, method: str, path: str, *, body: Any = None, content_type: str = "application/json",
-                query: Mapping[str, str] | None = None) -> dict[str, Any]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        content_type: str = "application/json",
+        query: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type
         method, url, headers, body, post = self._client.param_serialize(
-            method=method, resource_path=path, query_params=list((query or {}).items()) or None,
-            header_params=headers, body=body, auth_settings=["BearerToken"])
+            method=method,
+            resource_path=path,
+            query_params=list((query or {}).items()) or None,
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
         response = self._client.call_api(method, url, headers, body, post, _request_timeout=self._timeout_s)
         data = response.read()
         status = int(response.status)
@@ -114,8 +129,9 @@ class KubeApi:
                 payload = {"message": data[:500].decode(errors="replace")}
         if status >= 400:
             payload = payload if isinstance(payload, dict) else {}
-            raise ApiError(status, str(payload.get("reason") or response.reason),
-                           str(payload.get("message") or ""))
+            raise ApiError(
+                status, str(payload.get("reason") or response.reason), str(payload.get("message") or "")
+            )
         return payload if isinstance(payload, dict) else {}
 
     def get(self, kind: Kind, namespace: str | None, name: str) -> dict[str, Any] | None:
@@ -126,7 +142,9 @@ class KubeApi:
                 return None
             raise
 
-    def list(self, kind: Kind, namespace: str | None, label_selector: str | None = None) -> list[dict[str, Any]]:
+    def list(
+        self, kind: Kind, namespace: str | None, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
         query = {"labelSelector": label_selector} if label_selector else None
         return list(self.request("GET", kind.path(namespace), query=query).get("items") or [])
 
@@ -135,11 +153,22 @@ class KubeApi:
         self.writes += 1
         return self.request("POST", kind.path(manifest["metadata"].get("namespace")), body=dict(manifest))
 
-    def patch(self, kind: Kind, namespace: str | None, name: str, patch: Mapping[str, Any], *,
-              subresource: str | None = None) -> dict[str, Any]:
+    def patch(
+        self,
+        kind: Kind,
+        namespace: str | None,
+        name: str,
+        patch: Mapping[str, Any],
+        *,
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
         self.writes += 1
-        return self.request("PATCH", kind.path(namespace, name, subresource), body=dict(patch),
-                            content_type="application/merge-patch+json")
+        return self.request(
+            "PATCH",
+            kind.path(namespace, name, subresource),
+            body=dict(patch),
+            content_type="application/merge-patch+json",
+        )
 
     def delete(self, kind: Kind, namespace: str | None, name: str) -> bool:
         self.writes += 1

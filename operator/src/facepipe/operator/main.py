@@ -20,7 +20,7 @@ Logger = logging.Logger | logging.LoggerAdapter
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> None:
-    runtime.configure(settings, logger)
+    pipeline.startup(settings, logger)
 
 
 @kopf.on.login()
@@ -49,14 +49,14 @@ def update(name: str, namespace: str, uid: str, logger: Logger, **_: Any) -> Non
     pipeline.on_spec(name, namespace, uid, logger)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=runtime.RESYNC_SECONDS, initial_delay=runtime.RESYNC_SECONDS)
-def resync(name: str, namespace: str, uid: str, logger: Logger, **_: Any) -> None:
-    pipeline.resync(name, namespace, uid, logger)
-
-
 @kopf.on.delete(GROUP, VERSION, PLURAL, when=pipeline.purge_requested)
 def purge(name: str, namespace: str, uid: str, body: kopf.Body, logger: Logger, **_: Any) -> None:
     pipeline.on_delete_purge(name, namespace, uid, dict(body), logger)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)  # optional: no finalizer for Retain
+def forget(uid: str, **_: Any) -> None:
+    pipeline.forget(uid)
 
 
 def _on_child_event(event: kopf.RawEvent, body: kopf.Body, logger: Logger, **_: Any) -> None:
@@ -65,5 +65,6 @@ def _on_child_event(event: kopf.RawEvent, body: kopf.Body, logger: Logger, **_: 
 
 for _kind in MANAGED_KINDS:
     _group, _, _version = _kind.api_version.rpartition("/")
-    kopf.on.event(_group, _version, _kind.plural, labels={LABEL_MANAGED_BY: OPERATOR_NAME},
-                  id=f"child-{_kind.plural}")(_on_child_event)
+    kopf.on.event(
+        _group, _version, _kind.plural, labels={LABEL_MANAGED_BY: OPERATOR_NAME}, id=f"child-{_kind.plural}"
+    )(_on_child_event)

@@ -30,10 +30,14 @@ def contains(actual: Any, desired: Any, parent: str = "") -> bool:
     """
     if isinstance(desired, Mapping):
         return isinstance(actual, Mapping) and all(
-            key in actual and contains(actual[key], value, str(key)) for key, value in desired.items())
+            key in actual and contains(actual[key], value, str(key)) for key, value in desired.items()
+        )
     if isinstance(desired, list):
-        return (isinstance(actual, list) and len(actual) == len(desired)
-                and all(contains(a, d, parent) for a, d in zip(actual, desired, strict=True)))
+        return (
+            isinstance(actual, list)
+            and len(actual) == len(desired)
+            and all(contains(a, d, parent) for a, d in zip(actual, desired, strict=True))
+        )
     if actual == desired:
         return True
     if parent in _QUANTITY_PARENTS or _is_quantity_key(parent):
@@ -74,8 +78,9 @@ def _ref(manifest: Mapping[str, Any]) -> str:
     return f"{manifest['kind']}/{manifest['metadata']['name']}"
 
 
-def apply_children(api: KubeApi, namespace: str, owner_name: str, owner_uid: str,
-                   desired: Sequence[Mapping[str, Any]]) -> ApplyResult:
+def apply_children(
+    api: KubeApi, namespace: str, owner_name: str, owner_uid: str, desired: Sequence[Mapping[str, Any]]
+) -> ApplyResult:
     result = ApplyResult()
     for manifest in desired:
         kind = kind_of(manifest)
@@ -112,5 +117,8 @@ def _owned(api: KubeApi, kind: Kind, namespace: str, owner_name: str, owner_uid:
         if exc.not_found:  # the kind is not installed (KEDA): nothing of it can be ours
             return []
         raise
-    return [obj for obj in items
-            if any(ref.get("uid") == owner_uid for ref in obj["metadata"].get("ownerReferences") or [])]
+    return [
+        obj
+        for obj in items
+        if any(ref.get("uid") == owner_uid for ref in obj["metadata"].get("ownerReferences") or [])
+    ]

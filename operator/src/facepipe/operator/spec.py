@@ -170,8 +170,11 @@ class PipelineSpec(_Model):
     components: Components = Components()
 
     def worker(self, component: str) -> WorkerSpec:
-        return {"detector": self.components.detector, "embedder": self.components.embedder,
-                "indexer": self.components.indexer}[component]
+        return {
+            "detector": self.components.detector,
+            "embedder": self.components.embedder,
+            "indexer": self.components.indexer,
+        }[component]
 
 
 class SpecError(ValueError):
@@ -226,14 +229,19 @@ def _semantic_problems(spec: PipelineSpec) -> list[str]:
         )
     if (spec.redis.url is None) == (spec.redis.urlSecretRef is None):
         problems.append("spec.redis: give exactly one of url and urlSecretRef")
-    for key, worker in (("detector", spec.components.detector), ("embedder", spec.components.embedder),
-                        ("indexer", spec.components.indexer)):
+    for key, worker in (
+        ("detector", spec.components.detector),
+        ("embedder", spec.components.embedder),
+        ("indexer", spec.components.indexer),
+    ):
         scaling = worker.autoscaling
         if not scaling.enabled:
             continue
         where = f"spec.components.{key}.autoscaling"
         if scaling.minReplicas > scaling.maxReplicas:
-            problems.append(f"{where}: minReplicas {scaling.minReplicas} exceeds maxReplicas {scaling.maxReplicas}")
+            problems.append(
+                f"{where}: minReplicas {scaling.minReplicas} exceeds maxReplicas {scaling.maxReplicas}"
+            )
         if scaling.provider == "hpa" and scaling.minReplicas < 1:
             problems.append(f"{where}: minReplicas 0 needs provider keda (an HPA keeps at least one replica)")
         if scaling.provider == "keda":
@@ -263,8 +271,10 @@ def _keda_redis_problems(spec: PipelineSpec, where: str) -> list[str]:
     if spec.redis.kedaAuthenticationRef:
         return []
     if spec.redis.url is None:
-        return [f"{where}: provider keda with redis.urlSecretRef needs redis.kedaAuthenticationRef "
-                "(a TriggerAuthentication giving KEDA the address and password)"]
+        return [
+            f"{where}: provider keda with redis.urlSecretRef needs redis.kedaAuthenticationRef "
+            "(a TriggerAuthentication giving KEDA the address and password)"
+        ]
     try:
         keda_redis_address(spec.redis.url)
     except ValueError as exc:

@@ -28,9 +28,14 @@ class ComponentState:
         return self.readyReplicas >= self.desiredReplicas and self.updatedReplicas >= self.desiredReplicas
 
     def as_status(self) -> dict[str, Any]:
-        return {"desiredReplicas": self.desiredReplicas, "replicas": self.replicas,
-                "readyReplicas": self.readyReplicas, "updatedReplicas": self.updatedReplicas,
-                "ready": self.ready, "autoscaler": self.autoscaler}
+        return {
+            "desiredReplicas": self.desiredReplicas,
+            "replicas": self.replicas,
+            "readyReplicas": self.readyReplicas,
+            "updatedReplicas": self.updatedReplicas,
+            "ready": self.ready,
+            "autoscaler": self.autoscaler,
+        }
 
 
 def component_state(deployment: Mapping[str, Any], autoscaler: str, min_replicas: int) -> ComponentState:
@@ -64,14 +69,27 @@ class Observation:
     terminating: bool = False
 
 
-def _condition(kind: str, status: bool, reason: str, message: str, generation: int,
-               previous: Mapping[str, Mapping[str, Any]], now: str) -> dict[str, Any]:
+def _condition(
+    kind: str,
+    status: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    previous: Mapping[str, Mapping[str, Any]],
+    now: str,
+) -> dict[str, Any]:
     value = "True" if status else "False"
     before = previous.get(kind) or {}
     # lastTransitionTime moves only when the status flips.
     since = before.get("lastTransitionTime") if before.get("status") == value else None
-    return {"type": kind, "status": value, "reason": reason, "message": message,
-            "lastTransitionTime": since or now, "observedGeneration": generation}
+    return {
+        "type": kind,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since or now,
+        "observedGeneration": generation,
+    }
 
 
 def compute_status(obs: Observation, previous: Mapping[str, Any], now: str | None = None) -> dict[str, Any]:
@@ -99,7 +117,9 @@ def compute_status(obs: Observation, previous: Mapping[str, Any], now: str | Non
 
     components = dict(obs.components or {})
     if components:
-        status["components"] = {name: components[name].as_status() for name in COMPONENTS if name in components}
+        status["components"] = {
+            name: components[name].as_status() for name in COMPONENTS if name in components
+        }
         ready_count = sum(1 for state in components.values() if state.ready)
         status["readyComponents"] = f"{ready_count}/{len(COMPONENTS)}"
     not_ready = [name for name in COMPONENTS if name in components and not components[name].ready]
@@ -117,25 +137,41 @@ def compute_status(obs: Observation, previous: Mapping[str, Any], now: str | Non
     degraded = degraded_reason != "AsExpected"
 
     if obs.spec_error or not components:
-        ready, ready_reason, ready_message = False, "NotReconciled", "the children are not built from this spec"
+        ready, ready_reason, ready_message = (
+            False,
+            "NotReconciled",
+            "the children are not built from this spec",
+        )
     elif not_ready:
         ready, ready_reason, ready_message = False, "ComponentsNotReady", "not ready: " + ", ".join(not_ready)
     else:
-        ready, ready_reason, ready_message = True, "AllComponentsReady", "every component has its replicas ready"
+        ready, ready_reason, ready_message = (
+            True,
+            "AllComponentsReady",
+            "every component has its replicas ready",
+        )
 
     if obs.spec_error:
         progressing, prog_reason, prog_message = False, "InvalidSpec", "waiting for a valid spec"
     elif obs.changed:
         progressing, prog_reason, prog_message = True, "ChildrenUpdated", "children created or updated"
     elif rolling or not_ready:
-        progressing, prog_reason, prog_message = True, "RollingOut", "rolling out: " + ", ".join(rolling or not_ready)
+        progressing, prog_reason, prog_message = (
+            True,
+            "RollingOut",
+            "rolling out: " + ", ".join(rolling or not_ready),
+        )
     else:
         progressing, prog_reason, prog_message = False, "Complete", "every component is rolled out"
 
     status["conditions"] = [
         _condition("Ready", ready, ready_reason, ready_message, obs.generation, prev_conditions, now),
-        _condition("Progressing", progressing, prog_reason, prog_message, obs.generation, prev_conditions, now),
-        _condition("Degraded", degraded, degraded_reason, degraded_message, obs.generation, prev_conditions, now),
+        _condition(
+            "Progressing", progressing, prog_reason, prog_message, obs.generation, prev_conditions, now
+        ),
+        _condition(
+            "Degraded", degraded, degraded_reason, degraded_message, obs.generation, prev_conditions, now
+        ),
     ]
     if obs.terminating:
         status["phase"] = "Terminating"

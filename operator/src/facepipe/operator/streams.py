@@ -48,24 +48,32 @@ def _lag(client: redis.Redis, stream: str, group: dict[str, Any] | None, length:
     return len(client.xrange(stream, min=f"({last}", max="+", count=100_000))
 
 
-def read_stream_figures(redis_url: str, streams: Mapping[StreamRole, str], group: str, *,
-                        timeout_s: float = 3.0) -> list[StreamFigures]:
+def read_stream_figures(
+    redis_url: str, streams: Mapping[StreamRole, str], group: str, *, timeout_s: float = 3.0
+) -> list[StreamFigures]:
     """length, lag, pending, consumers and DLQ length of each stream for ``group``.
 
     Raises redis errors (ConnectionError, TimeoutError, ...) for the caller to report.
     """
-    client = redis.Redis.from_url(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                  decode_responses=True)
+    client = redis.Redis.from_url(
+        redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True
+    )
     try:
         figures = []
         for role, stream in streams.items():
             length = int(client.xlen(stream))
             info = _group_info(client, stream, group)
-            figures.append(StreamFigures(
-                name=stream, role=role, length=length, lag=_lag(client, stream, info, length),
-                pending=int(info.get("pending", 0)) if info else 0,
-                consumers=int(info.get("consumers", 0)) if info else 0,
-                dlqLength=int(client.xlen(dlq_stream(stream)))))
+            figures.append(
+                StreamFigures(
+                    name=stream,
+                    role=role,
+                    length=length,
+                    lag=_lag(client, stream, info, length),
+                    pending=int(info.get("pending", 0)) if info else 0,
+                    consumers=int(info.get("consumers", 0)) if info else 0,
+                    dlqLength=int(client.xlen(dlq_stream(stream))),
+                )
+            )
         return figures
     finally:
         client.close()

@@ -12,12 +12,19 @@ import redis
 from facepipe.common.settings import Settings
 from facepipe.operator.builders import Owner, build_children, secret_env, shared_env, stream_names
 from facepipe.operator.constants import COMPONENTS
+from facepipe.operator.handlers import runtime
 from facepipe.operator.handlers.runtime import PURGE_RETRY_SECONDS, RUNTIME
 from facepipe.operator.kube import FACE_PIPELINE, SECRET, ApiError, KubeApi
 from facepipe.operator.purge import PurgeUnavailable, settings_from_env
 from facepipe.operator.reconcile import ApplyResult, apply_children
 from facepipe.operator.spec import PipelineSpec, SpecError, parse_spec
-from facepipe.operator.status import ComponentState, Observation, component_state, compute_status, status_patch
+from facepipe.operator.status import (
+    ComponentState,
+    Observation,
+    component_state,
+    compute_status,
+    status_patch,
+)
 from facepipe.operator.streams import read_stream_figures
 
 Logger = logging.Logger | logging.LoggerAdapter
@@ -67,7 +74,9 @@ def _components(spec: PipelineSpec, result: ApplyResult, owner: Owner) -> dict[s
     return states
 
 
-def _read_streams(api: KubeApi, namespace: str, spec: PipelineSpec) -> tuple[list[dict[str, Any]], str | None]:
+def _read_streams(
+    api: KubeApi, namespace: str, spec: PipelineSpec
+) -> tuple[list[dict[str, Any]], str | None]:
     try:
         url = redis_url(api, namespace, spec)
         figures = read_stream_figures(url, stream_names(spec), spec.redis.groupName)
@@ -78,8 +87,15 @@ def _read_streams(api: KubeApi, namespace: str, spec: PipelineSpec) -> tuple[lis
     return [figure.as_status() for figure in figures], None
 
 
-def reconcile(api: KubeApi, namespace: str, name: str, *, read_streams: bool, logger: Logger,
-              expected_uid: str | None = None) -> Observation | None:
+def reconcile(
+    api: KubeApi,
+    namespace: str,
+    name: str,
+    *,
+    read_streams: bool,
+    logger: Logger,
+    expected_uid: str | None = None,
+) -> Observation | None:
     """One level-based pass over the FacePipeline as it is now; None when it is gone or going."""
     body = api.get(FACE_PIPELINE, namespace, name)
     if body is None or (expected_uid and body["metadata"].get("uid") != expected_uid):
@@ -111,20 +127,34 @@ def reconcile(api: KubeApi, namespace: str, name: str, *, read_streams: bool, lo
                 apply_error = "KEDA is not installed (scaledobjects.keda.sh): " + apply_error
             logger.error("FacePipeline %s/%s: %s", namespace, name, apply_error)
         if result.changed:
-            logger.info("FacePipeline %s/%s: created %s, updated %s, deleted %s", namespace, name,
-                        result.created, result.updated, result.deleted)
+            logger.info(
+                "FacePipeline %s/%s: created %s, updated %s, deleted %s",
+                namespace,
+                name,
+                result.created,
+                result.updated,
+                result.deleted,
+            )
         streams: list[dict[str, Any]] | None = None
         streams_error = None
         if read_streams:
             streams, streams_error = _read_streams(api, namespace, spec)
-        obs = Observation(generation=generation, apply_error=apply_error, changed=result.changed,
-                          components=_components(spec, result, owner), streams=streams,
-                          streams_error=streams_error, streams_read=read_streams)
+        obs = Observation(
+            generation=generation,
+            apply_error=apply_error,
+            changed=result.changed,
+            components=_components(spec, result, owner),
+            streams=streams,
+            streams_error=streams_error,
+            streams_read=read_streams,
+        )
         _write_status(api, namespace, name, obs, previous)
         return obs
 
 
-def _write_status(api: KubeApi, namespace: str, name: str, obs: Observation, previous: dict[str, Any]) -> None:
+def _write_status(
+    api: KubeApi, namespace: str, name: str, obs: Observation, previous: dict[str, Any]
+) -> None:
     patch = status_patch(compute_status(obs, previous), previous)
     if patch:
         try:
@@ -136,14 +166,33 @@ def _write_status(api: KubeApi, namespace: str, name: str, obs: Observation, pre
 
 # --- Kopf entry points (registered in facepipe.operator.main) ---------------------------------
 
+
+def startup(settings: kopf.OperatorSettings, logger: Logger) -> None:
+    runtime.configure(settings, logger)
+    runtime.start_resync(lambda: resync_all(logger), logger)
+
+
 def on_spec(name: str, namespace: str, uid: str, logger: Logger) -> None:
     """create / update / resume: apply the children and the status (streams are read too)."""
+    RUNTIME.track(uid, namespace, name)
     reconcile(RUNTIME.require_api(), namespace, name, read_streams=True, logger=logger, expected_uid=uid)
 
 
-def resync(name: str, namespace: str, uid: str, logger: Logger) -> None:
-    """Timer: the same full pass, so drift is repaired and stream figures stay fresh."""
-    reconcile(RUNTIME.require_api(), namespace, name, read_streams=True, logger=logger, expected_uid=uid)
+def resync_all(logger: Logger) -> None:
+    """The periodic full pass over every served FacePipeline: repairs drift, refreshes figures."""
+    api = RUNTIME.require_api()
+    for uid, namespace, name in RUNTIME.tracked():
+        try:
+            if reconcile(api, namespace, name, read_streams=True, logger=logger, expected_uid=uid) is None:
+                current = api.get(FACE_PIPELINE, namespace, name)
+                if current is None or current["metadata"].get("uid") != uid:
+                    RUNTIME.forget(uid)
+        except ApiError as exc:
+            logger.warning("resync of %s/%s failed: %s", namespace, name, exc)
+
+
+def forget(uid: str) -> None:
+    RUNTIME.forget(uid)
 
 
 def on_child_event(event: dict[str, Any], body: dict[str, Any], logger: Logger) -> None:
@@ -153,8 +202,14 @@ def on_child_event(event: dict[str, Any], body: dict[str, Any], logger: Logger) 
     meta = body.get("metadata") or {}
     for ref in meta.get("ownerReferences") or []:
         if ref.get("kind") == FACE_PIPELINE.kind and ref.get("apiVersion") == FACE_PIPELINE.api_version:
-            reconcile(RUNTIME.require_api(), meta.get("namespace", ""), ref["name"], read_streams=False,
-                      logger=logger, expected_uid=ref.get("uid"))
+            reconcile(
+                RUNTIME.require_api(),
+                meta.get("namespace", ""),
+                ref["name"],
+                read_streams=False,
+                logger=logger,
+                expected_uid=ref.get("uid"),
+            )
 
 
 def purge_requested(spec: dict[str, Any], **_: Any) -> bool:
@@ -173,11 +228,17 @@ def on_delete_purge(name: str, namespace: str, uid: str, body: dict[str, Any], l
         logger.info("purging the data of tenant %s", spec.tenantId)
         purger(settings, spec.tenantId)
     except (SpecError, SecretValueError, PurgeUnavailable, redis.RedisError, OSError, ValueError) as exc:
-        message = (f"deletionPolicy Purge: the tenant's data could not be purged ({exc}); the finalizer "
-                   "stays until it succeeds (or set deletionPolicy: Retain to keep the data)")
-        _write_status(api, namespace, name, Observation(generation=generation, purge_error=message,
-                                                        terminating=True), previous)
+        message = (
+            f"deletionPolicy Purge: the tenant's data could not be purged ({exc}); the finalizer "
+            "stays until it succeeds (or set deletionPolicy: Retain to keep the data)"
+        )
+        _write_status(
+            api,
+            namespace,
+            name,
+            Observation(generation=generation, purge_error=message, terminating=True),
+            previous,
+        )
         raise kopf.TemporaryError(message, delay=PURGE_RETRY_SECONDS) from exc
     RUNTIME.forget(uid)
     logger.info("purged the data of tenant %s", spec.tenantId)
-

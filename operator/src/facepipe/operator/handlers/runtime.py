@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import kopf
@@ -25,6 +26,10 @@ class Runtime:
     purger: Purger | None = None  # None: facepipe.common.deletion.purge_tenant
     locks: dict[str, threading.Lock] = field(default_factory=dict)
     locks_guard: threading.Lock = field(default_factory=threading.Lock)
+    # FacePipelines this operator serves (uid → namespace, name), for the periodic resync.
+    pipelines: dict[str, tuple[str, str]] = field(default_factory=dict)
+    resync_thread: threading.Thread | None = None
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def require_api(self) -> KubeApi:
         if self.api is None:
@@ -36,9 +41,18 @@ class Runtime:
         with self.locks_guard:
             return self.locks.setdefault(uid, threading.Lock())
 
+    def track(self, uid: str, namespace: str, name: str) -> None:
+        with self.locks_guard:
+            self.pipelines[uid] = (namespace, name)
+
+    def tracked(self) -> list[tuple[str, str, str]]:
+        with self.locks_guard:
+            return [(uid, namespace, name) for uid, (namespace, name) in self.pipelines.items()]
+
     def forget(self, uid: str) -> None:
         with self.locks_guard:
             self.locks.pop(uid, None)
+            self.pipelines.pop(uid, None)
 
     def get_purger(self) -> Purger:
         return self.purger or default_purger()
@@ -51,7 +65,8 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger | logging.
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration")
+        prefix=GROUP, key="last-handled-configuration"
+    )
     settings.posting.level = logging.WARNING  # Kubernetes events only for problems
     settings.execution.max_workers = 8
     if RUNTIME.api is None:
@@ -59,7 +74,32 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger | logging.
     logger.info("facepipe operator configured (resync every %.0f s)", RESYNC_SECONDS)
 
 
+def start_resync(resync_all: Callable[[], None], logger: logging.Logger | logging.LoggerAdapter) -> None:
+    """Re-run every tracked FacePipeline's reconcile every RESYNC_SECONDS, in a thread.
+
+    Not a Kopf timer: Kopf gives every object with a timer a finalizer, and a
+    Retain pipeline must stay deletable while the operator is down.
+    """
+    if RUNTIME.resync_thread is not None and RUNTIME.resync_thread.is_alive():
+        return
+    RUNTIME.stopping.clear()
+
+    def loop() -> None:
+        while not RUNTIME.stopping.wait(RESYNC_SECONDS):
+            try:
+                resync_all()
+            except Exception:  # one bad pass must not end the resync
+                logger.exception("resync pass failed")
+
+    RUNTIME.resync_thread = threading.Thread(target=loop, name="facepipe-resync", daemon=True)
+    RUNTIME.resync_thread.start()
+
+
 def cleanup() -> None:
+    RUNTIME.stopping.set()
+    if RUNTIME.resync_thread is not None:
+        RUNTIME.resync_thread.join(RESYNC_SECONDS + 30)
+        RUNTIME.resync_thread = None
     if RUNTIME.api is not None:
         RUNTIME.api.close()
         RUNTIME.api = None

@@ -21,11 +21,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m facepipe.operator.sandbox", description=__doc__)
     parser.add_argument("--dir", type=Path, default=Path(".sandbox"), help="where the kubeconfig goes")
     parser.add_argument("--port", type=int, default=0, help="API port on 127.0.0.1 (default: a free one)")
-    parser.add_argument("--crd", type=Path, action="append", default=None,
-                        help=f"CRD file(s) to register (default: {DEFAULT_CRD})")
+    parser.add_argument(
+        "--crd",
+        type=Path,
+        action="append",
+        default=None,
+        help=f"CRD file(s) to register (default: {DEFAULT_CRD})",
+    )
     parser.add_argument("--no-keda", action="store_true", help="do not register KEDA's kinds")
-    parser.add_argument("--with-redis", action="store_true",
-                        help="also start a local redis-server and print its URL for spec.redis.url")
+    parser.add_argument(
+        "--with-redis",
+        action="store_true",
+        help="also start a local redis-server and print its URL for spec.redis.url",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
 
@@ -47,10 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["KUBECONFIG"] = str(kubeconfig)
     print(f"Kubernetes API emulator: {server.url}", flush=True)
     print(f"kubeconfig: {kubeconfig}", flush=True)
-    print(f"  kubectl --kubeconfig {args.dir}/kubeconfig apply --validate=false -f examples/facepipeline.yaml",
-          flush=True)
-    print(f"  kubectl --kubeconfig {args.dir}/kubeconfig get facepipelines,deployments,configmaps,hpa",
-          flush=True)
+    print(
+        f"  kubectl --kubeconfig {args.dir}/kubeconfig apply --validate=false -f examples/facepipeline.yaml",
+        flush=True,
+    )
+    print(
+        f"  kubectl --kubeconfig {args.dir}/kubeconfig get facepipelines,deployments,configmaps,hpa",
+        flush=True,
+    )
     if redis_server is not None:
         print(f"redis: {redis_server.url}  (use it as spec.redis.url)", flush=True)
     print("Ctrl-C stops.", flush=True)

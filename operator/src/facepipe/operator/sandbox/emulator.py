@@ -26,6 +26,8 @@ import asyncio
 import collections
 import copy
 import datetime
+import gzip
+import importlib.resources
 import json
 import re
 import secrets
@@ -69,8 +71,9 @@ def _invalid(message: str) -> kmock.KubernetesError:
 
 
 def _not_found(resource: Resource, name: str | None) -> kmock.KubernetesError:
-    return kmock.KubernetesError(status=404, reason="NotFound",
-                                 message=f'{resource.plural} "{name}" not found', details={})
+    return kmock.KubernetesError(
+        status=404, reason="NotFound", message=f'{resource.plural} "{name}" not found', details={}
+    )
 
 
 # --- selectors ---------------------------------------------------------------------------------
@@ -131,21 +134,25 @@ def field_selector_matches(selector: str | None, obj: Mapping[str, Any]) -> bool
 
 # --- the emulator ------------------------------------------------------------------------------
 
+
 @attrs.define(kw_only=True)
 class FacePipeEmulator(kmock.KubernetesEmulator):
     """The emulator; call :meth:`register_defaults` (or register resources) before serving."""
 
     _revision: int = attrs.field(default=0, init=False)
     _event_log: dict[Resource, collections.deque[tuple[int, dict[str, Any]]]] = attrs.field(
-        factory=lambda: collections.defaultdict(lambda: collections.deque(maxlen=_EVENT_LOG_SIZE)),
-        init=False)
+        factory=lambda: collections.defaultdict(lambda: collections.deque(maxlen=_EVENT_LOG_SIZE)), init=False
+    )
     _printer_columns: dict[Resource, list[dict[str, Any]]] = attrs.field(factory=dict, init=False)
+    _gc_tasks: set[asyncio.Task[None]] = attrs.field(factory=set, init=False)
 
     # -- resource registration --
 
     def register_defaults(self, crd_paths: Iterable[Path] = (), *, keda: bool = True) -> None:
         """Built-in kinds (the newest version of each), the given CRDs, and KEDA's kinds."""
-        self.resources.load_bundled()
+        # = self.resources.load_bundled(), without its deprecated importlib.resources call.
+        bundled = importlib.resources.files("kmock._internal").joinpath("resources.json.gz").read_bytes()
+        self.resources.load_data(gzip.decompress(bundled))
         newest: dict[tuple[str, str], str] = {}
         for res in list(self.resources):
             key = (res.group, res.plural)
@@ -159,12 +166,17 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
                 if doc and doc.get("kind") == "CustomResourceDefinition":
                     self.register_crd(doc)
         if keda:
-            for plural, kind in (("scaledobjects", "ScaledObject"),
-                                 ("triggerauthentications", "TriggerAuthentication")):
+            for plural, kind in (
+                ("scaledobjects", "ScaledObject"),
+                ("triggerauthentications", "TriggerAuthentication"),
+            ):
                 self.resources[f"keda.sh/v1alpha1/{plural}"] = kmock.ResourceInfo(
-                    kind=kind, singular=kind.lower(), namespaced=True,
+                    kind=kind,
+                    singular=kind.lower(),
+                    namespaced=True,
                     verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
-                    subresources={"status"} if plural == "scaledobjects" else set())
+                    subresources={"status"} if plural == "scaledobjects" else set(),
+                )
 
     def register_crd(self, crd: Mapping[str, Any]) -> None:
         spec = crd["spec"]
@@ -172,28 +184,34 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
         for version in spec["versions"]:
             res = Resource(spec["group"], version["name"], names["plural"])
             self.resources[res] = kmock.ResourceInfo(
-                kind=names["kind"], singular=names.get("singular", names["kind"].lower()),
+                kind=names["kind"],
+                singular=names.get("singular", names["kind"].lower()),
                 namespaced=spec.get("scope", "Namespaced") == "Namespaced",
                 verbs={"create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"},
-                shortnames=set(names.get("shortNames", [])), categories=set(names.get("categories", [])),
-                subresources=set(version.get("subresources", {}) or {}))
+                shortnames=set(names.get("shortNames", [])),
+                categories=set(names.get("categories", [])),
+                subresources=set(version.get("subresources", {}) or {}),
+            )
             self._printer_columns[res] = list(version.get("additionalPrinterColumns", []))
         stored = copy.deepcopy(dict(crd))
         meta = stored.setdefault("metadata", {})
         self._revision += 1
-        meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1,
-                    resourceVersion=str(self._revision))
-        self.objects[Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions"), None,
-                     meta["name"]] = stored
+        meta.update(
+            uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1, resourceVersion=str(self._revision)
+        )
+        self.objects[
+            Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions"), None, meta["name"]
+        ] = stored
 
     # -- helpers --
 
     def _info(self, res: Resource) -> kmock.ResourceInfo | None:
-        return self.resources[res] if res in self.resources else None
+        # Not .get(): ResourcesArray creates an entry on a missing key.
+        return self.resources[res] if res in self.resources else None  # noqa: SIM401
 
     def _kind(self, res: Resource) -> str:
         info = self._info(res)
-        return (info.kind if info and info.kind else res.plural.capitalize())
+        return info.kind if info and info.kind else res.plural.capitalize()
 
     def _api_version(self, res: Resource) -> str:
         return f"{res.group}/{res.version}" if res.group else res.version
@@ -242,20 +260,46 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
             meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
         key = (res, namespace, meta["name"])
         if self._live(key) is not None:
-            raise kmock.KubernetesError(status=409, reason="AlreadyExists",
-                                        message=f'{res.plural} "{meta["name"]}" already exists', details={})
+            raise kmock.KubernetesError(
+                status=409,
+                reason="AlreadyExists",
+                message=f'{res.plural} "{meta["name"]}" already exists',
+                details={},
+            )
         if self._has_status(res):
             body.pop("status", None)
         body.setdefault("apiVersion", self._api_version(res))
         body.setdefault("kind", self._kind(res))
-        meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1,
-                    resourceVersion=self._next_revision())
+        meta.update(
+            uid=str(uuid.uuid4()),
+            creationTimestamp=_now(),
+            generation=1,
+            resourceVersion=self._next_revision(),
+        )
         meta.pop("deletionTimestamp", None)
         if key in self.objects:
             self.objects[key].create(copy.deepcopy(body))
         else:
             self.objects[key] = copy.deepcopy(body)
         await self._emit(res, "ADDED", body)
+        owners = {ref.get("uid") for ref in meta.get("ownerReferences") or []}
+        if owners and not any(self._uid_is_live(uid) for uid in owners):
+            # The garbage collector removes dependents whose owners are gone (e.g. created by a
+            # controller pass that raced the owner's deletion) -- after the creator got its answer.
+            asyncio.get_running_loop().call_later(0.05, self._collect_orphan, res, key)
+
+    def _uid_is_live(self, uid: str | None) -> bool:
+        return any(
+            not obj.deleted and obj.raw.get("metadata", {}).get("uid") == uid for obj in self.objects.values()
+        )
+
+    def _collect_orphan(self, res: Resource, key: tuple[Resource, str | None, str]) -> None:
+        async def collect() -> None:
+            async with self._lock:
+                await self._delete_key(res, key, orphan=False)
+
+        self._gc_tasks.add(task := asyncio.get_running_loop().create_task(collect()))
+        task.add_done_callback(self._gc_tasks.discard)
 
     async def _update(self, request: rendering.Request, *, replace: bool) -> dict[str, Any]:
         res = request.resource
@@ -267,13 +311,21 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
         data = request.data
         subresource = request.subresource
         if subresource not in (None, "status"):
-            raise kmock.KubernetesError(status=405, reason="MethodNotAllowed",
-                                        message=f"subresource {subresource} is not emulated", details={})
+            raise kmock.KubernetesError(
+                status=405,
+                reason="MethodNotAllowed",
+                message=f"subresource {subresource} is not emulated",
+                details={},
+            )
         status_only = subresource == "status" and self._has_status(res)
         strip_status = subresource is None and self._has_status(res)
         if isinstance(data, list):  # JSON patch
-            ops = [op for op in data if not (status_only and not str(op.get("path", "")).startswith("/status"))
-                   and not (strip_status and str(op.get("path", "")).startswith("/status"))]
+            ops = [
+                op
+                for op in data
+                if not (status_only and not str(op.get("path", "")).startswith("/status"))
+                and not (strip_status and str(op.get("path", "")).startswith("/status"))
+            ]
             try:
                 new = jsonpatch.apply_patch(copy.deepcopy(old), ops, in_place=False)
             except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
@@ -281,8 +333,10 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
         elif isinstance(data, dict):
             expected = (data.get("metadata") or {}).get("resourceVersion")
             if expected is not None and str(expected) != old["metadata"]["resourceVersion"]:
-                raise _conflict(f'the object has been modified; {res.plural} "{request.name}": '
-                                "please apply your changes to the latest version and try again")
+                raise _conflict(
+                    f'the object has been modified; {res.plural} "{request.name}": '
+                    "please apply your changes to the latest version and try again"
+                )
             if status_only:
                 data = {"status": data.get("status")}
             elif strip_status:
@@ -299,8 +353,15 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
             raise _invalid("the body must be a JSON object or a JSON patch")
         # Identity is the server's, whatever the client sent.
         new_meta = new.setdefault("metadata", {})
-        for field in ("name", "namespace", "uid", "creationTimestamp", "generation", "resourceVersion",
-                      "deletionTimestamp"):
+        for field in (
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "generation",
+            "resourceVersion",
+            "deletionTimestamp",
+        ):
             if field in old["metadata"]:
                 new_meta[field] = old["metadata"][field]
             else:
@@ -309,8 +370,9 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
         new.setdefault("kind", old.get("kind"))
         if new == old:
             return old  # a no-op: no new version, no event (as the real API server)
-        if {k: v for k, v in new.items() if k not in ("metadata", "status")} != \
-                {k: v for k, v in old.items() if k not in ("metadata", "status")}:
+        if {k: v for k, v in new.items() if k not in ("metadata", "status")} != {
+            k: v for k, v in old.items() if k not in ("metadata", "status")
+        }:
             new_meta["generation"] = int(old["metadata"].get("generation", 1)) + 1
         new_meta["resourceVersion"] = self._next_revision()
         self.objects[key].history.append(new)
@@ -327,10 +389,13 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
         if self._live(key) is None:
             raise _not_found(res, request.name)
         orphan = request.params.get("propagationPolicy") == "Orphan" or (
-            isinstance(request.data, dict) and request.data.get("propagationPolicy") == "Orphan")
+            isinstance(request.data, dict) and request.data.get("propagationPolicy") == "Orphan"
+        )
         await self._delete_key(res, key, orphan=orphan)
 
-    async def _delete_key(self, res: Resource, key: tuple[Resource, str | None, str], *, orphan: bool) -> None:
+    async def _delete_key(
+        self, res: Resource, key: tuple[Resource, str | None, str], *, orphan: bool
+    ) -> None:
         obj = self._live(key)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             return
@@ -343,8 +408,9 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
         else:
             await self._finalize(res, key, orphan=orphan)
 
-    async def _finalize(self, res: Resource, key: tuple[Resource, str | None, str], *,
-                        orphan: bool = False) -> None:
+    async def _finalize(
+        self, res: Resource, key: tuple[Resource, str | None, str], *, orphan: bool = False
+    ) -> None:
         """Remove the object for good and garbage-collect its dependents."""
         final = copy.deepcopy(self.objects[key].raw)
         final["metadata"]["resourceVersion"] = self._next_revision()
@@ -364,10 +430,24 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
     # -- request routing --
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        # KMock keeps every request for assertions and matches each new one by scanning them all:
+        # quadratic over a long run. Keep only the request in hand (nothing here asserts on history).
+        del self._requests[:-1]
+        for reaction in self._payloads:  # each reaction keeps the requests it served, too
+            reaction._requests.clear()
         res = request.resource
+        if res is not None and res.plural and request.action is not None and not self._known(res):
+            # As an API server without that CRD (e.g. no KEDA): 404 for every verb.
+            raise kmock.KubernetesError(
+                status=404,
+                reason="NotFound",
+                details={},
+                message=f"the server could not find the requested resource ({res.plural})",
+            )
         is_put = request.method == enums.method.PUT and request.name is not None
-        if res is not None and (request.action in (enums.action.CREATE, enums.action.UPDATE,
-                                                   enums.action.DELETE) or is_put):
+        if res is not None and (
+            request.action in (enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE) or is_put
+        ):
             async with self._lock:
                 if request.action == enums.action.CREATE:
                     await self._create(request)
@@ -377,8 +457,12 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
                         return aiohttp.web.json_response(updated)
                 elif request.action == enums.action.DELETE:
                     if request.name is None:
-                        raise kmock.KubernetesError(status=405, reason="MethodNotAllowed",
-                                                    message="deletecollection is not emulated", details={})
+                        raise kmock.KubernetesError(
+                            status=405,
+                            reason="MethodNotAllowed",
+                            message="deletecollection is not emulated",
+                            details={},
+                        )
                     await self._delete(request)
         # Skip KubernetesEmulator._handle (its simpler state changes are replaced above).
         return await super(kmock.KubernetesEmulator, self)._handle(request)
@@ -418,7 +502,7 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
         return sorted(items, key=lambda o: (o["metadata"].get("namespace") or "", o["metadata"]["name"]))
 
     def _known(self, res: Resource | None) -> bool:
-        return res is not None and (res in self.resources or any(r == res for r, _, _ in self.objects))
+        return res is not None and res in self.resources
 
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
         res = request.resource
@@ -430,8 +514,12 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
             revision = str(self._revision)
         if _wants_table(request):
             return self._table(res, items, revision)
-        return {"apiVersion": self._api_version(res), "kind": f"{self._kind(res)}List",
-                "metadata": {"resourceVersion": revision}, "items": items}
+        return {
+            "apiVersion": self._api_version(res),
+            "kind": f"{self._kind(res)}List",
+            "metadata": {"resourceVersion": revision},
+            "items": items,
+        }
 
     async def _serve_fetch(self, request: rendering.Request) -> rendering.Payload:
         res = request.resource
@@ -462,8 +550,9 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
                 return False
             if request.name is not None and meta.get("name") != request.name:
                 return False
-            return (label_selector_matches(label_selector, meta.get("labels") or {})
-                    and field_selector_matches(field_selector, obj))
+            return label_selector_matches(
+                label_selector, meta.get("labels") or {}
+            ) and field_selector_matches(field_selector, obj)
 
         async with self._lock:
             marker = await bus.mark()
@@ -494,12 +583,30 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
         columns += self._columns_for(res)
         columns.append(("Age", "string", lambda o: _age(o["metadata"].get("creationTimestamp"))))
         return {
-            "kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": revision},
-            "columnDefinitions": [{"name": name, "type": kind, "format": "name" if name == "Name" else "",
-                                   "description": "", "priority": 0} for name, kind, _ in columns],
-            "rows": [{"cells": [fn(obj) for _, _, fn in columns],
-                      "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                                 "metadata": obj["metadata"]}} for obj in items],
+            "kind": "Table",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": {"resourceVersion": revision},
+            "columnDefinitions": [
+                {
+                    "name": name,
+                    "type": kind,
+                    "format": "name" if name == "Name" else "",
+                    "description": "",
+                    "priority": 0,
+                }
+                for name, kind, _ in columns
+            ],
+            "rows": [
+                {
+                    "cells": [fn(obj) for _, _, fn in columns],
+                    "object": {
+                        "kind": "PartialObjectMetadata",
+                        "apiVersion": "meta.k8s.io/v1",
+                        "metadata": obj["metadata"],
+                    },
+                }
+                for obj in items
+            ],
         }
 
     def _columns_for(self, res: Resource) -> list[tuple[str, str, Any]]:
@@ -509,8 +616,9 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
                 if column.get("jsonPath") == ".metadata.creationTimestamp":
                     continue  # the generic Age column
                 path = column["jsonPath"]
-                columns.append((column["name"], column.get("type", "string"),
-                                lambda o, path=path: _json_path(o, path)))
+                columns.append(
+                    (column["name"], column.get("type", "string"), lambda o, path=path: _json_path(o, path))
+                )
             return columns
         return _BUILTIN_COLUMNS.get(res.plural, [])
 
@@ -551,8 +659,13 @@ _BUILTIN_COLUMNS: dict[str, list[tuple[str, str, Any]]] = {
     "configmaps": [("Data", "integer", lambda o: len(o.get("data") or {}))],
     "services": [
         ("Type", "string", lambda o: (o.get("spec") or {}).get("type", "ClusterIP")),
-        ("Port(s)", "string", lambda o: ",".join(
-            f"{p.get('port')}/{p.get('protocol', 'TCP')}" for p in (o.get("spec") or {}).get("ports", []))),
+        (
+            "Port(s)",
+            "string",
+            lambda o: ",".join(
+                f"{p.get('port')}/{p.get('protocol', 'TCP')}" for p in (o.get("spec") or {}).get("ports", [])
+            ),
+        ),
     ],
     "horizontalpodautoscalers": [
         ("Reference", "string", lambda o: "Deployment/" + str(_json_path(o, ".spec.scaleTargetRef.name"))),
@@ -564,12 +677,17 @@ _BUILTIN_COLUMNS: dict[str, list[tuple[str, str, Any]]] = {
         ("ScaleTargetName", "string", lambda o: _json_path(o, ".spec.scaleTargetRef.name")),
         ("Min", "integer", lambda o: _json_path(o, ".spec.minReplicaCount")),
         ("Max", "integer", lambda o: _json_path(o, ".spec.maxReplicaCount")),
-        ("Triggers", "string", lambda o: ",".join(t.get("type", "") for t in _json_path(o, ".spec.triggers") or [])),
+        (
+            "Triggers",
+            "string",
+            lambda o: ",".join(t.get("type", "") for t in _json_path(o, ".spec.triggers") or []),
+        ),
     ],
 }
 
 
 # --- running it --------------------------------------------------------------------------------
+
 
 class EmulatorServer:
     """The emulator served on 127.0.0.1 from a background thread with its own event loop.
@@ -578,8 +696,9 @@ class EmulatorServer:
     process (Kopf, kubectl, tests) talks to it over HTTP, exactly as to an API server.
     """
 
-    def __init__(self, crd_paths: Iterable[Path] = (), *, host: str = "127.0.0.1", port: int = 0,
-                 keda: bool = True) -> None:
+    def __init__(
+        self, crd_paths: Iterable[Path] = (), *, host: str = "127.0.0.1", port: int = 0, keda: bool = True
+    ) -> None:
         self._crd_paths = list(crd_paths)
         self._host = host
         self._port = port or None
@@ -641,8 +760,12 @@ def write_kubeconfig(path: Path, server_url: str, namespace: str = "default") ->
         "kind": "Config",
         "clusters": [{"name": "facepipe-sandbox", "cluster": {"server": server_url}}],
         "users": [{"name": "sandbox", "user": {"token": "sandbox"}}],
-        "contexts": [{"name": "facepipe-sandbox",
-                      "context": {"cluster": "facepipe-sandbox", "user": "sandbox", "namespace": namespace}}],
+        "contexts": [
+            {
+                "name": "facepipe-sandbox",
+                "context": {"cluster": "facepipe-sandbox", "user": "sandbox", "namespace": namespace},
+            }
+        ],
         "current-context": "facepipe-sandbox",
     }
     path.parent.mkdir(parents=True, exist_ok=True)

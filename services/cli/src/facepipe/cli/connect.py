@@ -37,7 +37,7 @@ class Target:
 
     @property
     def source(self) -> str:
-        return f"local stack at {self.api}" if self.local else "environment"
+        return f"local stack at {self.api}" if self.local else "REDIS_URL/MINIO_ENDPOINT from the environment"
 
 
 def fetch_local_info(api: str, timeout_s: float = 3.0) -> dict[str, Any] | None:
@@ -95,5 +95,7 @@ class ApiCallError(RuntimeError):
             message = body.get("message") or body.get("detail") or response.text
         except ValueError:
             message = response.text[:300]
-        super().__init__(f"{response.request.method} {response.request.url.path} -> {response.status_code}: {message}")
+        super().__init__(
+            f"{response.request.method} {response.request.url.path} -> {response.status_code}: {message}"
+        )
         self.status = response.status_code

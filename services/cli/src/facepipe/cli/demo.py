@@ -56,58 +56,71 @@ def _stop(up: subprocess.Popen, console: Console) -> int:
 
 
 def run_demo(extra_paths: list[Path] | None = None, keep: bool = False) -> int:
-    from facepipe.cli.main import main as facepipe
-
     console = Console(highlight=False)
     data_dir = Path(tempfile.mkdtemp(prefix="facepipe-demo-"))
     port = free_port()
     api = f"http://127.0.0.1:{port}"
     log_path = data_dir / "up.log"
     console.rule("[bold]facepipe demo")
-    console.print(f"starting the local stack: facepipe up --data-dir {data_dir} --port {port}  (log: {log_path})")
+    console.print(
+        f"starting the local stack: facepipe up --data-dir {data_dir} --port {port}  (log: {log_path})"
+    )
     with open(log_path, "wb") as log:
         up = subprocess.Popen(
             [sys.executable, "-m", "facepipe.cli", "up", "--data-dir", str(data_dir), "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", "FACEPIPE_API": api},
         )
-    failed = False
     try:
-        started = time.monotonic()
-        if not _wait_ready(api, up, log_path):
-            console.print("[bold red]the stack did not become ready; its log ends with:[/]")
-            console.print(log_path.read_text(errors="replace")[-4000:], markup=False)
-            failed = True
-            return 1
-        console.print(f"ready in {time.monotonic() - started:.0f}s")
-        photos = [str(p) for p in sample_images(data_dir / "samples")]
-        query = photos[1]  # the astronaut
-        if SHARED_FACES.is_dir():
-            photos.append(str(SHARED_FACES))
-            query = str(SHARED_FACES / "obama_3.jpg")
-        photos += [str(p) for p in extra_paths or []]
-        console.rule(f"facepipe ingest {' '.join(photos)} --tenant {TENANT} --wait")
-        steps = [
-            ["ingest", *photos, "--tenant", TENANT, "--wait", "--timeout", "300", "--api", api],
-            ["stats", "--api", api],
-            ["search", query, "--tenant", TENANT, "--top-k", "3", "--api", api],
-        ]
-        for argv in steps:
-            if argv[0] != "ingest":
-                console.rule("facepipe " + " ".join(a for a in argv if a not in {"--api", api}))
-            code = facepipe(argv)
-            if code != 0:
-                console.print(f"[bold red]facepipe {argv[0]} failed with exit code {code}[/]")
-                failed = True
-                return code
-        return 0
-    finally:
-        console.rule("stopping the stack")
-        stop_code = _stop(up, console)
-        if stop_code not in (0, None):
-            console.print(f"[red]facepipe up exited with code {stop_code}; log: {log_path}[/]")
-        if keep or failed:
-            console.print(f"data and logs kept in {data_dir}")
-        else:
-            shutil.rmtree(data_dir, ignore_errors=True)
-        console.print("[bold green]demo finished[/]" if not failed else "[bold red]demo failed[/]")
+        code = _run_steps(console, api, up, log_path, data_dir, extra_paths or [])
+    except Exception as exc:  # report, then still stop the stack below
+        console.print(f"[bold red]demo step crashed: {type(exc).__name__}: {exc}[/]")
+        code = 1
+    console.rule("stopping the stack")
+    stop_code = _stop(up, console)
+    if stop_code != 0:
+        console.print(f"[red]facepipe up exited with code {stop_code}; log: {log_path}[/]")
+        code = code or 1
+    if keep or code:
+        console.print(f"data and logs kept in {data_dir}")
+    else:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    console.print("[bold green]demo finished[/]" if code == 0 else "[bold red]demo failed[/]")
+    return code
+
+
+def _run_steps(
+    console: Console, api: str, up: subprocess.Popen, log_path: Path, data_dir: Path, extra_paths: list[Path]
+) -> int:
+    from facepipe.cli.main import main as facepipe
+
+    started = time.monotonic()
+    if not _wait_ready(api, up, log_path):
+        console.print("[bold red]the stack did not become ready; its log ends with:[/]")
+        console.print(log_path.read_text(errors="replace")[-4000:], markup=False)
+        return 1
+    console.print(f"ready in {time.monotonic() - started:.0f}s")
+    photos = [str(p) for p in sample_images(data_dir / "samples")]
+    query = photos[1]  # the astronaut
+    if SHARED_FACES.is_dir():
+        photos.append(str(SHARED_FACES))
+        query = str(SHARED_FACES / "obama_3.jpg")
+    photos += [str(p) for p in extra_paths]
+    console.rule(f"facepipe ingest <{len(photos)} paths> --tenant {TENANT} --wait")
+    for photo in photos:
+        console.print(f"  {photo}", soft_wrap=True)
+    steps = [
+        ["ingest", *photos, "--tenant", TENANT, "--wait", "--timeout", "300", "--api", api],
+        ["stats", "--api", api],
+        ["search", query, "--tenant", TENANT, "--top-k", "3", "--api", api],
+    ]
+    for argv in steps:
+        if argv[0] != "ingest":
+            console.rule("facepipe " + " ".join(a for a in argv if a not in {"--api", api}))
+        code = facepipe(argv)
+        if code != 0:
+            console.print(f"[bold red]facepipe {argv[0]} failed with exit code {code}[/]")
+            return code
+    return 0

@@ -43,7 +43,9 @@ def find_images(paths: Iterable[Path]) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+            found.extend(
+                sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            )
         elif path.is_file():
             found.append(path)
         else:
@@ -83,16 +85,19 @@ def build_message(settings: Settings, tenant_id: str, site: str, path: Path, dat
     tenant_id = validate_tenant_id(tenant_id)
     image = decode_image(data, ImageLimits.from_settings(settings))
     sha = hashlib.sha256(data).hexdigest()
-    message = parse_message(IngestMessage, {
-        "image_sha256": sha,
-        "bucket": settings.bucket_raw,
-        "key": raw_key(tenant_id, sha, path.suffix),
-        "tenant_id": tenant_id,
-        "site": site,
-        "url": path.resolve().as_uri(),
-        "image_phash": phash64(image),
-        "face_hints": None,
-    })
+    message = parse_message(
+        IngestMessage,
+        {
+            "image_sha256": sha,
+            "bucket": settings.bucket_raw,
+            "key": raw_key(tenant_id, sha, path.suffix),
+            "tenant_id": tenant_id,
+            "site": site,
+            "url": path.resolve().as_uri(),
+            "image_phash": phash64(image),
+            "face_hints": None,
+        },
+    )
     return sha, message.model_dump(mode="json")
 
 
@@ -124,8 +129,12 @@ def ingest_paths(
             return Skipped(path, f"cannot read: {exc.strerror or exc}")
         uploaded = False
         if not store.exists(payload["bucket"], payload["key"]):
-            store.put_bytes(payload["bucket"], payload["key"], data,
-                            _CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream"))
+            store.put_bytes(
+                payload["bucket"],
+                payload["key"],
+                data,
+                _CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream"),
+            )
             uploaded = True
         # Published only after the object is durably stored: a worker never sees a message
         # whose image is not there yet.
@@ -158,7 +167,9 @@ def take_baseline(settings: Settings, client: redis.Redis, tenant_id: str) -> Ba
     last_ids = {}
     for stream in settings.pipeline_streams:
         rows = client.xrevrange(dlq_stream(stream), count=1)
-        last_ids[stream] = (rows[0][0].decode() if isinstance(rows[0][0], bytes) else rows[0][0]) if rows else "0-0"
+        last_ids[stream] = (
+            (rows[0][0].decode() if isinstance(rows[0][0], bytes) else rows[0][0]) if rows else "0-0"
+        )
     return Baseline(counters, last_ids)
 
 
@@ -198,19 +209,29 @@ def _payload_identity(raw: str) -> tuple[str | None, str | None]:
     return source.get("tenant_id"), source.get("image_sha256")
 
 
-def summarize(settings: Settings, client: redis.Redis, baseline: Baseline, result: IngestResult) -> dict[str, Any]:
+def summarize(
+    settings: Settings, client: redis.Redis, baseline: Baseline, result: IngestResult
+) -> dict[str, Any]:
     counters = Stats(client).snapshot(result.tenant_id)["counters"]
     delta = {name: counters[name] - baseline.counters.get(name, 0) for name in counters}
     ours = {p.sha256 for p in result.published}
     dlq: list[dict[str, str]] = []
     for stream, last_id in baseline.dlq_last_ids.items():
         for entry_id, fields in client.xrange(dlq_stream(stream), min=f"({last_id}", max="+"):
-            decoded = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-                       for k, v in fields.items()}
+            decoded = {
+                (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                for k, v in fields.items()
+            }
             tenant, sha = _payload_identity(decoded.get("payload", ""))
             if tenant == result.tenant_id and sha in ours:
-                dlq.append({"stream": stream, "id": entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
-                            "image_sha256": sha or "", "reason": decoded.get("reason", "")})
+                dlq.append(
+                    {
+                        "stream": stream,
+                        "id": entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
+                        "image_sha256": sha or "",
+                        "reason": decoded.get("reason", ""),
+                    }
+                )
     return {
         "tenant_id": result.tenant_id,
         "images": len(result.published),

@@ -1,4 +1,4 @@
-"""The ``facepipe`` command: local mode, ingest, search and the runbook's operations.
+"""The facepipe command: local mode, ingest, search and the runbook's operations.
 
     facepipe up                                  # everything on this machine, ops-api on :8001
     facepipe ingest photos/ --tenant demo --wait # upload + publish + wait + summary
@@ -22,7 +22,14 @@ from typing import Any
 
 import redis
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -67,7 +74,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    passthrough = (["--once"] if args.once else []) + (["--max-batch", str(args.max_batch)] if args.max_batch else [])
+    passthrough = (["--once"] if args.once else []) + (
+        ["--max-batch", str(args.max_batch)] if args.max_batch else []
+    )
     if args.stage != "all":
         # Become the worker (exec): signals reach it directly, its exit code is ours.
         os.execv(sys.executable, [sys.executable, "-m", f"facepipe.{args.stage}", *passthrough])
@@ -85,7 +94,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from facepipe.cli.up import default_data_dir
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    specs = [ChildSpec(stage, [sys.executable, "-m", f"facepipe.{stage}", *passthrough], env) for stage in STAGES]
+    specs = [
+        ChildSpec(stage, [sys.executable, "-m", f"facepipe.{stage}", *passthrough], env) for stage in STAGES
+    ]
 
     def line(name: str, text: str) -> None:
         console.print(Text(f"{name:>9} | ", style="cyan") + Text(text), soft_wrap=True)
@@ -115,37 +126,74 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     store = ObjectStore(settings)
     quiet = args.json
     if not quiet:
-        console.print(f"Ingesting {len(files)} images for tenant [bold]{args.tenant}[/] "
-                      f"(pipeline: {target.source}; stream {settings.ingest_stream})")
+        console.print(
+            f"Ingesting {len(files)} images for tenant [bold]{args.tenant}[/] into {settings.ingest_stream} "
+            f"({target.source})",
+            soft_wrap=True,
+        )
     baseline = ing.take_baseline(settings, client, args.tenant) if args.wait else None
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, disable=quiet, transient=False) as progress:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+        transient=False,
+    ) as progress:
         task = progress.add_task("upload + publish", total=len(files))
-        result = ing.ingest_paths(settings, client, store, files, args.tenant, site=args.site,
-                                  on_done=lambda _p: progress.advance(task))
+        result = ing.ingest_paths(
+            settings,
+            client,
+            store,
+            files,
+            args.tenant,
+            site=args.site,
+            on_done=lambda _p: progress.advance(task),
+        )
     for skipped in result.skipped:
         err_console.print(f"[yellow]skipped[/] {skipped.path}: {skipped.reason}")
     if not args.wait:
         if quiet:
-            _print_json({"tenant_id": args.tenant, "images": len(result.published),
-                         "skipped_files": len(result.skipped),
-                         "messages": [{"path": str(p.path), "image_sha256": p.sha256, "id": p.message_id}
-                                      for p in result.published]})
+            _print_json(
+                {
+                    "tenant_id": args.tenant,
+                    "images": len(result.published),
+                    "skipped_files": len(result.skipped),
+                    "messages": [
+                        {"path": str(p.path), "image_sha256": p.sha256, "id": p.message_id}
+                        for p in result.published
+                    ],
+                }
+            )
         else:
-            console.print(f"Published {len(result.published)} messages to '{settings.ingest_stream}'. "
-                          "Add --wait to follow them through the pipeline.")
+            console.print(
+                f"Published {len(result.published)} messages to '{settings.ingest_stream}'. "
+                "Add --wait to follow them through the pipeline."
+            )
         return 0
     assert baseline is not None
     total = max(1, ing.outstanding(settings, client))
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                  console=console, disable=quiet) as progress:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+    ) as progress:
         task = progress.add_task("processing (messages in the pipeline)", total=total)
 
         def on_progress(left: int) -> None:
             nonlocal total
             total = max(total, left)
-            progress.update(task, total=total, completed=total - left,
-                            description=f"processing: {left} messages in the pipeline")
+            progress.update(
+                task,
+                total=total,
+                completed=total - left,
+                description=f"processing: {left} messages in the pipeline",
+            )
 
         drained = ing.wait_drained(settings, client, args.timeout, on_progress)
     summary = ing.summarize(settings, client, baseline, result)
@@ -153,16 +201,28 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if quiet:
         _print_json(summary)
     else:
-        table = Table(title=f"ingest summary, tenant {args.tenant}", show_header=False)
-        for key in ("images", "faces_processed", "faces_rejected", "faces_dup_skipped", "dlq", "skipped_files"):
+        table = Table(title="ingest summary", show_header=False)
+        table.add_row("tenant", args.tenant)
+        for key in (
+            "images",
+            "faces_processed",
+            "faces_rejected",
+            "faces_dup_skipped",
+            "dlq",
+            "skipped_files",
+        ):
             table.add_row(key.replace("_", " "), str(summary[key]))
         console.print(table)
         for entry in summary["dlq_entries"]:
-            console.print(f"[red]DLQ[/] {entry['stream']} {entry['id']}: {entry['reason']} "
-                          f"(image {entry['image_sha256'][:12]})  → facepipe dlq list")
+            console.print(
+                f"[red]DLQ[/] {entry['stream']} {entry['id']}: {entry['reason']} "
+                f"(image {entry['image_sha256'][:12]})  → facepipe dlq list"
+            )
     if not drained:
-        raise CliError(f"the pipeline did not drain within {args.timeout:.0f}s: are the workers running "
-                       "(`facepipe up`, or `make worker`)? Counts above are partial.")
+        raise CliError(
+            f"the pipeline did not drain within {args.timeout:.0f}s: are the workers running "
+            "(`facepipe up`, or `make worker`)? Counts above are partial."
+        )
     return 0
 
 
@@ -178,8 +238,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise CliError(f"{path}: no such file", code=2)
     with path.open("rb") as handle:
-        body = _api(args).json("POST", "/search", files={"image": (path.name, handle)},
-                               data={"tenant_id": args.tenant, "top_k": str(args.top_k)})
+        body = _api(args).json(
+            "POST",
+            "/search",
+            files={"image": (path.name, handle)},
+            data={"tenant_id": args.tenant, "top_k": str(args.top_k)},
+        )
     if args.json:
         _print_json(body)
         return 0
@@ -192,12 +256,22 @@ def cmd_search(args: argparse.Namespace) -> int:
         for column in ("score", "image_sha256", "face", "site", "url"):
             table.add_column(column, overflow="fold")
         for match in face["matches"]:
-            table.add_row(f"{match['score']:.3f}", (match["image_sha256"] or "")[:16], str(match["face_index"]),
-                          match["site"], match["url"])
+            table.add_row(
+                f"{match['score']:.3f}",
+                (match["image_sha256"] or "")[:16],
+                str(match["face_index"]),
+                match["site"],
+                _short_url(match["url"]),
+            )
         if not face["matches"]:
             table.add_row("-", "no indexed faces for this tenant", "", "", "")
         console.print(table)
     return 0
+
+
+def _short_url(url: str) -> str:
+    """A local file's name (its folder is the same for the whole ingest); other URLs in full."""
+    return url.rsplit("/", 1)[-1] if url.startswith("file://") else url
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -221,8 +295,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
         streams.add_column(column)
     for name, depth in body["streams"].items():
         groups = depth["groups"] or [{"lag": depth["length"], "pending": 0}]
-        streams.add_row(name, str(depth["length"]), str(sum(g["lag"] for g in groups)),
-                        str(sum(g["pending"] for g in groups)), str(depth["dlq_length"]))
+        streams.add_row(
+            name,
+            str(depth["length"]),
+            str(sum(g["lag"] for g in groups)),
+            str(sum(g["pending"] for g in groups)),
+            str(depth["dlq_length"]),
+        )
     console.print(streams)
     console.print(f"dedup: {body['dedup_stats']}")
     return 0
@@ -255,9 +334,16 @@ def cmd_publish_test(args: argparse.Namespace) -> int:
     client = _redis(target)
     if args.runbook_payload:
         # The runbook's literal example: its image does not exist, so it ends in the DLQ (object_not_found).
-        payload = {"image_sha256": "abc123def456", "bucket": settings.bucket_raw, "key": "demo/test_image.jpg",
-                   "tenant_id": args.tenant, "site": "local", "url": "http://example.com/test.jpg",
-                   "image_phash": "8f373c9c3c9c3c1e", "face_hints": None}
+        payload = {
+            "image_sha256": "abc123def456",
+            "bucket": settings.bucket_raw,
+            "key": "demo/test_image.jpg",
+            "tenant_id": args.tenant,
+            "site": "local",
+            "url": "http://example.com/test.jpg",
+            "image_phash": "8f373c9c3c9c3c1e",
+            "face_hints": None,
+        }
     else:
         path = insightface_t1()
         data = path.read_bytes()
@@ -289,19 +375,25 @@ def cmd_ensure(args: argparse.Namespace) -> int:
                 raise
             console.print(f"consumer group {settings.redis_group_name} on {stream}: exists")
     if target.local and settings.qdrant_embedded:
-        # Embedded Qdrant admits one process, and the running stack holds it (its indexer makes the collection).
+        # Embedded Qdrant admits one process; the running stack holds it (its indexer makes the collection).
         created = ObjectStore(settings).ensure_buckets()
-        console.print(f"buckets: {', '.join(ObjectStore(settings).buckets)} "
-                      f"({'created ' + ', '.join(created) if created else 'all exist'})")
+        console.print(
+            f"buckets: {', '.join(ObjectStore(settings).buckets)} "
+            f"({'created ' + ', '.join(created) if created else 'all exist'})"
+        )
         console.print("Qdrant collection: held by the running `facepipe up` (its indexer creates it)")
         return 0
     from facepipe.common.ensure import ensure_storage_and_collection
 
     report = ensure_storage_and_collection(settings)
-    console.print(f"buckets: {', '.join(report.buckets)} "
-                  f"({'created ' + ', '.join(report.buckets_created) if report.buckets_created else 'all exist'})")
-    console.print(f"Qdrant collection {report.collection} ({report.dim}-d): "
-                  f"{'created' if report.collection_created else 'exists'}")
+    console.print(
+        f"buckets: {', '.join(report.buckets)} "
+        f"({'created ' + ', '.join(report.buckets_created) if report.buckets_created else 'all exist'})"
+    )
+    console.print(
+        f"Qdrant collection {report.collection} ({report.dim}-d): "
+        f"{'created' if report.collection_created else 'exists'}"
+    )
     return 0
 
 
@@ -328,9 +420,13 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         title = "dead-letter queues: " + ", ".join(f"{k}:dlq {v}" for k, v in body["lengths"].items())
         console.print(title, soft_wrap=True)
         for entry in body["entries"]:
-            console.print(Text(entry["id"], style="bold") + Text(f"  {entry['dlq']}  ") + Text(entry["reason"], style="red")
-                          + Text(f"  deliveries={entry['delivery_count']}  source id {entry['source_id']}"),
-                          soft_wrap=True)
+            console.print(
+                Text(entry["id"], style="bold")
+                + Text(f"  {entry['dlq']}  ")
+                + Text(entry["reason"], style="red")
+                + Text(f"  deliveries={entry['delivery_count']}  source id {entry['source_id']}"),
+                soft_wrap=True,
+            )
             console.print(Text(f"    {entry['error'][:300]}"), soft_wrap=True)
         if not body["entries"]:
             console.print("(empty)")
@@ -342,16 +438,22 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     replayed: dict[str, str] = {}
     missing: set[str] = set(args.ids)
     for stream in streams:
-        body = api.json("POST", "/dlq/replay", json={"stream": stream, "ids": None if args.all else args.ids,
-                                                     "all": args.all})
+        body = api.json(
+            "POST",
+            "/dlq/replay",
+            json={"stream": stream, "ids": None if args.all else args.ids, "all": args.all},
+        )
         replayed.update(body["replayed"])
         missing -= set(body["replayed"])
     summary = {"replayed": replayed, "missing": sorted(missing), "count": len(replayed)}
     if args.json:
         _print_json(summary)
     else:
-        console.print(f"Replayed {len(replayed)} entries to their source streams"
-                      + (f"; not found: {', '.join(sorted(missing))}" if missing else ""), soft_wrap=True)
+        console.print(
+            f"Replayed {len(replayed)} entries to their source streams"
+            + (f"; not found: {', '.join(sorted(missing))}" if missing else ""),
+            soft_wrap=True,
+        )
     return 0 if not missing else 1
 
 
@@ -361,13 +463,16 @@ def cmd_delete(args: argparse.Namespace) -> int:
         body = api.json("DELETE", f"/images/{args.image_sha256}", params={"tenant_id": args.tenant})
     else:
         if not args.yes:
-            raise CliError(f"this deletes every face, artifact and dedup entry of tenant {args.tenant}: "
-                           "add --yes to confirm", code=2)
+            raise CliError(
+                f"this deletes every face, artifact and dedup entry of tenant {args.tenant}: "
+                "add --yes to confirm",
+                code=2,
+            )
         body = api.json("DELETE", f"/tenants/{args.tenant}")
     if args.json:
         _print_json(body)
     else:
-        console.print("Deleted: " + ", ".join(f"{k}={v}" for k, v in body.items()))
+        console.print("Deleted: " + ", ".join(f"{k}={v}" for k, v in body.items()), soft_wrap=True)
     return 0
 
 
@@ -375,19 +480,28 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="facepipe", description=__doc__.split("\n\n")[0],
-                                     epilog="Run `facepipe COMMAND -h` for a command's options.")
+    parser = argparse.ArgumentParser(
+        prog="facepipe",
+        description=__doc__.split("\n\n")[0],
+        epilog="Run `facepipe COMMAND -h` for a command's options.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def api_option(p: argparse.ArgumentParser) -> None:
         p.add_argument("--api", default=None, help=f"ops-api URL (default $FACEPIPE_API or {default_api()})")
 
     p = sub.add_parser("up", help="run the whole pipeline locally (Redis, S3, Qdrant, services, ops-api)")
-    p.add_argument("--data-dir", type=Path, default=None, help="where data persists (default $FACEPIPE_DATA_DIR "
-                   "or ./.facepipe)")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where data persists (default $FACEPIPE_DATA_DIR or ./.facepipe)",
+    )
     p.add_argument("--port", type=int, default=8001, help="ops-api port (default 8001)")
     p.add_argument("--host", default="127.0.0.1", help="ops-api interface (default 127.0.0.1)")
-    p.add_argument("-q", "--quiet", action="store_true", help="do not echo the services' logs (see DATA_DIR/logs)")
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="do not echo the services' logs (see DATA_DIR/logs)"
+    )
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("ingest", help="upload images (files or folders) and publish them to the pipeline")
@@ -421,8 +535,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("publish-test", help="publish the runbook's test message (with a real sample image)")
     p.add_argument("--tenant", default="demo")
-    p.add_argument("--runbook-payload", action="store_true",
-                   help="publish the runbook's literal example (its image does not exist: it lands in the DLQ)")
+    p.add_argument(
+        "--runbook-payload",
+        action="store_true",
+        help="publish the runbook's literal example (its image does not exist: it lands in the DLQ)",
+    )
     api_option(p)
     p.set_defaults(func=cmd_publish_test)
 
@@ -443,7 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     api_option(q)
     q = dlq_sub.add_parser("replay", help="re-publish entries to their source stream")
-    q.add_argument("--stream", default=None, help="pipeline stream whose DLQ to replay (default: every stream)")
+    q.add_argument(
+        "--stream", default=None, help="pipeline stream whose DLQ to replay (default: every stream)"
+    )
     q.add_argument("--id", dest="ids", action="append", default=[], help="entry id (repeatable)")
     q.add_argument("--all", action="store_true", help="every entry of that DLQ")
     q.add_argument("--json", action="store_true")
@@ -491,9 +610,14 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print(Text(f"facepipe {args.command}: {exc.message}", style="bold red"), soft_wrap=True)
         return 2
     except (TransientError, redis.ConnectionError, redis.TimeoutError) as exc:
-        err_console.print(Text(f"facepipe {args.command}: cannot reach the pipeline: {exc}. "
-                               "Is `facepipe up` running (or REDIS_URL/MINIO_ENDPOINT set)?", style="bold red"),
-                          soft_wrap=True)
+        err_console.print(
+            Text(
+                f"facepipe {args.command}: cannot reach the pipeline: {exc}. "
+                "Is `facepipe up` running (or REDIS_URL/MINIO_ENDPOINT set)?",
+                style="bold red",
+            ),
+            soft_wrap=True,
+        )
         return 1
     except KeyboardInterrupt:
         return 130

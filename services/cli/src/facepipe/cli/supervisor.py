@@ -90,7 +90,9 @@ class Supervisor:
     # --- public surface ---
 
     def pids(self) -> dict[str, int]:
-        return {c.spec.name: c.proc.pid for c in self._children if c.proc is not None and c.proc.poll() is None}
+        return {
+            c.spec.name: c.proc.pid for c in self._children if c.proc is not None and c.proc.poll() is None
+        }
 
     def restarts(self) -> dict[str, int]:
         return {c.spec.name: c.restarts for c in self._children}
@@ -106,7 +108,7 @@ class Supervisor:
         return self._stop_requested.is_set()
 
     def run(self, install_signal_handlers: bool = True) -> int:
-        """Supervise until a stop is requested (SIGINT/SIGTERM or :meth:`request_stop`); return the exit code."""
+        """Supervise until SIGINT/SIGTERM or :meth:`request_stop`; return the exit code."""
         if install_signal_handlers:
             self._install_signal_handlers()
         try:
@@ -145,7 +147,7 @@ class Supervisor:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
         child.started_at = time.monotonic()
         child.restart_at = None
@@ -158,7 +160,10 @@ class Supervisor:
     def _pump(self, name: str, stream: IO[bytes] | None) -> None:
         if stream is None:
             return
-        with open(self._log_dir / f"{name}.log", "ab", buffering=0) as log, contextlib.suppress(ValueError, OSError):
+        with (
+            open(self._log_dir / f"{name}.log", "ab", buffering=0) as log,
+            contextlib.suppress(ValueError, OSError),
+        ):
             for raw in iter(stream.readline, b""):
                 log.write(raw)
                 if self._on_line is not None:
@@ -181,7 +186,9 @@ class Supervisor:
                 continue
             ran_s = now - child.started_at
             child.quick_failures = 0 if ran_s >= HEALTHY_RUN_S else child.quick_failures + 1
-            delay = min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_INITIAL_S * 2 ** max(0, child.quick_failures - 1))
+            delay = min(
+                RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_INITIAL_S * 2 ** max(0, child.quick_failures - 1)
+            )
             self._on_event(
                 f"{child.spec.name} (pid {proc.pid}) exited with code {code} after {ran_s:.1f}s; "
                 f"restarting in {delay:.0f}s (log: {self._log_dir / (child.spec.name + '.log')})"
@@ -199,7 +206,9 @@ class Supervisor:
             try:
                 child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                self._on_event(f"{child.spec.name} did not stop within {self._stop_timeout_s:.0f}s: killing it")
+                self._on_event(
+                    f"{child.spec.name} did not stop within {self._stop_timeout_s:.0f}s: killing it"
+                )
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(child.proc.pid, signal.SIGKILL)
                 child.proc.wait()

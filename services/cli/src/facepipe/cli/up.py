@@ -43,8 +43,13 @@ from facepipe.common.settings import ConfigError, load_settings
 
 STATE_FILE = "local.json"
 READY_TIMEOUT_S = 240.0
-_COLORS = {"detector": "cyan", "embedder": "magenta", "indexer": "yellow", "ops-api": "green",
-           "api+indexer": "green"}
+_COLORS = {
+    "detector": "cyan",
+    "embedder": "magenta",
+    "indexer": "yellow",
+    "ops-api": "green",
+    "api+indexer": "green",
+}
 
 
 class UpError(RuntimeError):
@@ -62,7 +67,9 @@ def _locked(data_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UpError(f"another `facepipe up` is already using {data_dir} (stop it, or pass --data-dir)") from None
+            raise UpError(
+                f"another `facepipe up` is already using {data_dir} (stop it, or pass --data-dir)"
+            ) from None
         yield
 
 
@@ -72,7 +79,9 @@ def _check_port_free(host: str, port: int) -> None:
         try:
             sock.bind((host, port))
         except OSError:
-            raise UpError(f"port {port} on {host} is in use (another `facepipe up`?): pass --port N") from None
+            raise UpError(
+                f"port {port} on {host} is in use (another `facepipe up`?): pass --port N"
+            ) from None
 
 
 def _reap_stale_servers(data_dir: Path, say: Any) -> None:
@@ -115,12 +124,18 @@ def _ensure_models(env: dict[str, str], say: Any) -> None:
     try:
         ensure_models(settings.models_dir, [pack.name])
     except (RuntimeError, OSError, ValueError) as exc:
-        raise UpError(f"could not fetch models into {settings.models_dir}: {exc} ({pack.obtain_hint})") from None
+        raise UpError(
+            f"could not fetch models into {settings.models_dir}: {exc} ({pack.obtain_hint})"
+        ) from None
 
 
 _ENV_TO_FIELD = {
-    "REDIS_URL": "redis_url", "MINIO_ENDPOINT": "minio_endpoint", "MINIO_ACCESS_KEY": "minio_access_key",
-    "MINIO_SECRET_KEY": "minio_secret_key", "MINIO_SECURE": "minio_secure", "QDRANT_URL": "qdrant_url",
+    "REDIS_URL": "redis_url",
+    "MINIO_ENDPOINT": "minio_endpoint",
+    "MINIO_ACCESS_KEY": "minio_access_key",
+    "MINIO_SECRET_KEY": "minio_secret_key",
+    "MINIO_SECURE": "minio_secure",
+    "QDRANT_URL": "qdrant_url",
     "QDRANT_PATH": "qdrant_path",
 }
 
@@ -144,7 +159,9 @@ def child_specs(env: dict[str, str], embedded_qdrant: bool, host: str, port: int
     return specs
 
 
-def _local_info(env: dict[str, str], data_dir: Path, api: str, servers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _local_info(
+    env: dict[str, str], data_dir: Path, api: str, servers: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     settings = load_settings(**_settings_overrides(env))
     return {
         "mode": "local",
@@ -181,8 +198,9 @@ class _Printer:
 
     def line(self, name: str, line: str) -> None:
         if not self.quiet:
-            self.console.print(Text(f"{name:>12} | ", style=_COLORS.get(name, "white")) + Text(line),
-                               soft_wrap=True)
+            self.console.print(
+                Text(f"{name:>12} | ", style=_COLORS.get(name, "white")) + Text(line), soft_wrap=True
+            )
 
 
 def _wait_ready(api: str, supervisor: Supervisor, printer: _Printer, banner: str) -> None:
@@ -200,8 +218,13 @@ def _wait_ready(api: str, supervisor: Supervisor, printer: _Printer, banner: str
         printer.event(f"not ready after {READY_TIMEOUT_S:.0f}s; last /ready: {last or 'no answer'}")
 
 
-def run_up(data_dir: Path, host: str = "127.0.0.1", port: int = 8001, quiet: bool = False,
-           console: Console | None = None) -> int:
+def run_up(
+    data_dir: Path,
+    host: str = "127.0.0.1",
+    port: int = 8001,
+    quiet: bool = False,
+    console: Console | None = None,
+) -> int:
     console = console or Console(stderr=False, highlight=False)
     printer = _Printer(console, quiet)
     data_dir = data_dir.expanduser()
@@ -231,7 +254,10 @@ def _run_locked(data_dir: Path, host: str, port: int, printer: _Printer) -> int:
             started.append(redis_server)
             env["REDIS_URL"] = redis_server.url
             servers["redis"] = {"url": redis_server.url, "pid": redis_server.proc.pid, "embedded": True}
-        say(f"Redis   {env['REDIS_URL']}" + (f"  (data in {data_dir / 'redis'})" if "pid" in servers["redis"] else ""))
+        say(
+            f"Redis   {env['REDIS_URL']}"
+            + (f"  (data in {data_dir / 'redis'})" if "pid" in servers["redis"] else "")
+        )
         if "MINIO_ENDPOINT" in os.environ:
             servers["s3"] = {"endpoint": os.environ["MINIO_ENDPOINT"], "embedded": False}
         else:
@@ -242,20 +268,29 @@ def _run_locked(data_dir: Path, host: str, port: int, printer: _Printer) -> int:
             env["MINIO_ENDPOINT"] = s3.url
             env["MINIO_SECURE"] = "false"
             servers["s3"] = {"endpoint": s3.url, "pid": s3.proc.pid, "embedded": True}
-        say(f"S3      {env['MINIO_ENDPOINT']}" + ("  (SeaweedFS, data in " + str(data_dir / "s3") + ")"
-                                                  if servers["s3"]["embedded"] else ""))
+        say(
+            f"S3      {env['MINIO_ENDPOINT']}"
+            + ("  (SeaweedFS, data in " + str(data_dir / "s3") + ")" if servers["s3"]["embedded"] else "")
+        )
         embedded_qdrant = os.environ.get("QDRANT_URL", "embedded").strip().lower() in {"", "embedded"}
         if embedded_qdrant:
             env["QDRANT_URL"] = "embedded"
             env["QDRANT_PATH"] = str(data_dir / "qdrant")
-        say("Qdrant  " + (f"embedded local mode in {env['QDRANT_PATH']}" if embedded_qdrant else env["QDRANT_URL"]))
+        say(
+            "Qdrant  "
+            + (f"embedded local mode in {env['QDRANT_PATH']}" if embedded_qdrant else env["QDRANT_URL"])
+        )
         _ensure_models(env, say)
         api = f"http://{host}:{port}"
         info = _local_info(env, data_dir, api, servers)
         env["FACEPIPE_LOCAL_INFO"] = json.dumps(info)
         (data_dir / STATE_FILE).write_text(json.dumps(info, indent=2))
-        supervisor = Supervisor(child_specs(env, embedded_qdrant, host, port), data_dir / "logs",
-                                on_event=say, on_line=printer.line)
+        supervisor = Supervisor(
+            child_specs(env, embedded_qdrant, host, port),
+            data_dir / "logs",
+            on_event=say,
+            on_line=printer.line,
+        )
         banner = (
             f"\n[bold green]facepipe is up[/]  ops-api [link={api}/docs]{api}[/] (docs: {api}/docs)\n"
             f"  data dir {data_dir}   logs {data_dir / 'logs'}\n"

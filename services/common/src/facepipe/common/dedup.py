@@ -153,6 +153,16 @@ def write_suffixes(phash: str, layout: Layout) -> list[str]:
     ]
 
 
+@lru_cache(maxsize=256)
+def _flip_masks(width: int, radius: int) -> tuple[int, ...]:
+    """Every XOR mask of ``width`` bits with at most ``radius`` bits set (0 first)."""
+    return tuple(
+        sum(1 << bit for bit in bits)
+        for flips in range(radius + 1)
+        for bits in combinations(range(width), flips)
+    )
+
+
 def lookup_suffixes(phash: str, layout: Layout) -> list[str]:
     """Every set that may hold a hash within the threshold (chunk values within ``radius`` flips)."""
     if layout.scan:
@@ -161,12 +171,8 @@ def lookup_suffixes(phash: str, layout: Layout) -> list[str]:
     suffixes: list[str] = []
     for i, (offset, width) in enumerate(layout.chunks):
         chunk = _chunk_value(value, offset, width)
-        for flips in range(layout.radius + 1):
-            for bits in combinations(range(width), flips):
-                neighbour = chunk
-                for bit in bits:
-                    neighbour ^= 1 << bit
-                suffixes.append(_chunk_suffix(layout, i, neighbour, width))
+        template = f"{layout.name}c{i}:%0{(width + 3) // 4}x"
+        suffixes += [template % (chunk ^ mask) for mask in _flip_masks(width, layout.radius)]
     return suffixes
 
 
@@ -231,14 +237,12 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local expiry = now + ttl
 
+-- popcount of a byte, then of a 32-bit half: four table lookups instead of a loop per bit.
+local bytebits = {[0] = 0}
+for v = 1, 255 do bytebits[v] = bytebits[bit.rshift(v, 1)] + bit.band(v, 1) end
 local function popcount32(x)
-  local c = 0
-  while x ~= 0 do x = bit.band(x, x - 1); c = c + 1 end
-  return c
-end
-local function hamming(a, b)
-  return popcount32(bit.bxor(tonumber(string.sub(a, 1, 8), 16), tonumber(string.sub(b, 1, 8), 16)))
-       + popcount32(bit.bxor(tonumber(string.sub(a, 9, 16), 16), tonumber(string.sub(b, 9, 16), 16)))
+  return bytebits[bit.band(x, 255)] + bytebits[bit.band(bit.rshift(x, 8), 255)]
+       + bytebits[bit.band(bit.rshift(x, 16), 255)] + bytebits[bit.rshift(x, 24)]
 end
 
 local results = {}
@@ -251,18 +255,21 @@ for f = 1, nfaces do
   local lfirst = wfirst + nwrite + 1
   i = lfirst + nlook
 
+  local hi, lo = tonumber(string.sub(hash, 1, 8), 16), tonumber(string.sub(hash, 9, 16), 16)
   local dup_owner, dup_hash, dup_dist = nil, '', -1
   local current = redis.call('GET', prefix .. 'owner:' .. hash)
   if current and current ~= owner then
     dup_owner, dup_hash, dup_dist = current, hash, 0
   elseif not current and maxd > 0 then
     local seen = {}
+    local live = '(' .. now
     for k = lfirst, lfirst + nlook - 1 do
-      local members = redis.call('ZRANGEBYSCORE', prefix .. ARGV[k], '(' .. now, '+inf')
+      local members = redis.call('ZRANGEBYSCORE', prefix .. ARGV[k], live, '+inf')
       for _, cand in ipairs(members) do
         if cand ~= hash and not seen[cand] then
           seen[cand] = true
-          local d = hamming(cand, hash)
+          local d = popcount32(bit.bxor(tonumber(string.sub(cand, 1, 8), 16), hi))
+                  + popcount32(bit.bxor(tonumber(string.sub(cand, 9, 16), 16), lo))
           if d <= maxd then
             -- A candidate whose owner entry is gone (forgotten) is no longer remembered.
             local o = redis.call('GET', prefix .. 'owner:' .. cand)

@@ -227,9 +227,27 @@ def encode_jpeg(img: np.ndarray, quality: int = 90) -> bytes:
     return buffer.tobytes()
 
 
-def decode_jpeg(data: bytes) -> np.ndarray:
-    """Decode a crop this stage encoded (trusted bytes: no limits needed)."""
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+MAX_CROP_SIDE = 1024  # crops are CROP_SIZE; anything far larger is not one of ours
+
+
+def decode_jpeg(data: bytes, max_side: int = MAX_CROP_SIDE) -> np.ndarray:
+    """Decode a face crop from a stream message, or raise ``PermanentError("undecodable_crop")``.
+
+    The bytes come from a stream anyone with Redis access can write to: the header's size
+    is checked before decoding, so a crop claiming 20,000x20,000 pixels is refused instead
+    of allocating gigabytes (or tripping OpenCV's own pixel limit with a cv2.error).
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as header:  # lazy: parses the header only
+            width, height = header.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        raise PermanentError("undecodable_crop", "face crop is not a readable image") from None
+    if not (1 <= width <= max_side and 1 <= height <= max_side):
+        raise PermanentError("undecodable_crop", f"face crop claims {width}x{height} pixels (at most {max_side})")
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise PermanentError("undecodable_crop", f"face crop does not decode: {exc}") from None
     if img is None:
         raise PermanentError("undecodable_crop", "face crop JPEG does not decode")
     return img

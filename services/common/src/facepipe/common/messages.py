@@ -29,6 +29,7 @@ IMAGE_ID_PATTERN = r"^[0-9A-Za-z_-]{1,128}$"
 # S3 bucket naming rules (what MinIO enforces), so a bad bucket fails here, clearly.
 BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 PHASH_PATTERN = r"^[0-9a-f]{16}$"
+MAX_FACE_HINTS = 100
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 BBox = Annotated[list[FiniteFloat], Field(min_length=4, max_length=4)]
@@ -54,7 +55,8 @@ class IngestMessage(BaseModel):
     site: str = ""
     url: str = ""
     image_phash: str | None = Field(None, max_length=64)  # "can be placeholder": not checked further
-    face_hints: list[FaceHint] | None = None
+    # Each hint costs one detector pass: bounded, so one message cannot stall a detector for minutes.
+    face_hints: Annotated[list[FaceHint], Field(max_length=MAX_FACE_HINTS)] | None = None
 
     @field_validator("tenant_id")
     @classmethod
@@ -70,8 +72,9 @@ class IngestMessage(BaseModel):
     def _safe_key(cls, value: str) -> str:
         if value.startswith("/") or "\x00" in value:
             raise ValueError("must be a relative object key (no leading '/', no NUL)")
-        if any(segment == ".." for segment in value.replace("\\", "/").split("/")):
-            raise ValueError("must not contain '..' path segments")
+        if any(segment in {".", ".."} for segment in value.replace("\\", "/").split("/")):
+            # ".." could escape a prefix; S3 clients refuse "." segments too (minio raises ValueError).
+            raise ValueError("must not contain '.' or '..' path segments")
         return value
 
     @field_validator("site", "url", mode="before")
@@ -83,6 +86,17 @@ class IngestMessage(BaseModel):
 class ImageInfo(BaseModel):
     width: int = Field(ge=1)
     height: int = Field(ge=1)
+
+
+class SourceRef(BaseModel):
+    """The ingest stream entry an image came in with: the dedup owner's "event".
+
+    A redelivery keeps it (so the face is re-indexed, not skipped as its own duplicate);
+    a new ingest of the same image gets a new one (so it is skipped as a duplicate).
+    """
+
+    stream: str
+    id: str = Field(pattern=r"^\d+-\d+$")
 
 
 class DetectionModelInfo(BaseModel):
@@ -127,6 +141,7 @@ class DetectedMessage(BaseModel):
 
     v: Literal[1] = 1
     ingest: IngestMessage
+    source: SourceRef | None = None
     image: ImageInfo
     model: DetectionModelInfo
     faces: list[DetectedFace] = Field(default_factory=list)

@@ -36,6 +36,7 @@ from facepipe.common.messages import (
     ImageInfo,
     IngestMessage,
     RejectedFace,
+    SourceRef,
     parse_message,
 )
 from facepipe.common.metrics import timed
@@ -117,6 +118,7 @@ class DetectorHandler:
 
         detected = DetectedMessage(
             ingest=ingest,
+            source=SourceRef(stream=message.stream, id=message.id),
             image=ImageInfo(width=image.shape[1], height=image.shape[0]),
             model=self.detector.pack.detector_info(),
             faces=faces,

@@ -131,6 +131,7 @@ class EmbedderHandler:
         ]
         embedded = EmbeddedMessage(
             ingest=parsed.ingest,
+            source=parsed.source,
             image=parsed.image,
             model=model,
             faces=faces,

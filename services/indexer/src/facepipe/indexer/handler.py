@@ -25,7 +25,7 @@ import json
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,6 +62,7 @@ class _Prepared:
     vectors: list[np.ndarray]
     crops: list[bytes]
     thumbs: list[bytes]
+    kept: list[int] = field(default_factory=list)  # positions in faces that are not duplicates
 
 
 @dataclass
@@ -196,7 +197,11 @@ class IndexerHandler:
 
     def process_batch(self, messages: list[StreamMessage]) -> Sequence[Outcome | BaseException]:
         limit = self.settings.max_worker_concurrency
-        staged = map_concurrently(self._index_artifacts, messages, limit, return_exceptions=True)
+        prepared = map_concurrently(self._prepare, messages, limit, return_exceptions=True)
+        # Dedup in stream order (one script call per message), so within a batch the earlier
+        # message's face is the one kept; storing and indexing then run concurrently.
+        checked = [self._dedup(item) if isinstance(item, _Prepared) else item for item in prepared]
+        staged = map_concurrently(self._store_artifacts, checked, limit, return_exceptions=True)
         points = [point for item in staged if isinstance(item, _Indexed) for point in item.points]
         if points:
             try:
@@ -209,46 +214,55 @@ class IndexerHandler:
                 ]
         return [_result(item) for item in staged]
 
-    def _index_artifacts(self, message: StreamMessage) -> _Indexed:
-        prepared = self._prepare(message)
-        parsed = prepared.parsed
+    def _dedup(self, prepared: _Prepared) -> _Prepared | BaseException:
+        ingest = prepared.parsed.ingest
+        event = ingest_event_id(prepared.message)
+        owners = [
+            (face.phash, Owner(ingest.image_sha256, face.index, event)) for face in prepared.parsed.faces
+        ]
+        try:
+            results = self.dedup.check_and_remember_many(ingest.tenant_id, owners)
+        except Exception as exc:  # Redis down: this message is retried (the runtime classifies it)
+            return exc
+        prepared.kept = [i for i, result in enumerate(results) if not result.is_duplicate]
+        return prepared
+
+    def _store_artifacts(self, item: _Prepared | BaseException) -> _Indexed:
+        if isinstance(item, BaseException):
+            raise item  # a failure of an earlier step of this message, passed through
+        parsed = item.parsed
         ingest = parsed.ingest
         tenant = ingest.tenant_id
         faces = parsed.faces
-        event = ingest_event_id(message)
-        results = self.dedup.check_and_remember_many(
-            tenant, [(face.phash, Owner(ingest.image_sha256, face.index, event)) for face in faces]
-        )
-        kept = [i for i, result in enumerate(results) if not result.is_duplicate]
         created_at = datetime.now(UTC).isoformat(timespec="milliseconds")
         uploads: list[tuple[str, str, bytes, str]] = []
         points: list[FacePoint] = []
-        for i in kept:
+        for i in item.kept:
             face = faces[i]
             keys = artifact_keys(tenant, ingest.image_sha256, face.index)
             payload = self._payload(parsed, face, keys, created_at)
             metadata = {**payload, "landmarks": face.landmarks, "image": parsed.image.model_dump()}
             uploads += [
-                (self.settings.bucket_crops, keys.crop, prepared.crops[i], "image/jpeg"),
-                (self.settings.bucket_thumbs, keys.thumb, prepared.thumbs[i], "image/jpeg"),
+                (self.settings.bucket_crops, keys.crop, item.crops[i], "image/jpeg"),
+                (self.settings.bucket_thumbs, keys.thumb, item.thumbs[i], "image/jpeg"),
                 (self.settings.bucket_metadata, keys.metadata, _json_bytes(metadata), "application/json"),
             ]
-            points.append(FacePoint(tenant, ingest.image_sha256, face.index, prepared.vectors[i], payload))
+            points.append(FacePoint(tenant, ingest.image_sha256, face.index, item.vectors[i], payload))
         if uploads:
             with timed(self.stats, "storage", count=len(uploads), tenant=tenant):
                 map_concurrently(
                     lambda u: self.store.put_bytes(*u), uploads, self.settings.max_worker_concurrency
                 )
-        dup_skipped = len(faces) - len(kept)
+        dup_skipped = len(faces) - len(item.kept)
         return _Indexed(
             outcome=Outcome(
                 summary={
                     "faces_total": len(faces) + len(parsed.rejected),
-                    "accepted": len(kept),
+                    "accepted": len(item.kept),
                     "rejected": len(parsed.rejected),
                     "dup_skipped": dup_skipped,
                 },
-                counters={"faces_processed": len(kept), "faces_dup_skipped": dup_skipped},
+                counters={"faces_processed": len(item.kept), "faces_dup_skipped": dup_skipped},
             ),
             points=points,
         )

@@ -33,14 +33,19 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m facepipe.ops_api", description=__doc__.split("\n\n")[1])
     parser.add_argument("--host", help="interface to listen on (default OPS_API_HOST)")
     parser.add_argument("--port", type=int, help="port (default OPS_API_PORT, 8001)")
-    parser.add_argument("--with-indexer", action="store_true",
-                        help="also run the indexer stage in this process (required with embedded Qdrant)")
+    parser.add_argument(
+        "--with-indexer",
+        action="store_true",
+        help="also run the indexer stage in this process (required with embedded Qdrant)",
+    )
     return parser.parse_args(argv)
 
 
 def _uvicorn_config(app: object, host: str, port: int) -> uvicorn.Config:
     # log_config=None: keep our logging format (facepipe.common.logs) for uvicorn's lines too.
-    return uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=5)
+    return uvicorn.Config(
+        app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=5
+    )
 
 
 def serve(settings: Settings, host: str, port: int) -> int:
@@ -48,7 +53,7 @@ def serve(settings: Settings, host: str, port: int) -> int:
     return 0
 
 
-def serve_with_indexer(settings: Settings, host: str, port: int, argv: list[str] | None = None) -> int:
+def serve_with_indexer(settings: Settings, host: str, port: int) -> int:
     from facepipe.common.streams import Worker
     from facepipe.common.vectors import VectorIndex
     from facepipe.indexer.handler import IndexerHandler

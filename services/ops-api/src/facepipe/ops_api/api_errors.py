@@ -22,9 +22,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 _STATUS_SLUGS = {
-    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-    405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
-    422: "invalid_request", 500: "internal_error", 503: "unavailable",
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    500: "internal_error",
+    503: "unavailable",
 }
 
 
@@ -61,8 +68,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
-        details = [{"field": ".".join(str(p) for p in e.get("loc", ())), "problem": str(e.get("msg"))}
-                   for e in errors]
+        details = [
+            {"field": ".".join(str(p) for p in e.get("loc", ())), "problem": str(e.get("msg"))}
+            for e in errors
+        ]
         body = error_body(422, "invalid_request", _describe_validation(errors), details=details)
         return JSONResponse(body, 422)
 
@@ -70,8 +79,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         slug = _STATUS_SLUGS.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-        return JSONResponse(error_body(exc.status_code, slug, message), exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            error_body(exc.status_code, slug, message), exc.status_code, headers=getattr(exc, "headers", None)
+        )
 
 
 def check_bearer_token(expected: str, authorization: str | None) -> None:
@@ -81,8 +91,9 @@ def check_bearer_token(expected: str, authorization: str | None) -> None:
     challenge = {"WWW-Authenticate": 'Bearer realm="facepipe-ops-api"'}
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "unauthorized",
-                       "this endpoint needs 'Authorization: Bearer <OPS_API_TOKEN>'", challenge)
+        raise ApiError(
+            401, "unauthorized", "this endpoint needs 'Authorization: Bearer <OPS_API_TOKEN>'", challenge
+        )
     if not hmac.compare_digest(token.strip().encode(), expected.encode()):
         raise ApiError(403, "forbidden", "the bearer token does not match OPS_API_TOKEN", challenge)
 
@@ -101,8 +112,9 @@ class BodySizeLimit:
         self.limit = max_bytes + MULTIPART_OVERHEAD_BYTES
 
     def _too_large(self, size: str) -> JSONResponse:
-        message = (f"request body of {size} is over the upload limit of {self.max_bytes} bytes "
-                   "(MAX_UPLOAD_BYTES)")
+        message = (
+            f"request body of {size} is over the upload limit of {self.max_bytes} bytes (MAX_UPLOAD_BYTES)"
+        )
         return JSONResponse(error_body(413, "payload_too_large", message), 413)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

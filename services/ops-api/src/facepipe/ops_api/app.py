@@ -12,11 +12,12 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Header, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel, Field
@@ -46,9 +47,12 @@ TenantQuery = Annotated[str, Query(description="tenant whose data the call touch
 
 def _tenant(tenant_id: str) -> str:
     if not is_valid_tenant_id(tenant_id):
-        raise ApiError(400, "invalid_tenant_id",
-                       f"tenant_id {tenant_id!r} is invalid: 1-63 characters of A-Z a-z 0-9 _ . -, "
-                       "starting with a letter or digit, without '..'")
+        raise ApiError(
+            400,
+            "invalid_tenant_id",
+            f"tenant_id {tenant_id!r} is invalid: 1-63 characters of A-Z a-z 0-9 _ . -, "
+            "starting with a letter or digit, without '..'",
+        )
     return tenant_id
 
 
@@ -61,14 +65,27 @@ def _stream(settings: Settings, name: str) -> str:
 
 class ReplayRequest(BaseModel):
     stream: str = Field(description="a pipeline stream (or its ':dlq' name) whose DLQ to replay")
-    ids: list[str] | None = Field(None, description="DLQ entry ids to replay; omit and set all=true for every one")
+    ids: list[str] | None = Field(
+        None, description="DLQ entry ids to replay; omit and set all=true for every one"
+    )
     all: bool = Field(False, description="replay every entry of the DLQ")
 
 
+DEDUP_STATS_MAX_AGE_S = 15.0
+
+
 def dedup_stats(backend: OpsBackend) -> dict[str, Any]:
+    """Keys and memory under ``dedup:``: a SCAN of the whole cache, so reused for a few seconds
+    (Prometheus scrapes every 15-30 s; a large cache must not be walked on every request)."""
     from facepipe.common.dedup import DedupCache
 
-    return DedupCache(backend.redis, backend.settings).stats()
+    now = time.monotonic()
+    cached = backend.dedup_stats_cache
+    if cached is not None and now - cached[0] < DEDUP_STATS_MAX_AGE_S:
+        return cached[1]
+    stats = DedupCache(backend.redis, backend.settings).stats()
+    backend.dedup_stats_cache = (now, stats)
+    return stats
 
 
 def _update_stream_gauges(backend: OpsBackend) -> list[depth_mod.StreamDepth]:
@@ -116,19 +133,35 @@ def _readiness_checks(backend: OpsBackend) -> dict[str, Any]:
         # A read-only run of the dedup Lua script: proves scripting works, writes nothing.
         DedupCache(backend.redis, settings).should_skip(DEDUP_PROBE_TENANT, "0" * 16)
 
-    return {"models": models, "storage": storage, "vector_db": vector_db, "queue": queue,
-            "dedup_cache": dedup_cache}
+    return {
+        "models": models,
+        "storage": storage,
+        "vector_db": vector_db,
+        "queue": queue,
+        "dedup_cache": dedup_cache,
+    }
 
 
-def create_app(settings: Settings | None = None, backend: OpsBackend | None = None,
-               warm_models: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, backend: OpsBackend | None = None, warm_models: bool = True
+) -> FastAPI:
     settings = settings or get_settings()
     backend = backend or OpsBackend(settings)
-    qdrant = f"Qdrant (embedded at {settings.qdrant_path})" if settings.qdrant_embedded else f"Qdrant {settings.qdrant_url}"
-    probe = ReadinessProbe(_readiness_checks(backend), targets={
-        "storage": f"S3 {settings.minio_endpoint}", "vector_db": qdrant, "queue": "Redis",
-        "dedup_cache": "Redis", "models": "model loading",
-    })
+    qdrant = (
+        f"Qdrant (embedded at {settings.qdrant_path})"
+        if settings.qdrant_embedded
+        else f"Qdrant {settings.qdrant_url}"
+    )
+    probe = ReadinessProbe(
+        _readiness_checks(backend),
+        targets={
+            "storage": f"S3 {settings.minio_endpoint}",
+            "vector_db": qdrant,
+            "queue": "Redis",
+            "dedup_cache": "Redis",
+            "models": "model loading",
+        },
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -143,7 +176,7 @@ def create_app(settings: Settings | None = None, backend: OpsBackend | None = No
         title="face-pipeline ops-api",
         version="0.1.0",
         description="Readiness, stats, metrics, tenant-scoped face search, DLQ tools and GDPR deletion. "
-                    "Mutating endpoints need `Authorization: Bearer <OPS_API_TOKEN>` when it is set.",
+        "Mutating endpoints need `Authorization: Bearer <OPS_API_TOKEN>` when it is set.",
         lifespan=lifespan,
     )
     app.state.backend = backend
@@ -158,8 +191,16 @@ def create_app(settings: Settings | None = None, backend: OpsBackend | None = No
         return {
             "service": "face-pipeline ops-api",
             "docs": "/docs",
-            "endpoints": ["/ready", "/stats", "/metrics", "POST /search", "/dlq", "POST /dlq/replay",
-                          "DELETE /images/{image_sha256}?tenant_id=", "DELETE /tenants/{tenant_id}"],
+            "endpoints": [
+                "/ready",
+                "/stats",
+                "/metrics",
+                "POST /search",
+                "/dlq",
+                "POST /dlq/replay",
+                "DELETE /images/{image_sha256}?tenant_id=",
+                "DELETE /tenants/{tenant_id}",
+            ],
             "local_mode": bool(os.environ.get(LOCAL_INFO_ENV)),
         }
 
@@ -201,8 +242,11 @@ def create_app(settings: Settings | None = None, backend: OpsBackend | None = No
         tenant = _tenant(tenant_id)
         data = image.file.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
-            raise ApiError(413, "payload_too_large",
-                           f"image is over the upload limit of {settings.max_upload_bytes} bytes (MAX_UPLOAD_BYTES)")
+            raise ApiError(
+                413,
+                "payload_too_large",
+                f"image is over the upload limit of {settings.max_upload_bytes} bytes (MAX_UPLOAD_BYTES)",
+            )
         if not data:
             raise ApiError(400, "empty_upload", "the uploaded image is empty")
         try:
@@ -217,7 +261,9 @@ def create_app(settings: Settings | None = None, backend: OpsBackend | None = No
         after: Annotated[str | None, Query(description="only entries after this id (paging)")] = None,
     ) -> dict[str, Any]:
         if after is not None and not STREAM_ID.match(after):
-            raise ApiError(400, "invalid_id", f"after={after!r} is not a stream entry id like 1700000000000-0")
+            raise ApiError(
+                400, "invalid_id", f"after={after!r} is not a stream entry id like 1700000000000-0"
+            )
         streams = [_stream(settings, stream)] if stream else settings.pipeline_streams
         entries = []
         for name in streams:
@@ -225,24 +271,40 @@ def create_app(settings: Settings | None = None, backend: OpsBackend | None = No
         lengths = {name: int(backend.redis.xlen(f"{name}:dlq")) for name in streams}
         return {"entries": entries, "lengths": lengths}
 
-    @app.post("/dlq/replay", summary="Re-publish DLQ entries to their source stream",
-              dependencies=[Depends(require_token)])
+    @app.post(
+        "/dlq/replay",
+        summary="Re-publish DLQ entries to their source stream",
+        dependencies=[Depends(require_token)],
+    )
     def dlq_replay(body: ReplayRequest) -> dict[str, Any]:
         stream = _stream(settings, body.stream)
         if body.ids is None and not body.all:
-            raise ApiError(400, "nothing_selected", "give the DLQ entry ids to replay in 'ids', or set 'all': true")
+            raise ApiError(
+                400, "nothing_selected", "give the DLQ entry ids to replay in 'ids', or set 'all': true"
+            )
         if body.ids is not None:
             bad = [i for i in body.ids if not STREAM_ID.match(i)]
             if bad:
                 raise ApiError(400, "invalid_id", f"not stream entry ids: {', '.join(map(repr, bad[:5]))}")
         result = dlq_mod.replay(backend.redis, stream, None if body.all else body.ids)
-        log.info("replayed %d DLQ entries of %s to the stream (%d not found)",
-                 len(result.replayed), stream, len(result.missing))
-        return {"stream": stream, "replayed": result.replayed, "missing": result.missing,
-                "count": len(result.replayed)}
+        log.info(
+            "replayed %d DLQ entries of %s to the stream (%d not found)",
+            len(result.replayed),
+            stream,
+            len(result.missing),
+        )
+        return {
+            "stream": stream,
+            "replayed": result.replayed,
+            "missing": result.missing,
+            "count": len(result.replayed),
+        }
 
-    @app.delete("/images/{image_sha256}", summary="Delete one image's faces, artifacts and dedup entries",
-                dependencies=[Depends(require_token)])
+    @app.delete(
+        "/images/{image_sha256}",
+        summary="Delete one image's faces, artifacts and dedup entries",
+        dependencies=[Depends(require_token)],
+    )
     def delete_image(image_sha256: str, tenant_id: TenantQuery) -> dict[str, Any]:
         from facepipe.common import deletion
 
@@ -250,12 +312,20 @@ def create_app(settings: Settings | None = None, backend: OpsBackend | None = No
         if not SHA_PATTERN.match(image_sha256):
             raise ApiError(400, "invalid_image_sha256", f"{image_sha256!r} is not an image id")
         report = deletion.delete_image(
-            settings, tenant, image_sha256, redis_client=backend.redis, store=backend.store, index=backend.index
+            settings,
+            tenant,
+            image_sha256,
+            redis_client=backend.redis,
+            store=backend.store,
+            index=backend.index,
         )
         return _report_json(report)
 
-    @app.delete("/tenants/{tenant_id}", summary="Delete everything of one tenant (GDPR)",
-                dependencies=[Depends(require_token)])
+    @app.delete(
+        "/tenants/{tenant_id}",
+        summary="Delete everything of one tenant (GDPR)",
+        dependencies=[Depends(require_token)],
+    )
     def delete_tenant(tenant_id: str) -> dict[str, Any]:
         from facepipe.common import deletion
 
@@ -266,7 +336,7 @@ def create_app(settings: Settings | None = None, backend: OpsBackend | None = No
         return _report_json(report)
 
     @app.get("/local", summary="Local mode only: where this stack's Redis and S3 are (for the CLI)")
-    def local(request: Request) -> dict[str, Any]:
+    def local() -> dict[str, Any]:
         raw = os.environ.get(LOCAL_INFO_ENV)
         if not raw:
             raise ApiError(404, "not_local_mode", "this ops-api was not started by `facepipe up`")

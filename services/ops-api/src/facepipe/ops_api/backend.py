@@ -50,6 +50,7 @@ class OpsBackend:
         self._owns_index = index is None
         self._models: SearchModels | None = models
         self._lock = threading.Lock()
+        self.dedup_stats_cache: tuple[float, dict[str, int]] | None = None  # (monotonic time, stats)
 
     @property
     def index(self) -> VectorIndex:

@@ -36,8 +36,12 @@ class ReadyReport:
 
 
 class ReadinessProbe:
-    def __init__(self, checks: dict[str, CheckFn], timeout_s: float = CHECK_TIMEOUT_S,
-                 targets: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        checks: dict[str, CheckFn],
+        timeout_s: float = CHECK_TIMEOUT_S,
+        targets: dict[str, str] | None = None,
+    ) -> None:
         self._checks = checks
         self._targets = targets or {}
         self._timeout_s = timeout_s

@@ -92,12 +92,14 @@ def search_image(
     faces = []
     for face_index, (det, vector) in enumerate(zip(detections, vectors, strict=True)):
         hits = index.search(tenant_id, vector, top_k=top_k, site=site)
-        faces.append({
-            "index": face_index,
-            "bbox": _rounded(det.bbox),
-            "det_score": round(float(det.score), 4),
-            "matches": [match_json(hit) for hit in hits],
-        })
+        faces.append(
+            {
+                "index": face_index,
+                "bbox": _rounded(det.bbox),
+                "det_score": round(float(det.score), 4),
+                "matches": [match_json(hit) for hit in hits],
+            }
+        )
     timings["search"] = (time.perf_counter() - step) * 1000
     height, width = image.shape[:2]
     return {

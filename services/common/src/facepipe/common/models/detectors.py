@@ -73,7 +73,9 @@ class FaceDetector(ABC):
         height, width = img.shape[:2]
         found: list[Detection] = []
         for region in regions:
-            x1, y1, x2, y2 = (float(v) for v in region[:4])
+            # Clipped to the image first: a hint of ±1e308 would overflow int() once padded.
+            x1, x2 = (float(np.clip(float(v), 0, width)) for v in (region[0], region[2]))
+            y1, y2 = (float(np.clip(float(v), 0, height)) for v in (region[1], region[3]))
             pad_x, pad_y = (x2 - x1) * pad, (y2 - y1) * pad
             left, top = max(0, int(x1 - pad_x)), max(0, int(y1 - pad_y))
             right, bottom = min(width, int(np.ceil(x2 + pad_x))), min(height, int(np.ceil(y2 + pad_y)))
@@ -106,6 +108,11 @@ class ScrfdDetector(FaceDetector):
         return active_provider(self._model.session, providers)
 
     def _detect(self, img: np.ndarray) -> list[Detection]:
+        height, width = img.shape[:2]
+        if min(height, width) * self.det_size < max(height, width):
+            # SCRFD letterboxes to DET_SIZE: a strip this thin shrinks below one pixel (cv2.resize
+            # would raise) and cannot hold a face anyway.
+            return []
         boxes, kpss = self._model.detect(img)
         return [
             Detection(box[:4].astype(np.float32), kps.astype(np.float32), float(box[4]))
