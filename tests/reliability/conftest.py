@@ -18,10 +18,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for reliabilitykit, reliability_images
 
-from reliability_images import GeneratedImage, assign_tenants, composite, load_photos, measure  # noqa: E402
-from reliabilitykit import FIGURES, Stack, figures_markdown, scale, scaled  # noqa: E402
+from reliability_images import GeneratedImage, assign_tenants, composite, load_photos, measure
+from reliabilitykit import FIGURES, Stack, figures_markdown, scale, scaled
 
-from facepipe.common.settings import load_settings  # noqa: E402
+from facepipe.common.settings import load_settings
 
 IMAGE_SEED = 20261128
 
@@ -31,10 +31,16 @@ def image_set(faces_dir: Path, faces_manifest: dict[str, dict], models_dir: Path
     """The generated images with their ground-truth faces and tenants (the largest any scenario uses)."""
     count = scaled(330, 70)
     photos = load_photos(faces_dir)
-    images = [GeneratedImage(name, data, content_type) for name, data, content_type in
-              composite(photos, count, seed=IMAGE_SEED)]
-    measure(images, load_settings(models_dir=models_dir, model_pack="buffalo_sc", inference_device="cpu",
-                                  ort_intra_op_threads=1))
+    images = [
+        GeneratedImage(name, data, content_type)
+        for name, data, content_type in composite(photos, count, seed=IMAGE_SEED)
+    ]
+    measure(
+        images,
+        load_settings(
+            models_dir=models_dir, model_pack="buffalo_sc", inference_device="cpu", ort_intra_op_threads=1
+        ),
+    )
     # The untouched photos must show MANIFEST.json's faces (accepted or refused by a quality gate).
     for image in images:
         if image.name.startswith("original:"):

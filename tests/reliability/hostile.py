@@ -20,9 +20,12 @@ import numpy as np
 from hypothesis import strategies as st
 from PIL import Image
 
-RUNTIME_REASONS = frozenset({"invalid_json", "missing_payload", "missing_fields", "invalid_fields",
-                             "invalid_tenant_id"})
-IMAGE_REASONS = frozenset({"object_not_found", "image_too_large", "unsupported_image_format", "undecodable_image"})
+RUNTIME_REASONS = frozenset(
+    {"invalid_json", "missing_payload", "missing_fields", "invalid_fields", "invalid_tenant_id"}
+)
+IMAGE_REASONS = frozenset(
+    {"object_not_found", "image_too_large", "unsupported_image_format", "undecodable_image"}
+)
 CROP_REASONS = frozenset({"invalid_crop", "undecodable_crop"})
 EMBEDDING_REASONS = frozenset({"invalid_embedding", "model_pack_mismatch", "undecodable_crop"})
 
@@ -67,7 +70,9 @@ def _with_jpeg_size(data: bytes, width: int, height: int) -> bytes:
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    )
 
 
 def _png_bomb(width: int, height: int) -> bytes:
@@ -76,7 +81,12 @@ def _png_bomb(width: int, height: int) -> bytes:
     compressor = zlib.compressobj(9)
     body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", body) + _png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", body)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def _exif_jpeg(orientation: int) -> bytes:
@@ -103,7 +113,10 @@ def image_corpus(photo_jpeg: bytes) -> dict[str, tuple[bytes, frozenset[str]]]:
         "jpeg-truncated-50": (photo_jpeg[: len(photo_jpeg) // 2], frozenset({"undecodable_image"})),
         "jpeg-truncated-tail": (photo_jpeg[:-200], frozenset({"undecodable_image"})),
         "jpeg-trailing-garbage": (photo_jpeg + rng.randbytes(1000), frozenset({"acked"})),
-        "jpeg-header-20000x20000": (_with_jpeg_size(small_jpeg, 20000, 20000), frozenset({"image_too_large"})),
+        "jpeg-header-20000x20000": (
+            _with_jpeg_size(small_jpeg, 20000, 20000),
+            frozenset({"image_too_large"}),
+        ),
         "jpeg-header-65535x1": (_with_jpeg_size(small_jpeg, 65535, 1), frozenset({"image_too_large"})),
         "jpeg-header-0x0": (_with_jpeg_size(small_jpeg, 0, 0), frozenset({"undecodable_image"})),
         "jpeg-header-1x1-lie": (_with_jpeg_size(small_jpeg, 1, 1), acked_or_undecodable),
@@ -160,22 +173,77 @@ def crop_corpus(crop_jpeg: bytes) -> dict[str, tuple[str, frozenset[str]]]:
 
 
 # ------------------------------------------------------------- strategies
-TRAVERSAL_KEYS = ["../x", "../../etc/passwd", "a/../../b", "/etc/passwd", "..\\..\\windows\\system32",
-                  "a/./../b", "%2e%2e/%2e%2e/x", "a\x00b", "....//....//x", ".", "..", "./", "~/x",
-                  "a" * 1025, "é/ü/ß.jpg", "a//b", "a b\tc\n.jpg", "*", "?", "[a-z]"]
-HOSTILE_TENANTS = ["a:b", "../x", "*", "", " ", "a/b", "..", ".x", "-x", "a" * 64, "a\x00", "ä", "a*b",
-                   "stats:counters", "dedup:*", "a..b", "A" * 63 + ":", "t\n1"]
-HOSTILE_BUCKETS = ["no-such-bucket", "face-crops-none", "ab", "A-B", "a_b", "../raw", "x" * 64, "", "raw images",
-                   "face-metadata"]
+TRAVERSAL_KEYS = [
+    "../x",
+    "../../etc/passwd",
+    "a/../../b",
+    "/etc/passwd",
+    "..\\..\\windows\\system32",
+    "a/./../b",
+    "%2e%2e/%2e%2e/x",
+    "a\x00b",
+    "....//....//x",
+    ".",
+    "..",
+    "./",
+    "~/x",
+    "a" * 1025,
+    "é/ü/ß.jpg",
+    "a//b",
+    "a b\tc\n.jpg",
+    "*",
+    "?",
+    "[a-z]",
+]
+HOSTILE_TENANTS = [
+    "a:b",
+    "../x",
+    "*",
+    "",
+    " ",
+    "a/b",
+    "..",
+    ".x",
+    "-x",
+    "a" * 64,
+    "a\x00",
+    "ä",
+    "a*b",
+    "stats:counters",
+    "dedup:*",
+    "a..b",
+    "A" * 63 + ":",
+    "t\n1",
+]
+HOSTILE_BUCKETS = [
+    "no-such-bucket",
+    "face-crops-none",
+    "ab",
+    "A-B",
+    "a_b",
+    "../raw",
+    "x" * 64,
+    "",
+    "raw images",
+    "face-metadata",
+]
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40),
-    st.sampled_from(TRAVERSAL_KEYS + HOSTILE_TENANTS), st.just("x" * 200_000),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.sampled_from(TRAVERSAL_KEYS + HOSTILE_TENANTS),
+    st.just("x" * 200_000),
 )
-json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                           st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-                           max_leaves=8)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=8,
+)
 
 
 def _paths(value: Any, prefix: tuple[Any, ...] = (), depth: int = 0) -> list[tuple[Any, ...]]:
@@ -224,12 +292,18 @@ def encode(doc: Any) -> str:
 
 raw_garbage = st.one_of(
     st.builds(lambda t: {"message": t}, st.text(max_size=200).filter(lambda t: not _is_json_object(t))),
-    st.builds(lambda v: {"message": json.dumps(v, allow_nan=True)},
-              st.one_of(scalars, st.lists(scalars, max_size=3))),
+    st.builds(
+        lambda v: {"message": json.dumps(v, allow_nan=True)},
+        st.one_of(scalars, st.lists(scalars, max_size=3)),
+    ),
     st.builds(lambda b: {"message": b"\xff\xfe" + b}, st.binary(max_size=100)),
     st.builds(lambda t: {"data": t}, st.text(max_size=50).filter(lambda t: not _is_json_object(t))),
-    st.dictionaries(st.sampled_from(["msg", "payload", "body", "Message", "DATA"]), st.text(max_size=20),
-                    min_size=1, max_size=3),
+    st.dictionaries(
+        st.sampled_from(["msg", "payload", "body", "Message", "DATA"]),
+        st.text(max_size=20),
+        min_size=1,
+        max_size=3,
+    ),
 )
 
 

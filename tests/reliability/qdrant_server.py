@@ -53,7 +53,10 @@ def build_app(path: str) -> Starlette:
         try:
             with lock:
                 result = fn()
-        except (ValueError, KeyError) as exc:  # what local mode raises for a bad request or missing collection
+        except (
+            ValueError,
+            KeyError,
+        ) as exc:  # what local mode raises for a bad request or missing collection
             status = 404 if "not found" in str(exc).lower() else 400
             return JSONResponse({"status": {"error": str(exc)}, "time": 0.0}, status_code=status)
         return JSONResponse({"result": _dump(result), "status": "ok", "time": time.perf_counter() - started})

@@ -54,7 +54,8 @@ class GeneratedImage:
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}/{self.sha256[:2]}/{self.sha256}.{'png' if self.content_type == 'image/png' else 'jpg'}"
+        extension = "png" if self.content_type == "image/png" else "jpg"
+        return f"{self.tenant}/{self.sha256[:2]}/{self.sha256}.{extension}"
 
 
 def load_photos(faces_dir: Path) -> dict[str, Image.Image]:
@@ -86,7 +87,9 @@ def _crop(photo: Image.Image, rng: random.Random) -> Image.Image:
 
 def _scale(photo: Image.Image, rng: random.Random) -> Image.Image:
     factor = rng.uniform(0.45, 1.0)
-    return photo.resize((max(1, int(photo.width * factor)), max(1, int(photo.height * factor))), Image.LANCZOS)
+    return photo.resize(
+        (max(1, int(photo.width * factor)), max(1, int(photo.height * factor))), Image.LANCZOS
+    )
 
 
 def _mosaic(photos: list[Image.Image], rng: random.Random) -> Image.Image:
@@ -97,7 +100,10 @@ def _mosaic(photos: list[Image.Image], rng: random.Random) -> Image.Image:
     for i, photo in enumerate(photos):
         tile = photo.copy()
         tile.thumbnail((cell, cell))
-        canvas.paste(tile, ((i % cols) * cell + (cell - tile.width) // 2, (i // cols) * cell + (cell - tile.height) // 2))
+        canvas.paste(
+            tile,
+            ((i % cols) * cell + (cell - tile.width) // 2, (i // cols) * cell + (cell - tile.height) // 2),
+        )
     return canvas
 
 
@@ -168,7 +174,9 @@ def hamming(a: str, b: str) -> int:
     return (int(a, 16) ^ int(b, 16)).bit_count()
 
 
-def assign_tenants(images: list[GeneratedImage], prefix: str, min_distance: int = MIN_TENANT_DISTANCE) -> list[GeneratedImage]:
+def assign_tenants(
+    images: list[GeneratedImage], prefix: str, min_distance: int = MIN_TENANT_DISTANCE
+) -> list[GeneratedImage]:
     """Give each image the first tenant none of whose faces is within ``min_distance`` of its faces.
 
     Images whose own faces are that close to each other are dropped (they would dedup

@@ -28,13 +28,12 @@ import httpx
 import redis
 from minio import Minio
 from qdrant_client import QdrantClient
+from reliability_images import GeneratedImage
 
 from facepipe.common.localservers import ServerProcess, free_port, start_redis, start_seaweedfs, wait_for_port
 from facepipe.common.settings import Settings, load_settings
 from facepipe.common.storage import ObjectStore
 from facepipe.ops_api.depth import pipeline_depths
-
-from reliability_images import GeneratedImage
 
 HERE = Path(__file__).resolve().parent
 READY_LINE = "Worker started, waiting for messages..."
@@ -146,9 +145,17 @@ class Stack:
     def start_qdrant(self) -> None:
         log = open(self.root / "qdrant.log", "ab")  # noqa: SIM115 - the child owns it
         self.qdrant_proc = subprocess.Popen(
-            [sys.executable, str(HERE / "qdrant_server.py"), "--path", str(self.root / "qdrant"),
-             "--port", str(self.qdrant_port)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                str(HERE / "qdrant_server.py"),
+                "--path",
+                str(self.root / "qdrant"),
+                "--port",
+                str(self.qdrant_port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         wait_for_port(self.qdrant_port, timeout=60, proc=self.qdrant_proc)
 
@@ -215,21 +222,41 @@ class Stack:
                     os.environ[name] = value
 
     def redis(self) -> redis.Redis:
-        return redis.Redis(port=self.redis_port, decode_responses=True, socket_timeout=10)
+        return redis.Redis(
+            port=self.redis_port, decode_responses=True, encoding_errors="surrogateescape", socket_timeout=10
+        )
 
     def minio(self) -> Minio:
-        return Minio(f"127.0.0.1:{self._s3_port}", access_key="minioadmin", secret_key="minioadmin", secure=False)
+        return Minio(
+            f"127.0.0.1:{self._s3_port}", access_key="minioadmin", secret_key="minioadmin", secure=False
+        )
 
     # --------------------------------------------------------------- services
-    def spawn(self, kind: str, *, module: str | None = None, script: Path | None = None,
-              args: Iterable[str] = (), wait: bool = True, **extra_env: str) -> Service:
+    def spawn(
+        self,
+        kind: str,
+        *,
+        module: str | None = None,
+        script: Path | None = None,
+        args: Iterable[str] = (),
+        wait: bool = True,
+        **extra_env: str,
+    ) -> Service:
         self.spawned[kind] += 1
         log_path = self.root / f"{kind}-{self.spawned[kind]}.log"
-        command = [sys.executable, str(script)] if script else [sys.executable, "-m", module or SERVICE_MODULES[kind]]
+        command = (
+            [sys.executable, str(script)]
+            if script
+            else [sys.executable, "-m", module or SERVICE_MODULES[kind]]
+        )
         log = open(log_path, "ab")  # noqa: SIM115 - the child owns it
         proc = subprocess.Popen(
-            [*command, *args], stdout=log, stderr=subprocess.STDOUT, env=self.env(**extra_env),
-            start_new_session=True, cwd=self.root,
+            [*command, *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env(**extra_env),
+            start_new_session=True,
+            cwd=self.root,
         )
         log.close()
         service = Service(kind, proc, log_path)
@@ -273,7 +300,9 @@ class Stack:
         client = self.redis()
         pipe = client.pipeline(transaction=False)
         for image in images:
-            pipe.xadd(self.settings.ingest_stream, {"message": json.dumps(ingest_payload(self.settings, image))})
+            pipe.xadd(
+                self.settings.ingest_stream, {"message": json.dumps(ingest_payload(self.settings, image))}
+            )
         return [str(entry_id) for entry_id in pipe.execute()]
 
     # --------------------------------------------------------------- outcome
@@ -284,11 +313,20 @@ class Stack:
             mine = [g for g in depth.groups if g.name == group]
             lag = mine[0].lag if mine else depth.length
             pending = mine[0].pending if mine else 0
-            out[depth.stream] = {"length": depth.length, "lag": lag, "pending": pending, "dlq": depth.dlq_length}
+            out[depth.stream] = {
+                "length": depth.length,
+                "lag": lag,
+                "pending": pending,
+                "dlq": depth.dlq_length,
+            }
         return out
 
-    def wait_drained(self, timeout: float, expected_ingest: int | None = None,
-                     while_waiting: Callable[[], None] | None = None) -> dict[str, dict[str, int]]:
+    def wait_drained(
+        self,
+        timeout: float,
+        expected_ingest: int | None = None,
+        while_waiting: Callable[[], None] | None = None,
+    ) -> dict[str, dict[str, int]]:
         """Until every stream has no lag and nothing pending, twice in a row; the last depths."""
         deadline = time.monotonic() + timeout
         calm = 0
@@ -312,15 +350,22 @@ class Stack:
 
     def points(self) -> list[dict[str, Any]]:
         """Every point's payload in the collection, across tenants."""
-        client = QdrantClient(url=f"http://127.0.0.1:{self.qdrant_port}", timeout=30, check_compatibility=False)
+        client = QdrantClient(
+            url=f"http://127.0.0.1:{self.qdrant_port}", timeout=30, check_compatibility=False
+        )
         try:
             if not client.collection_exists(self.settings.qdrant_collection):
                 return []
             payloads: list[dict[str, Any]] = []
             offset: Any = None
             while True:
-                records, offset = client.scroll(self.settings.qdrant_collection, limit=512, offset=offset,
-                                                with_payload=True, with_vectors=False)
+                records, offset = client.scroll(
+                    self.settings.qdrant_collection,
+                    limit=512,
+                    offset=offset,
+                    with_payload=True,
+                    with_vectors=False,
+                )
                 payloads.extend({**(r.payload or {}), "_id": str(r.id)} for r in records)
                 if offset is None:
                     return payloads
@@ -329,8 +374,10 @@ class Stack:
 
     def dlq(self) -> dict[str, list[dict[str, str]]]:
         client = self.redis()
-        return {stream: [fields for _id, fields in client.xrange(f"{stream}:dlq")]
-                for stream in self.settings.pipeline_streams}
+        return {
+            stream: [fields for _id, fields in client.xrange(f"{stream}:dlq")]
+            for stream in self.settings.pipeline_streams
+        }
 
     def object_count(self, bucket: str) -> int:
         return sum(1 for _ in self.minio().list_objects(bucket, recursive=True))
@@ -382,11 +429,13 @@ def tally(stack: Stack, images: list[GeneratedImage]) -> tuple[Tally, list[str]]
     found = set(keys)
     lost = sorted(set(expected) - found)
     unexpected = sorted(k for k in found - set(expected) if tenant_of.get(k[1]) == k[0])
-    leaks = sorted(k for k in found if k[1] in tenant_of and tenant_of[k[1]] != k[0] or k[1] not in tenant_of)
+    leaks = sorted(k for k in found if tenant_of.get(k[1]) != k[0] and k not in expected)
     for point in points:
         key = (point.get("tenant_id"), point.get("image_sha256"), point.get("face_index"))
         if key in expected and point.get("phash") != expected[key]:
-            problems.append(f"face {key} indexed with pHash {point.get('phash')}, ground truth {expected[key]}")
+            problems.append(
+                f"face {key} indexed with pHash {point.get('phash')}, ground truth {expected[key]}"
+            )
     if lost:
         problems.append(f"lost faces: {lost[:10]}")
     if unexpected:
@@ -396,15 +445,31 @@ def tally(stack: Stack, images: list[GeneratedImage]) -> tuple[Tally, list[str]]
     dlq = sum(len(entries) for entries in stack.dlq().values())
     crops = stack.object_count(stack.settings.bucket_crops)
     return Tally(
-        messages=len(images), expected=len(expected), indexed=len(found & set(expected)),
-        duplicates=duplicates, lost=len(lost), unexpected=len(unexpected), leaks=len(leaks), dlq=dlq,
+        messages=len(images),
+        expected=len(expected),
+        indexed=len(found & set(expected)),
+        duplicates=duplicates,
+        lost=len(lost),
+        unexpected=len(unexpected),
+        leaks=len(leaks),
+        dlq=dlq,
         crops=crops,
     ), problems
 
 
 # ------------------------------------------------------------------ figures
-FIGURE_COLUMNS = ("scenario", "messages", "faces expected", "indexed", "duplicates", "lost", "leaks", "DLQ",
-                  "verdict", "notes")
+FIGURE_COLUMNS = (
+    "scenario",
+    "messages",
+    "faces expected",
+    "indexed",
+    "duplicates",
+    "lost",
+    "leaks",
+    "DLQ",
+    "verdict",
+    "notes",
+)
 FIGURES: list[dict[str, Any]] = []
 
 

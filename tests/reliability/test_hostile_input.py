@@ -75,33 +75,63 @@ def test_hostile_messages_end_acked_or_dead_lettered(stack: Stack, image_set: li
         return {**base_ingest, "bucket": bucket, "key": key, **extra}
 
     file_messages = st.builds(
-        lambda name, tenant: Hostile(f"file:{name}", {"message": encode(ingest_of(f"hostile/{name}", tenant_id=tenant))},
-                                     files[name][1]),
-        st.sampled_from(sorted(files)), st.sampled_from(["t-a", "t-b", "t-c"]),
+        lambda name, tenant: Hostile(
+            f"file:{name}",
+            {"message": encode(ingest_of(f"hostile/{name}", tenant_id=tenant))},
+            files[name][1],
+        ),
+        st.sampled_from(sorted(files)),
+        st.sampled_from(["t-a", "t-b", "t-c"]),
     )
     key_messages = st.builds(
-        lambda key: Hostile("ingest:hostile-key", {"message": encode(ingest_of(key))},
-                            frozenset({"invalid_fields", "object_not_found"})),
+        lambda key: Hostile(
+            "ingest:hostile-key",
+            {"message": encode(ingest_of(key))},
+            frozenset({"invalid_fields", "object_not_found"}),
+        ),
         st.one_of(st.sampled_from(TRAVERSAL_KEYS), st.text(min_size=1, max_size=60)),
     )
     bucket_messages = st.builds(
-        lambda bucket: Hostile("ingest:unknown-bucket", {"message": encode(ingest_of("hostile/photo", bucket))},
-                               frozenset({"invalid_fields", "object_not_found", "missing_fields", "undecodable_image"})),
-        st.one_of(st.sampled_from(HOSTILE_BUCKETS), st.from_regex(r"[a-z0-9][a-z0-9.-]{1,20}[a-z0-9]", fullmatch=True)),
+        lambda bucket: Hostile(
+            "ingest:unknown-bucket",
+            {"message": encode(ingest_of("hostile/photo", bucket))},
+            frozenset({"invalid_fields", "object_not_found", "missing_fields", "undecodable_image"}),
+        ),
+        st.one_of(
+            st.sampled_from(HOSTILE_BUCKETS),
+            st.from_regex(r"[a-z0-9][a-z0-9.-]{1,20}[a-z0-9]", fullmatch=True),
+        ),
     )
     tenant_messages = st.builds(
-        lambda tenant: Hostile("ingest:hostile-tenant", {"message": encode(ingest_of("hostile/photo", tenant_id=tenant))},
-                               frozenset({"invalid_fields", "missing_fields", "invalid_tenant_id"})),
+        lambda tenant: Hostile(
+            "ingest:hostile-tenant",
+            {"message": encode(ingest_of("hostile/photo", tenant_id=tenant))},
+            frozenset({"invalid_fields", "missing_fields", "invalid_tenant_id"}),
+        ),
         st.sampled_from(HOSTILE_TENANTS),
     )
     hint_messages = st.builds(
-        lambda hints: Hostile("ingest:face-hints", {"message": encode(ingest_of("hostile/photo", face_hints=hints))},
-                              frozenset({"acked", "invalid_fields", "missing_fields"})),
+        lambda hints: Hostile(
+            "ingest:face-hints",
+            {"message": encode(ingest_of("hostile/photo", face_hints=hints))},
+            frozenset({"acked", "invalid_fields", "missing_fields"}),
+        ),
         st.one_of(
-            st.lists(st.fixed_dictionaries({"bbox": st.lists(st.floats(allow_nan=True, allow_infinity=True),
-                                                              min_size=0, max_size=6)}), max_size=6),
-            st.lists(st.fixed_dictionaries({"bbox": st.lists(st.integers(-5000, 5000), min_size=4, max_size=4),
-                                            "confidence": st.floats(-1, 2)}), max_size=6),
+            st.lists(
+                st.fixed_dictionaries(
+                    {"bbox": st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=0, max_size=6)}
+                ),
+                max_size=6,
+            ),
+            st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "bbox": st.lists(st.integers(-5000, 5000), min_size=4, max_size=4),
+                        "confidence": st.floats(-1, 2),
+                    }
+                ),
+                max_size=6,
+            ),
             st.just([{"bbox": [0, 0, 10, 10]}] * 5000),
             st.just([{"bbox": [-1e308, -1e308, 1e308, 1e308]}]),
         ),
@@ -109,31 +139,50 @@ def test_hostile_messages_end_acked_or_dead_lettered(stack: Stack, image_set: li
     random_object = st.builds(lambda data: data, st.binary(min_size=0, max_size=2000))
     ingest_messages = st.one_of(
         st.builds(lambda f: Hostile("raw", f, frozenset({"invalid_json", "missing_payload"})), raw_garbage),
-        st.builds(lambda d: Hostile("ingest:mutated", {"message": encode(d)}, any_reason),
-                  mutated(ingest_of("hostile/photo"))),
-        file_messages, file_messages, key_messages, bucket_messages, tenant_messages, hint_messages,
+        st.builds(
+            lambda d: Hostile("ingest:mutated", {"message": encode(d)}, any_reason),
+            mutated(ingest_of("hostile/photo")),
+        ),
+        file_messages,
+        file_messages,
+        key_messages,
+        bucket_messages,
+        tenant_messages,
+        hint_messages,
         st.builds(lambda data: ("upload", data), random_object),
     )
     crop_messages = st.builds(
-        lambda name, where: Hostile(f"crop:{name}", {"message": encode(_with_crop(base_detected if where else base_embedded,
-                                                                                 crops[name][0]))},
-                                    crops[name][1]),
-        st.sampled_from(sorted(crops)), st.booleans(),
+        lambda name, where: Hostile(
+            f"crop:{name}",
+            {"message": encode(_with_crop(base_detected if where else base_embedded, crops[name][0]))},
+            crops[name][1],
+        ),
+        st.sampled_from(sorted(crops)),
+        st.booleans(),
     )
     embedding_messages = st.builds(
-        lambda value: Hostile("embedding", {"message": encode(_with_embedding(base_embedded, value))},
-                              EMBEDDING_REASONS | {"invalid_fields", "missing_fields"}),
+        lambda value: Hostile(
+            "embedding",
+            {"message": encode(_with_embedding(base_embedded, value))},
+            EMBEDDING_REASONS | {"invalid_fields", "missing_fields"},
+        ),
         st.one_of(st.text(max_size=30), st.sampled_from(_embeddings())),
     )
     detected_messages = st.one_of(
         st.builds(lambda f: Hostile("raw", f, frozenset({"invalid_json", "missing_payload"})), raw_garbage),
-        st.builds(lambda d: Hostile("detected:mutated", {"message": encode(d)}, any_reason), mutated(base_detected)),
+        st.builds(
+            lambda d: Hostile("detected:mutated", {"message": encode(d)}, any_reason), mutated(base_detected)
+        ),
     )
-    embedded_messages = st.builds(lambda d: Hostile("embedded:mutated", {"message": encode(d)}, any_reason),
-                                  mutated(base_embedded))
+    embedded_messages = st.builds(
+        lambda d: Hostile("embedded:mutated", {"message": encode(d)}, any_reason), mutated(base_embedded)
+    )
 
-    streams = {"ingest": settings.ingest_stream, "detected": settings.detected_stream,
-               "embedded": settings.embedded_stream}
+    streams = {
+        "ingest": settings.ingest_stream,
+        "detected": settings.detected_stream,
+        "embedded": settings.embedded_stream,
+    }
     published: dict[tuple[str, str], Hostile] = {}
     uploads = Counter()
 
@@ -142,20 +191,31 @@ def test_hostile_messages_end_acked_or_dead_lettered(stack: Stack, image_set: li
             uploads["n"] += 1
             key = f"hostile/random-{uploads['n']}"
             store.put_bytes(raw_bucket, key, item[1])
-            item = Hostile("file:random-bytes", {"message": encode(ingest_of(key))},
-                           frozenset({"undecodable_image", "unsupported_image_format", "acked"}))
+            item = Hostile(
+                "file:random-bytes",
+                {"message": encode(ingest_of(key))},
+                frozenset({"undecodable_image", "unsupported_image_format", "acked"}),
+            )
         entry_id = client.xadd(streams[stage], item.fields)
         published[(streams[stage], str(entry_id))] = item
 
     @seed(20261128)
-    @hypothesis_settings(max_examples=total, deadline=None, database=None, derandomize=False,
-              suppress_health_check=list(HealthCheck))
-    @given(st.one_of(
-        st.tuples(st.just("ingest"), ingest_messages), st.tuples(st.just("ingest"), ingest_messages),
-        st.tuples(st.just("ingest"), ingest_messages),
-        st.tuples(st.just("detected"), st.one_of(detected_messages, crop_messages)),
-        st.tuples(st.just("embedded"), st.one_of(embedded_messages, crop_messages, embedding_messages)),
-    ))
+    @hypothesis_settings(
+        max_examples=total,
+        deadline=None,
+        database=None,
+        derandomize=False,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(
+        st.one_of(
+            st.tuples(st.just("ingest"), ingest_messages),
+            st.tuples(st.just("ingest"), ingest_messages),
+            st.tuples(st.just("ingest"), ingest_messages),
+            st.tuples(st.just("detected"), st.one_of(detected_messages, crop_messages)),
+            st.tuples(st.just("embedded"), st.one_of(embedded_messages, crop_messages, embedding_messages)),
+        )
+    )
     def produce(pair: tuple[str, Hostile]) -> None:
         stage, item = pair
         if isinstance(item, Hostile) and item.category.startswith("crop:"):
@@ -181,15 +241,24 @@ def test_hostile_messages_end_acked_or_dead_lettered(stack: Stack, image_set: li
         outcome = outcomes.get(key, "acked")
         reasons[outcome] += 1
         if outcome not in item.allowed:
-            wrong.append(f"{item.category} {key[0].rsplit(':', 1)[-1]} {key[1]}: {outcome}, "
-                         f"allowed {sorted(item.allowed)}: {str(item.fields)[:300]}")
+            wrong.append(
+                f"{item.category} {key[0].rsplit(':', 1)[-1]} {key[1]}: {outcome}, "
+                f"allowed {sorted(item.allowed)}: {str(item.fields)[:300]}"
+            )
     depths = stack.depths()
     ok = not dead and not wrong and all(rss_mib < PEAK_RSS_LIMIT_MIB for rss_mib in rss.values())
     dlq_count = sum(1 for key in published if key in outcomes)
-    record("4. hostile input (hypothesis)", ok, messages=len(published), DLQ=dlq_count, lost=0 if ok else len(wrong),
-           duplicates=0, leaks=0,
-           notes=f"{len(published) - dlq_count} acked; reasons {dict(reasons.most_common(8))}; peak RSS MiB "
-                 f"{rss}; workers died: {len(dead)}; {generated_s:.0f} s generating, {elapsed:.0f} s total")
+    record(
+        "4. hostile input (hypothesis)",
+        ok,
+        messages=len(published),
+        DLQ=dlq_count,
+        lost=0 if ok else len(wrong),
+        duplicates=0,
+        leaks=0,
+        notes=f"{len(published) - dlq_count} acked; reasons {dict(reasons.most_common(8))}; peak RSS MiB "
+        f"{rss}; workers died: {len(dead)}; {generated_s:.0f} s generating, {elapsed:.0f} s total",
+    )
     Path(stack.root / "hostile-wrong.txt").write_text("\n".join(wrong))
     assert not dead, f"workers died: {dead}\n{stack.log_tails()}"
     assert not wrong, f"{len(wrong)} messages with a wrong outcome, e.g.:\n" + "\n".join(wrong[:25])
@@ -217,7 +286,16 @@ def _embeddings() -> list[str]:
     unit = np.zeros(512, np.float32)
     unit[0] = 1
     return [
-        b64(np.zeros(512)), b64(np.full(512, np.nan)), b64(np.full(512, np.inf)), b64(unit * 3), b64(unit[:511]),
-        b64(np.ones(128) / np.sqrt(128)), b64(np.ones(513) / np.sqrt(513)), "AAAA", "====", "",
-        base64.b64encode(b"\x00" * 2047).decode(), b64(np.ones(512 * 1000) / np.sqrt(512 * 1000)),
+        b64(np.zeros(512)),
+        b64(np.full(512, np.nan)),
+        b64(np.full(512, np.inf)),
+        b64(unit * 3),
+        b64(unit[:511]),
+        b64(np.ones(128) / np.sqrt(128)),
+        b64(np.ones(513) / np.sqrt(513)),
+        "AAAA",
+        "====",
+        "",
+        base64.b64encode(b"\x00" * 2047).decode(),
+        b64(np.ones(512 * 1000) / np.sqrt(512 * 1000)),
     ]

@@ -22,7 +22,9 @@ KINDS = ("detector", "embedder", "indexer")
 
 
 @pytest.mark.timeout(2400)
-def test_kill9_at_random_moments_loses_and_doubles_nothing(stack: Stack, image_set: list[GeneratedImage]) -> None:
+def test_kill9_at_random_moments_loses_and_doubles_nothing(
+    stack: Stack, image_set: list[GeneratedImage]
+) -> None:
     rng = random.Random(8)
     images = image_set
     stack.spawn_pipeline()
@@ -44,8 +46,11 @@ def test_kill9_at_random_moments_loses_and_doubles_nothing(stack: Stack, image_s
         next_kill = time.monotonic() + rng.uniform(2.0, 7.0)
 
     started = time.monotonic()
-    stack.wait_drained(timeout=900, expected_ingest=len(ingest_ids),
-                       while_waiting=lambda: chaos() if sum(kills.values()) < target_kills else None)
+    stack.wait_drained(
+        timeout=900,
+        expected_ingest=len(ingest_ids),
+        while_waiting=lambda: chaos() if sum(kills.values()) < target_kills else None,
+    )
     while sum(kills.values()) < target_kills:  # drained before every kill happened: kill the idle ones too
         next_kill = 0
         chaos()
@@ -54,17 +59,31 @@ def test_kill9_at_random_moments_loses_and_doubles_nothing(stack: Stack, image_s
     elapsed = time.monotonic() - started
 
     result, problems = tally(stack, images)
-    reclaimed = sum(int(n) for s in stack.services
-                    for n in re.findall(r"Reclaimed (\d+) message", s.log()))
+    reclaimed = sum(int(n) for s in stack.services for n in re.findall(r"Reclaimed (\d+) message", s.log()))
     stats = stack.stats()
-    ok = (result.lost == 0 and result.duplicates == 0 and result.leaks == 0 and result.unexpected == 0
-          and result.dlq == 0 and result.indexed == result.expected and result.crops == result.expected)
-    record("1. kill -9 detector/embedder/indexer at random", ok, messages=result.messages,
-           **{"faces expected": result.expected}, indexed=result.indexed, duplicates=result.duplicates,
-           lost=result.lost, leaks=result.leaks, DLQ=result.dlq,
-           notes=f"{sum(kills.values())} kills ({', '.join(f'{k} {n}' for k, n in sorted(kills.items()))}), "
-                 f"{reclaimed} redeliveries, {len(stack.spawned) and sum(stack.spawned.values())} processes, "
-                 f"{elapsed:.0f} s")
+    ok = (
+        result.lost == 0
+        and result.duplicates == 0
+        and result.leaks == 0
+        and result.unexpected == 0
+        and result.dlq == 0
+        and result.indexed == result.expected
+        and result.crops == result.expected
+    )
+    record(
+        "1. kill -9 detector/embedder/indexer at random",
+        ok,
+        messages=result.messages,
+        **{"faces expected": result.expected},
+        indexed=result.indexed,
+        duplicates=result.duplicates,
+        lost=result.lost,
+        leaks=result.leaks,
+        DLQ=result.dlq,
+        notes=f"{sum(kills.values())} kills ({', '.join(f'{k} {n}' for k, n in sorted(kills.items()))}), "
+        f"{reclaimed} redeliveries, {len(stack.spawned) and sum(stack.spawned.values())} processes, "
+        f"{elapsed:.0f} s",
+    )
     assert not problems, problems
     assert result.dlq == 0, stack.dlq()
     assert result.indexed == result.expected and result.expected > 0

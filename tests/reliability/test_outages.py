@@ -48,7 +48,9 @@ def _outage(stack: Stack, stop: Callable[[], None], start: Callable[[], None]) -
 
 
 @pytest.mark.timeout(1500)
-def test_outages_of_redis_s3_and_vector_store_lose_nothing(stack: Stack, image_set: list[GeneratedImage]) -> None:
+def test_outages_of_redis_s3_and_vector_store_lose_nothing(
+    stack: Stack, image_set: list[GeneratedImage]
+) -> None:
     images = image_set[: scaled(240, 60)]
     workers = stack.spawn_pipeline()
     stack.spawn_ops_api()
@@ -72,17 +74,30 @@ def test_outages_of_redis_s3_and_vector_store_lose_nothing(stack: Stack, image_s
 
     survived = all(service.alive() for service in workers.values())
     restarts = sum(stack.spawned.values()) - 4
-    transient_logged = sum(service.log().count("retrying") + service.log().count("Redis unavailable")
-                           for service in workers.values())
+    transient_logged = sum(
+        service.log().count("retrying") + service.log().count("Redis unavailable")
+        for service in workers.values()
+    )
     result, problems = tally(stack, images)
     ready_ok = all(expected <= observed[name][0] and observed[name][1] for name, _s, _t, expected in plan)
     ok = survived and restarts == 0 and ready_ok and not problems and result.dlq == 0
-    record("2. outages: Redis, S3, vector store ~10 s each", ok, messages=len(images),
-           **{"faces expected": result.expected}, indexed=result.indexed, duplicates=result.duplicates,
-           lost=result.lost, leaks=result.leaks, DLQ=result.dlq,
-           notes="; ".join(f"{name} down: /ready 503 with {', '.join(sorted(failing)) or 'nothing'} unhealthy"
-                           f"{'' if back else ', NOT ready after'}" for name, (failing, back) in observed.items())
-                 + f"; workers restarted: {restarts}; {transient_logged} retry/outage log lines")
+    record(
+        "2. outages: Redis, S3, vector store ~10 s each",
+        ok,
+        messages=len(images),
+        **{"faces expected": result.expected},
+        indexed=result.indexed,
+        duplicates=result.duplicates,
+        lost=result.lost,
+        leaks=result.leaks,
+        DLQ=result.dlq,
+        notes="; ".join(
+            f"{name} down: /ready 503 with {', '.join(sorted(failing)) or 'nothing'} unhealthy"
+            f"{'' if back else ', NOT ready after'}"
+            for name, (failing, back) in observed.items()
+        )
+        + f"; workers restarted: {restarts}; {transient_logged} retry/outage log lines",
+    )
     assert survived, f"a worker died\n{stack.log_tails()}"
     for name, _stop, _start, expected in plan:
         failing, back = observed[name]

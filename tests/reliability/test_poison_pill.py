@@ -33,14 +33,16 @@ def _entry_ms(entry_id: str) -> int:
 def test_poison_pill_is_dead_lettered_without_blocking_the_stream(
     stack: Stack, image_set: list[GeneratedImage], mode: str
 ) -> None:
-    stack.overrides.update({"CLAIM_IDLE_MS": "2500", "MAX_DELIVERIES": str(MAX_DELIVERIES),
-                            "WORKER_BATCH_SIZE": "8"})
+    stack.overrides.update(
+        {"CLAIM_IDLE_MS": "2500", "MAX_DELIVERIES": str(MAX_DELIVERIES), "WORKER_BATCH_SIZE": "8"}
+    )
     good = [img for img in image_set if img.faces][: scaled(40, 16)]
     data = POISON_MARKER + hashlib.sha256(mode.encode()).digest() * 8
     pill = GeneratedImage(f"poison-pill:{mode}", data, "image/jpeg", tenant=good[0].tenant)
     half = len(good) // 2
     spawn_detector = lambda wait=True: stack.spawn(  # noqa: E731
-        "detector", script=HERE / "poison_detector.py", wait=wait, POISON_MODE=mode)
+        "detector", script=HERE / "poison_detector.py", wait=wait, POISON_MODE=mode
+    )
     spawn_detector()
     stack.spawn("embedder")
     stack.spawn("indexer")
@@ -66,15 +68,28 @@ def test_poison_pill_is_dead_lettered_without_blocking_the_stream(
     passed = sum(1 for img in behind if detected_at.get(img.sha256, 1 << 62) < failed_ms)
     result, problems = tally(stack, good)
     restarts = stack.spawned["detector"] - 1
-    ok = (len(ingest_dlq) == 1 and pill_entry.get("source_id") == pill_id
-          and pill_entry.get("reason") == "max_deliveries_exceeded" and not problems
-          and result.indexed == result.expected and passed > 0)
-    record(f"6. poison pill ({'exception' if mode == 'raise' else 'SIGSEGV'})", ok, messages=len(ids),
-           **{"faces expected": result.expected}, indexed=result.indexed, duplicates=result.duplicates,
-           lost=result.lost, leaks=result.leaks, DLQ=result.dlq,
-           notes=f"pill DLQ'd after {pill_entry.get('delivery_count')} deliveries "
-                 f"({pill_entry.get('reason')}); {passed}/{len(behind)} images behind it detected before that; "
-                 f"{restarts} detector restarts")
+    ok = (
+        len(ingest_dlq) == 1
+        and pill_entry.get("source_id") == pill_id
+        and pill_entry.get("reason") == "max_deliveries_exceeded"
+        and not problems
+        and result.indexed == result.expected
+        and passed > 0
+    )
+    record(
+        f"6. poison pill ({'exception' if mode == 'raise' else 'SIGSEGV'})",
+        ok,
+        messages=len(ids),
+        **{"faces expected": result.expected},
+        indexed=result.indexed,
+        duplicates=result.duplicates,
+        lost=result.lost,
+        leaks=result.leaks,
+        DLQ=result.dlq,
+        notes=f"pill DLQ'd after {pill_entry.get('delivery_count')} deliveries "
+        f"({pill_entry.get('reason')}); {passed}/{len(behind)} images behind it detected before that; "
+        f"{restarts} detector restarts",
+    )
     assert [e["source_id"] for e in ingest_dlq] == [pill_id], ingest_dlq
     assert pill_entry["reason"] == "max_deliveries_exceeded"
     assert int(pill_entry["delivery_count"]) == MAX_DELIVERIES + 1

@@ -33,7 +33,9 @@ def _sigterm_mid_batch(stack: Stack, service: Service, stream: str, timeout: flo
 
 
 @pytest.mark.timeout(1200)
-def test_sigterm_mid_batch_finishes_acks_and_exits_zero(stack: Stack, image_set: list[GeneratedImage]) -> None:
+def test_sigterm_mid_batch_finishes_acks_and_exits_zero(
+    stack: Stack, image_set: list[GeneratedImage]
+) -> None:
     images = image_set[: scaled(120, 40)]
     stack.overrides["CLAIM_IDLE_MS"] = "5000"  # a leftover entry would be reclaimed (and counted) quickly
     services = stack.spawn_pipeline()
@@ -53,13 +55,29 @@ def test_sigterm_mid_batch_finishes_acks_and_exits_zero(stack: Stack, image_set:
     reclaimed = sum(int(n) for s in stack.services for n in re.findall(r"Reclaimed (\d+) message", s.log()))
     finished_lines = {kind: "Worker stopped" in services[kind].log() for kind in KINDS}
     result, problems = tally(stack, images)
-    ok = (all(code == 0 and left == 0 for code, _held, left in results.values()) and reclaimed == 0
-          and detected == ingest == embedded == len(images) and not problems and result.dlq == 0)
-    record("3. SIGTERM mid-batch (each service)", ok, messages=len(images), **{"faces expected": result.expected},
-           indexed=result.indexed, duplicates=result.duplicates, lost=result.lost, leaks=result.leaks,
-           DLQ=result.dlq,
-           notes="; ".join(f"{kind}: exit {code}, held {held}, left pending {left}"
-                           for kind, (code, held, left) in results.items()) + f"; {reclaimed} redeliveries")
+    ok = (
+        all(code == 0 and left == 0 for code, _held, left in results.values())
+        and reclaimed == 0
+        and detected == ingest == embedded == len(images)
+        and not problems
+        and result.dlq == 0
+    )
+    record(
+        "3. SIGTERM mid-batch (each service)",
+        ok,
+        messages=len(images),
+        **{"faces expected": result.expected},
+        indexed=result.indexed,
+        duplicates=result.duplicates,
+        lost=result.lost,
+        leaks=result.leaks,
+        DLQ=result.dlq,
+        notes="; ".join(
+            f"{kind}: exit {code}, held {held}, left pending {left}"
+            for kind, (code, held, left) in results.items()
+        )
+        + f"; {reclaimed} redeliveries",
+    )
     assert all(finished_lines.values()), finished_lines
     for kind, (code, held, left) in results.items():
         assert code == 0, f"{kind} exited {code}"

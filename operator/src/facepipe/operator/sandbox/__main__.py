@@ -8,6 +8,7 @@ operator against it in the foreground until Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     import facepipe.operator.main  # noqa: F401  (registers the handlers)
 
     kopf.configure(verbose=args.verbose)
+    if not args.verbose:  # one access-log line per API request drowns the operator's own lines
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     try:
         kopf.run(standalone=True, clusterwide=True)
     except KeyboardInterrupt:

@@ -243,7 +243,9 @@ def decode_jpeg(data: bytes, max_side: int = MAX_CROP_SIDE) -> np.ndarray:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         raise PermanentError("undecodable_crop", "face crop is not a readable image") from None
     if not (1 <= width <= max_side and 1 <= height <= max_side):
-        raise PermanentError("undecodable_crop", f"face crop claims {width}x{height} pixels (at most {max_side})")
+        raise PermanentError(
+            "undecodable_crop", f"face crop claims {width}x{height} pixels (at most {max_side})"
+        )
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as exc:
