@@ -73,3 +73,9 @@ operator-sandbox: install ## Kubernetes API emulator + the operator on 127.0.0.1
 
 operator-test: install ## the operator's tests (Kopf against the emulator, builders, CRD)
 	$(PY) -m pytest tests/operator $(PYTEST_ARGS)
+
+# --- reliability suite (issue #8) ---
+.PHONY: reliability
+RELIABILITY_SCALE ?= 1
+reliability: install models ## fault injection at full size: kill -9, outages, SIGTERM, hostile input, tenants, poison pill; prints the figures table (CI runs RELIABILITY_SCALE=0.2 inside `make test`)
+	RELIABILITY_SCALE=$(RELIABILITY_SCALE) $(PY) -m pytest -m reliability tests/reliability $(PYTEST_ARGS)

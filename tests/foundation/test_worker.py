@@ -165,7 +165,7 @@ def test_kill_9_holding_unacked_entries_another_consumer_reclaims_them_exactly_o
     deliveries = harness.redis.hgetall("toy:deliveries")
     assert [deliveries[i] for i in slow] == ["2", "2"]
     assert [deliveries[i] for i in fast + unread] == ["1"] * 4
-    assert "Reclaimed 2 message(s)" in second.log()
+    assert second.log().count("Reclaimed 1 message(s)") == 2  # reclaims are one entry at a time
 
 
 def test_message_failing_every_delivery_is_dead_lettered_and_does_not_block_others(harness) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 from typing import Any
 
 import pytest
@@ -394,11 +395,13 @@ def test_purge_policy_purges_through_the_seam_and_retain_does_not(
 
 def test_failed_purge_keeps_the_finalizer_and_says_why(kube: KubeApi, namespace: str, redis_url: str) -> None:
     attempts: list[str] = []
+    failure_seen = threading.Event()
 
     def flaky(settings: Settings, tenant: str) -> None:
         attempts.append(tenant)
-        if len(attempts) < 2:
+        if len(attempts) == 1:
             raise redis.ConnectionError("redis is down")
+        failure_seen.wait(30)  # hold the retry until the test has seen the first failure reported
 
     RUNTIME.purger = flaky
     try:
@@ -410,14 +413,21 @@ def test_failed_purge_keeps_the_finalizer_and_says_why(kube: KubeApi, namespace:
             what="the finalizer",
         )
         kube.delete(FACE_PIPELINE, namespace, "acme")
-        wait_for(
-            lambda: condition(kube, namespace, "Degraded").get("reason") == "PurgeFailed",
+        degraded = wait_for(
+            lambda: (
+                condition(kube, namespace, "Degraded").get("reason") == "PurgeFailed"
+                and condition(kube, namespace, "Degraded")
+            ),
             what="Degraded PurgeFailed",
         )
+        assert "redis is down" in degraded["message"]
         assert status(kube, namespace)["phase"] == "Terminating"
+        assert kube.get(FACE_PIPELINE, namespace, "acme") is not None  # held by the finalizer
+        failure_seen.set()
         wait_for(lambda: kube.get(FACE_PIPELINE, namespace, "acme") is None, what="deletion after the retry")
         assert attempts == ["acme", "acme"]
     finally:
+        failure_seen.set()
         RUNTIME.purger = None
 
 

@@ -421,15 +421,15 @@ class Tally:
 def tally(stack: Stack, images: list[GeneratedImage]) -> tuple[Tally, list[str]]:
     """Compare Qdrant points with the expected faces; also a list of human-readable problems."""
     expected = {(img.tenant, img.sha256, face.index): face.phash for img in images for face in img.faces}
-    tenant_of = {img.sha256: img.tenant for img in images}
+    owned = {(img.tenant, img.sha256) for img in images}  # an image may belong to several tenants
     points = stack.points()
     keys = Counter((p.get("tenant_id"), p.get("image_sha256"), p.get("face_index")) for p in points)
     problems: list[str] = []
     duplicates = sum(n - 1 for n in keys.values() if n > 1)
     found = set(keys)
     lost = sorted(set(expected) - found)
-    unexpected = sorted(k for k in found - set(expected) if tenant_of.get(k[1]) == k[0])
-    leaks = sorted(k for k in found if tenant_of.get(k[1]) != k[0] and k not in expected)
+    unexpected = sorted(k for k in found - set(expected) if k[:2] in owned)
+    leaks = sorted(k for k in found if k[:2] not in owned)  # a face under a tenant that never sent it
     for point in points:
         key = (point.get("tenant_id"), point.get("image_sha256"), point.get("face_index"))
         if key in expected and point.get("phash") != expected[key]:

@@ -12,10 +12,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections import Counter
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -320,9 +320,10 @@ def test_tenant_ids_that_try_to_escape_a_prefix_are_refused_everywhere(stack: St
         ).status_code
         assert stats_status in (400, 422) or (tenant == "" and stats_status == 200), (tenant, stats_status)
         assert delete_status in (400, 422), (tenant, delete_status)
-        with contextlib.suppress(httpx.InvalidURL):
-            purge = httpx.delete(f"{base}/tenants/{tenant}", timeout=30).status_code
-            assert purge in (400, 404, 405, 422), (tenant, purge)
+        # Percent-encoded, as a client must send an arbitrary id in a path (unencoded, "a/../b" would be
+        # resolved by the client itself to "/tenants/b" before the server sees it).
+        purge = httpx.delete(f"{base}/tenants/{quote(tenant, safe='')}", timeout=30).status_code
+        assert purge in (400, 404, 405, 422), (tenant, purge)
 
     dedup.check_and_remember("victim", "f" * 16, Owner("img", 0, "0-1"))
     keys_before = sorted(client.keys("*"))

@@ -114,7 +114,8 @@ def _owned(api: KubeApi, kind: Kind, namespace: str, owner_name: str, owner_uid:
     try:
         items = api.list(kind, namespace, selector)
     except ApiError as exc:
-        if exc.not_found:  # the kind is not installed (KEDA): nothing of it can be ours
+        # Not installed (KEDA) or not granted to us (RBAC without KEDA): then we cannot have made any.
+        if exc.not_found or exc.status == 403:
             return []
         raise
     return [

@@ -344,14 +344,19 @@ class Worker:
         return [(entry_id, fields or {}, 1) for entry_id, fields in entries]
 
     def _reclaim(self) -> list[RawEntry]:
-        """Claim entries idle longer than CLAIM_IDLE_MS (from any consumer, dead or alive)."""
+        """Claim one entry idle longer than CLAIM_IDLE_MS (from any consumer, dead or alive).
+
+        One at a time: every claim counts as a delivery, and an entry that kills the whole
+        process (a native decoder crash, the OOM killer) would otherwise take the entries
+        claimed with it down each time, until all of them were dead-lettered together.
+        """
         reply = self.redis.xautoclaim(
             self.stream,
             self.group,
             self.consumer,
             min_idle_time=self.settings.claim_idle_ms,
             start_id=self._claim_cursor,
-            count=self.batch_size,
+            count=1,
         )
         self._claim_cursor, claimed = str(reply[0]), reply[1]
         if not claimed:

@@ -178,6 +178,8 @@ def create_app(
         description="Readiness, stats, metrics, tenant-scoped face search, DLQ tools and GDPR deletion. "
         "Mutating endpoints need `Authorization: Bearer <OPS_API_TOKEN>` when it is set.",
         lifespan=lifespan,
+        # No 307 from "/tenants/0%2F" to "/tenants/0": a client following it would purge another tenant.
+        redirect_slashes=False,
     )
     app.state.backend = backend
     install_error_handlers(app)

@@ -1,0 +1,279 @@
+"""Dedup figures: check-and-remember throughput through a real Redis, and recall by Hamming
+distance on real face-crop pHash pairs, ours (multi-index hashing) side by side with the
+runbook's prefix scheme.
+
+Throughput: a cache of ``cached`` random 64-bit hashes spread over many tenants, then client
+processes send the production call (``check_and_remember_many`` of one message's faces, one
+script call) for fresh hashes, a tenth of them near-duplicates of cached ones. Redis's own
+``commandstats`` gives the server's microseconds per check; the rest is client and network.
+
+Recall: pairs (crop, perturbed crop) of real faces from the bench images: landmark jitter
+(what a detector does between two copies of an image), JPEG re-encoding, brightness and
+contrast, rescaling, blur, and mixtures. Each pair is stored and checked through Redis by
+both schemes at threshold 8: for d <= 8 a hit is a correct detection (recall), for d > 8 a hit
+would be a false duplicate (both schemes must give 0 there).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import redis
+
+from bench.common import rounded
+from facepipe.common.dedup import DedupCache, Owner, hamming, plan_layout
+from facepipe.common.imaging import align_face, phash64
+from facepipe.common.settings import load_settings
+
+THRESHOLD = 8
+MAX_DISTANCE = 16
+RUNBOOK_PREFIX_HEX = 4  # the runbook: "Prefix = first 4 chars for sharding"
+
+
+def random_hashes(rng: np.random.Generator, count: int) -> list[str]:
+    return [f"{int(v):016x}" for v in rng.integers(0, 2**64, size=count, dtype=np.uint64)]
+
+
+def flip_bits(phash: str, distance: int, rng: np.random.Generator) -> str:
+    value = int(phash, 16)
+    for bit in rng.choice(64, size=distance, replace=False):
+        value ^= 1 << int(bit)
+    return f"{value:016x}"
+
+
+def dedup_cache(redis_url: str, threshold: int = THRESHOLD) -> DedupCache:
+    settings = load_settings(redis_url=redis_url, dedup_max_hamming=threshold, enable_global_dedup=True)
+    return DedupCache(redis.Redis.from_url(redis_url), settings)
+
+
+# --- throughput --------------------------------------------------------------------------------
+
+
+def fill_cache(redis_url: str, cached: int, tenants: int, seed: int = 11) -> dict[str, float]:
+    """Remember ``cached`` random hashes, hash i in tenant ``bt<i % tenants>`` (100 per call)."""
+    cache = dedup_cache(redis_url)
+    hashes = random_hashes(np.random.default_rng(seed), cached)
+    started = time.perf_counter()
+    per_call = 100
+    for start in range(0, cached, per_call):
+        tenant = f"bt{(start // per_call) % tenants}"
+        cache.check_and_remember_many(
+            tenant, [(h, Owner(f"fill{start + i}", 0)) for i, h in enumerate(hashes[start:start + per_call])]
+        )
+    seconds = time.perf_counter() - started
+    info = cache.redis.info("memory")
+    return {"hashes": cached, "tenants": tenants, "seconds": rounded(seconds, 2),
+            "remembered_per_s": rounded(cached / seconds, 1),
+            "redis_used_memory_mib": rounded(info["used_memory"] / 2**20, 1), "keys": cache.redis.dbsize()}
+
+
+def _client_worker(redis_url: str, cached: int, tenants: int, checks: int, faces_per_message: int,
+                   messages_per_round_trip: int, worker: int, seed: int, queue: multiprocessing.Queue) -> None:
+    cache = dedup_cache(redis_url)
+    rng = np.random.default_rng(seed * 1000 + worker)
+    known = random_hashes(np.random.default_rng(11), cached)  # the fill's hashes (same seed)
+    queries: list[tuple[str, str]] = []
+    for index in range(checks):
+        if rng.random() < 0.1:  # a near-duplicate of a cached hash, in that hash's tenant
+            source = int(rng.integers(0, cached))
+            tenant = f"bt{(source // 100) % tenants}"
+            queries.append((tenant, flip_bits(known[source], int(rng.integers(1, THRESHOLD + 1)), rng)))
+        else:
+            queries.append((f"bt{int(rng.integers(0, tenants))}", random_hashes(rng, 1)[0]))
+    messages = [queries[i:i + faces_per_message] for i in range(0, len(queries), faces_per_message)]
+    duplicates = 0
+    started = time.perf_counter()
+    for start in range(0, len(messages), messages_per_round_trip):
+        group = messages[start:start + messages_per_round_trip]
+        if messages_per_round_trip == 1:
+            (message,) = group
+            results = cache.check_and_remember_many(
+                message[0][0], [(h, Owner(f"w{worker}s{seed}m{start}", i)) for i, (_t, h) in enumerate(message)]
+            )
+            duplicates += sum(r.is_duplicate for r in results)
+        else:
+            duplicates += _pipelined(cache, group, f"w{worker}s{seed}m{start}")
+    queue.put((len(queries), time.perf_counter() - started, duplicates))
+
+
+def _pipelined(cache: DedupCache, messages: Sequence[Sequence[tuple[str, str]]], event: str) -> int:
+    """Several messages' script calls in one round trip (a proposed indexer batch call).
+
+    Uses the cache's own script and argument layout, sent through a Redis pipeline.
+    """
+    from facepipe.common.dedup import lookup_suffixes, write_suffixes
+
+    pipe = cache.redis.pipeline(transaction=False)
+    for number, message in enumerate(messages):
+        tenant = message[0][0]
+        args: list[str | int] = ["remember", cache.tenant_prefix(tenant), cache.ttl_ms, cache.max_hamming,
+                                 len(message)]
+        for index, (_t, phash) in enumerate(message):
+            writes = write_suffixes(phash, cache.layout)
+            lookups = lookup_suffixes(phash, cache.layout)
+            owner = Owner(f"{event}n{number}", index)
+            args += [phash, owner.token, f"img:{owner.image_sha256}", len(writes), *writes, len(lookups), *lookups]
+        cache._check_script(keys=[], args=args, client=pipe)
+    return sum(int(face[0]) for reply in pipe.execute() for face in reply)
+
+
+def throughput(redis_url: str, cached: int, tenants: int, checks_per_client: int, clients: int,
+               faces_per_message: int, messages_per_round_trip: int, seed: int) -> dict[str, float]:
+    """Checks/s of ``clients`` processes; server microseconds per check from Redis's commandstats."""
+    admin = redis.Redis.from_url(redis_url)
+    admin.config_resetstat()
+    context = multiprocessing.get_context("fork")
+    queue: multiprocessing.Queue = context.Queue()
+    workers = [
+        context.Process(target=_client_worker, args=(redis_url, cached, tenants, checks_per_client,
+                                                     faces_per_message, messages_per_round_trip, w, seed, queue))
+        for w in range(clients)
+    ]
+    for worker in workers:
+        worker.start()
+    results = [queue.get(timeout=600) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+    checks = sum(r[0] for r in results)
+    wall = max(r[1] for r in results)
+    server_us = float(admin.info("commandstats").get("cmdstat_evalsha", {}).get("usec", 0))
+    admin.close()
+    return {
+        "clients": clients,
+        "faces_per_message": faces_per_message,
+        "messages_per_round_trip": messages_per_round_trip,
+        "checks": checks,
+        "checks_per_s": rounded(checks / wall, 1),
+        "server_us_per_check": rounded(server_us / checks, 1),
+        "duplicates_found": sum(r[2] for r in results),
+    }
+
+
+# --- recall ------------------------------------------------------------------------------------
+
+
+class RunbookPrefixDedup:
+    """The runbook's scheme, for comparison: near-duplicates are looked for only among the hashes
+    whose first four hex digits equal the query's (``dedup:near:{tenant}:{prefix}`` SETs)."""
+
+    def __init__(self, client: redis.Redis, threshold: int = THRESHOLD, root: str = "benchseed:") -> None:
+        self.redis = client
+        self.threshold = threshold
+        self.root = root
+
+    def _key(self, tenant: str, phash: str) -> str:
+        return f"{self.root}near:{tenant}:{phash[:RUNBOOK_PREFIX_HEX]}"
+
+    def remember(self, tenant: str, phash: str) -> None:
+        self.redis.sadd(self._key(tenant, phash), phash)
+
+    def is_duplicate(self, tenant: str, phash: str) -> bool:
+        members = self.redis.smembers(self._key(tenant, phash))
+        return any(hamming(m.decode() if isinstance(m, bytes) else m, phash) <= self.threshold for m in members)
+
+
+@dataclass(frozen=True)
+class FaceSample:
+    patch: np.ndarray    # BGR region around the face
+    kps: np.ndarray      # landmarks in the patch's frame
+
+
+def face_samples(detector, pixels: Sequence[np.ndarray]) -> list[FaceSample]:
+    """The faces of the images, each cut out with a margin (perturbing a patch is cheaper)."""
+    samples = []
+    for img in pixels:
+        for det in detector.detect(img):
+            x1, y1, x2, y2 = (float(v) for v in det.bbox)
+            pad = 0.6 * max(x2 - x1, y2 - y1)
+            left, top = max(0, int(x1 - pad)), max(0, int(y1 - pad))
+            right, bottom = min(img.shape[1], int(x2 + pad)), min(img.shape[0], int(y2 + pad))
+            if min(x2 - x1, y2 - y1) < 40:  # a quality-gate reject in the pipeline anyway
+                continue
+            samples.append(FaceSample(img[top:bottom, left:right].copy(),
+                                      det.kps - np.array([left, top], np.float32)))
+    return samples
+
+
+def perturb(sample: FaceSample, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str]:
+    """One random perturbation (or mixture) of a face patch; returns (patch, landmarks, kinds)."""
+    img, kps = sample.patch, sample.kps.copy()
+    kinds = list(rng.choice(["shift", "jpeg", "light", "scale", "blur"], size=int(rng.integers(1, 4)),
+                            replace=False))
+    for kind in kinds:
+        if kind == "shift":  # detector landmark jitter between two copies of an image
+            kps = kps + rng.normal(0, rng.uniform(0.3, 4.0), size=kps.shape).astype(np.float32)
+        elif kind == "jpeg":
+            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(10, 95))])
+            img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else img
+        elif kind == "light":
+            gain, bias = rng.uniform(0.6, 1.4), rng.uniform(-50, 50)
+            img = np.clip(img.astype(np.float32) * gain + bias, 0, 255).astype(np.uint8)
+        elif kind == "scale":
+            factor = rng.uniform(0.2, 0.9)
+            size = (max(8, round(img.shape[1] * factor)), max(8, round(img.shape[0] * factor)))
+            kps = kps * np.array([size[0] / img.shape[1], size[1] / img.shape[0]], np.float32)
+            img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+        elif kind == "blur":
+            img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 3.0))
+    return img, kps, "+".join(sorted(kinds))
+
+
+def crop_pairs(samples: Sequence[FaceSample], per_distance: int, max_attempts: int,
+               seed: int = 5) -> list[tuple[str, str, int]]:
+    """(pHash, perturbed pHash, distance) with up to ``per_distance`` pairs for each d in 0..16."""
+    rng = np.random.default_rng(seed)
+    originals = [phash64(align_face(s.patch, s.kps)) for s in samples]
+    buckets: dict[int, list[tuple[str, str, int]]] = {d: [] for d in range(MAX_DISTANCE + 1)}
+    for attempt in range(max_attempts):
+        index = attempt % len(samples)
+        img, kps, _kinds = perturb(samples[index], rng)
+        other = phash64(align_face(img, kps))
+        distance = hamming(originals[index], other)
+        if distance <= MAX_DISTANCE and len(buckets[distance]) < per_distance:
+            buckets[distance].append((originals[index], other, distance))
+        if all(len(pairs) >= per_distance for pairs in buckets.values()):
+            break
+    return [pair for pairs in buckets.values() for pair in pairs]
+
+
+def flip_pairs(per_distance: int, seed: int = 9) -> list[tuple[str, str, int]]:
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for distance in range(MAX_DISTANCE + 1):
+        for phash in random_hashes(rng, per_distance):
+            pairs.append((phash, flip_bits(phash, distance, rng), distance))
+    return pairs
+
+
+def recall_by_distance(redis_url: str, pairs: Sequence[tuple[str, str, int]],
+                       label: str) -> dict[str, dict[str, float | int | None]]:
+    """Detection rate per distance for both schemes, each pair in a tenant of its own."""
+    cache = dedup_cache(redis_url)
+    seed_scheme = RunbookPrefixDedup(cache.redis)
+    hits: dict[str, dict[int, int]] = {"ours": {}, "seed_prefix": {}}
+    counts: dict[int, int] = {}
+    for number, (stored, query, distance) in enumerate(pairs):
+        tenant = f"{label}{number}"
+        cache.check_and_remember(tenant, stored, Owner(f"{label}a{number}", 0))
+        seed_scheme.remember(tenant, stored)
+        counts[distance] = counts.get(distance, 0) + 1
+        hits["ours"][distance] = hits["ours"].get(distance, 0) + int(
+            cache.should_skip(tenant, query, Owner(f"{label}b{number}", 0)))
+        hits["seed_prefix"][distance] = hits["seed_prefix"].get(distance, 0) + int(
+            seed_scheme.is_duplicate(tenant, query))
+    def rates(scheme: str) -> dict[str, float | None]:
+        return {str(d): (rounded(hits[scheme].get(d, 0) / counts[d]) if counts.get(d) else None)
+                for d in range(MAX_DISTANCE + 1)}
+    return {"ours": rates("ours"), "seed_prefix": rates("seed_prefix"),
+            "pairs": {str(d): counts.get(d, 0) for d in range(MAX_DISTANCE + 1)}}
+
+
+def layout_description(threshold: int = THRESHOLD) -> dict[str, object]:
+    layout = plan_layout(threshold)
+    return {"threshold": threshold, "chunk_bits": [w for _, w in layout.chunks], "radius": layout.radius,
+            "set_lookups_per_check": layout.lookups_per_hash()}
