@@ -165,7 +165,9 @@ def test_kill_9_holding_unacked_entries_another_consumer_reclaims_them_exactly_o
     deliveries = harness.redis.hgetall("toy:deliveries")
     assert [deliveries[i] for i in slow] == ["2", "2"]
     assert [deliveries[i] for i in fast + unread] == ["1"] * 4
-    assert second.log().count("Reclaimed 1 message(s)") == 2  # reclaims are one entry at a time
+    # Both slow entries were reclaimed (together or one at a time, depending on timing).
+    reclaimed = re.findall(r"Reclaimed (\d+) message\(s\)", second.log())
+    assert sum(int(n) for n in reclaimed) == 2
 
 
 def test_message_failing_every_delivery_is_dead_lettered_and_does_not_block_others(harness) -> None:
