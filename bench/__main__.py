@@ -11,15 +11,14 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.common import load_average, machine, median, rounded
+from bench.common import load_average, machine, rounded
 
-FIGURES = ("pipeline", "embed", "stages", "dedup", "search")
+FIGURES = ("pipeline", "embed", "stages", "dedup", "search", "options")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 log = logging.getLogger("bench")
 
@@ -31,6 +30,7 @@ class Plan:
     images: int
     pipeline_repeats: int
     embed_crops: int
+    embed_batches: tuple[int, ...]
     embed_repeats: int
     stage_images: int
     stage_batches: tuple[int, ...]
@@ -43,33 +43,114 @@ class Plan:
     dedup_flip_pairs: int
     search_sizes: tuple[int, ...]
     search_queries: tuple[int, ...]
+    option_images: int
+    option_repeats: int
     profile: bool
 
 
-FULL = Plan(images=120, pipeline_repeats=3, embed_crops=96, embed_repeats=5, stage_images=32,
-            stage_batches=(1, 8, 32), stage_repeats=3, dedup_cached=100_000, dedup_tenants=100,
-            dedup_checks_per_client=3000, dedup_pairs_per_distance=25, dedup_pair_attempts=4000,
-            dedup_flip_pairs=100, search_sizes=(10_000, 100_000), search_queries=(100, 30), profile=True)
-QUICK = Plan(images=24, pipeline_repeats=1, embed_crops=32, embed_repeats=2, stage_images=8,
-             stage_batches=(1, 8), stage_repeats=1, dedup_cached=10_000, dedup_tenants=20,
-             dedup_checks_per_client=500, dedup_pairs_per_distance=6, dedup_pair_attempts=600,
-             dedup_flip_pairs=20, search_sizes=(2_000, 10_000), search_queries=(10, 5), profile=False)
+FULL = Plan(
+    images=120,
+    pipeline_repeats=3,
+    embed_crops=64,
+    embed_batches=(1, 4, 8, 16, 32),
+    embed_repeats=4,
+    stage_images=32,
+    stage_batches=(1, 8, 32),
+    stage_repeats=3,
+    dedup_cached=100_000,
+    dedup_tenants=100,
+    dedup_checks_per_client=3000,
+    dedup_pairs_per_distance=25,
+    dedup_pair_attempts=4000,
+    dedup_flip_pairs=100,
+    search_sizes=(10_000, 100_000),
+    search_queries=(100, 30),
+    option_images=40,
+    option_repeats=3,
+    profile=True,
+)
+QUICK = Plan(
+    images=24,
+    pipeline_repeats=1,
+    embed_crops=32,
+    embed_batches=(1, 8, 32),
+    embed_repeats=2,
+    stage_images=8,
+    stage_batches=(1, 8),
+    stage_repeats=1,
+    dedup_cached=10_000,
+    dedup_tenants=20,
+    dedup_checks_per_client=500,
+    dedup_pairs_per_distance=6,
+    dedup_pair_attempts=600,
+    dedup_flip_pairs=20,
+    search_sizes=(2_000, 10_000),
+    search_queries=(10, 5),
+    option_images=10,
+    option_repeats=1,
+    profile=False,
+)
+# The smallest run that still exercises every figure (tests/bench/test_bench_smoke.py).
+SMOKE = Plan(
+    images=10,
+    pipeline_repeats=1,
+    embed_crops=8,
+    embed_batches=(1, 4),
+    embed_repeats=1,
+    stage_images=4,
+    stage_batches=(1, 4),
+    stage_repeats=1,
+    dedup_cached=2_000,
+    dedup_tenants=10,
+    dedup_checks_per_client=200,
+    dedup_pairs_per_distance=3,
+    dedup_pair_attempts=300,
+    dedup_flip_pairs=5,
+    search_sizes=(500, 2_000),
+    search_queries=(5, 3),
+    option_images=4,
+    option_repeats=1,
+    profile=False,
+)
 GPU_STAGE_BATCHES = (1, 32, 64)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK", "") not in ("", "0"),
-                        help="the ~2 minute version (also BENCH_QUICK=1)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        default=os.environ.get("BENCH_QUICK", "") not in ("", "0"),
+        help="the ~2 minute version (also BENCH_QUICK=1)",
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: only checks that everything runs")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where latest.json/latest.md go")
     parser.add_argument("--only", default=",".join(FIGURES), help=f"comma-separated subset of {FIGURES}")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=os.environ.get("BENCH_DEVICE", "cpu"))
     parser.add_argument("--pack", default=os.environ.get("BENCH_PACK", "buffalo_sc"))
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="thread budget: the cores the bare loop and the pipeline may use")
-    parser.add_argument("--pipeline-env", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra environment for the pipeline's services (repeatable)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="thread budget: the cores the bare loop and the pipeline may use",
+    )
+    parser.add_argument(
+        "--pipeline-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the pipeline's services (repeatable)",
+    )
     parser.add_argument("--no-profile", action="store_true", help="skip the per-stage cProfile")
+    parser.add_argument(
+        "--images", type=int, default=None, help="images per pipeline run (default: the plan's)"
+    )
+    parser.add_argument(
+        "--replicas",
+        default="",
+        metavar="SERVICE=N,...",
+        help="processes per service in the pipeline, e.g. detector=4,embedder=2",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.only.split(",")) - set(FIGURES)
     if unknown:
@@ -82,13 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s bench %(message)s", datefmt="%H:%M:%S")
     for noisy in ("facepipe", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    plan = QUICK if args.quick else FULL
+    plan = SMOKE if args.smoke else QUICK if args.quick else FULL
     if args.no_profile:
         plan = Plan(**{**asdict(plan), "profile": False})
+    if args.images:
+        plan = Plan(**{**asdict(plan), "images": args.images})
     only = [name for name in FIGURES if name in args.only.split(",")]
     started = time.perf_counter()
     results: dict[str, object] = {
-        "mode": "quick" if args.quick else "full",
+        "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
         "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]).strip(),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(),
@@ -105,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         "stages": lambda: figures.stages(plan, args),
         "dedup": lambda: figures.dedup(plan),
         "search": lambda: figures.search(plan),
+        "options": lambda: figures.options(plan, args),
     }
     timings: dict[str, float] = {}
     for name in only:
@@ -127,5 +211,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    with tempfile.TemporaryDirectory():  # keeps tempfile's own directory choice warm
-        sys.exit(main())
+    sys.exit(main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
@@ -48,10 +49,8 @@ def machine() -> dict[str, object]:
         "onnxruntime": ort.__version__,
         "ort_providers": ort.get_available_providers(),
     }
-    try:
+    with contextlib.suppress(OSError):
         info["load_avg_at_start"] = [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        pass
     try:
         import psutil
 

@@ -63,37 +63,53 @@ def fill_cache(redis_url: str, cached: int, tenants: int, seed: int = 11) -> dic
     for start in range(0, cached, per_call):
         tenant = f"bt{(start // per_call) % tenants}"
         cache.check_and_remember_many(
-            tenant, [(h, Owner(f"fill{start + i}", 0)) for i, h in enumerate(hashes[start:start + per_call])]
+            tenant,
+            [(h, Owner(f"fill{start + i}", 0)) for i, h in enumerate(hashes[start : start + per_call])],
         )
     seconds = time.perf_counter() - started
     info = cache.redis.info("memory")
-    return {"hashes": cached, "tenants": tenants, "seconds": rounded(seconds, 2),
-            "remembered_per_s": rounded(cached / seconds, 1),
-            "redis_used_memory_mib": rounded(info["used_memory"] / 2**20, 1), "keys": cache.redis.dbsize()}
+    return {
+        "hashes": cached,
+        "tenants": tenants,
+        "seconds": rounded(seconds, 2),
+        "remembered_per_s": rounded(cached / seconds, 1),
+        "redis_used_memory_mib": rounded(info["used_memory"] / 2**20, 1),
+        "keys": cache.redis.dbsize(),
+    }
 
 
-def _client_worker(redis_url: str, cached: int, tenants: int, checks: int, faces_per_message: int,
-                   messages_per_round_trip: int, worker: int, seed: int, queue: multiprocessing.Queue) -> None:
+def _client_worker(
+    redis_url: str,
+    cached: int,
+    tenants: int,
+    checks: int,
+    faces_per_message: int,
+    messages_per_round_trip: int,
+    worker: int,
+    seed: int,
+    queue: multiprocessing.Queue,
+) -> None:
     cache = dedup_cache(redis_url)
     rng = np.random.default_rng(seed * 1000 + worker)
     known = random_hashes(np.random.default_rng(11), cached)  # the fill's hashes (same seed)
     queries: list[tuple[str, str]] = []
-    for index in range(checks):
+    for _index in range(checks):
         if rng.random() < 0.1:  # a near-duplicate of a cached hash, in that hash's tenant
             source = int(rng.integers(0, cached))
             tenant = f"bt{(source // 100) % tenants}"
             queries.append((tenant, flip_bits(known[source], int(rng.integers(1, THRESHOLD + 1)), rng)))
         else:
             queries.append((f"bt{int(rng.integers(0, tenants))}", random_hashes(rng, 1)[0]))
-    messages = [queries[i:i + faces_per_message] for i in range(0, len(queries), faces_per_message)]
+    messages = [queries[i : i + faces_per_message] for i in range(0, len(queries), faces_per_message)]
     duplicates = 0
     started = time.perf_counter()
     for start in range(0, len(messages), messages_per_round_trip):
-        group = messages[start:start + messages_per_round_trip]
+        group = messages[start : start + messages_per_round_trip]
         if messages_per_round_trip == 1:
             (message,) = group
             results = cache.check_and_remember_many(
-                message[0][0], [(h, Owner(f"w{worker}s{seed}m{start}", i)) for i, (_t, h) in enumerate(message)]
+                message[0][0],
+                [(h, Owner(f"w{worker}s{seed}m{start}", i)) for i, (_t, h) in enumerate(message)],
             )
             duplicates += sum(r.is_duplicate for r in results)
         else:
@@ -111,27 +127,60 @@ def _pipelined(cache: DedupCache, messages: Sequence[Sequence[tuple[str, str]]],
     pipe = cache.redis.pipeline(transaction=False)
     for number, message in enumerate(messages):
         tenant = message[0][0]
-        args: list[str | int] = ["remember", cache.tenant_prefix(tenant), cache.ttl_ms, cache.max_hamming,
-                                 len(message)]
+        args: list[str | int] = [
+            "remember",
+            cache.tenant_prefix(tenant),
+            cache.ttl_ms,
+            cache.max_hamming,
+            len(message),
+        ]
         for index, (_t, phash) in enumerate(message):
             writes = write_suffixes(phash, cache.layout)
             lookups = lookup_suffixes(phash, cache.layout)
             owner = Owner(f"{event}n{number}", index)
-            args += [phash, owner.token, f"img:{owner.image_sha256}", len(writes), *writes, len(lookups), *lookups]
+            args += [
+                phash,
+                owner.token,
+                f"img:{owner.image_sha256}",
+                len(writes),
+                *writes,
+                len(lookups),
+                *lookups,
+            ]
         cache._check_script(keys=[], args=args, client=pipe)
     return sum(int(face[0]) for reply in pipe.execute() for face in reply)
 
 
-def throughput(redis_url: str, cached: int, tenants: int, checks_per_client: int, clients: int,
-               faces_per_message: int, messages_per_round_trip: int, seed: int) -> dict[str, float]:
+def throughput(
+    redis_url: str,
+    cached: int,
+    tenants: int,
+    checks_per_client: int,
+    clients: int,
+    faces_per_message: int,
+    messages_per_round_trip: int,
+    seed: int,
+) -> dict[str, float]:
     """Checks/s of ``clients`` processes; server microseconds per check from Redis's commandstats."""
     admin = redis.Redis.from_url(redis_url)
     admin.config_resetstat()
     context = multiprocessing.get_context("fork")
     queue: multiprocessing.Queue = context.Queue()
     workers = [
-        context.Process(target=_client_worker, args=(redis_url, cached, tenants, checks_per_client,
-                                                     faces_per_message, messages_per_round_trip, w, seed, queue))
+        context.Process(
+            target=_client_worker,
+            args=(
+                redis_url,
+                cached,
+                tenants,
+                checks_per_client,
+                faces_per_message,
+                messages_per_round_trip,
+                w,
+                seed,
+                queue,
+            ),
+        )
         for w in range(clients)
     ]
     for worker in workers:
@@ -174,13 +223,15 @@ class RunbookPrefixDedup:
 
     def is_duplicate(self, tenant: str, phash: str) -> bool:
         members = self.redis.smembers(self._key(tenant, phash))
-        return any(hamming(m.decode() if isinstance(m, bytes) else m, phash) <= self.threshold for m in members)
+        return any(
+            hamming(m.decode() if isinstance(m, bytes) else m, phash) <= self.threshold for m in members
+        )
 
 
 @dataclass(frozen=True)
 class FaceSample:
-    patch: np.ndarray    # BGR region around the face
-    kps: np.ndarray      # landmarks in the patch's frame
+    patch: np.ndarray  # BGR region around the face
+    kps: np.ndarray  # landmarks in the patch's frame
 
 
 def face_samples(detector, pixels: Sequence[np.ndarray]) -> list[FaceSample]:
@@ -194,16 +245,18 @@ def face_samples(detector, pixels: Sequence[np.ndarray]) -> list[FaceSample]:
             right, bottom = min(img.shape[1], int(x2 + pad)), min(img.shape[0], int(y2 + pad))
             if min(x2 - x1, y2 - y1) < 40:  # a quality-gate reject in the pipeline anyway
                 continue
-            samples.append(FaceSample(img[top:bottom, left:right].copy(),
-                                      det.kps - np.array([left, top], np.float32)))
+            samples.append(
+                FaceSample(img[top:bottom, left:right].copy(), det.kps - np.array([left, top], np.float32))
+            )
     return samples
 
 
 def perturb(sample: FaceSample, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str]:
     """One random perturbation (or mixture) of a face patch; returns (patch, landmarks, kinds)."""
     img, kps = sample.patch, sample.kps.copy()
-    kinds = list(rng.choice(["shift", "jpeg", "light", "scale", "blur"], size=int(rng.integers(1, 4)),
-                            replace=False))
+    kinds = list(
+        rng.choice(["shift", "jpeg", "light", "scale", "blur"], size=int(rng.integers(1, 4)), replace=False)
+    )
     for kind in kinds:
         if kind == "shift":  # detector landmark jitter between two copies of an image
             kps = kps + rng.normal(0, rng.uniform(0.3, 4.0), size=kps.shape).astype(np.float32)
@@ -223,8 +276,9 @@ def perturb(sample: FaceSample, rng: np.random.Generator) -> tuple[np.ndarray, n
     return img, kps, "+".join(sorted(kinds))
 
 
-def crop_pairs(samples: Sequence[FaceSample], per_distance: int, max_attempts: int,
-               seed: int = 5) -> list[tuple[str, str, int]]:
+def crop_pairs(
+    samples: Sequence[FaceSample], per_distance: int, max_attempts: int, seed: int = 5
+) -> list[tuple[str, str, int]]:
     """(pHash, perturbed pHash, distance) with up to ``per_distance`` pairs for each d in 0..16."""
     rng = np.random.default_rng(seed)
     originals = [phash64(align_face(s.patch, s.kps)) for s in samples]
@@ -250,8 +304,9 @@ def flip_pairs(per_distance: int, seed: int = 9) -> list[tuple[str, str, int]]:
     return pairs
 
 
-def recall_by_distance(redis_url: str, pairs: Sequence[tuple[str, str, int]],
-                       label: str) -> dict[str, dict[str, float | int | None]]:
+def recall_by_distance(
+    redis_url: str, pairs: Sequence[tuple[str, str, int]], label: str
+) -> dict[str, dict[str, float | int | None]]:
     """Detection rate per distance for both schemes, each pair in a tenant of its own."""
     cache = dedup_cache(redis_url)
     seed_scheme = RunbookPrefixDedup(cache.redis)
@@ -263,17 +318,30 @@ def recall_by_distance(redis_url: str, pairs: Sequence[tuple[str, str, int]],
         seed_scheme.remember(tenant, stored)
         counts[distance] = counts.get(distance, 0) + 1
         hits["ours"][distance] = hits["ours"].get(distance, 0) + int(
-            cache.should_skip(tenant, query, Owner(f"{label}b{number}", 0)))
+            cache.should_skip(tenant, query, Owner(f"{label}b{number}", 0))
+        )
         hits["seed_prefix"][distance] = hits["seed_prefix"].get(distance, 0) + int(
-            seed_scheme.is_duplicate(tenant, query))
+            seed_scheme.is_duplicate(tenant, query)
+        )
+
     def rates(scheme: str) -> dict[str, float | None]:
-        return {str(d): (rounded(hits[scheme].get(d, 0) / counts[d]) if counts.get(d) else None)
-                for d in range(MAX_DISTANCE + 1)}
-    return {"ours": rates("ours"), "seed_prefix": rates("seed_prefix"),
-            "pairs": {str(d): counts.get(d, 0) for d in range(MAX_DISTANCE + 1)}}
+        return {
+            str(d): (rounded(hits[scheme].get(d, 0) / counts[d]) if counts.get(d) else None)
+            for d in range(MAX_DISTANCE + 1)
+        }
+
+    return {
+        "ours": rates("ours"),
+        "seed_prefix": rates("seed_prefix"),
+        "pairs": {str(d): counts.get(d, 0) for d in range(MAX_DISTANCE + 1)},
+    }
 
 
 def layout_description(threshold: int = THRESHOLD) -> dict[str, object]:
     layout = plan_layout(threshold)
-    return {"threshold": threshold, "chunk_bits": [w for _, w in layout.chunks], "radius": layout.radius,
-            "set_lookups_per_check": layout.lookups_per_hash()}
+    return {
+        "threshold": threshold,
+        "chunk_bits": [w for _, w in layout.chunks],
+        "radius": layout.radius,
+        "set_lookups_per_check": layout.lookups_per_hash(),
+    }

@@ -25,8 +25,8 @@ LONG_SIDES = (1280, 1024, 800, 640, 480)
 
 @dataclass(frozen=True)
 class BenchImage:
-    name: str          # source photo and variant, e.g. "obama_1.jpg@800f"
-    data: bytes        # JPEG bytes
+    name: str  # source photo and variant, e.g. "obama_1.jpg@800f"
+    data: bytes  # JPEG bytes
     sha256: str
     width: int
     height: int

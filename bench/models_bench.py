@@ -38,9 +38,10 @@ def load_models(settings: Settings) -> tuple[FaceDetector, FaceEmbedder]:
 @dataclass
 class BareRun:
     images: int
-    faces: int           # detected
-    embedded: int        # passed the quality gates (the faces the pipeline embeds too)
+    faces: int  # detected
+    embedded: int  # passed the quality gates (the faces the pipeline embeds too)
     seconds: float
+    cpu_seconds: float  # this process, every thread (ORT's included)
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -48,8 +49,13 @@ class BareRun:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
-def run_bare(detector: FaceDetector, embedder: FaceEmbedder, images: Sequence[BenchImage],
-             limits: ImageLimits, thresholds: QualityThresholds) -> BareRun:
+def run_bare(
+    detector: FaceDetector,
+    embedder: FaceEmbedder,
+    images: Sequence[BenchImage],
+    limits: ImageLimits,
+    thresholds: QualityThresholds,
+) -> BareRun:
     """decode → detect → align (+ quality gates) → embed (one call per image), timed per stage.
 
     The quality gates (cheap) keep the model work equal to the pipeline's: both embed only the
@@ -57,7 +63,7 @@ def run_bare(detector: FaceDetector, embedder: FaceEmbedder, images: Sequence[Be
     """
     stage = dict.fromkeys(BARE_STAGES, 0.0)
     faces = embedded = 0
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for image in images:
         t0 = time.perf_counter()
         pixels = decode_image(image.data, limits)
@@ -79,7 +85,9 @@ def run_bare(detector: FaceDetector, embedder: FaceEmbedder, images: Sequence[Be
         stage["embed"] += t4 - t3
         faces += len(detections)
         embedded += len(crops)
-    return BareRun(len(images), faces, embedded, time.perf_counter() - started, stage)
+    return BareRun(
+        len(images), faces, embedded, time.perf_counter() - started, time.process_time() - cpu_started, stage
+    )
 
 
 def stage_shares(stage_seconds: dict[str, float]) -> dict[str, float]:
@@ -87,8 +95,9 @@ def stage_shares(stage_seconds: dict[str, float]) -> dict[str, float]:
     return {name: rounded(value / total) if total else 0.0 for name, value in stage_seconds.items()}
 
 
-def face_crops(detector: FaceDetector, images: Sequence[BenchImage], limits: ImageLimits,
-               count: int) -> list[np.ndarray]:
+def face_crops(
+    detector: FaceDetector, images: Sequence[BenchImage], limits: ImageLimits, count: int
+) -> list[np.ndarray]:
     """``count`` aligned 112x112 crops of real faces (repeating the faces found when fewer)."""
     crops: list[np.ndarray] = []
     for image in images:
@@ -105,12 +114,13 @@ def embed_rate(embedder: FaceEmbedder, crops: Sequence[np.ndarray], batch: int) 
     """Faces per second embedding every crop, ``batch`` faces per inference call."""
     started = time.perf_counter()
     for start in range(0, len(crops), batch):
-        embedder.embed(crops[start:start + batch])
+        embedder.embed(crops[start : start + batch])
     return len(crops) / (time.perf_counter() - started)
 
 
-def embed_batch_figure(embedder: FaceEmbedder, crops: Sequence[np.ndarray], batches: Sequence[int],
-                       repeats: int) -> dict[str, object]:
+def embed_batch_figure(
+    embedder: FaceEmbedder, crops: Sequence[np.ndarray], batches: Sequence[int], repeats: int
+) -> dict[str, object]:
     """Faces/s per batch size, interleaved repeats (the machine's noise hits every size alike)."""
     for batch in batches:  # warm-up: ORT allocates per shape on first use
         embedder.embed(crops[:batch])
@@ -158,14 +168,22 @@ class BatchedScrfd:
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
         boxed = [self.letterbox(img) for img in images]
         model = self.model
-        blob = cv2.dnn.blobFromImages([canvas for canvas, _ in boxed], 1.0 / model.input_std,
-                                      (self.size, self.size), (model.input_mean,) * 3, swapRB=True)
+        blob = cv2.dnn.blobFromImages(
+            [canvas for canvas, _ in boxed],
+            1.0 / model.input_std,
+            (self.size, self.size),
+            (model.input_mean,) * 3,
+            swapRB=True,
+        )
         outputs = self.session.run(model.output_names, {model.input_name: blob})
-        return [self._decode(outputs, b, scale, img.shape) for b, ((_, scale), img)
-                in enumerate(zip(boxed, images, strict=True))]
+        return [
+            self._decode(outputs, b, scale, img.shape)
+            for b, ((_, scale), img) in enumerate(zip(boxed, images, strict=True))
+        ]
 
-    def _decode(self, outputs: list[np.ndarray], b: int, scale: float,
-                shape: tuple[int, ...]) -> list[Detection]:
+    def _decode(
+        self, outputs: list[np.ndarray], b: int, scale: float, shape: tuple[int, ...]
+    ) -> list[Detection]:
         from insightface.model_zoo.scrfd import distance2bbox, distance2kps
 
         model, fmc = self.model, self.model.fmc
@@ -191,14 +209,25 @@ class BatchedScrfd:
         keep = model.nms(dets)
         height, width = shape[:2]
         limits = np.array([width, height, width, height], np.float32)
-        found = [Detection(np.clip(dets[i, :4], 0, limits).astype(np.float32), kpss[i].astype(np.float32),
-                           float(dets[i, 4])) for i in keep]
+        found = [
+            Detection(
+                np.clip(dets[i, :4], 0, limits).astype(np.float32),
+                kpss[i].astype(np.float32),
+                float(dets[i, 4]),
+            )
+            for i in keep
+        ]
         return sorted(found, key=lambda d: (round(float(d.bbox[0])), round(float(d.bbox[1]))))
 
 
-def stage_throughput_figure(detector: FaceDetector, embedder: FaceEmbedder, pixels: Sequence[np.ndarray],
-                            crops: Sequence[np.ndarray], batches: Sequence[int],
-                            repeats: int) -> dict[str, object]:
+def stage_throughput_figure(
+    detector: FaceDetector,
+    embedder: FaceEmbedder,
+    pixels: Sequence[np.ndarray],
+    crops: Sequence[np.ndarray],
+    batches: Sequence[int],
+    repeats: int,
+) -> dict[str, object]:
     """Images/s of detection and faces/s of embedding at each batch size (medians of repeats).
 
     Batch 1 of detection is the service's own ``detect()``; larger batches go through
@@ -226,13 +255,14 @@ def stage_throughput_figure(detector: FaceDetector, embedder: FaceEmbedder, pixe
     }
 
 
-def _detect_rate(detector: FaceDetector, batched: BatchedScrfd | None, pixels: Sequence[np.ndarray],
-                 batch: int) -> float:
+def _detect_rate(
+    detector: FaceDetector, batched: BatchedScrfd | None, pixels: Sequence[np.ndarray], batch: int
+) -> float:
     started = time.perf_counter()
     if batch == 1 or batched is None:
         for img in pixels:
             detector.detect(img)
     else:
         for start in range(0, len(pixels), batch):
-            batched.detect(pixels[start:start + batch])
+            batched.detect(pixels[start : start + batch])
     return len(pixels) / (time.perf_counter() - started)

@@ -46,8 +46,8 @@ class PipelineRun:
     faces_indexed: int
     faces_dup_skipped: int
     faces_rejected: int
-    cpu_seconds: dict[str, float]          # per process, plus "machine" (every core, every process)
-    stage_ms: dict[str, float]             # summed stage timings of the run (see stage_timings)
+    cpu_seconds: dict[str, float]  # per process, plus "machine" (every core, every process)
+    stage_ms: dict[str, float]  # summed stage timings of the run (see stage_timings)
 
     @property
     def images_per_s(self) -> float:
@@ -60,6 +60,15 @@ class PipelineConfig:
     device: str = "cpu"
     ort_threads: int = 1
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Processes per service; the indexer stays at one (embedded Qdrant: one process per folder).
+    replicas: dict[str, int] = field(default_factory=dict)
+
+    def processes(self) -> list[str]:
+        names = []
+        for service in SERVICES:
+            count = 1 if service == "indexer" else max(1, self.replicas.get(service, 1))
+            names += [service if n == 0 else f"{service}.{n + 1}" for n in range(count)]
+        return names
 
     def env(self) -> dict[str, str]:
         return {
@@ -112,23 +121,29 @@ class RunningPipeline:
             "LOG_LEVEL": "INFO",
             **self.config.env(),
         }
-        self.settings = load_settings(**{key.lower(): value for key, value in self.env.items()
-                                         if key.lower() in Settings.model_fields})
+        self.settings = load_settings(
+            **{key.lower(): value for key, value in self.env.items() if key.lower() in Settings.model_fields}
+        )
         self.client = redis.Redis.from_url(redis_server.url, decode_responses=True)
         store = ObjectStore(self.settings)
         store.ensure_buckets()
         for image in self.images:  # the crawler's part, done before any clock starts
             store.put_bytes(self.settings.bucket_raw, self.raw_key(image), image.data, "image/jpeg")
         child_env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
-        for name in SERVICES:
-            log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed when the child ends
+        for name in self.config.processes():
+            service = name.split(".")[0]
+            log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", f"facepipe.{name}"], cwd=REPO_ROOT, env=child_env,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                [sys.executable, "-m", f"facepipe.{service}"],
+                cwd=REPO_ROOT,
+                env={**child_env, "REDIS_CONSUMER_NAME": f"bench-{name}"},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
             log.close()
         deadline = time.monotonic() + timeout_s
-        for name in SERVICES:
+        for name in self.procs:
             self._wait_ready(name, deadline)
 
     def _wait_ready(self, name: str, deadline: float) -> None:
@@ -137,7 +152,9 @@ class RunningPipeline:
             if READY_LINE in log_path.read_text(errors="replace"):
                 return
             if self.procs[name].poll() is not None:
-                raise RuntimeError(f"{name} exited with {self.procs[name].returncode}:\n{self.log_tail(name)}")
+                raise RuntimeError(
+                    f"{name} exited with {self.procs[name].returncode}:\n{self.log_tail(name)}"
+                )
             time.sleep(0.1)
         raise TimeoutError(f"{name} not ready in time:\n{self.log_tail(name)}")
 
@@ -178,8 +195,9 @@ class RunningPipeline:
         found["bench"] = psutil.Process(os.getpid())
         return found
 
-    def run(self, tenant: str, images: Sequence[BenchImage] | None = None,
-            timeout_s: float = 600.0) -> PipelineRun:
+    def run(
+        self, tenant: str, images: Sequence[BenchImage] | None = None, timeout_s: float = 600.0
+    ) -> PipelineRun:
         assert self.client is not None and self.settings is not None, "start() first"
         images = list(images if images is not None else self.images)
         settings, client = self.settings, self.client
@@ -195,12 +213,16 @@ class RunningPipeline:
         counters_key = stats.counters_key(tenant)
         deadline = time.monotonic() + timeout_s
         while True:
-            acked, dlq = (int(v or 0) for v in client.hmget(counters_key, "worker_msgs_acked", "worker_msgs_dlq"))
+            acked, dlq = (
+                int(v or 0) for v in client.hmget(counters_key, "worker_msgs_acked", "worker_msgs_dlq")
+            )
             if acked + dlq >= len(images):
                 break
             if time.monotonic() > deadline:
-                raise TimeoutError(f"pipeline run {tenant}: {acked} acked, {dlq} dead-lettered of {len(images)} "
-                                   f"after {timeout_s}s; detector log:\n{self.log_tail('detector')}")
+                raise TimeoutError(
+                    f"pipeline run {tenant}: {acked} acked, {dlq} dead-lettered of {len(images)} "
+                    f"after {timeout_s}s; detector log:\n{self.log_tail('detector')}"
+                )
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} died during the run:\n{self.log_tail(name)}")
@@ -219,8 +241,11 @@ class RunningPipeline:
             faces_dup_skipped=snapshot["faces_dup_skipped"],
             faces_rejected=snapshot["faces_rejected"],
             cpu_seconds={name: rounded(cpu_after[name] - cpu_before.get(name, 0.0)) for name in cpu_after},
-            stage_ms={name: rounded(timings_after[name]["total"] - timings_before[name]["total"], 1)
-                      for name in TIMINGS} | self._message_timings(tenant),
+            stage_ms={
+                name: rounded(timings_after[name]["total"] - timings_before[name]["total"], 1)
+                for name in TIMINGS
+            }
+            | self._message_timings(tenant),
         )
 
     def _ingest(self, tenant: str, image: BenchImage) -> dict[str, object]:
@@ -271,8 +296,11 @@ def _cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
 
 
 def cpu_shares(run: PipelineRun) -> dict[str, object]:
-    """Where the CPU went during a run: each process's share of our processes' CPU seconds."""
-    ours = {name: value for name, value in run.cpu_seconds.items() if name != "machine"}
+    """Where the CPU went during a run: each service's share of our processes' CPU seconds."""
+    ours: dict[str, float] = {}
+    for name, value in run.cpu_seconds.items():
+        if name != "machine":
+            ours[name.split(".")[0]] = ours.get(name.split(".")[0], 0.0) + value
     total = sum(ours.values())
     machine = run.cpu_seconds.get("machine", 0.0)
     return {

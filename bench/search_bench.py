@@ -28,14 +28,14 @@ TENANTS = 10
 PRODUCTION_CLIENT = {
     "measured": False,
     "why": "no Qdrant server binary can be installed on this machine (PyPI/Debian only); "
-           "the figures above are qdrant-client's embedded local mode",
+    "the figures above are qdrant-client's embedded local mode",
     "client": f"QdrantClient(url=QDRANT_URL, api_key=QDRANT_API_KEY, timeout={REMOTE_TIMEOUT_S}, "
-              "check_compatibility=False) (facepipe.common.vectors.VectorIndex), REST",
+    "check_compatibility=False) (facepipe.common.vectors.VectorIndex), REST",
     "collection": f"{DIM}-d cosine, HNSW with Qdrant's defaults (m=16, ef_construct=100)",
     "payload_indexes": f"keyword indexes on {', '.join(KEYWORD_INDEXES)} (created by ensure_collection)",
     "query": "query_points(filter tenant_id = T [and site = S], limit=10, with_payload=True)",
     "recommended": "tenant_id index with is_tenant=True (Qdrant >= 1.11 groups each tenant's points); "
-                   "prefer_grpc=True for lower per-call overhead; hnsw_ef 64-128 for top-10",
+    "prefer_grpc=True for lower per-call overhead; hnsw_ef 64-128 for top-10",
 }
 
 
@@ -46,15 +46,22 @@ def _vectors(rng: np.random.Generator, count: int) -> np.ndarray:
 
 def _payload(number: int) -> dict[str, object]:
     sha = f"{number:064x}"
-    return {"tenant_id": f"tenant{number % TENANTS}", "site": f"site{number % 7}.example",
-            "image_sha256": sha, "face_index": 0, "phash_prefix": f"{number % 65536:04x}",
-            "det_score": 0.9, "url": f"https://site.example/{number}.jpg"}
+    return {
+        "tenant_id": f"tenant{number % TENANTS}",
+        "site": f"site{number % 7}.example",
+        "image_sha256": sha,
+        "face_index": 0,
+        "phash_prefix": f"{number % 65536:04x}",
+        "det_score": 0.9,
+        "url": f"https://site.example/{number}.jpg",
+    }
 
 
 def memory_index(workdir: Path) -> VectorIndex:
     """The pipeline's VectorIndex over an in-memory local-mode client (see module doc)."""
-    settings = load_settings(qdrant_url="embedded", qdrant_path=workdir / "unused",
-                             qdrant_collection="bench_faces")
+    settings = load_settings(
+        qdrant_url="embedded", qdrant_path=workdir / "unused", qdrant_collection="bench_faces"
+    )
     index = VectorIndex(settings)
     index.client.close()
     index.client = QdrantClient(":memory:")
@@ -67,14 +74,19 @@ def memory_index(workdir: Path) -> VectorIndex:
 def load_points(index: VectorIndex, start: int, stop: int, rng: np.random.Generator) -> np.ndarray:
     vectors = _vectors(rng, stop - start)
     index.client.upload_collection(
-        index.collection, vectors=vectors, payload=(_payload(n) for n in range(start, stop)),
+        index.collection,
+        vectors=vectors,
+        payload=(_payload(n) for n in range(start, stop)),
         ids=[point_id(f"tenant{n % TENANTS}", f"{n:064x}", 0) for n in range(start, stop)],
-        batch_size=2000, wait=True,
+        batch_size=2000,
+        wait=True,
     )
     return vectors
 
 
-def latency_ms(index: VectorIndex, stored: np.ndarray, queries: int, rng: np.random.Generator) -> dict[str, float]:
+def latency_ms(
+    index: VectorIndex, stored: np.ndarray, queries: int, rng: np.random.Generator
+) -> dict[str, float]:
     """p50/p99 of ``queries`` top-10 searches of one tenant each, near a stored face."""
     samples = []
     for number in range(queries):
@@ -85,23 +97,29 @@ def latency_ms(index: VectorIndex, stored: np.ndarray, queries: int, rng: np.ran
         samples.append((time.perf_counter() - started) * 1000)
         if len(hits) != 10:
             raise RuntimeError(f"expected 10 hits, got {len(hits)}")
-    return {"p50": rounded(median(samples), 2), "p99": rounded(percentile(samples, 99), 2),
-            "queries": queries}
+    return {
+        "p50": rounded(median(samples), 2),
+        "p99": rounded(percentile(samples, 99), 2),
+        "queries": queries,
+    }
 
 
 def path_upsert_rate(points: int = 60) -> float:
     """Points/s the QDRANT_PATH store writes (one upsert call, as the indexer makes per batch)."""
     rng = np.random.default_rng(3)
     with tempfile.TemporaryDirectory() as tmp:
-        settings = load_settings(qdrant_url="embedded", qdrant_path=Path(tmp) / "qdrant",
-                                 qdrant_collection="bench_upsert")
+        settings = load_settings(
+            qdrant_url="embedded", qdrant_path=Path(tmp) / "qdrant", qdrant_collection="bench_upsert"
+        )
         index = VectorIndex(settings)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 index.ensure_collection(DIM)
-            batch = [FacePoint(f"tenant{n % TENANTS}", f"{n:064x}", 0, vector, {"site": "x"})
-                     for n, vector in enumerate(_vectors(rng, points))]
+            batch = [
+                FacePoint(f"tenant{n % TENANTS}", f"{n:064x}", 0, vector, {"site": "x"})
+                for n, vector in enumerate(_vectors(rng, points))
+            ]
             started = time.perf_counter()
             index.upsert(batch)
             return points / (time.perf_counter() - started)
@@ -139,13 +157,24 @@ def search_figure(sizes: Sequence[int], queries: Sequence[int], seed: int = 17) 
             samples = []
             for _ in range(min(50, max(queries))):
                 started = time.perf_counter()
-                solo.client.query_points(solo.collection, query=vectors[int(rng.integers(0, largest))].tolist(),
-                                         limit=10, with_payload=True)
+                solo.client.query_points(
+                    solo.collection,
+                    query=vectors[int(rng.integers(0, largest))].tolist(),
+                    limit=10,
+                    with_payload=True,
+                )
                 samples.append((time.perf_counter() - started) * 1000)
-            per_tenant = {"points": largest, "p50": rounded(median(samples), 2),
-                          "p99": rounded(percentile(samples, 99), 2), "queries": len(samples)}
+            per_tenant = {
+                "points": largest,
+                "p50": rounded(median(samples), 2),
+                "p99": rounded(percentile(samples, 99), 2),
+                "queries": len(samples),
+            }
         finally:
             solo.close()
-    return {"embedded": results, "embedded_one_collection_per_tenant_unfiltered": per_tenant,
-            "embedded_path_upsert_points_per_s": rounded(path_upsert_rate(), 1),
-            "production_client": PRODUCTION_CLIENT}
+    return {
+        "embedded": results,
+        "embedded_one_collection_per_tenant_unfiltered": per_tenant,
+        "embedded_path_upsert_points_per_s": rounded(path_upsert_rate(), 1),
+        "production_client": PRODUCTION_CLIENT,
+    }

@@ -194,6 +194,9 @@ TRAVERSAL_KEYS = [
     "*",
     "?",
     "[a-z]",
+    " ",  # blank keys: the S3 client refuses them before sending (found by hypothesis)
+    "\f",
+    "\t\n",
 ]
 HOSTILE_TENANTS = [
     "a:b",
@@ -226,6 +229,10 @@ HOSTILE_BUCKETS = [
     "",
     "raw images",
     "face-metadata",
+    "raw..images",  # S3 naming rules the client enforces before sending (found by hypothesis)
+    "raw-.images",
+    "raw.-images",
+    "192.168.0.1",
 ]
 
 scalars = st.one_of(

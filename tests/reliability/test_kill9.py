@@ -19,6 +19,7 @@ from reliabilitykit import Stack, record, scaled, tally
 pytestmark = pytest.mark.reliability
 
 KINDS = ("detector", "embedder", "indexer")
+TICK_S = 0.5
 
 
 @pytest.mark.timeout(2400)
@@ -26,41 +27,43 @@ def test_kill9_at_random_moments_loses_and_doubles_nothing(
     stack: Stack, image_set: list[GeneratedImage]
 ) -> None:
     rng = random.Random(8)
-    images = image_set
+    images = list(image_set)
     stack.spawn_pipeline()
-    ingest_ids = stack.publish(images)
-    kills: Counter[str] = Counter()
     target_kills = scaled(24, 6)
-    next_kill = time.monotonic() + rng.uniform(1.0, 4.0)
-
-    def chaos() -> None:
-        nonlocal next_kill
-        if sum(kills.values()) >= target_kills or time.monotonic() < next_kill:
-            return
-        done = sum(kills.values())
-        kind = KINDS[done] if done < len(KINDS) else rng.choice(KINDS)  # each kind at least once
-        for victim in stack.live(kind):
-            victim.kill9()
-        kills[kind] += 1
-        stack.spawn(kind, wait=False)  # the replacement loads its models while the others go on
-        next_kill = time.monotonic() + rng.uniform(2.0, 7.0)
-
+    # Images are produced while the kills happen (as a crawler would), so every kill lands while
+    # work is in flight: spread over ~1.2x the kill window (a kill every 0.5-2.5 s).
+    ticks = max(1, round(target_kills * 1.5 * 1.2 / TICK_S))
+    chunk = max(1, -(-len(images) // ticks))
+    kills: Counter[str] = Counter()
+    kills_in_flight = 0
+    unpublished = list(images)
+    ingest_ids: list[str] = []
+    next_kill = time.monotonic() + rng.uniform(0.5, 2.5)
     started = time.monotonic()
-    stack.wait_drained(
-        timeout=900,
-        expected_ingest=len(ingest_ids),
-        while_waiting=lambda: chaos() if sum(kills.values()) < target_kills else None,
-    )
-    while sum(kills.values()) < target_kills:  # drained before every kill happened: kill the idle ones too
-        next_kill = 0
-        chaos()
-        time.sleep(1)
-    stack.wait_drained(timeout=600, expected_ingest=len(ingest_ids))
+    deadline = started + 900
+    while unpublished or sum(kills.values()) < target_kills:
+        assert time.monotonic() < deadline, stack.log_tails()
+        if unpublished:
+            ingest_ids += stack.publish(unpublished[:chunk])
+            del unpublished[:chunk]
+        done = sum(kills.values())
+        if done < target_kills and time.monotonic() >= next_kill:
+            depths = stack.depths()
+            kills_in_flight += int(bool(unpublished) or any(d["lag"] + d["pending"] for d in depths.values()))
+            kind = KINDS[done] if done < len(KINDS) else rng.choice(KINDS)  # each kind at least once
+            for victim in stack.live(kind):
+                victim.kill9()
+            kills[kind] += 1
+            stack.spawn(kind, wait=False)  # the replacement loads its models while the others go on
+            next_kill = time.monotonic() + rng.uniform(0.5, 2.5)
+        time.sleep(TICK_S)
+    stack.wait_drained(timeout=900, expected_ingest=len(ingest_ids))
     elapsed = time.monotonic() - started
 
     result, problems = tally(stack, images)
     reclaimed = sum(int(n) for s in stack.services for n in re.findall(r"Reclaimed (\d+) message", s.log()))
     stats = stack.stats()
+    per_kind = ", ".join(f"{kind} {n}" for kind, n in sorted(kills.items()))
     ok = (
         result.lost == 0
         and result.duplicates == 0
@@ -80,9 +83,8 @@ def test_kill9_at_random_moments_loses_and_doubles_nothing(
         lost=result.lost,
         leaks=result.leaks,
         DLQ=result.dlq,
-        notes=f"{sum(kills.values())} kills ({', '.join(f'{k} {n}' for k, n in sorted(kills.items()))}), "
-        f"{reclaimed} redeliveries, {len(stack.spawned) and sum(stack.spawned.values())} processes, "
-        f"{elapsed:.0f} s",
+        notes=f"{sum(kills.values())} kills, {kills_in_flight} with work in flight ({per_kind}), "
+        f"{reclaimed} redeliveries, {sum(stack.spawned.values())} processes, {elapsed:.0f} s",
     )
     assert not problems, problems
     assert result.dlq == 0, stack.dlq()
@@ -90,5 +92,6 @@ def test_kill9_at_random_moments_loses_and_doubles_nothing(
     assert result.crops == result.expected, "every indexed face has exactly one crop in S3"
     assert result.duplicates == 0 and result.leaks == 0
     assert sum(kills.values()) >= target_kills and all(kills[k] > 0 for k in KINDS)
+    assert kills_in_flight == sum(kills.values()), "every kill must land while images flow"
     assert stats.get("worker_msgs_acked") == len(images), stats
     assert stats.get("faces_processed", 0) >= result.expected

@@ -158,6 +158,11 @@ def start_seaweedfs(
         f"-s3.port={port}", f"-master.port={master_port}", f"-volume.port={volume_port}",
         f"-filer.port={filer_port}", "-admin.ui=false", "-webdav=false",
         "-s3.port.iceberg=0", "-s3.port.lance=0",
+        # SeaweedFS gives every bucket its own collection of volumes (several at a time). With
+        # the default volume count derived from free disk / 128 MB, a few dozen buckets exhaust
+        # it ("No writable volumes"); small volumes and a generous count keep many buckets cheap
+        # (volumes are not preallocated, so an empty one costs almost nothing on disk).
+        "-master.volumeSizeLimitMB=16", "-volume.max=20000",
     ]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -16,6 +16,7 @@ message can never address another tenant's data: ``tenant_id`` through
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -67,9 +68,22 @@ class IngestMessage(BaseModel):
             )
         return value
 
+    @field_validator("bucket")
+    @classmethod
+    def _s3_bucket(cls, value: str) -> str:
+        # The rest of S3's naming rules (the pattern covers characters and length); the S3
+        # client refuses these names before any request is sent.
+        if any(pair in value for pair in ("..", ".-", "-.")):
+            raise ValueError("must not contain '..', '.-' or '-.'")
+        if re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", value):
+            raise ValueError("must not be formatted as an IP address")
+        return value
+
     @field_validator("key")
     @classmethod
     def _safe_key(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
         if value.startswith("/") or "\x00" in value:
             raise ValueError("must be a relative object key (no leading '/', no NUL)")
         if any(segment in {".", ".."} for segment in value.replace("\\", "/").split("/")):

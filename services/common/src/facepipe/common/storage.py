@@ -136,6 +136,10 @@ class ObjectStore:
             if exc.code in _MISSING_CODES:
                 raise PermanentError("object_not_found", f"{what}: {exc.code}: {exc.message}") from exc
             raise
+        except ValueError as exc:
+            # The SDK refused the bucket or key before sending anything (S3 naming rules): no
+            # retry can help. A message's names are checked earlier; this is the safety net.
+            raise PermanentError("invalid_fields", f"{what}: {exc or 'invalid bucket or key'}") from exc
         except (ServerError, InvalidResponseError) as exc:
             # 5xx (or a proxy's HTML error page): the store is not well right now.
             raise TransientError(f"{what}: S3 server error: {exc}") from exc
