@@ -77,5 +77,10 @@ operator-test: install ## the operator's tests (Kopf against the emulator, build
 # --- reliability suite (issue #8) ---
 .PHONY: reliability
 RELIABILITY_SCALE ?= 1
-reliability: install models ## fault injection at full size: kill -9, outages, SIGTERM, hostile input, tenants, poison pill; prints the figures table (CI runs RELIABILITY_SCALE=0.2 inside `make test`)
+reliability: install models ## fault injection at full size: kill -9, outages, SIGTERM, hostile input, tenants, poison pill; prints the figures table (CI runs RELIABILITY_SCALE=0.15 inside `make test`)
 	RELIABILITY_SCALE=$(RELIABILITY_SCALE) $(PY) -m pytest -m reliability tests/reliability $(PYTEST_ARGS)
+
+# --- benchmarks (issue #9) ---
+.PHONY: bench
+bench: install models ## benchmark figures (never assertions): bench/results/latest.{json,md}, ~6-10 min; BENCH_QUICK=1 for ~2 min
+	$(PY) -m bench $(if $(filter-out 0,$(BENCH_QUICK)),--quick)

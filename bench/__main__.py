@@ -28,6 +28,7 @@ class Plan:
     """How much of everything to measure (full: ~8 min on 2 cores; quick: ~2 min)."""
 
     images: int
+    probe_images: int
     pipeline_repeats: int
     embed_crops: int
     embed_batches: tuple[int, ...]
@@ -50,10 +51,11 @@ class Plan:
 
 FULL = Plan(
     images=120,
+    probe_images=12,
     pipeline_repeats=3,
     embed_crops=64,
     embed_batches=(1, 4, 8, 16, 32),
-    embed_repeats=4,
+    embed_repeats=3,
     stage_images=32,
     stage_batches=(1, 8, 32),
     stage_repeats=3,
@@ -71,6 +73,7 @@ FULL = Plan(
 )
 QUICK = Plan(
     images=24,
+    probe_images=8,
     pipeline_repeats=1,
     embed_crops=32,
     embed_batches=(1, 8, 32),
@@ -88,11 +91,12 @@ QUICK = Plan(
     search_queries=(10, 5),
     option_images=10,
     option_repeats=1,
-    profile=False,
+    profile=True,
 )
 # The smallest run that still exercises every figure (tests/bench/test_bench_smoke.py).
 SMOKE = Plan(
     images=10,
+    probe_images=3,
     pipeline_repeats=1,
     embed_crops=8,
     embed_batches=(1, 4),
@@ -110,7 +114,7 @@ SMOKE = Plan(
     search_queries=(5, 3),
     option_images=4,
     option_repeats=1,
-    profile=False,
+    profile=True,
 )
 GPU_STAGE_BATCHES = (1, 32, 64)
 
@@ -141,6 +145,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="extra environment for the pipeline's services (repeatable)",
     )
+    parser.add_argument(
+        "--whatif",
+        default="",
+        metavar="PATCHES",
+        help="run the pipeline's services with proposed changes applied in memory (bench/whatif.py): "
+        "decode,aspect,nospin",
+    )
     parser.add_argument("--no-profile", action="store_true", help="skip the per-stage cProfile")
     parser.add_argument(
         "--images", type=int, default=None, help="images per pipeline run (default: the plan's)"
@@ -169,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.images:
         plan = Plan(**{**asdict(plan), "images": args.images})
     only = [name for name in FIGURES if name in args.only.split(",")]
+    if args.device == "cuda":
+        import onnxruntime as ort
+
+        if hasattr(ort, "preload_dlls"):  # CUDA/cuDNN from the nvidia-* wheels (bench/gpu.sh)
+            ort.preload_dlls()
     started = time.perf_counter()
     results: dict[str, object] = {
         "mode": "smoke" if args.smoke else "quick" if args.quick else "full",

@@ -51,6 +51,9 @@ def machine() -> dict[str, object]:
     }
     with contextlib.suppress(OSError):
         info["load_avg_at_start"] = [round(v, 2) for v in os.getloadavg()]
+    gpus = _nvidia_gpus()
+    if gpus:
+        info["gpus"] = gpus
     try:
         import psutil
 
@@ -58,6 +61,25 @@ def machine() -> dict[str, object]:
     except ImportError:
         pass
     return info
+
+
+def _nvidia_gpus() -> list[str]:
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
 
 
 def _cpu_model() -> str:

@@ -31,13 +31,20 @@ if TYPE_CHECKING:
     from bench.__main__ import Plan
 
 log = logging.getLogger("bench")
-PROBE_IMAGES = 12
 
 
 # --- 1. pipeline vs bare models ------------------------------------------------------------------
 
 
 def pipeline(plan: Plan, args: argparse.Namespace) -> dict[str, object]:
+    from bench.whatif import applied
+
+    # What-if patches apply to the bare loop too: both sides run the same code.
+    with applied(list(filter(None, args.whatif.split(",")))):
+        return _pipeline(plan, args)
+
+
+def _pipeline(plan: Plan, args: argparse.Namespace) -> dict[str, object]:
     images = build_image_set(plan.images)
     limits = ImageLimits.from_settings(model_settings(args.pack, args.device, 1))
     thresholds = QualityThresholds.from_settings(model_settings(args.pack, args.device, 1))
@@ -51,7 +58,7 @@ def pipeline(plan: Plan, args: argparse.Namespace) -> dict[str, object]:
     for _ in range(2):
         for threads, (detector, embedder) in candidates.items():
             probe[threads].append(
-                run_bare(detector, embedder, images[:PROBE_IMAGES], limits, thresholds).images_per_s
+                run_bare(detector, embedder, images[: plan.probe_images], limits, thresholds).images_per_s
             )
     bare_threads = max(probe, key=lambda threads: median(probe[threads]))
     detector, embedder = candidates[bare_threads]
@@ -73,6 +80,7 @@ def pipeline(plan: Plan, args: argparse.Namespace) -> dict[str, object]:
         ort_threads=int(extra_env.pop("ORT_INTRA_OP_THREADS", "1")),
         extra_env=extra_env,
         replicas=replicas,
+        whatif=tuple(filter(None, args.whatif.split(","))),
     )
     bare_runs, pipeline_runs = [], []
     profile: dict[str, object] = {}
@@ -127,6 +135,7 @@ def pipeline(plan: Plan, args: argparse.Namespace) -> dict[str, object]:
             },
             "services_env": config.env(),
             "processes": config.processes(),
+            "whatif_patches": list(config.whatif),
             "cpu": cpu_shares(combined),
             "stage_ms_per_image": {name: rounded(ms / combined.images, 1) for name, ms in stage_ms.items()},
             "stage_share": {name: rounded(ms / sum(stage_ms.values())) for name, ms in stage_ms.items()},
@@ -278,11 +287,21 @@ def embed_batch(plan: Plan, args: argparse.Namespace) -> dict[str, object]:
         "embed_batch": {"ort_threads": args.threads, "speedup_batch": int(largest), **figure},
     }
     if args.threads > 1 and args.device == "cpu":
+        from bench.whatif import applied
+
         single = load_models(model_settings(args.pack, args.device, 1))[1]
         one = embed_batch_figure(single, crops, plan.embed_batches, plan.embed_repeats)
         result["embed_batch_one_thread"] = {
             "speedup": rounded(one["faces_per_s"][largest] / one["faces_per_s"]["1"]),
             **one,
+        }
+        with applied(["nospin"]):
+            calm = load_models(model_settings(args.pack, args.device, args.threads))[1]
+        quiet = embed_batch_figure(calm, crops, plan.embed_batches, plan.embed_repeats)
+        result["embed_batch_no_spinning"] = {
+            "speedup": rounded(quiet["faces_per_s"][largest] / quiet["faces_per_s"]["1"]),
+            "ort_threads": args.threads,
+            **quiet,
         }
     return result
 
@@ -296,7 +315,7 @@ def stages(plan: Plan, args: argparse.Namespace) -> dict[str, object]:
     batches = GPU_STAGE_BATCHES if args.device == "cuda" else plan.stage_batches
     images = build_image_set(max(plan.stage_images, max(batches)))
     pixels = [decode_image(image.data, limits) for image in images]
-    crops = face_crops(detector, images, limits, max(64, max(batches)))
+    crops = face_crops(detector, images, limits, max(plan.embed_crops, max(batches)))
     figure = stage_throughput_figure(detector, embedder, pixels, crops, batches, plan.stage_repeats)
     return {"stage_throughput": {"ort_threads": args.threads, "provider": detector.loaded_provider, **figure}}
 

@@ -13,6 +13,7 @@ import io
 import json
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,7 @@ def build_image_set(count: int, faces_dir: Path = FACES_DIR, seed: int = 7) -> l
     """``count`` distinct JPEG images: variant k of every source in turn (round robin)."""
     if count < 1:
         raise ValueError("count must be at least 1")
-    sources = [(path.name, _load_rgb(path)) for path in source_photos(faces_dir)]
+    sources = _sources(faces_dir)
     rng = np.random.default_rng(seed)
     images: list[BenchImage] = []
     variant = 0
@@ -77,6 +78,11 @@ def build_image_set(count: int, faces_dir: Path = FACES_DIR, seed: int = 7) -> l
             images.append(_variant(name, original, variant, rng))
         variant += 1
     return images
+
+
+@lru_cache(maxsize=2)
+def _sources(faces_dir: Path) -> list[tuple[str, Image.Image]]:
+    return [(path.name, _load_rgb(path)) for path in source_photos(faces_dir)]
 
 
 def _variant(name: str, original: Image.Image, variant: int, rng: np.random.Generator) -> BenchImage:

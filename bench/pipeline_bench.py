@@ -62,6 +62,20 @@ class PipelineConfig:
     extra_env: dict[str, str] = field(default_factory=dict)
     # Processes per service; the indexer stays at one (embedded Qdrant: one process per folder).
     replicas: dict[str, int] = field(default_factory=dict)
+    # Proposed code changes applied in memory (bench/whatif.py), to measure them end to end.
+    whatif: tuple[str, ...] = ()
+
+    def command(self, service: str) -> list[str]:
+        if self.whatif:
+            return [
+                sys.executable,
+                "-m",
+                "bench.whatif",
+                "--patches",
+                ",".join(self.whatif),
+                f"facepipe.{service}",
+            ]
+        return [sys.executable, "-m", f"facepipe.{service}"]
 
     def processes(self) -> list[str]:
         names = []
@@ -134,7 +148,7 @@ class RunningPipeline:
             service = name.split(".")[0]
             log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", f"facepipe.{service}"],
+                self.config.command(service),
                 cwd=REPO_ROOT,
                 env={**child_env, "REDIS_CONSUMER_NAME": f"bench-{name}"},
                 stdout=log,

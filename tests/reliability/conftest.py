@@ -1,7 +1,7 @@
 """Fixtures of the reliability suite (marker ``reliability``; ``make reliability`` runs it at full size).
 
 RELIABILITY_SCALE sizes the heavy scenarios: 1 is the full size (≥ 300 images under
-kill -9, 10,000 hostile messages); unset, CI and plain ``pytest`` run 0.2. Each scenario
+kill -9, 10,000 hostile messages); unset, CI and plain ``pytest`` run 0.15. Each scenario
 appends a row to the figures table, printed at the end of the session (and written as
 Markdown to RELIABILITY_FIGURES when that is set).
 """

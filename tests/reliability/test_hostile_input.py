@@ -47,7 +47,7 @@ PEAK_RSS_LIMIT_MIB = 1500  # per worker process; the models alone take ~300 MiB
 
 @pytest.mark.timeout(2400)
 def test_hostile_messages_end_acked_or_dead_lettered(stack: Stack, image_set: list[GeneratedImage]) -> None:
-    total = scaled(10_000, 2_000)
+    total = scaled(10_000, 1_000)
     stack.overrides.update({"CLAIM_IDLE_MS": "4000", "MAX_DELIVERIES": "2", "WORKER_BATCH_SIZE": "16"})
     workers = stack.spawn_pipeline()
     settings = stack.settings
@@ -151,15 +151,15 @@ def test_hostile_messages_end_acked_or_dead_lettered(stack: Stack, image_set: li
         hint_messages,
         st.builds(lambda data: ("upload", data), random_object),
     )
-    crop_messages = st.builds(
-        lambda name, where: Hostile(
-            f"crop:{name}",
-            {"message": encode(_with_crop(base_detected if where else base_embedded, crops[name][0]))},
-            crops[name][1],
-        ),
-        st.sampled_from(sorted(crops)),
-        st.booleans(),
-    )
+
+    def crop_messages(base: dict) -> st.SearchStrategy[Hostile]:
+        return st.builds(
+            lambda name: Hostile(
+                f"crop:{name}", {"message": encode(_with_crop(base, crops[name][0]))}, crops[name][1]
+            ),
+            st.sampled_from(sorted(crops)),
+        )
+
     embedding_messages = st.builds(
         lambda value: Hostile(
             "embedding",
@@ -212,19 +212,19 @@ def test_hostile_messages_end_acked_or_dead_lettered(stack: Stack, image_set: li
             st.tuples(st.just("ingest"), ingest_messages),
             st.tuples(st.just("ingest"), ingest_messages),
             st.tuples(st.just("ingest"), ingest_messages),
-            st.tuples(st.just("detected"), st.one_of(detected_messages, crop_messages)),
-            st.tuples(st.just("embedded"), st.one_of(embedded_messages, crop_messages, embedding_messages)),
+            st.tuples(st.just("detected"), st.one_of(detected_messages, crop_messages(base_detected))),
+            st.tuples(
+                st.just("embedded"),
+                st.one_of(embedded_messages, crop_messages(base_embedded), embedding_messages),
+            ),
         )
     )
     def produce(pair: tuple[str, Hostile]) -> None:
         stage, item = pair
-        if isinstance(item, Hostile) and item.category.startswith("crop:"):
-            stage = "detected" if '"embedding_b64"' not in str(item.fields["message"]) else "embedded"
         publish(stage, item)
 
     started = time.monotonic()
     produce()
-    generated_s = time.monotonic() - started
     expected_ingest = client.xlen(settings.ingest_stream)
     stack.wait_drained(timeout=1500, expected_ingest=expected_ingest)
     elapsed = time.monotonic() - started
@@ -253,11 +253,12 @@ def test_hostile_messages_end_acked_or_dead_lettered(stack: Stack, image_set: li
         ok,
         messages=len(published),
         DLQ=dlq_count,
-        lost=0 if ok else len(wrong),
+        lost=sum(d["pending"] + d["lag"] for d in depths.values()),  # neither acked nor dead-lettered
         duplicates=0,
         leaks=0,
-        notes=f"{len(published) - dlq_count} acked; reasons {dict(reasons.most_common(8))}; peak RSS MiB "
-        f"{rss}; workers died: {len(dead)}; {generated_s:.0f} s generating, {elapsed:.0f} s total",
+        notes=f"{len(published) - dlq_count} acked; {len(wrong)} wrong outcomes; reasons "
+        f"{dict(reasons.most_common(8))}; peak RSS MiB {rss}; workers died: {len(dead)}; "
+        f"{elapsed:.0f} s",
     )
     Path(stack.root / "hostile-wrong.txt").write_text("\n".join(wrong))
     assert not dead, f"workers died: {dead}\n{stack.log_tails()}"

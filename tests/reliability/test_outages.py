@@ -51,7 +51,7 @@ def _outage(stack: Stack, stop: Callable[[], None], start: Callable[[], None]) -
 def test_outages_of_redis_s3_and_vector_store_lose_nothing(
     stack: Stack, image_set: list[GeneratedImage]
 ) -> None:
-    images = image_set[: scaled(240, 60)]
+    images = image_set[: scaled(240, 40)]
     workers = stack.spawn_pipeline()
     stack.spawn_ops_api()
     deadline = time.monotonic() + 180

@@ -53,7 +53,7 @@ def test_sigterm_mid_batch_finishes_acks_and_exits_zero(
 ) -> None:
     images = image_set[: scaled(120, 40)]
     # A leftover entry would be reclaimed (and counted) quickly; batches of 8 from a backlog.
-    stack.overrides.update({"CLAIM_IDLE_MS": "5000", "WORKER_BATCH_SIZE": "8"})
+    stack.overrides.update({"CLAIM_IDLE_MS": "3000", "WORKER_BATCH_SIZE": "8"})
     streams = dict(zip(KINDS, stack.settings.pipeline_streams, strict=True))
     stack.publish(images)
     results: dict[str, tuple[int, int, int]] = {}
@@ -67,7 +67,7 @@ def test_sigterm_mid_batch_finishes_acks_and_exits_zero(
         assert "Worker stopped" in victim.log(), victim.log()[-2000:]
         stack.spawn(kind)  # the replacement finishes the rest
     stack.wait_drained(timeout=900, expected_ingest=len(images))
-    time.sleep(6)  # longer than CLAIM_IDLE_MS: a leftover entry would have been reclaimed by now
+    time.sleep(4)  # longer than CLAIM_IDLE_MS: a leftover entry would have been reclaimed by now
 
     client = stack.redis()
     ingest, detected, embedded = (client.xlen(s) for s in stack.settings.pipeline_streams)
