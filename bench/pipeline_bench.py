@@ -11,6 +11,8 @@ the number of images. CPU seconds of every process are sampled around the run (p
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import os
 import signal
@@ -34,6 +36,14 @@ from facepipe.common.storage import ObjectStore
 SERVICES = ("detector", "embedder", "indexer")
 READY_LINE = "Worker started, waiting for messages..."
 RAW_PREFIX = "bench"
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: the kernel sends SIGTERM to a service when the harness dies (Linux)."""
+    libc = ctypes.util.find_library("c")
+    if libc:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(libc, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -154,6 +164,7 @@ class RunningPipeline:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,  # only a prctl call: safe between fork and exec
             )
             log.close()
         deadline = time.monotonic() + timeout_s

@@ -20,7 +20,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,6 @@ class Service:
     kind: str
     proc: subprocess.Popen
     log_path: Path
-    started: float = field(default_factory=time.monotonic)
 
     @property
     def pid(self) -> int:
@@ -417,9 +416,6 @@ class Tally:
     dlq: int
     crops: int
 
-    def as_row(self) -> dict[str, int]:
-        return dict(self.__dict__)
-
 
 def tally(stack: Stack, images: list[GeneratedImage]) -> tuple[Tally, list[str]]:
     """Compare Qdrant points with the expected faces; also a list of human-readable problems."""
@@ -483,6 +479,6 @@ def record(scenario: str, verdict: bool, **values: Any) -> None:
 
 def figures_markdown() -> str:
     lines = ["| " + " | ".join(FIGURE_COLUMNS) + " |", "|" + "---|" * len(FIGURE_COLUMNS)]
-    for row in FIGURES:
-        lines.append("| " + " | ".join(str(row.get(column, "")) for column in FIGURE_COLUMNS) + " |")
+    for row in sorted(FIGURES, key=lambda r: str(r["scenario"])):  # in scenario order, whatever ran first
+        lines.append("| " + " | ".join(str(row.get(column, "–")) for column in FIGURE_COLUMNS) + " |")
     return "\n".join(lines)

@@ -152,6 +152,17 @@ def test_hostile_messages_end_acked_or_dead_lettered(stack: Stack, image_set: li
         st.builds(lambda data: ("upload", data), random_object),
     )
 
+    def non_finite(base: dict) -> st.SearchStrategy[Hostile]:
+        """NaN and Infinity where the schema has free-form values (found by hypothesis at full size)."""
+        docs = [
+            {**base, "model": {**base["model"], "extra": float("nan")}},
+            {**base, "model": {**base["model"], "nested": {"x": [float("inf")]}}},
+            {**base, "timings_ms": {**base["timings_ms"], "decode": float("-inf")}},
+        ]
+        return st.sampled_from(
+            [Hostile("non-finite", {"message": encode(doc)}, frozenset({"invalid_fields"})) for doc in docs]
+        )
+
     def crop_messages(base: dict) -> st.SearchStrategy[Hostile]:
         return st.builds(
             lambda name: Hostile(
@@ -212,10 +223,18 @@ def test_hostile_messages_end_acked_or_dead_lettered(stack: Stack, image_set: li
             st.tuples(st.just("ingest"), ingest_messages),
             st.tuples(st.just("ingest"), ingest_messages),
             st.tuples(st.just("ingest"), ingest_messages),
-            st.tuples(st.just("detected"), st.one_of(detected_messages, crop_messages(base_detected))),
+            st.tuples(
+                st.just("detected"),
+                st.one_of(detected_messages, crop_messages(base_detected), non_finite(base_detected)),
+            ),
             st.tuples(
                 st.just("embedded"),
-                st.one_of(embedded_messages, crop_messages(base_embedded), embedding_messages),
+                st.one_of(
+                    embedded_messages,
+                    crop_messages(base_embedded),
+                    embedding_messages,
+                    non_finite(base_embedded),
+                ),
             ),
         )
     )

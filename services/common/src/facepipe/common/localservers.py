@@ -154,7 +154,8 @@ def start_seaweedfs(
     log_path = data_dir / "weed.log"
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
     args = [
-        weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        # -logdir keeps SeaweedFS's own log files out of /tmp.
+        weed_binary(), f"-logdir={data_dir}", "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         f"-s3.port={port}", f"-master.port={master_port}", f"-volume.port={volume_port}",
         f"-filer.port={filer_port}", "-admin.ui=false", "-webdav=false",
         "-s3.port.iceberg=0", "-s3.port.lance=0",

@@ -16,10 +16,11 @@ message can never address another tenant's data: ``tenant_id`` through
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from facepipe.common.errors import PermanentError
 from facepipe.common.tenancy import is_valid_tenant_id
@@ -119,6 +120,16 @@ class DetectionModelInfo(BaseModel):
     pack: str
     detector: str
 
+    @model_validator(mode="after")
+    def _extras_are_json(self) -> DetectionModelInfo:
+        # Extra fields travel on into stream messages, S3 metadata and Qdrant payloads, all
+        # strict JSON: a NaN or Infinity here would fail every write of the message downstream.
+        try:
+            json.dumps(self.model_extra or {}, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"extra fields must be plain JSON without NaN or Infinity: {exc}") from None
+        return self
+
 
 class EmbeddingModelInfo(DetectionModelInfo):
     recognizer: str
@@ -160,7 +171,7 @@ class DetectedMessage(BaseModel):
     model: DetectionModelInfo
     faces: list[DetectedFace] = Field(default_factory=list)
     rejected: list[RejectedFace] = Field(default_factory=list)
-    timings_ms: dict[str, float] = Field(default_factory=dict)
+    timings_ms: dict[str, FiniteFloat] = Field(default_factory=dict)
 
 
 class EmbeddedMessage(DetectedMessage):
