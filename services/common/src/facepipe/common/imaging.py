@@ -72,13 +72,19 @@ def decode_image(data: bytes, limits: ImageLimits) -> np.ndarray:
             )
         try:
             image.load()  # a truncated file raises here (Pillow refuses truncated images by default)
-            oriented = ImageOps.exif_transpose(image)
+            # exif_transpose copies the whole image even when there is nothing to rotate.
+            rotated = image.getexif().get(EXIF_ORIENTATION, 1) != 1
+            oriented = ImageOps.exif_transpose(image) if rotated else image
             rgb = _to_rgb(oriented)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise PermanentError(
                 "undecodable_image", f"{image.format} image does not decode: {exc}"
             ) from None
-    return np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
+    # One copy RGB -> BGR (OpenCV's order) instead of a reversed view plus a contiguous copy.
+    return cv2.cvtColor(np.asarray(rgb), cv2.COLOR_RGB2BGR)
+
+
+EXIF_ORIENTATION = 0x0112
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

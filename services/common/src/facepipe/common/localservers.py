@@ -132,7 +132,9 @@ def start_redis(data_dir: Path, port: int | None = None, persist: bool = False) 
     ]
     if persist:
         args += ["--appendonly", "yes", "--appendfsync", "everysec"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     server = ServerProcess("redis", proc, port, data_dir, log_path, {"url": f"redis://127.0.0.1:{port}/0"})
     try:
         wait_for_port(port, proc=proc)
@@ -155,7 +157,8 @@ def start_seaweedfs(
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
     args = [
         # -logdir keeps SeaweedFS's own log files out of /tmp.
-        weed_binary(), f"-logdir={data_dir}", "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        weed_binary(), f"-logdir={data_dir}", "mini", f"-dir={data_dir}",
+        "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         f"-s3.port={port}", f"-master.port={master_port}", f"-volume.port={volume_port}",
         f"-filer.port={filer_port}", "-admin.ui=false", "-webdav=false",
         "-s3.port.iceberg=0", "-s3.port.lance=0",
