@@ -195,3 +195,20 @@ def test_sface_matches_opencvs_own_face_recognizer(photos: dict[str, np.ndarray]
     face_row = np.array([x1, y1, x2 - x1, y2 - y1, *detection.kps.flatten(), detection.score], np.float32)
     opencv_crop = reference.alignCrop(img, face_row)
     assert np.abs(opencv_crop.astype(int) - crop.astype(int)).mean() < 0.05
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "expected"),
+    [(1126, 661, (640, 384)), (661, 1126, (384, 640)), (640, 640, (640, 640)), (3000, 40, (640, 32))],
+)
+def test_detector_input_keeps_the_images_aspect_ratio(
+    width: int, height: int, expected: tuple[int, int]
+) -> None:
+    from facepipe.common.models.detectors import aspect_input_size
+
+    size = aspect_input_size(width, height, 640)
+    assert size == expected
+    assert size[0] % 32 == 0 and size[1] % 32 == 0
+    # The image fits inside the input at the letterbox scale (longer side = DET_SIZE).
+    scale = 640 / max(width, height)
+    assert width * scale <= size[0] and height * scale <= size[1]
