@@ -243,7 +243,11 @@ class Settings(BaseSettings):
         description="onnxruntime intra-op threads; 0: onnxruntime's default",
     )
     det_size: int = Field(
-        640, ge=128, le=2048, validation_alias=_env("DET_SIZE"), description="detector input size (square)"
+        640,
+        ge=128,
+        le=2048,
+        validation_alias=_env("DET_SIZE"),
+        description="detector input: longer image side scaled to this (aspect kept where the graph allows)",
     )
     det_threshold: float = Field(
         0.5, gt=0, lt=1, validation_alias=_env("DET_THRESHOLD"), description="detector score threshold"
