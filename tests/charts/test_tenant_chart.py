@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import sys
+from types import ModuleType
 from typing import Any
 
 import helm_python as helm
@@ -26,20 +27,22 @@ from facepipe.operator.spec import SpecError, parse_spec
 
 VALUES = values_sets(TENANT_CHART)
 MINIMAL = VALUES["minimal"]
+
+
+def _load_schema_tool() -> ModuleType:
+    """charts/tools/tenant_values_schema.py (a script, not a package): the one list of spec keys."""
+    path = REPO / "charts" / "tools" / "tenant_values_schema.py"
+    spec = importlib.util.spec_from_file_location("tenant_values_schema", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+SCHEMA_TOOL = _load_schema_tool()
 # FacePipeline.spec keys the chart copies from values as they are (the image is built).
-SPEC_KEYS = (
-    "tenantId",
-    "logLevel",
-    "settings",
-    "redis",
-    "dedup",
-    "storage",
-    "vectorDb",
-    "models",
-    "deletionPolicy",
-    "restartAt",
-    "components",
-)
+SPEC_KEYS = SCHEMA_TOOL.SPEC_KEYS
 RENDER_ERRORS = (helm.HelmValuesError, helm.HelmRenderError)
 
 
@@ -281,12 +284,7 @@ def test_release_name_must_make_a_valid_facepipeline_name() -> None:
 
 
 def test_values_schema_is_generated_from_the_crd() -> None:
-    path = REPO / "charts" / "tools" / "tenant_values_schema.py"
-    spec = importlib.util.spec_from_file_location("tenant_values_schema", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = SCHEMA_TOOL
     assert (TENANT_CHART / "values.schema.json").read_text() == module.render(), (
         "stale schema: run .venv/bin/python charts/tools/tenant_values_schema.py"
     )
