@@ -416,6 +416,17 @@ class Tally:
     dlq: int
     crops: int
 
+    def columns(self, leaks: int | None = None) -> dict[str, int]:
+        """This run's columns of the figures table (``leaks`` overrides when a test counts more)."""
+        return {
+            "faces expected": self.expected,
+            "indexed": self.indexed,
+            "duplicates": self.duplicates,
+            "lost": self.lost,
+            "leaks": self.leaks if leaks is None else leaks,
+            "DLQ": self.dlq,
+        }
+
 
 def tally(stack: Stack, images: list[GeneratedImage]) -> tuple[Tally, list[str]]:
     """Compare Qdrant points with the expected faces; also a list of human-readable problems."""

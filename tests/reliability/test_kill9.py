@@ -77,12 +77,7 @@ def test_kill9_at_random_moments_loses_and_doubles_nothing(
         "1. kill -9 detector/embedder/indexer at random",
         ok,
         messages=result.messages,
-        **{"faces expected": result.expected},
-        indexed=result.indexed,
-        duplicates=result.duplicates,
-        lost=result.lost,
-        leaks=result.leaks,
-        DLQ=result.dlq,
+        **result.columns(),
         notes=f"{sum(kills.values())} kills, {kills_in_flight} with work in flight ({per_kind}), "
         f"{reclaimed} redeliveries, {sum(stack.spawned.values())} processes, {elapsed:.0f} s",
     )

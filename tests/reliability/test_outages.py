@@ -85,12 +85,7 @@ def test_outages_of_redis_s3_and_vector_store_lose_nothing(
         "2. outages: Redis, S3, vector store ~10 s each",
         ok,
         messages=len(images),
-        **{"faces expected": result.expected},
-        indexed=result.indexed,
-        duplicates=result.duplicates,
-        lost=result.lost,
-        leaks=result.leaks,
-        DLQ=result.dlq,
+        **result.columns(),
         notes="; ".join(
             f"{name} down: /ready 503 with {', '.join(sorted(failing)) or 'nothing'} unhealthy"
             f"{'' if back else ', NOT ready after'}"

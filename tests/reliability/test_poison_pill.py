@@ -80,12 +80,7 @@ def test_poison_pill_is_dead_lettered_without_blocking_the_stream(
         f"6. poison pill ({'exception' if mode == 'raise' else 'SIGSEGV'})",
         ok,
         messages=len(ids),
-        **{"faces expected": result.expected},
-        indexed=result.indexed,
-        duplicates=result.duplicates,
-        lost=result.lost,
-        leaks=result.leaks,
-        DLQ=result.dlq,
+        **result.columns(),
         notes=f"pill DLQ'd after {pill_entry.get('delivery_count')} deliveries "
         f"({pill_entry.get('reason')}); {passed}/{len(behind)} images behind it detected before that; "
         f"{restarts} detector restarts",

@@ -84,12 +84,7 @@ def test_sigterm_mid_batch_finishes_acks_and_exits_zero(
         "3. SIGTERM mid-batch (each service)",
         ok,
         messages=len(images),
-        **{"faces expected": result.expected},
-        indexed=result.indexed,
-        duplicates=result.duplicates,
-        lost=result.lost,
-        leaks=result.leaks,
-        DLQ=result.dlq,
+        **result.columns(),
         notes="; ".join(
             f"{kind}: exit {code}, held {held}, left pending {left}"
             for kind, (code, held, left) in results.items()

@@ -133,12 +133,7 @@ def test_pipeline_search_stats_and_dedup_stay_within_each_tenant(
         "5a. tenants: pipeline, search, stats, dedup",
         ok,
         messages=len(images),
-        **{"faces expected": result.expected},
-        indexed=result.indexed,
-        duplicates=result.duplicates,
-        lost=result.lost,
-        leaks=leaks,
-        DLQ=result.dlq,
+        **result.columns(leaks=leaks),
         notes=f"{len(tenants)} twin-named tenants share {len(originals)} photos; {search_hits} search hits "
         f"checked, {search_leaks} foreign; stats wrong for {len(stats_wrong)}; dedup foreign skips "
         f"{dedup_leaks} (own: {own_hits}/{len(phashes)})",
