@@ -26,6 +26,7 @@ import numpy as np
 import redis
 
 from bench.common import rounded
+from facepipe.common import dedup
 from facepipe.common.dedup import DedupCache, Owner, hamming, plan_layout
 from facepipe.common.imaging import align_face, phash64
 from facepipe.common.settings import load_settings
@@ -84,11 +85,13 @@ def _client_worker(
     tenants: int,
     checks: int,
     faces_per_message: int,
-    messages_per_round_trip: int,
+    path: str,
     worker: int,
     seed: int,
     queue: multiprocessing.Queue,
 ) -> None:
+    if path == "script":  # every call through the all-in-Redis script (the fallback path)
+        dedup.OPTIMISTIC_ATTEMPTS = 0
     cache = dedup_cache(redis_url)
     rng = np.random.default_rng(seed * 1000 + worker)
     known = random_hashes(np.random.default_rng(11), cached)  # the fill's hashes (same seed)
@@ -103,52 +106,12 @@ def _client_worker(
     messages = [queries[i : i + faces_per_message] for i in range(0, len(queries), faces_per_message)]
     duplicates = 0
     started = time.perf_counter()
-    for start in range(0, len(messages), messages_per_round_trip):
-        group = messages[start : start + messages_per_round_trip]
-        if messages_per_round_trip == 1:
-            (message,) = group
-            results = cache.check_and_remember_many(
-                message[0][0],
-                [(h, Owner(f"w{worker}s{seed}m{start}", i)) for i, (_t, h) in enumerate(message)],
-            )
-            duplicates += sum(r.is_duplicate for r in results)
-        else:
-            duplicates += _pipelined(cache, group, f"w{worker}s{seed}m{start}")
+    for start, message in enumerate(messages):
+        results = cache.check_and_remember_many(
+            message[0][0], [(h, Owner(f"w{worker}s{seed}m{start}", i)) for i, (_t, h) in enumerate(message)]
+        )
+        duplicates += sum(r.is_duplicate for r in results)
     queue.put((len(queries), time.perf_counter() - started, duplicates))
-
-
-def _pipelined(cache: DedupCache, messages: Sequence[Sequence[tuple[str, str]]], event: str) -> int:
-    """Several messages' script calls in one round trip (a proposed indexer batch call).
-
-    Uses the cache's own script and argument layout, sent through a Redis pipeline.
-    """
-    from facepipe.common.dedup import lookup_suffixes, write_suffixes
-
-    pipe = cache.redis.pipeline(transaction=False)
-    for number, message in enumerate(messages):
-        tenant = message[0][0]
-        args: list[str | int] = [
-            "remember",
-            cache.tenant_prefix(tenant),
-            cache.ttl_ms,
-            cache.max_hamming,
-            len(message),
-        ]
-        for index, (_t, phash) in enumerate(message):
-            writes = write_suffixes(phash, cache.layout)
-            lookups = lookup_suffixes(phash, cache.layout)
-            owner = Owner(f"{event}n{number}", index)
-            args += [
-                phash,
-                owner.token,
-                f"img:{owner.image_sha256}",
-                len(writes),
-                *writes,
-                len(lookups),
-                *lookups,
-            ]
-        cache._check_script(keys=[], args=args, client=pipe)
-    return sum(int(face[0]) for reply in pipe.execute() for face in reply)
 
 
 def throughput(
@@ -158,10 +121,14 @@ def throughput(
     checks_per_client: int,
     clients: int,
     faces_per_message: int,
-    messages_per_round_trip: int,
+    path: str,
     seed: int,
-) -> dict[str, float]:
-    """Checks/s of ``clients`` processes; server microseconds per check from Redis's commandstats."""
+) -> dict[str, float | str]:
+    """Checks/s of ``clients`` processes; Redis's own microseconds per check (every command's,
+    from commandstats: the reads, the commit script, the fallback script).
+
+    ``path``: "optimistic" (the production call) or "script" (every call decided inside Redis).
+    """
     admin = redis.Redis.from_url(redis_url)
     admin.config_resetstat()
     context = multiprocessing.get_context("fork")
@@ -175,7 +142,7 @@ def throughput(
                 tenants,
                 checks_per_client,
                 faces_per_message,
-                messages_per_round_trip,
+                path,
                 w,
                 seed,
                 queue,
@@ -190,12 +157,16 @@ def throughput(
         worker.join(timeout=60)
     checks = sum(r[0] for r in results)
     wall = max(r[1] for r in results)
-    server_us = float(admin.info("commandstats").get("cmdstat_evalsha", {}).get("usec", 0))
+    stats = admin.info("commandstats")
+    admin_commands = ("cmdstat_config", "cmdstat_info")
+    server_us = sum(float(v["usec"]) for k, v in stats.items() if not k.startswith(admin_commands))
+    commits = int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
     admin.close()
     return {
+        "path": path,
         "clients": clients,
         "faces_per_message": faces_per_message,
-        "messages_per_round_trip": messages_per_round_trip,
+        "script_calls": commits,
         "checks": checks,
         "checks_per_s": rounded(checks / wall, 1),
         "server_us_per_check": rounded(server_us / checks, 1),
@@ -342,6 +313,6 @@ def layout_description(threshold: int = THRESHOLD) -> dict[str, object]:
     return {
         "threshold": threshold,
         "chunk_bits": [w for _, w in layout.chunks],
-        "radius": layout.radius,
+        "radii": list(layout.radii),
         "set_lookups_per_check": layout.lookups_per_hash(),
     }

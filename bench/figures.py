@@ -332,7 +332,7 @@ def dedup(plan: Plan) -> dict[str, object]:
         try:
             fill = db.fill_cache(server.url, plan.dedup_cached, plan.dedup_tenants)
             log.info("dedup: %d hashes cached (%.0f/s)", plan.dedup_cached, fill["remembered_per_s"])
-            configs = [(1, 2, 1), (2, 2, 1), (2, 2, 10)]
+            configs = [(1, 2, "script"), (2, 2, "script"), (1, 2, "optimistic"), (2, 2, "optimistic")]
             runs = [
                 db.throughput(
                     server.url,
@@ -341,12 +341,13 @@ def dedup(plan: Plan) -> dict[str, object]:
                     plan.dedup_checks_per_client,
                     clients,
                     faces,
-                    per_trip,
+                    path,
                     seed=n + 1,
                 )
-                for n, (clients, faces, per_trip) in enumerate(configs)
+                for n, (clients, faces, path) in enumerate(configs)
             ]
-            best = max(runs, key=lambda run: run["checks_per_s"])
+            production = [run for run in runs if run["path"] == "optimistic"]
+            best = max(production, key=lambda run: run["checks_per_s"])
             settings = model_settings("buffalo_sc", "cpu", 1)
             detector, _ = load_models(settings)
             limits = ImageLimits.from_settings(settings)
@@ -358,15 +359,18 @@ def dedup(plan: Plan) -> dict[str, object]:
         finally:
             server.stop()
     return {
-        "dedup_checks_per_s": best["checks_per_s"],
+        # One Redis's capacity for the production call: 1 s over Redis's own time per check. The
+        # clients here share the machine's cores with Redis, so what they reach is client-bound
+        # (dedup.clients_checks_per_s); indexers run on other nodes in production.
+        "dedup_checks_per_s": _redis_capacity(production),
         "dedup_recall_by_distance": crops["ours"],
         "seed_prefix_recall_by_distance": crops["seed_prefix"],
         "dedup": {
-            "best_configuration": {
-                k: best[k] for k in ("clients", "faces_per_message", "messages_per_round_trip")
-            },
+            "basis": "redis_capacity: 1e6 / median Redis microseconds per check of the optimistic path",
+            "clients_checks_per_s": best["checks_per_s"],
+            "best_configuration": {k: best[k] for k in ("path", "clients", "faces_per_message")},
+            "script_path_checks_per_s": _redis_capacity([run for run in runs if run["path"] == "script"]),
             "throughput_runs": runs,
-            "server_bound_checks_per_s": rounded(1e6 / median([r["server_us_per_check"] for r in runs]), 1),
             "cache": fill,
             "layout": db.layout_description(),
             "recall_pairs_by_distance": crops["pairs"],
@@ -378,6 +382,10 @@ def dedup(plan: Plan) -> dict[str, object]:
             },
         },
     }
+
+
+def _redis_capacity(runs: list[dict[str, object]]) -> float:
+    return rounded(1e6 / median([float(run["server_us_per_check"]) for run in runs]), 1)
 
 
 # --- 4. search ---------------------------------------------------------------------------------------

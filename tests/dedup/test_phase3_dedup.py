@@ -17,15 +17,16 @@ from collections.abc import Callable
 import pytest
 import redis
 
+from facepipe.common import dedup
 from facepipe.common.dedup import (
     HASH_BITS,
     DedupCache,
     Owner,
     hamming,
-    lookup_suffixes,
+    lookup_buckets,
     normalize_phash,
+    own_buckets,
     plan_layout,
-    write_suffixes,
 )
 from facepipe.common.errors import PermanentError
 from facepipe.common.settings import load_settings
@@ -34,8 +35,7 @@ A = Owner("a" * 64, 0)
 B = Owner("b" * 64, 0)
 
 
-@pytest.fixture
-def make_cache(redis_client: redis.Redis, redis_url: str) -> Callable[..., DedupCache]:
+def cache_factory(redis_client: redis.Redis, redis_url: str) -> Callable[..., DedupCache]:
     def make(enabled: bool = True, max_hamming: int = 8, ttl: int = 3600) -> DedupCache:
         settings = load_settings(
             redis_url=redis_url,
@@ -46,6 +46,22 @@ def make_cache(redis_client: redis.Redis, redis_url: str) -> Callable[..., Dedup
         return DedupCache(redis_client, settings)
 
     return make
+
+
+@pytest.fixture(params=["optimistic", "script"])
+def make_cache(
+    request: pytest.FixtureRequest, redis_client: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., DedupCache]:
+    """Caches of both paths: read-decide-commit (the default), and the all-in-Redis script
+    that a tenant written to too often for optimistic commits falls back to."""
+    if request.param == "script":
+        monkeypatch.setattr(dedup, "OPTIMISTIC_ATTEMPTS", 0)
+    return cache_factory(redis_client, redis_url)
+
+
+@pytest.fixture
+def optimistic_cache(redis_client: redis.Redis, redis_url: str) -> Callable[..., DedupCache]:
+    return cache_factory(redis_client, redis_url)
 
 
 def flip(phash: str, bits: list[int]) -> str:
@@ -165,11 +181,11 @@ def test_every_layout_keeps_the_pigeonhole_guarantee(threshold: int) -> None:
     widths = [width for _, width in layout.chunks]
     assert sum(widths) == HASH_BITS
     assert [off for off, _ in layout.chunks] == [sum(widths[:i]) for i in range(len(widths))]
-    # Each chunk differing in more than `radius` bits would need more than `threshold` flips.
-    assert len(layout.chunks) * (layout.radius + 1) > threshold
+    # Each chunk differing in more than its radius would need more than `threshold` flips.
+    assert sum(radius + 1 for radius in layout.radii) > threshold
     base = "8f373c9c3c9c3c1e"
-    assert len(set(lookup_suffixes(base, layout))) == layout.lookups_per_hash()
-    assert set(write_suffixes(base, layout)) <= set(lookup_suffixes(base, layout))
+    assert len(set(lookup_buckets(base, layout))) == layout.lookups_per_hash()
+    assert set(own_buckets(base, layout)) <= set(lookup_buckets(base, layout))
 
 
 def test_large_thresholds_fall_back_to_an_exact_scan(make_cache: Callable[..., DedupCache]) -> None:
@@ -252,7 +268,7 @@ def test_disabled_writes_no_keys(make_cache: Callable[..., DedupCache], redis_cl
 
 
 def test_entries_expire_after_the_ttl_without_stale_matches(
-    make_cache: Callable[..., DedupCache], redis_client: redis.Redis
+    make_cache: Callable[..., DedupCache], redis_client: redis.Redis, redis_url: str
 ) -> None:
     cache = make_cache(max_hamming=8, ttl=2)
     old = "8f373c9c3c9c3c1e"
@@ -264,10 +280,11 @@ def test_entries_expire_after_the_ttl_without_stale_matches(
     sharing = flip(old, [30, 31, 50, 51, 60, 61, 62, 63, 40, 41])
     assert hamming(old, sharing) > 8
     assert cache.remember("demo", sharing, Owner("d" * 64, 0))
-    shared_key = f"dedup:t:demo:{write_suffixes(old, cache.layout)[0]}"
+    shared_bucket = own_buckets(old, cache.layout)[0]
     time.sleep(1.2)
-    assert redis_client.exists(shared_key) == 1
-    assert redis_client.zscore(shared_key, old) is not None  # the stale member is really there
+    near = redis.Redis.from_url(redis_url)  # binary records: no decode_responses
+    records = near.hget(f"dedup:t:demo:{cache.near_key}", shared_bucket)
+    assert any(records[i : i + 8] == bytes.fromhex(old) for i in range(0, len(records), 12))  # still there
     assert not cache.should_skip("demo", old, B)
     assert not cache.should_skip("demo", flip(old, [0, 20, 40]), B)
     # After the TTL the face is new again: remembered by its new owner.
@@ -374,3 +391,51 @@ def test_two_processes_racing_the_same_hashes_remember_each_exactly_once(
         assert winners == [phash], f"hash {i}: {len(winners)} processes remembered it"
     owners = {redis_client.get(f"dedup:t:race:owner:{h}").split(":")[0] for h in hashes}
     assert owners <= {"racer-one", "racer-two"}
+
+
+# --- the optimistic path's commit -----------------------------------------------------------------
+
+
+def test_a_write_between_the_read_and_the_commit_is_not_missed(
+    optimistic_cache: Callable[..., DedupCache], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache, rival = optimistic_cache(max_hamming=8), optimistic_cache(max_hamming=8)
+    base = "8f373c9c3c9c3c1e"
+    decided = cache._decide
+    calls: list[int] = []
+
+    def rival_writes_first(*args: object) -> object:
+        if not calls:  # after our read, before our commit
+            assert rival.remember("demo", base, A)
+        calls.append(1)
+        return decided(*args)
+
+    monkeypatch.setattr(cache, "_decide", rival_writes_first)
+    result = cache.check_and_remember_many("demo", [(flip(base, [1, 30, 50]), B)])[0]
+    assert (result.is_duplicate, result.matched_owner, result.distance) == (True, A, 3)
+    assert len(calls) == 2  # the commit was refused and the face read again
+
+
+def test_a_tenant_that_keeps_changing_falls_back_to_the_script(
+    optimistic_cache: Callable[..., DedupCache], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache, rival = optimistic_cache(max_hamming=8), optimistic_cache(max_hamming=8)
+    scripted = cache._run
+    decided = cache._decide
+    rng = random.Random(3)
+    runs: list[str] = []
+
+    def rival_always_writes(*args: object) -> object:
+        assert rival.remember("demo", f"{rng.getrandbits(64):016x}", Owner("f" * 64, len(runs)))
+        runs.append("read")
+        return decided(*args)
+
+    def script(*args: object) -> list[dedup.DedupResult]:
+        runs.append("script")
+        return scripted(*args)
+
+    monkeypatch.setattr(cache, "_decide", rival_always_writes)
+    monkeypatch.setattr(cache, "_run", script)
+    assert cache.remember("demo", "8f373c9c3c9c3c1e", A)
+    assert runs == ["read"] * dedup.OPTIMISTIC_ATTEMPTS + ["script"]
+    assert cache.should_skip("demo", "8f373c9c3c9c3c1f", B)

@@ -4,7 +4,7 @@ Order of effects for one message, and why it is safe to crash anywhere:
 
 1. validate everything (message, tenant, embeddings, crops) before touching any store, so a
    bad message claims no dedup entry;
-2. dedup ``check_and_remember`` of all its faces in one atomic script: a face that
+2. dedup ``check_and_remember`` of all its faces as one atomic step: a face that
    near-duplicates a face remembered by another owner (another image, or the same image
    ingested again) is skipped; the others are remembered *with their owner* (image_sha256,
    face index, ingest event: see :func:`ingest_event_id`);
@@ -198,7 +198,7 @@ class IndexerHandler:
     def process_batch(self, messages: list[StreamMessage]) -> Sequence[Outcome | BaseException]:
         limit = self.settings.max_worker_concurrency
         prepared = map_concurrently(self._prepare, messages, limit, return_exceptions=True)
-        # Dedup in stream order (one script call per message), so within a batch the earlier
+        # Dedup in stream order (one atomic check per message), so within a batch the earlier
         # message's face is the one kept; storing and indexing then run concurrently.
         checked = [self._dedup(item) if isinstance(item, _Prepared) else item for item in prepared]
         staged = map_concurrently(self._store_artifacts, checked, limit, return_exceptions=True)

@@ -130,7 +130,7 @@ def _readiness_checks(backend: OpsBackend) -> dict[str, Any]:
     def dedup_cache() -> None:
         from facepipe.common.dedup import DedupCache
 
-        # A read-only run of the dedup Lua script: proves scripting works, writes nothing.
+        # A read-only dedup check: the reads a real check makes, writes nothing.
         DedupCache(backend.redis, settings).should_skip(DEDUP_PROBE_TENANT, "0" * 16)
 
     return {
