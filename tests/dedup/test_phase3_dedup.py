@@ -416,17 +416,62 @@ def test_a_write_between_the_read_and_the_commit_is_not_missed(
     assert len(calls) == 2  # the commit was refused and the face read again
 
 
+def test_a_far_write_between_the_read_and_the_commit_does_not_refuse_it(
+    optimistic_cache: Callable[..., DedupCache], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache, rival = optimistic_cache(max_hamming=8), optimistic_cache(max_hamming=8)
+    base = "8f373c9c3c9c3c1e"
+    decided = cache._decide
+    calls: list[int] = []
+
+    def rival_writes_far_away(*args: object) -> object:
+        if not calls:
+            assert rival.remember("demo", flip(base, list(range(0, 64, 3))), A)  # 22 bits away
+        calls.append(1)
+        return decided(*args)
+
+    monkeypatch.setattr(cache, "_decide", rival_writes_far_away)
+    assert cache.remember("demo", base, B)
+    assert len(calls) == 1  # the log showed the rival's write could not matter: no second read
+    assert cache.should_skip("demo", flip(base, [7]), A)
+
+
+def test_the_write_log_is_cut_between_writes_never_inside_one(
+    optimistic_cache: Callable[..., DedupCache], monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    cache, rival = optimistic_cache(max_hamming=8), optimistic_cache(max_hamming=8)
+    monkeypatch.setattr(dedup, "WRITE_LOG_ENTRIES", 2)
+    decided = cache._decide
+    rng = random.Random(5)
+    calls: list[int] = []
+
+    def rival_writes_three_faces_at_once(*args: object) -> object:
+        if not calls:  # one write of three faces, more than the log keeps: none of it may be kept
+            faces = [(f"{rng.getrandbits(64):016x}", Owner("f" * 64, n)) for n in range(3)]
+            assert not any(r.is_duplicate for r in rival.check_and_remember_many("demo", faces))
+        calls.append(1)
+        return decided(*args)
+
+    monkeypatch.setattr(cache, "_decide", rival_writes_three_faces_at_once)
+    assert cache.remember("demo", "8f373c9c3c9c3c1e", A)
+    assert len(calls) == 2  # a log that could miss part of a write refuses; the second read commits
+    log = redis.Redis.from_url(redis_url).hget(f"dedup:t:demo:{cache.near_key}", "log")
+    assert len(log) == 14 and log[6:] == bytes.fromhex("8f373c9c3c9c3c1e")  # only our own write
+
+
 def test_a_tenant_that_keeps_changing_falls_back_to_the_script(
     optimistic_cache: Callable[..., DedupCache], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache, rival = optimistic_cache(max_hamming=8), optimistic_cache(max_hamming=8)
+    monkeypatch.setattr(dedup, "WRITE_LOG_ENTRIES", 2)  # a log too short to reach back to the read
     scripted = cache._run
     decided = cache._decide
     rng = random.Random(3)
     runs: list[str] = []
 
-    def rival_always_writes(*args: object) -> object:
-        assert rival.remember("demo", f"{rng.getrandbits(64):016x}", Owner("f" * 64, len(runs)))
+    def rival_writes_more_than_the_log_keeps(*args: object) -> object:
+        for n in range(3):
+            assert rival.remember("demo", f"{rng.getrandbits(64):016x}", Owner("f" * 64, 3 * len(runs) + n))
         runs.append("read")
         return decided(*args)
 
@@ -434,8 +479,68 @@ def test_a_tenant_that_keeps_changing_falls_back_to_the_script(
         runs.append("script")
         return scripted(*args)
 
-    monkeypatch.setattr(cache, "_decide", rival_always_writes)
+    monkeypatch.setattr(cache, "_decide", rival_writes_more_than_the_log_keeps)
     monkeypatch.setattr(cache, "_run", script)
     assert cache.remember("demo", "8f373c9c3c9c3c1e", A)
     assert runs == ["read"] * dedup.OPTIMISTIC_ATTEMPTS + ["script"]
     assert cache.should_skip("demo", "8f373c9c3c9c3c1f", B)
+
+
+# --- batches of messages (the indexer's call) ------------------------------------------------------
+
+
+def test_a_batch_is_the_messages_one_after_another(
+    make_cache: Callable[..., DedupCache], redis_client: redis.Redis
+) -> None:
+    cache = make_cache(max_hamming=8)
+    base = "8f373c9c3c9c3c1e"
+    first, second, third = Owner("1" * 64, 0, "e1"), Owner("2" * 64, 0, "e2"), Owner("3" * 64, 0, "e3")
+    batch = cache.check_and_remember_batch(
+        [
+            ("acme", [(base, first), ("0123456789abcdef", Owner(first.image_sha256, 1, "e1"))]),
+            ("other", [(base, second)]),  # another tenant: never a duplicate of acme's face
+            ("acme", []),
+            ("acme", [(flip(base, [2, 40]), third)]),  # a later message sees the first one
+        ]
+    )
+    assert [[r.is_duplicate for r in results] for results in batch] == [[False, False], [False], [], [True]]
+    assert (batch[3][0].matched_owner, batch[3][0].distance) == (first, 2)
+    # What the batch remembered is what one-by-one calls would have remembered.
+    assert cache.should_skip("acme", "0123456789abcdef", B)
+    assert cache.should_skip("other", flip(base, [5]), B)
+    assert redis_client.exists(f"dedup:t:acme:owner:{flip(base, [2, 40])}") == 0  # a skipped face isn't kept
+
+
+def test_a_refused_commit_in_a_batch_only_reruns_that_tenant(
+    optimistic_cache: Callable[..., DedupCache], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache, rival = optimistic_cache(max_hamming=8), optimistic_cache(max_hamming=8)
+    base = "8f373c9c3c9c3c1e"
+    committed = cache._commit
+    commits: list[list[str]] = []
+
+    def rival_writes_to_acme_first(calls: list, now_s: int) -> list[bool]:
+        if not commits:
+            assert rival.remember("acme", base, A)
+        commits.append([call.prefix for call in calls])
+        return committed(calls, now_s)
+
+    monkeypatch.setattr(cache, "_commit", rival_writes_to_acme_first)
+    batch = cache.check_and_remember_batch(
+        [("acme", [(flip(base, [1, 9]), B)]), ("other", [(base, B)])]
+    )
+    assert commits == [["dedup:t:acme:", "dedup:t:other:"]]  # acme re-read, then nothing to commit
+    assert (batch[0][0].is_duplicate, batch[0][0].matched_owner) == (True, A)
+    assert batch[1] == [dedup.NOT_DUPLICATE]
+    assert cache.should_skip("other", base, A)  # other's commit went through the first time
+
+
+def test_disabled_batches_touch_nothing(
+    make_cache: Callable[..., DedupCache], redis_client: redis.Redis
+) -> None:
+    cache = make_cache(enabled=False)
+    assert cache.check_and_remember_batch([("acme", [("8f373c9c3c9c3c1e", A)]), ("acme", [])]) == [
+        [dedup.NOT_DUPLICATE],
+        [],
+    ]
+    assert redis_client.dbsize() == 0

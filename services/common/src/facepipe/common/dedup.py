@@ -45,6 +45,7 @@ import re
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from functools import lru_cache
 from itertools import combinations
 from math import comb
@@ -62,6 +63,8 @@ HASH_BITS = 64
 RECORD_BYTES = 12  # a bucket record: hash (8 bytes, big-endian), expiry (4 bytes, unix seconds)
 # Optimistic reads before falling back to the all-in-Redis script (a tenant written to that often).
 OPTIMISTIC_ATTEMPTS = 3
+# Writes a tenant's log keeps: a commit whose read is older than the log reaches is refused.
+WRITE_LOG_ENTRIES = 32
 KEY_ROOT = "dedup:"
 _HEX16 = re.compile(r"^[0-9a-f]{16}$")
 _IMAGE_ID = re.compile(IMAGE_ID_PATTERN)
@@ -301,14 +304,16 @@ def _text(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else (value or "")
 
 
-def _without(blob: bytes, hash_bytes: bytes, now_s: int) -> bytes:
-    """A bucket without the records of one hash and without expired records (Lua's ``without``)."""
+def _appended(bucket: bytes, record: bytes, now_s: int) -> bytes:
+    """A bucket with the record appended, without expired records and earlier records of the
+    same hash (what the scripts' ``appended`` gives)."""
     kept = [
-        blob[pos : pos + RECORD_BYTES]
-        for pos in range(0, len(blob) - RECORD_BYTES + 1, RECORD_BYTES)
-        if blob[pos : pos + 8] != hash_bytes and int.from_bytes(blob[pos + 8 : pos + 12], "big") > now_s
+        bucket[pos : pos + RECORD_BYTES]
+        for pos in range(0, len(bucket) - RECORD_BYTES + 1, RECORD_BYTES)
+        if bucket[pos : pos + 8] != record[:8] and int.from_bytes(bucket[pos + 8 : pos + 12], "big") > now_s
     ]
-    return b"".join(kept)
+    return b"".join(kept) + record
+
 
 # Shared Lua: bucket records and a branch-free popcount (LuaBitOp works on 32-bit halves).
 _LUA_RECORDS = r"""
@@ -336,6 +341,57 @@ local function without(blob, hi, lo, now_s)
   end
   return table.concat(kept), dropped
 end
+-- Whether the bucket holds a record of the hash given as its 8 bytes (a plain find, then alignment).
+local function holds(blob, key8)
+  local from = 1
+  while true do
+    local pos = string.find(blob, key8, from, true)
+    if not pos then return false end
+    if (pos - 1) % RECORD == 0 then return true end
+    from = pos + 1
+  end
+end
+-- The bucket with this hash's record appended. Usually a plain append: the records are in time
+-- order, so the bucket is rebuilt only when its oldest record has expired or the hash is there.
+local function appended(old, hi, lo, record, now_s)
+  if not old or old == '' then return record end
+  if struct.unpack('>I4', old, 9) > now_s and not holds(old, string.sub(record, 1, 8)) then
+    return old .. record
+  end
+  return (without(old, hi, lo, now_s)) .. record
+end
+-- The tenant's write log (field 'log'): the hashes remembered by the latest writes, each as the
+-- write's sequence number (6 bytes) and the hash (8 bytes), oldest first. A commit that read an
+-- older sequence is still valid when nothing logged since is near one of its faces.
+local LOG_RECORD = 14
+local function logged(log, seq, faces, keep)
+  local entries = {}
+  for _, face in ipairs(faces) do entries[#entries + 1] = struct.pack('>I6I4I4', seq, face[1], face[2]) end
+  log = (log or '') .. table.concat(entries)
+  if #log > keep * LOG_RECORD then
+    -- Keep the newest entries, cut at a write's boundary: the log always holds every entry of
+    -- every write from its oldest one on.
+    local from = #log - keep * LOG_RECORD + 1
+    local cut = struct.unpack('>I6', log, from - LOG_RECORD)
+    while from <= #log and struct.unpack('>I6', log, from) == cut do from = from + LOG_RECORD end
+    log = string.sub(log, from)
+  end
+  return log
+end
+local function changed_since(log, seq_read, faces, maxd)
+  if not log or #log == 0 or struct.unpack('>I6', log, 1) > seq_read + 1 then
+    return true  -- the log no longer reaches back to the first write after the read
+  end
+  for pos = 1, #log - LOG_RECORD + 1, LOG_RECORD do
+    local seq, chi, clo = struct.unpack('>I6I4I4', log, pos)
+    if seq > seq_read then
+      for _, face in ipairs(faces) do
+        if popcount32(bxor(chi, face[1])) + popcount32(bxor(clo, face[2])) <= maxd then return true end
+      end
+    end
+  end
+  return false
+end
 -- HMGET of any number of fields (unpack has a C-stack limit); false for a missing field.
 local function hmget(key, fields, first, last)
   local values = {}
@@ -348,19 +404,19 @@ end
 """
 
 # ARGV: mode ('check'|'remember'), key prefix, layout hash suffix, ttl_ms, max_hamming, face count,
-# then per face: hash, owner token, image-set suffix, n_own, n_lookup, lookup buckets...
+# log entries kept, then per face: hash, owner token, image-set suffix, n_own, n_lookup, lookup buckets...
 # (the first n_own lookups are the face's own buckets). Returns per face
 # {is_dup, owner token, matched hash, distance}.
 _CHECK_AND_REMEMBER = _LUA_RECORDS + r"""
 local mode, prefix = ARGV[1], ARGV[2]
 local near = prefix .. ARGV[3]
-local ttl, maxd, nfaces = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local ttl, maxd, nfaces, keep = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local t = redis.call('TIME')
 local now_s = tonumber(t[1])
 local expiry_s = math.ceil((now_s * 1000 + math.floor(tonumber(t[2]) / 1000) + ttl) / 1000)
 
 local results = {}
-local i = 7
+local i = 8
 for f = 1, nfaces do
   local hash, owner, img = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local nown, nlook = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
@@ -408,17 +464,15 @@ for f = 1, nfaces do
     if mode == 'remember' then
       redis.call('SET', okey, owner, 'PX', ttl)
       local record = struct.pack('>I4I4I4', hi, lo, expiry_s)
-      local pairs_ = {}
+      -- Every write moves the tenant's sequence and is logged: see _COMMIT.
+      local state = redis.call('HMGET', near, 'seq', 'log')
+      local seq = tonumber(state[1] or '0') + 1
+      local pairs_ = {'seq', string.format('%d', seq), 'log', logged(state[2], seq, {{hi, lo}}, keep)}
       for w = 1, nown do
-        local old = buckets[w]
-        local value = record
-        if old then value = without(old, hi, lo, now_s) .. record end
         pairs_[#pairs_ + 1] = ARGV[first + w - 1]
-        pairs_[#pairs_ + 1] = value
+        pairs_[#pairs_ + 1] = appended(buckets[w], hi, lo, record, now_s)
       end
-      if nown > 0 then redis.call('HSET', near, unpack(pairs_)) end
-      -- Every write moves the tenant's sequence: optimistic writers that read before it retry.
-      redis.call('HINCRBY', near, 'seq', 1)
+      redis.call('HSET', near, unpack(pairs_))
       redis.call('PEXPIRE', near, ttl)
       redis.call('SADD', prefix .. img, hash)
       redis.call('PEXPIRE', prefix .. img, ttl)
@@ -459,35 +513,105 @@ while i <= #ARGV do
   end
   i = i + 2 + n
 end
-if removed > 0 and redis.call('EXISTS', near) == 1 then redis.call('HINCRBY', near, 'seq', 1) end
 return removed
 """
 
-# The optimistic path's commit. ARGV: key prefix, layout hash suffix, the tenant's sequence as
-# read, ttl_ms, n, then n (hash, owner token) pairs; then image sets: count, and per set its
-# suffix, m, and m hashes; then the own buckets' new values as field, value pairs. Writes only
-# if nobody wrote since the read: returns 1, else 0 and writes nothing.
-_COMMIT = r"""
-local prefix, seq, ttl = ARGV[1], ARGV[3], tonumber(ARGV[4])
-local near = prefix .. ARGV[2]
-if (redis.call('HGET', near, 'seq') or '0') ~= seq then return 0 end
+# The optimistic path's commit, for several tenants at once. ARGV: ttl_ms, layout hash suffix,
+# max_hamming, log entries kept, group count, then per group (one tenant): key prefix, the
+# tenant's sequence as read, face count, and per face: hash, owner token, image-set suffix, n_own,
+# own buckets; then the own buckets' new values as the caller computed them from its read (count,
+# then field, value pairs). A group is written when its tenant's sequence is unchanged (with the
+# caller's values), or when every write logged since the read is farther than max_hamming from
+# all of its faces, so those writes cannot have changed its decisions (its records are then
+# appended to the buckets as they are now); otherwise nothing of it is written.
+# Returns 1 (written) or 0 (refused) per group.
+_COMMIT = _LUA_RECORDS + r"""
+local ttl, suffix, maxd, keep = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now_s = tonumber(t[1])
+local expiry_s = math.ceil((now_s * 1000 + math.floor(tonumber(t[2]) / 1000) + ttl) / 1000)
+local written = {}
 local i = 6
-for _ = 1, tonumber(ARGV[5]) do
-  redis.call('SET', prefix .. 'owner:' .. ARGV[i], ARGV[i + 1], 'PX', ttl)
-  i = i + 2
+for g = 1, tonumber(ARGV[5]) do
+  local prefix, seq_read, nfaces = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local near = prefix .. suffix
+  i = i + 3
+  local faces = {}
+  for f = 1, nfaces do
+    local hash = ARGV[i]
+    local nown = tonumber(ARGV[i + 3])
+    faces[f] = {tonumber(string.sub(hash, 1, 8), 16), tonumber(string.sub(hash, 9, 16), 16), i}
+    i = i + 4 + nown
+  end
+  local nvalues, values_at = tonumber(ARGV[i]), i + 1
+  i = values_at + 2 * nvalues
+  local state = redis.call('HMGET', near, 'seq', 'log')
+  local seq = tonumber(state[1] or '0')
+  local unchanged = seq == seq_read
+  local ok = unchanged or not changed_since(state[2], seq_read, faces, maxd)
+  if ok then
+    seq = seq + 1
+    local fields, slot, images = {}, {}, {}
+    for _, face in ipairs(faces) do
+      local at = face[3]
+      redis.call('SET', prefix .. 'owner:' .. ARGV[at], ARGV[at + 1], 'PX', ttl)
+      local image_set = prefix .. ARGV[at + 2]
+      redis.call('SADD', image_set, ARGV[at])
+      if not images[image_set] then
+        images[image_set] = true
+        redis.call('PEXPIRE', image_set, ttl)
+      end
+      for k = at + 4, at + 3 + tonumber(ARGV[at + 3]) do
+        if not slot[ARGV[k]] then
+          fields[#fields + 1] = ARGV[k]
+          slot[ARGV[k]] = #fields
+        end
+      end
+    end
+    local values = {}
+    if unchanged then
+      -- Nothing was written since the read: the buckets the caller computed from it are current.
+      for k = values_at, values_at + 2 * nvalues - 1, 2 do values[slot[ARGV[k]]] = ARGV[k + 1] end
+    else
+      if #fields > 0 then values = redis.call('HMGET', near, unpack(fields)) end
+      for _, face in ipairs(faces) do
+        local at = face[3]
+        local record = struct.pack('>I4I4I4', face[1], face[2], expiry_s)
+        for k = at + 4, at + 3 + tonumber(ARGV[at + 3]) do
+          local j = slot[ARGV[k]]
+          values[j] = appended(values[j], face[1], face[2], record, now_s)
+        end
+      end
+    end
+    local pairs_ = {'seq', string.format('%d', seq), 'log', logged(state[2], seq, faces, keep)}
+    for j = 1, #fields do
+      pairs_[#pairs_ + 1] = fields[j]
+      pairs_[#pairs_ + 1] = values[j]
+    end
+    redis.call('HSET', near, unpack(pairs_))
+    redis.call('PEXPIRE', near, ttl)
+  end
+  written[g] = ok and 1 or 0
 end
-local nsets = tonumber(ARGV[i])
-i = i + 1
-for _ = 1, nsets do
-  local key, m = prefix .. ARGV[i], tonumber(ARGV[i + 1])
-  redis.call('SADD', key, unpack(ARGV, i + 2, i + 1 + m))
-  redis.call('PEXPIRE', key, ttl)
-  i = i + 2 + m
-end
-redis.call('HSET', near, 'seq', tonumber(seq) + 1, unpack(ARGV, i))
-redis.call('PEXPIRE', near, ttl)
-return 1
+return written
 """
+
+
+@dataclass
+class _Call:
+    """One tenant's faces checked together, in order (a message, or a batch's messages of one
+    tenant), and what the latest read and decision found."""
+
+    prefix: str
+    faces: list[tuple[str, Owner]]  # normalized pHash, checked owner
+    lookups: list[list[str]]  # per face, the buckets to read (its own first)
+    fields: list[str]  # every bucket of the call, once
+    seq: str = "0"
+    buckets: dict[str, bytes] = dataclass_field(default_factory=dict)
+    owners: list[str] = dataclass_field(default_factory=list)
+    candidates: list[list[tuple[int, int]]] = dataclass_field(default_factory=list)
+    results: list[DedupResult] = dataclass_field(default_factory=list)
+    writes: list[tuple[str, Owner]] = dataclass_field(default_factory=list)
 
 
 class DedupCache:
@@ -523,8 +647,8 @@ class DedupCache:
             return False
         owner = owner or Owner("-", 0)
         faces = [(phash, owner)]
-        results = self._optimistic(tenant_id, faces, remember=False) or self._run("check", tenant_id, faces)
-        return results[0].is_duplicate
+        results = self._optimistic([self._call(tenant_id, faces)], remember=False)[0]
+        return (results or self._run("check", tenant_id, faces))[0].is_duplicate
 
     def check_and_remember(self, tenant_id: str, phash: str, owner: Owner) -> tuple[bool, Owner | None]:
         """Atomically: if a near-duplicate of another owner exists, report it; else remember this face."""
@@ -540,24 +664,51 @@ class DedupCache:
     ) -> list[DedupResult]:
         """check_and_remember for the faces of one message, in order, atomically.
 
-        A later face is also checked against the earlier faces of the same call. Optimistic:
-        the buckets are read with plain commands and checked here, and a small script writes only
-        if the tenant's sequence is still the one read (else read again; after
-        OPTIMISTIC_ATTEMPTS, the whole decision runs inside Redis as one script). Either way the
-        outcome is that of one atomic step.
+        A later face is also checked against the earlier faces of the same call.
         """
-        if not self.enabled or not faces:
-            return [NOT_DUPLICATE for _ in faces]
-        results = self._optimistic(tenant_id, faces, remember=True)
-        if results is None:  # the tenant kept changing under us: decide inside Redis instead
-            results = self._run("remember", tenant_id, faces)
+        return self.check_and_remember_batch([(tenant_id, faces)])[0]
+
+    def check_and_remember_batch(
+        self, messages: Sequence[tuple[str, Sequence[tuple[str, Owner]]]]
+    ) -> list[list[DedupResult]]:
+        """check_and_remember_many for several messages ``(tenant, faces)`` in stream order.
+
+        Each message is one atomic step, and sees what the messages before it remembered. The
+        whole batch takes two round trips (read, commit; a third when a record is within the
+        threshold): the buckets are read with plain commands and checked here, and one short
+        script commits each tenant's new faces only if the tenant's sequence is still the one
+        read. A tenant whose commit was refused is read again; after OPTIMISTIC_ATTEMPTS, its
+        messages are decided inside Redis, one script call each.
+        """
+        if not self.enabled:
+            return [[NOT_DUPLICATE for _ in faces] for _, faces in messages]
+        # One call per tenant: its messages' faces in order (a later message sees the earlier).
+        by_tenant: dict[str, list[int]] = {}
+        for number, (tenant_id, faces) in enumerate(messages):
+            if faces:
+                by_tenant.setdefault(tenant_id, []).append(number)
+        calls = [
+            self._call(tenant_id, [face for number in numbers for face in messages[number][1]])
+            for tenant_id, numbers in by_tenant.items()
+        ]
+        outcomes = self._optimistic(calls, remember=True)
+        results: list[list[DedupResult]] = [[] for _ in messages]
+        for (tenant_id, numbers), outcome in zip(by_tenant.items(), outcomes, strict=True):
+            for number in numbers:
+                faces = messages[number][1]
+                if outcome is None:  # the tenant kept changing under us: decide inside Redis
+                    results[number] = self._run("remember", tenant_id, faces)
+                else:
+                    results[number], outcome = outcome[: len(faces)], outcome[len(faces) :]
+                self._log_duplicates(faces, results[number])
+        return results
+
+    @staticmethod
+    def _log_duplicates(faces: Sequence[tuple[str, Owner]], results: Sequence[DedupResult]) -> None:
         for (phash, owner), result in zip(faces, results, strict=True):
             if result.is_duplicate:
-                log.info(
-                    "Face %s is near-duplicate (pHash: %s), skipping",
-                    owner.face_index,
-                    normalize_phash(phash),
-                )
+                value = normalize_phash(phash)
+                log.info("Face %s is near-duplicate (pHash: %s), skipping", owner.face_index, value)
                 log.debug(
                     "face %s matched %s (pHash %s, distance %s)",
                     owner.token,
@@ -565,12 +716,15 @@ class DedupCache:
                     result.matched_phash,
                     result.distance,
                 )
-        return results
 
-    def _optimistic(
-        self, tenant_id: str, faces: Sequence[tuple[str, Owner]], remember: bool
-    ) -> list[DedupResult] | None:
-        """Read, decide here, commit if unchanged; None when every attempt met a concurrent write.
+    def _call(self, tenant_id: str, faces: Sequence[tuple[str, Owner]]) -> _Call:
+        checked = [(normalize_phash(phash), _check_owner(owner)) for phash, owner in faces]
+        lookups = [lookup_buckets(value, self.layout) if self.max_hamming > 0 else [] for value, _ in checked]
+        fields = list(dict.fromkeys(field for face in lookups for field in face))
+        return _Call(self.tenant_prefix(tenant_id), checked, lookups, fields)
+
+    def _optimistic(self, calls: Sequence[_Call], remember: bool) -> list[list[DedupResult] | None]:
+        """Read, decide here, commit if unchanged; None for a call whose every commit was refused.
 
         Why it is atomic: every write to a tenant's entries (commit, the fallback script, forget)
         moves ``seq`` in the tenant's bucket hash. The buckets and ``seq`` come from one HMGET,
@@ -578,38 +732,46 @@ class DedupCache:
         that slipped in anywhere after the HMGET fails the commit, one before it was seen.
         Owner keys that expire meanwhile only make a face new, as they would a moment later.
         """
-        prefix = self.tenant_prefix(tenant_id)
-        checked = [(normalize_phash(phash), _check_owner(owner)) for phash, owner in faces]
-        lookups = [lookup_buckets(value, self.layout) if self.max_hamming > 0 else [] for value, _ in checked]
-        fields = list(dict.fromkeys(field for face in lookups for field in face))
+        outcomes: list[list[DedupResult] | None] = [None] * len(calls)
+        pending = list(range(len(calls)))
         for _attempt in range(OPTIMISTIC_ATTEMPTS):
+            if not pending:
+                break
             pipe = self._binary.pipeline(transaction=False)
-            pipe.hmget(prefix + self.near_key, ["seq", *fields])  # first: see the docstring
-            pipe.mget([f"{prefix}owner:{value}" for value, _ in checked])
+            for index in pending:
+                call = calls[index]
+                pipe.hmget(call.prefix + self.near_key, ["seq", *call.fields])  # first: see the docstring
+                pipe.mget([f"{call.prefix}owner:{value}" for value, _ in call.faces])
             pipe.time()
-            (seq, *values), owners, (seconds, _micros) = pipe.execute()
-            buckets: dict[str, bytes] = {f: v for f, v in zip(fields, values, strict=True) if v}
-            candidates = self._candidates(checked, lookups, buckets)
-            candidate_owners = self._owners(prefix, candidates)
-            results, writes = self._decide(checked, owners, candidates, candidate_owners)
-            if not remember or not writes:
-                return results
-            if self._commit(prefix, _text(seq) or "0", writes, lookups, buckets, int(seconds)):
-                return results
-        return None
+            *replies, (seconds, _micros) = pipe.execute()
+            reads = [calls[index] for index in pending]
+            for number, call in enumerate(reads):
+                (seq, *values), owners = replies[2 * number], replies[2 * number + 1]
+                call.seq = _text(seq) or "0"
+                call.buckets = {f: v for f, v in zip(call.fields, values, strict=True) if v}
+                call.owners = [_text(owner) for owner in owners]
+                call.candidates = self._candidates(call)
+            candidate_owners = self._candidate_owners(reads)
+            for call in reads:
+                call.results, call.writes = self._decide(call, candidate_owners)
+            committing = [index for index in pending if remember and calls[index].writes]
+            refused: set[int] = set()
+            if committing:
+                accepted = self._commit([calls[index] for index in committing], int(seconds))
+                refused = {index for index, ok in zip(committing, accepted, strict=True) if not ok}
+            for index in pending:
+                if index not in refused:
+                    outcomes[index] = calls[index].results
+            pending = [index for index in pending if outcomes[index] is None]
+        return outcomes
 
-    def _candidates(
-        self,
-        checked: Sequence[tuple[str, Owner]],
-        lookups: Sequence[Sequence[str]],
-        buckets: dict[str, bytes],
-    ) -> list[list[tuple[int, int]]]:
+    def _candidates(self, call: _Call) -> list[list[tuple[int, int]]]:
         """Per face, (distance, hash) of every stored record within the threshold, nearest first."""
         found = []
-        for (value, _), fields in zip(checked, lookups, strict=True):
+        for (value, _), fields in zip(call.faces, call.lookups, strict=True):
             query, near = int(value, 16), set()
             for field in fields:
-                blob = buckets.get(field, b"")
+                blob = call.buckets.get(field, b"")
                 for pos in range(0, len(blob) - RECORD_BYTES + 1, RECORD_BYTES):
                     stored = int.from_bytes(blob[pos : pos + 8], "big")
                     distance = (stored ^ query).bit_count()
@@ -618,35 +780,37 @@ class DedupCache:
             found.append(sorted(near))
         return found
 
-    def _owners(self, prefix: str, candidates: Sequence[Sequence[tuple[int, int]]]) -> dict[int, str]:
-        hashes = list(dict.fromkeys(stored for face in candidates for _, stored in face))
-        if not hashes:
+    def _candidate_owners(self, calls: Sequence[_Call]) -> dict[str, str]:
+        """Owner tokens of every candidate of the calls, by owner key (one MGET)."""
+        keys = list(
+            dict.fromkeys(
+                f"{call.prefix}owner:{stored:016x}"
+                for call in calls
+                for face in call.candidates
+                for _, stored in face
+            )
+        )
+        if not keys:
             return {}
-        owners = self._binary.mget([f"{prefix}owner:{stored:016x}" for stored in hashes])
-        return {stored: _text(owner) for stored, owner in zip(hashes, owners, strict=True) if owner}
+        return {key: _text(owner) for key, owner in zip(keys, self._binary.mget(keys), strict=True) if owner}
 
     def _decide(
-        self,
-        checked: Sequence[tuple[str, Owner]],
-        owners: Sequence[bytes | str | None],
-        candidates: Sequence[Sequence[tuple[int, int]]],
-        candidate_owners: dict[int, str],
+        self, call: _Call, candidate_owners: dict[str, str]
     ) -> tuple[list[DedupResult], list[tuple[str, Owner]]]:
         """The outcome per face, in order, and the faces to remember (what the script would do)."""
         results: list[DedupResult] = []
         remembered: list[tuple[str, Owner]] = []
-        for (value, owner), current, near in zip(checked, owners, candidates, strict=True):
+        for (value, owner), current, near in zip(call.faces, call.owners, call.candidates, strict=True):
             token = owner.token
-            match: tuple[str, int, str] | None = None  # owner token, hash, distance
-            current_token = _text(current)
-            if current_token and current_token != token:
-                match = (current_token, int(value, 16), 0)
+            match: tuple[str, int, int] | None = None  # owner token, hash, distance
+            if current and current != token:
+                match = (current, int(value, 16), 0)
             else:
                 # Earlier faces of this call are remembered before this one is checked.
                 pending = [
                     ((int(v, 16) ^ int(value, 16)).bit_count(), int(v, 16), o.token) for v, o in remembered
                 ]
-                stored = [(d, h, candidate_owners.get(h, "")) for d, h in near]
+                stored = [(d, h, candidate_owners.get(f"{call.prefix}owner:{h:016x}", "")) for d, h in near]
                 for distance, other, other_token in sorted(pending + stored):
                     if distance <= self.max_hamming and other_token and other_token != token:
                         match = (other_token, other, distance)
@@ -658,41 +822,36 @@ class DedupCache:
                 results.append(DedupResult(True, Owner.parse(match[0]), f"{match[1]:016x}", match[2]))
         return results, remembered
 
-    def _commit(
-        self,
-        prefix: str,
-        seq: str,
-        writes: Sequence[tuple[str, Owner]],
-        lookups: Sequence[Sequence[str]],
-        buckets: dict[str, bytes],
-        now_s: int,
-    ) -> bool:
-        """Write the new faces' owners and bucket records if ``seq`` is unchanged."""
+    def _commit(self, calls: Sequence[_Call], now_s: int) -> list[bool]:
+        """Remember each call's new faces unless a write since its read may change its decisions;
+        one script call for all of them. Returns per call whether it was written."""
         expiry = (now_s * 1000 + self.ttl_ms + 999) // 1000
-        values: dict[str, bytes] = {}
-        for value, _owner in writes:
-            record = bytes.fromhex(value) + expiry.to_bytes(4, "big")
-            for field in own_buckets(value, self.layout) if self._own_buckets else []:
-                old = values.get(field, buckets.get(field, b""))
-                values[field] = _without(old, record[:8], now_s) + record
-        args: list[str | int | bytes] = [prefix, self.near_key, seq, self.ttl_ms, len(writes)]
-        image_sets: dict[str, list[str]] = {}
-        for value, owner in writes:
-            args += [value, owner.token]
-            image_sets.setdefault(f"img:{owner.image_sha256}", []).append(value)
-        args.append(len(image_sets))
-        for image_set, hashes in image_sets.items():
-            args += [image_set, len(hashes), *hashes]
-        for field, blob in values.items():
-            args += [field, blob]
-        return bool(int(self._commit_script(keys=[], args=args)))
+        args: list[str | int | bytes] = [
+            self.ttl_ms, self.near_key, self.max_hamming, WRITE_LOG_ENTRIES, len(calls)
+        ]
+        for call in calls:
+            args += [call.prefix, call.seq, len(call.writes)]
+            values: dict[str, bytes] = {}
+            for value, owner in call.writes:
+                buckets = own_buckets(value, self.layout) if self._own_buckets else []
+                args += [value, owner.token, f"img:{owner.image_sha256}", len(buckets), *buckets]
+                record = bytes.fromhex(value) + expiry.to_bytes(4, "big")
+                for bucket in buckets:
+                    current = values.get(bucket, call.buckets.get(bucket, b""))
+                    values[bucket] = _appended(current, record, now_s)
+            args.append(len(values))
+            for bucket, blob in values.items():
+                args += [bucket, blob]
+        return [bool(int(ok)) for ok in self._commit_script(keys=[], args=args)]
 
     def _run(self, mode: str, tenant_id: str, faces: Sequence[tuple[str, Owner]]) -> list[DedupResult]:
         return self._results(self._check_script(keys=[], args=self._script_args(mode, tenant_id, faces)))
 
     def _script_args(self, mode: str, tenant_id: str, faces: Sequence[tuple[str, Owner]]) -> list[str | int]:
         prefix = self.tenant_prefix(tenant_id)
-        args: list[str | int] = [mode, prefix, self.near_key, self.ttl_ms, self.max_hamming, len(faces)]
+        args: list[str | int] = [
+            mode, prefix, self.near_key, self.ttl_ms, self.max_hamming, len(faces), WRITE_LOG_ENTRIES
+        ]
         for phash, owner in faces:
             value = normalize_phash(phash)
             owner = _check_owner(owner)

@@ -198,9 +198,10 @@ class IndexerHandler:
     def process_batch(self, messages: list[StreamMessage]) -> Sequence[Outcome | BaseException]:
         limit = self.settings.max_worker_concurrency
         prepared = map_concurrently(self._prepare, messages, limit, return_exceptions=True)
-        # Dedup in stream order (one atomic check per message), so within a batch the earlier
-        # message's face is the one kept; storing and indexing then run concurrently.
-        checked = [self._dedup(item) if isinstance(item, _Prepared) else item for item in prepared]
+        # Dedup in stream order (one atomic check per message, the whole batch in two round
+        # trips), so within a batch the earlier message's face is the one kept; storing and
+        # indexing then run concurrently.
+        checked = self._dedup(prepared)
         staged = map_concurrently(self._store_artifacts, checked, limit, return_exceptions=True)
         points = [point for item in staged if isinstance(item, _Indexed) for point in item.points]
         if points:
@@ -214,17 +215,20 @@ class IndexerHandler:
                 ]
         return [_result(item) for item in staged]
 
-    def _dedup(self, prepared: _Prepared) -> _Prepared | BaseException:
-        ingest = prepared.parsed.ingest
-        event = ingest_event_id(prepared.message)
-        owners = [
-            (face.phash, Owner(ingest.image_sha256, face.index, event)) for face in prepared.parsed.faces
-        ]
+    def _dedup(self, prepared: list[_Prepared | BaseException]) -> list[_Prepared | BaseException]:
+        valid = [item for item in prepared if isinstance(item, _Prepared)]
+        messages = []
+        for item in valid:
+            ingest = item.parsed.ingest
+            event = ingest_event_id(item.message)
+            owners = [(f.phash, Owner(ingest.image_sha256, f.index, event)) for f in item.parsed.faces]
+            messages.append((ingest.tenant_id, owners))
         try:
-            results = self.dedup.check_and_remember_many(ingest.tenant_id, owners)
-        except Exception as exc:  # Redis down: this message is retried (the runtime classifies it)
-            return exc
-        prepared.kept = [i for i, result in enumerate(results) if not result.is_duplicate]
+            results = self.dedup.check_and_remember_batch(messages)
+        except Exception as exc:  # Redis down: these messages are retried (the runtime classifies it)
+            return [exc if isinstance(item, _Prepared) else item for item in prepared]
+        for item, faces in zip(valid, results, strict=True):
+            item.kept = [i for i, result in enumerate(faces) if not result.is_duplicate]
         return prepared
 
     def _store_artifacts(self, item: _Prepared | BaseException) -> _Indexed:
