@@ -40,6 +40,7 @@ class Plan:
     dedup_cached: int
     dedup_tenants: int
     dedup_checks_per_client: int
+    dedup_repeats: int
     dedup_pairs_per_distance: int
     dedup_pair_attempts: int
     dedup_flip_pairs: int
@@ -62,7 +63,8 @@ FULL = Plan(
     stage_repeats=3,
     dedup_cached=100_000,
     dedup_tenants=100,
-    dedup_checks_per_client=3000,
+    dedup_checks_per_client=2000,
+    dedup_repeats=3,
     dedup_pairs_per_distance=25,
     dedup_pair_attempts=4000,
     dedup_flip_pairs=100,
@@ -85,6 +87,7 @@ QUICK = Plan(
     dedup_cached=10_000,
     dedup_tenants=20,
     dedup_checks_per_client=500,
+    dedup_repeats=2,
     dedup_pairs_per_distance=6,
     dedup_pair_attempts=600,
     dedup_flip_pairs=20,
@@ -108,6 +111,7 @@ SMOKE = Plan(
     dedup_cached=2_000,
     dedup_tenants=10,
     dedup_checks_per_client=200,
+    dedup_repeats=1,
     dedup_pairs_per_distance=3,
     dedup_pair_attempts=300,
     dedup_flip_pairs=5,
