@@ -363,3 +363,41 @@ def test_within_one_batch_the_earlier_message_keeps_the_face(
         publish(make_message("demo", f"img{n}", [(0, f"8f373c9c3c9c3c1{n}", n)]))
     assert run_indexer(settings, max_batch=6) == 0
     assert [hit.payload["image_sha256"] for hit in open_index(settings).scroll("demo")] == ["img0"]
+
+
+def test_a_message_the_dedup_refuses_does_not_fail_the_rest_of_its_batch(
+    settings: Settings,
+    make_message: MakeMessage,
+    publish: Publish,
+    run_indexer: RunIndexer,
+    open_index: OpenIndex,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A mock, because parsing already refuses every input the dedup would: the dedup refusing
+    # one message of a batch (tenant "refused") cannot be produced through the stream otherwise.
+    from facepipe.common.errors import PermanentError
+
+    real_batch, real_many = DedupCache.check_and_remember_batch, DedupCache.check_and_remember_many
+
+    def batch(self: DedupCache, messages: list) -> list:
+        if any(tenant == "refused" for tenant, _faces in messages):
+            raise ValueError("a face the dedup cannot key")
+        return real_batch(self, messages)
+
+    def many(self: DedupCache, tenant: str, faces: list) -> list:
+        if tenant == "refused":
+            raise PermanentError("invalid_fields", "a face the dedup cannot key")
+        return real_many(self, tenant, faces)
+
+    monkeypatch.setattr(DedupCache, "check_and_remember_batch", batch)
+    monkeypatch.setattr(DedupCache, "check_and_remember_many", many)
+    publish(make_message("demo", SHA_A, FACES[:1]))
+    refused = publish(make_message("refused", SHA_B, FACES[1:]))
+    publish(make_message("demo", SHA_B, [(0, "fedcba9876543210", 7)]))
+    assert run_indexer(settings, max_batch=3) == 0
+    indexed = sorted(hit.payload["image_sha256"] for hit in open_index(settings).scroll("demo"))
+    assert indexed == [SHA_A, SHA_B]
+    dlq = redis_client.xrange(dlq_stream(settings.embedded_stream))
+    assert [(fields["source_id"], fields["reason"]) for _id, fields in dlq] == [(refused, "invalid_fields")]
+    assert pending(redis_client, settings) == 0

@@ -548,7 +548,8 @@ for g = 1, tonumber(ARGV[5]) do
   local state = redis.call('HMGET', near, 'seq', 'log')
   local seq = tonumber(state[1] or '0')
   local unchanged = seq == seq_read
-  local ok = unchanged or not changed_since(state[2], seq_read, faces, maxd)
+  -- A sequence below the one read means the tenant's hash expired and started again: refuse.
+  local ok = unchanged or (seq > seq_read and not changed_since(state[2], seq_read, faces, maxd))
   if ok then
     seq = seq + 1
     local fields, slot, images = {}, {}, {}

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 import redis
 
-from facepipe.common.dedup import DedupCache, Owner
+from facepipe.common.dedup import DedupCache, DedupResult, Owner
 from facepipe.common.errors import PermanentError
 from facepipe.common.imaging import decode_jpeg, encode_jpeg
 from facepipe.common.messages import EmbeddedFace, EmbeddedMessage, parse_message
@@ -223,13 +223,27 @@ class IndexerHandler:
             event = ingest_event_id(item.message)
             owners = [(f.phash, Owner(ingest.image_sha256, f.index, event)) for f in item.parsed.faces]
             messages.append((ingest.tenant_id, owners))
+        outcomes: list[list[DedupResult] | BaseException]
         try:
-            results = self.dedup.check_and_remember_batch(messages)
+            outcomes = list(self.dedup.check_and_remember_batch(messages))
+        except (ValueError, PermanentError):
+            # A message the dedup refuses must not fail the rest of the batch: one by one.
+            outcomes = [self._dedup_one(tenant, faces) for tenant, faces in messages]
         except Exception as exc:  # Redis down: these messages are retried (the runtime classifies it)
             return [exc if isinstance(item, _Prepared) else item for item in prepared]
-        for item, faces in zip(valid, results, strict=True):
-            item.kept = [i for i, result in enumerate(faces) if not result.is_duplicate]
-        return prepared
+        failed: dict[int, BaseException] = {}
+        for item, outcome in zip(valid, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                failed[id(item)] = outcome
+            else:
+                item.kept = [i for i, result in enumerate(outcome) if not result.is_duplicate]
+        return [failed.get(id(item), item) for item in prepared]
+
+    def _dedup_one(self, tenant: str, faces: list[tuple[str, Owner]]) -> list[DedupResult] | BaseException:
+        try:
+            return self.dedup.check_and_remember_many(tenant, faces)
+        except Exception as exc:
+            return exc
 
     def _store_artifacts(self, item: _Prepared | BaseException) -> _Indexed:
         if isinstance(item, BaseException):
