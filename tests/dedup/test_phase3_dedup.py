@@ -396,24 +396,37 @@ def test_two_processes_racing_the_same_hashes_remember_each_exactly_once(
 # --- the optimistic path's commit -----------------------------------------------------------------
 
 
+def between_read_and_commit(
+    cache: DedupCache, monkeypatch: pytest.MonkeyPatch, write: Callable[[int], None]
+) -> list[int]:
+    """Run ``write(read_number)`` after each read of ``cache``, before it decides and commits
+    (where another replica's write lands). Returns the list of reads, filled as they happen."""
+    decided = cache._decide
+    reads: list[int] = []
+
+    def racing(*args: object) -> object:
+        write(len(reads))
+        reads.append(len(reads))
+        return decided(*args)
+
+    monkeypatch.setattr(cache, "_decide", racing)
+    return reads
+
+
 def test_a_write_between_the_read_and_the_commit_is_not_missed(
     optimistic_cache: Callable[..., DedupCache], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache, rival = optimistic_cache(max_hamming=8), optimistic_cache(max_hamming=8)
     base = "8f373c9c3c9c3c1e"
-    decided = cache._decide
-    calls: list[int] = []
 
-    def rival_writes_first(*args: object) -> object:
-        if not calls:  # after our read, before our commit
+    def rival_writes_a_near_face_first(read: int) -> None:
+        if read == 0:
             assert rival.remember("demo", base, A)
-        calls.append(1)
-        return decided(*args)
 
-    monkeypatch.setattr(cache, "_decide", rival_writes_first)
+    reads = between_read_and_commit(cache, monkeypatch, rival_writes_a_near_face_first)
     result = cache.check_and_remember_many("demo", [(flip(base, [1, 30, 50]), B)])[0]
     assert (result.is_duplicate, result.matched_owner, result.distance) == (True, A, 3)
-    assert len(calls) == 2  # the commit was refused and the face read again
+    assert len(reads) == 2  # the commit was refused and the face read again
 
 
 def test_a_far_write_between_the_read_and_the_commit_does_not_refuse_it(
@@ -421,18 +434,14 @@ def test_a_far_write_between_the_read_and_the_commit_does_not_refuse_it(
 ) -> None:
     cache, rival = optimistic_cache(max_hamming=8), optimistic_cache(max_hamming=8)
     base = "8f373c9c3c9c3c1e"
-    decided = cache._decide
-    calls: list[int] = []
 
-    def rival_writes_far_away(*args: object) -> object:
-        if not calls:
+    def rival_writes_far_away(read: int) -> None:
+        if read == 0:
             assert rival.remember("demo", flip(base, list(range(0, 64, 3))), A)  # 22 bits away
-        calls.append(1)
-        return decided(*args)
 
-    monkeypatch.setattr(cache, "_decide", rival_writes_far_away)
+    reads = between_read_and_commit(cache, monkeypatch, rival_writes_far_away)
     assert cache.remember("demo", base, B)
-    assert len(calls) == 1  # the log showed the rival's write could not matter: no second read
+    assert len(reads) == 1  # the log showed the rival's write could not matter: no second read
     assert cache.should_skip("demo", flip(base, [7]), A)
 
 
@@ -441,20 +450,16 @@ def test_the_write_log_is_cut_between_writes_never_inside_one(
 ) -> None:
     cache, rival = optimistic_cache(max_hamming=8), optimistic_cache(max_hamming=8)
     monkeypatch.setattr(dedup, "WRITE_LOG_ENTRIES", 2)
-    decided = cache._decide
     rng = random.Random(5)
-    calls: list[int] = []
 
-    def rival_writes_three_faces_at_once(*args: object) -> object:
-        if not calls:  # one write of three faces, more than the log keeps: none of it may be kept
+    def rival_writes_three_faces_at_once(read: int) -> None:
+        if read == 0:  # one write of three faces, more than the log keeps: none of it may be kept
             faces = [(f"{rng.getrandbits(64):016x}", Owner("f" * 64, n)) for n in range(3)]
             assert not any(r.is_duplicate for r in rival.check_and_remember_many("demo", faces))
-        calls.append(1)
-        return decided(*args)
 
-    monkeypatch.setattr(cache, "_decide", rival_writes_three_faces_at_once)
+    reads = between_read_and_commit(cache, monkeypatch, rival_writes_three_faces_at_once)
     assert cache.remember("demo", "8f373c9c3c9c3c1e", A)
-    assert len(calls) == 2  # a log that could miss part of a write refuses; the second read commits
+    assert len(reads) == 2  # a log that could miss part of a write refuses; the second read commits
     log = redis.Redis.from_url(redis_url).hget(f"dedup:t:demo:{cache.near_key}", "log")
     assert len(log) == 14 and log[6:] == bytes.fromhex("8f373c9c3c9c3c1e")  # only our own write
 
@@ -464,25 +469,22 @@ def test_a_tenant_that_keeps_changing_falls_back_to_the_script(
 ) -> None:
     cache, rival = optimistic_cache(max_hamming=8), optimistic_cache(max_hamming=8)
     monkeypatch.setattr(dedup, "WRITE_LOG_ENTRIES", 2)  # a log too short to reach back to the read
-    scripted = cache._run
-    decided = cache._decide
     rng = random.Random(3)
-    runs: list[str] = []
+    scripted = cache._run
+    scripts: list[int] = []
 
-    def rival_writes_more_than_the_log_keeps(*args: object) -> object:
+    def rival_writes_more_than_the_log_keeps(read: int) -> None:
         for n in range(3):
-            assert rival.remember("demo", f"{rng.getrandbits(64):016x}", Owner("f" * 64, 3 * len(runs) + n))
-        runs.append("read")
-        return decided(*args)
+            assert rival.remember("demo", f"{rng.getrandbits(64):016x}", Owner("f" * 64, 3 * read + n))
 
     def script(*args: object) -> list[dedup.DedupResult]:
-        runs.append("script")
+        scripts.append(len(reads))
         return scripted(*args)
 
-    monkeypatch.setattr(cache, "_decide", rival_writes_more_than_the_log_keeps)
+    reads = between_read_and_commit(cache, monkeypatch, rival_writes_more_than_the_log_keeps)
     monkeypatch.setattr(cache, "_run", script)
     assert cache.remember("demo", "8f373c9c3c9c3c1e", A)
-    assert runs == ["read"] * dedup.OPTIMISTIC_ATTEMPTS + ["script"]
+    assert scripts == [dedup.OPTIMISTIC_ATTEMPTS]  # the script, once, after every read was refused
     assert cache.should_skip("demo", "8f373c9c3c9c3c1f", B)
 
 
