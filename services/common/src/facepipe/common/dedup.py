@@ -392,6 +392,28 @@ local function changed_since(log, seq_read, faces, maxd)
   end
   return false
 end
+-- Remember faces of one tenant: each face's owner key and image set, the buckets' new values
+-- (fields[j] -> values[j]), and one more write in the tenant's sequence and log, read as state
+-- ({seq, log}). A face is {hash high, hash low, hash hex, owner token, image-set key}.
+local function remember(prefix, near, faces, state, fields, values, ttl, keep)
+  local seq = tonumber(state[1] or '0') + 1
+  local expiring = {}
+  for _, face in ipairs(faces) do
+    redis.call('SET', prefix .. 'owner:' .. face[3], face[4], 'PX', ttl)
+    redis.call('SADD', face[5], face[3])
+    if not expiring[face[5]] then
+      expiring[face[5]] = true
+      redis.call('PEXPIRE', face[5], ttl)
+    end
+  end
+  local pairs_ = {'seq', string.format('%d', seq), 'log', logged(state[2], seq, faces, keep)}
+  for j = 1, #fields do
+    pairs_[#pairs_ + 1] = fields[j]
+    pairs_[#pairs_ + 1] = values[j]
+  end
+  redis.call('HSET', near, unpack(pairs_))
+  redis.call('PEXPIRE', near, ttl)
+end
 -- HMGET of any number of fields (unpack has a C-stack limit); false for a missing field.
 local function hmget(key, fields, first, last)
   local values = {}
@@ -462,20 +484,15 @@ for f = 1, nfaces do
     results[f] = {1, dup_owner, dup_hash, dup_dist}
   else
     if mode == 'remember' then
-      redis.call('SET', okey, owner, 'PX', ttl)
       local record = struct.pack('>I4I4I4', hi, lo, expiry_s)
+      local fields, values = {}, {}
+      for w = 1, nown do
+        fields[w] = ARGV[first + w - 1]
+        values[w] = appended(buckets[w], hi, lo, record, now_s)
+      end
       -- Every write moves the tenant's sequence and is logged: see _COMMIT.
       local state = redis.call('HMGET', near, 'seq', 'log')
-      local seq = tonumber(state[1] or '0') + 1
-      local pairs_ = {'seq', string.format('%d', seq), 'log', logged(state[2], seq, {{hi, lo}}, keep)}
-      for w = 1, nown do
-        pairs_[#pairs_ + 1] = ARGV[first + w - 1]
-        pairs_[#pairs_ + 1] = appended(buckets[w], hi, lo, record, now_s)
-      end
-      redis.call('HSET', near, unpack(pairs_))
-      redis.call('PEXPIRE', near, ttl)
-      redis.call('SADD', prefix .. img, hash)
-      redis.call('PEXPIRE', prefix .. img, ttl)
+      remember(prefix, near, {{hi, lo, hash, owner, prefix .. img}}, state, fields, values, ttl, keep)
     end
     results[f] = {0, '', '', -1}
   end
@@ -540,7 +557,9 @@ for g = 1, tonumber(ARGV[5]) do
   for f = 1, nfaces do
     local hash = ARGV[i]
     local nown = tonumber(ARGV[i + 3])
-    faces[f] = {tonumber(string.sub(hash, 1, 8), 16), tonumber(string.sub(hash, 9, 16), 16), i}
+    local hi, lo = tonumber(string.sub(hash, 1, 8), 16), tonumber(string.sub(hash, 9, 16), 16)
+    -- remember()'s face, and where its own buckets are in ARGV (from, to)
+    faces[f] = {hi, lo, hash, ARGV[i + 1], prefix .. ARGV[i + 2], i + 4, i + 3 + nown}
     i = i + 4 + nown
   end
   local nvalues, values_at = tonumber(ARGV[i]), i + 1
@@ -551,18 +570,9 @@ for g = 1, tonumber(ARGV[5]) do
   -- A sequence below the one read means the tenant's hash expired and started again: refuse.
   local ok = unchanged or (seq > seq_read and not changed_since(state[2], seq_read, faces, maxd))
   if ok then
-    seq = seq + 1
-    local fields, slot, images = {}, {}, {}
+    local fields, slot = {}, {}
     for _, face in ipairs(faces) do
-      local at = face[3]
-      redis.call('SET', prefix .. 'owner:' .. ARGV[at], ARGV[at + 1], 'PX', ttl)
-      local image_set = prefix .. ARGV[at + 2]
-      redis.call('SADD', image_set, ARGV[at])
-      if not images[image_set] then
-        images[image_set] = true
-        redis.call('PEXPIRE', image_set, ttl)
-      end
-      for k = at + 4, at + 3 + tonumber(ARGV[at + 3]) do
+      for k = face[6], face[7] do
         if not slot[ARGV[k]] then
           fields[#fields + 1] = ARGV[k]
           slot[ARGV[k]] = #fields
@@ -576,21 +586,14 @@ for g = 1, tonumber(ARGV[5]) do
     else
       if #fields > 0 then values = redis.call('HMGET', near, unpack(fields)) end
       for _, face in ipairs(faces) do
-        local at = face[3]
         local record = struct.pack('>I4I4I4', face[1], face[2], expiry_s)
-        for k = at + 4, at + 3 + tonumber(ARGV[at + 3]) do
+        for k = face[6], face[7] do
           local j = slot[ARGV[k]]
           values[j] = appended(values[j], face[1], face[2], record, now_s)
         end
       end
     end
-    local pairs_ = {'seq', string.format('%d', seq), 'log', logged(state[2], seq, faces, keep)}
-    for j = 1, #fields do
-      pairs_[#pairs_ + 1] = fields[j]
-      pairs_[#pairs_ + 1] = values[j]
-    end
-    redis.call('HSET', near, unpack(pairs_))
-    redis.call('PEXPIRE', near, ttl)
+    remember(prefix, near, faces, state, fields, values, ttl, keep)
   end
   written[g] = ok and 1 or 0
 end
