@@ -287,21 +287,13 @@ def embed_batch(plan: Plan, args: argparse.Namespace) -> dict[str, object]:
         "embed_batch": {"ort_threads": args.threads, "speedup_batch": int(largest), **figure},
     }
     if args.threads > 1 and args.device == "cpu":
-        from bench.whatif import applied
-
+        # (ORT spin-waiting is off in the production session options, so there is no second
+        # multi-threaded variant to measure: the figure above is that configuration.)
         single = load_models(model_settings(args.pack, args.device, 1))[1]
         one = embed_batch_figure(single, crops, plan.embed_batches, plan.embed_repeats)
         result["embed_batch_one_thread"] = {
             "speedup": rounded(one["faces_per_s"][largest] / one["faces_per_s"]["1"]),
             **one,
-        }
-        with applied(["nospin"]):
-            calm = load_models(model_settings(args.pack, args.device, args.threads))[1]
-        quiet = embed_batch_figure(calm, crops, plan.embed_batches, plan.embed_repeats)
-        result["embed_batch_no_spinning"] = {
-            "speedup": rounded(quiet["faces_per_s"][largest] / quiet["faces_per_s"]["1"]),
-            "ort_threads": args.threads,
-            **quiet,
         }
     return result
 

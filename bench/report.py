@@ -133,12 +133,6 @@ def _stage_detail(r: dict[str, Any]) -> list[str]:
         )
         if "embed_batch_one_thread" in r:
             lines.append(f"One thread: {_pairs(r['embed_batch_one_thread']['faces_per_s'])}.")
-        if "embed_batch_no_spinning" in r:
-            quiet = r["embed_batch_no_spinning"]
-            lines.append(
-                f"{quiet['ort_threads']} threads without ORT spin-waiting: {_pairs(quiet['faces_per_s'])} "
-                f"(speedup {quiet['speedup']})."
-            )
     return [*lines, ""]
 
 
