@@ -77,13 +77,11 @@ DEDUP_STATS_MAX_AGE_S = 15.0
 def dedup_stats(backend: OpsBackend) -> dict[str, Any]:
     """Keys and memory under ``dedup:``: a SCAN of the whole cache, so reused for a few seconds
     (Prometheus scrapes every 15-30 s; a large cache must not be walked on every request)."""
-    from facepipe.common.dedup import DedupCache
-
     now = time.monotonic()
     cached = backend.dedup_stats_cache
     if cached is not None and now - cached[0] < DEDUP_STATS_MAX_AGE_S:
         return cached[1]
-    stats = DedupCache(backend.redis, backend.settings).stats()
+    stats = backend.dedup.stats()
     backend.dedup_stats_cache = (now, stats)
     return stats
 
@@ -128,10 +126,8 @@ def _readiness_checks(backend: OpsBackend) -> dict[str, Any]:
         backend.redis.ping()
 
     def dedup_cache() -> None:
-        from facepipe.common.dedup import DedupCache
-
         # A read-only dedup check: the reads a real check makes, writes nothing.
-        DedupCache(backend.redis, settings).should_skip(DEDUP_PROBE_TENANT, "0" * 16)
+        backend.dedup.should_skip(DEDUP_PROBE_TENANT, "0" * 16)
 
     return {
         "models": models,

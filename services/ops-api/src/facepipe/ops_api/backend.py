@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
+from facepipe.common.dedup import DedupCache
 from facepipe.common.settings import Settings
 from facepipe.common.stats import Stats
 from facepipe.common.storage import ObjectStore
@@ -45,6 +46,7 @@ class OpsBackend:
             health_check_interval=30,
         )
         self.stats = Stats(self.redis, stage="ops-api")
+        self.dedup = DedupCache(self.redis, settings)
         self.store = ObjectStore(settings)
         self._index = index
         self._owns_index = index is None
