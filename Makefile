@@ -10,7 +10,8 @@ $(UV):
 	python3 -m venv .venv-tools && .venv-tools/bin/pip install -q uv
 
 .venv/.synced: pyproject.toml uv.lock $(wildcard services/*/pyproject.toml) operator/pyproject.toml | $(UV)
-	$(UV) sync --frozen 2>/dev/null || $(UV) sync
+	@# --locked: a uv.lock that no longer matches the pyproject files is an error, never silently rewritten.
+	$(UV) sync --locked || { echo 'uv.lock is out of date: run `uv lock` and commit it' >&2; exit 1; }
 	touch $@
 
 install: .venv/.synced ## create .venv with every member and the dev tools
@@ -58,18 +59,18 @@ worker-once: install ## one batch per stage, in pipeline order, then exit (the r
 # --- storage, vector index, dedup (issues #2 item 5, #4) ---
 .PHONY: phase3-ensure dedup-flush dedup-stats
 phase3-ensure: install ## create the S3 buckets and the Qdrant collection (idempotent)
-	$(PY) -m facepipe.common.ensure
+	$(PY) -m facepipe.store.ensure
 
 dedup-flush: install ## delete the dedup cache (every dedup:* key), or one tenant's with TENANT=x
-	$(PY) -m facepipe.common.dedup flush $(if $(TENANT),--tenant '$(TENANT)')
+	$(PY) -m facepipe.store.dedup flush $(if $(TENANT),--tenant '$(TENANT)')
 
 dedup-stats: install ## print the dedup cache's keys and memory
-	$(PY) -m facepipe.common.dedup stats
+	$(PY) -m facepipe.store.dedup stats
 
 # --- operator (issue #6) ---
 .PHONY: operator-sandbox operator-test
 operator-sandbox: install ## Kubernetes API emulator + the operator on 127.0.0.1; kubeconfig in .sandbox/kubeconfig (Ctrl-C stops)
-	$(PY) -m facepipe.operator.sandbox --dir .sandbox
+	$(PY) -m facepipe.sim.sandbox --dir .sandbox
 
 operator-test: install ## the operator's tests (Kopf against the emulator, builders, CRD)
 	$(PY) -m pytest tests/operator $(PYTEST_ARGS)

@@ -26,10 +26,10 @@ import numpy as np
 import redis
 
 from bench.common import rounded
-from facepipe.common import dedup
-from facepipe.common.dedup import DedupCache, Owner, hamming, plan_layout
-from facepipe.common.imaging import align_face, phash64
-from facepipe.common.settings import load_settings
+from facepipe.core.settings import load_settings
+from facepipe.store import dedup
+from facepipe.store.dedup import DedupCache, Owner, hamming, plan_layout
+from facepipe.vision.imaging import align_face, phash64
 
 THRESHOLD = 8
 MAX_DISTANCE = 16

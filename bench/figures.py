@@ -25,7 +25,7 @@ from bench.models_bench import (
     stage_throughput_figure,
 )
 from bench.pipeline_bench import PipelineConfig, PipelineRun, RunningPipeline, cpu_shares
-from facepipe.common.imaging import ImageLimits, QualityThresholds, decode_image
+from facepipe.vision.imaging import ImageLimits, QualityThresholds, decode_image
 
 if TYPE_CHECKING:
     from bench.__main__ import Plan
@@ -187,9 +187,9 @@ def profile_stages(
     MAX_WORKER_CONCURRENCY=1 keeps every call on the profiled thread. Top self-time functions
     per stage go to the JSON; the full listing to ``profile.txt`` next to it.
     """
-    from facepipe.common.settings import load_settings
-    from facepipe.common.stats import Stats
-    from facepipe.common.streams import Worker
+    from facepipe.core.settings import load_settings
+    from facepipe.core.stats import Stats
+    from facepipe.core.streams import Worker
     from facepipe.detector.handler import DetectorHandler
     from facepipe.embedder.handler import EmbedderHandler
     from facepipe.indexer.handler import IndexerHandler
@@ -317,7 +317,7 @@ def stages(plan: Plan, args: argparse.Namespace) -> dict[str, object]:
 
 def dedup(plan: Plan) -> dict[str, object]:
     from bench import dedup_bench as db
-    from facepipe.common.localservers import start_redis
+    from facepipe.cli.localservers import start_redis
 
     with tempfile.TemporaryDirectory(prefix="facepipe-bench-redis-") as tmp:
         server = start_redis(Path(tmp))

@@ -17,10 +17,10 @@ import numpy as np
 
 from bench.common import median, rounded
 from bench.images import BenchImage
-from facepipe.common import imaging
-from facepipe.common.imaging import ImageLimits, QualityThresholds, align_face, assess_quality, decode_image
-from facepipe.common.models import Detection, FaceDetector, FaceEmbedder, create_detector, create_embedder
-from facepipe.common.settings import Settings, load_settings
+from facepipe.core.settings import Settings, load_settings
+from facepipe.vision import imaging
+from facepipe.vision.imaging import ImageLimits, QualityThresholds, align_face, assess_quality, decode_image
+from facepipe.vision.models import Detection, FaceDetector, FaceEmbedder, create_detector, create_embedder
 
 BARE_STAGES = ("decode", "detect", "align", "embed")
 

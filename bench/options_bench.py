@@ -26,8 +26,8 @@ from PIL import Image, ImageOps
 
 from bench.common import median, rounded
 from bench.images import BenchImage
-from facepipe.common.imaging import ImageLimits, decode_image
-from facepipe.common.models import FaceDetector
+from facepipe.vision.imaging import ImageLimits, decode_image
+from facepipe.vision.models import FaceDetector
 
 
 def _interleaved(variants: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:

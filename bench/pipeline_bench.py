@@ -28,10 +28,10 @@ import redis
 
 from bench.common import rounded
 from bench.images import REPO_ROOT, BenchImage
-from facepipe.common.localservers import ServerProcess, start_redis, start_seaweedfs
-from facepipe.common.settings import Settings, load_settings
-from facepipe.common.stats import TIMINGS, Stats
-from facepipe.common.storage import ObjectStore
+from facepipe.cli.localservers import ServerProcess, start_redis, start_seaweedfs
+from facepipe.core.settings import Settings, load_settings
+from facepipe.core.stats import TIMINGS, Stats
+from facepipe.store.storage import ObjectStore
 
 SERVICES = ("detector", "embedder", "indexer")
 READY_LINE = "Worker started, waiting for messages..."

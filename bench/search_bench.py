@@ -1,6 +1,6 @@
 """Top-10 tenant-filtered search latency in the embedded vector store (qdrant-client local mode).
 
-The index is the pipeline's own :class:`facepipe.common.vectors.VectorIndex` and searches go
+The index is the pipeline's own :class:`facepipe.store.vectors.VectorIndex` and searches go
 through its ``search()`` (tenant filter, payloads returned). Points are loaded into local
 mode's in-memory form: a ``QDRANT_PATH`` store keeps the same structures in memory and searches
 them the same way, but writes each point to SQLite with its own commit (measured separately
@@ -19,8 +19,8 @@ import numpy as np
 from qdrant_client import QdrantClient
 
 from bench.common import median, percentile, rounded
-from facepipe.common.settings import load_settings
-from facepipe.common.vectors import KEYWORD_INDEXES, REMOTE_TIMEOUT_S, FacePoint, VectorIndex, point_id
+from facepipe.core.settings import load_settings
+from facepipe.store.vectors import KEYWORD_INDEXES, REMOTE_TIMEOUT_S, FacePoint, VectorIndex, point_id
 
 DIM = 512
 TENANTS = 10
@@ -30,7 +30,7 @@ PRODUCTION_CLIENT = {
     "why": "no Qdrant server binary can be installed on this machine (PyPI/Debian only); "
     "the figures above are qdrant-client's embedded local mode",
     "client": f"QdrantClient(url=QDRANT_URL, api_key=QDRANT_API_KEY, timeout={REMOTE_TIMEOUT_S}, "
-    "check_compatibility=False) (facepipe.common.vectors.VectorIndex), REST",
+    "check_compatibility=False) (facepipe.store.vectors.VectorIndex), REST",
     "collection": f"{DIM}-d cosine, HNSW with Qdrant's defaults (m=16, ef_construct=100)",
     "payload_indexes": f"keyword indexes on {', '.join(KEYWORD_INDEXES)} (created by ensure_collection)",
     "query": "query_points(filter tenant_id = T [and site = S], limit=10, with_payload=True)",

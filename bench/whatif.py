@@ -37,8 +37,8 @@ def patch_decode() -> Undo:
     import numpy as np
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    from facepipe.common import imaging
-    from facepipe.common.errors import PermanentError
+    from facepipe.core.errors import PermanentError
+    from facepipe.vision import imaging
 
     original = imaging.decode_image
 
@@ -76,7 +76,7 @@ def patch_decode() -> Undo:
 def patch_aspect() -> Undo:
     import numpy as np
 
-    from facepipe.common.models import detectors
+    from facepipe.vision.models import detectors
 
     def _detect(self: detectors.ScrfdDetector, img: np.ndarray) -> list[detectors.Detection]:
         height, width = img.shape[:2]
@@ -94,7 +94,7 @@ def patch_aspect() -> Undo:
 def patch_nospin() -> Undo:
     import onnxruntime as ort
 
-    from facepipe.common.models import detectors, embedders, runtime
+    from facepipe.vision.models import detectors, embedders, runtime
 
     original = runtime.session_options
 

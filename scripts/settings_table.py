@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import AliasChoices
 from pydantic_core import PydanticUndefined
 
-from facepipe.common.settings import Settings
+from facepipe.core.settings import Settings
 
 
 def rows() -> list[tuple[str, str, str, str, str]]:

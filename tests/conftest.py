@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 import redis
 
-from facepipe.common.localservers import ServerProcess, start_redis, start_seaweedfs
+from facepipe.cli.localservers import ServerProcess, start_redis, start_seaweedfs
+
+if TYPE_CHECKING:
+    from facepipe.operator.kube import KubeApi
+    from facepipe.sim.emulator import EmulatorServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # shared helpers: imagekit
 FACES_DIR = Path(os.environ.get("FACEPIPE_FACES_DIR", REPO_ROOT.parent / "shared" / "data" / "faces"))
 
 
@@ -87,8 +96,8 @@ def models_dir() -> Path:
 
     Runs the `make models` fetch when a file is missing or wrong; a no-op (hash check) otherwise.
     """
-    from facepipe.common.models.fetch import ensure_models
-    from facepipe.common.settings import load_settings
+    from facepipe.core.settings import load_settings
+    from facepipe.vision.models.fetch import ensure_models
 
     directory = load_settings().models_dir.expanduser()
     ensure_models(directory)
@@ -99,8 +108,8 @@ class LoadedPack:
     """A model pack's detector and embedder, loaded (CPU, one ORT thread: the machine is shared)."""
 
     def __init__(self, pack_name: str, models_dir: Path) -> None:
-        from facepipe.common.models import create_detector, create_embedder
-        from facepipe.common.settings import load_settings
+        from facepipe.core.settings import load_settings
+        from facepipe.vision.models import create_detector, create_embedder
 
         self.settings = load_settings(
             model_pack=pack_name, models_dir=models_dir, inference_device="cpu", ort_intra_op_threads=1
@@ -126,6 +135,54 @@ def load_model_pack(models_dir: Path):
 @pytest.fixture(scope="session")
 def faces_dir(faces_manifest: dict[str, dict]) -> Path:
     return FACES_DIR
+
+
+@pytest.fixture(scope="session")
+def photos(faces_manifest: dict[str, dict], faces_dir: Path) -> dict[str, np.ndarray]:
+    """Every manifest photo decoded with the pipeline's own decoder (BGR)."""
+    from facepipe.vision.imaging import ImageLimits, decode_image
+
+    limits = ImageLimits(max_bytes=50 * 1024 * 1024, max_pixels=60_000_000, max_side=16_384)
+    return {name: decode_image((faces_dir / name).read_bytes(), limits) for name in faces_manifest}
+
+# --- Kubernetes API emulator (facepipe.sim.emulator): shared by the operator and sim tests ---
+
+CRD_PATH = REPO_ROOT / "crds" / "facepipelines.facepipe.io.yaml"
+
+
+@pytest.fixture(scope="session")
+def kube_emulator() -> Iterator[EmulatorServer]:
+    from facepipe.sim.emulator import EmulatorServer
+
+    with EmulatorServer([CRD_PATH]) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(kube_emulator: EmulatorServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from facepipe.sim.emulator import write_kubeconfig
+
+    return write_kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig", kube_emulator.url)
+
+
+@pytest.fixture(scope="session")
+def kube(kubeconfig: Path) -> Iterator[KubeApi]:
+    from facepipe.operator.kube import KubeApi
+
+    api = KubeApi.from_environment(str(kubeconfig))
+    yield api
+    api.close()
+
+
+@pytest.fixture
+def namespace(kube: KubeApi) -> Iterator[str]:
+    """A fresh namespace; its FacePipelines are deleted afterwards so timers stop working on them."""
+    from facepipe.operator.kube import FACE_PIPELINE
+
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    yield name
+    for pipeline in kube.list(FACE_PIPELINE, name):
+        kube.delete(FACE_PIPELINE, name, pipeline["metadata"]["name"])
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -1,9 +1,10 @@
-"""Dockerfiles and skaffold.yaml refer only to things that exist, and build what they claim.
+"""The Dockerfile and skaffold.yaml refer only to things that exist, and build what they claim.
 
-No Docker engine runs here, so the Dockerfiles are checked statically against the workspace:
-every COPY source exists and survives .dockerignore, every `uv sync --package` names a
-workspace member, the entry module is that member's, the final stage runs as a numeric
-non-root user, and the model-running images have a GPU variant.
+No Docker engine runs here, so the recipe is checked statically against the workspace:
+every COPY source exists and survives .dockerignore, each image's `uv sync --package` names
+its workspace member, the entry module is that member's, the final stage runs as a numeric
+non-root user, and only model-running images have a GPU variant. tests/sim/test_images.py
+builds each image's environment for real and starts its entry point.
 """
 
 from __future__ import annotations
@@ -20,29 +21,17 @@ import pytest
 import yaml
 from chartkit import OPERATOR_CHART, REPO, TENANT_CHART, crd_errors, render
 
-SERVICES = {  # Dockerfile -> (workspace package, module it runs, needs a GPU variant)
-    "services/detector/Dockerfile": ("facepipe-detector", "facepipe.detector", True),
-    "services/embedder/Dockerfile": ("facepipe-embedder", "facepipe.embedder", True),
-    "services/indexer/Dockerfile": ("facepipe-indexer", "facepipe.indexer", False),
-    "services/ops-api/Dockerfile": ("facepipe-ops-api", "facepipe.ops_api", False),
-    "operator/Dockerfile": ("facepipe-operator", "facepipe.operator", False),
+from facepipe.sim.images import instructions, load_recipes
+
+IMAGES = {  # skaffold image -> (workspace package, module it runs, has a GPU variant)
+    "ghcr.io/face-pipeline/detector": ("facepipe-detector", "facepipe.detector", True),
+    "ghcr.io/face-pipeline/embedder": ("facepipe-embedder", "facepipe.embedder", True),
+    "ghcr.io/face-pipeline/indexer": ("facepipe-indexer", "facepipe.indexer", False),
+    "ghcr.io/face-pipeline/ops-api": ("facepipe-ops-api", "facepipe.ops_api", False),
+    "ghcr.io/face-pipeline/operator": ("facepipe-operator", "facepipe.operator", False),
 }
-
-
-def instructions(dockerfile: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
-    lines: list[str] = []
-    pending = ""
-    for raw in dockerfile.read_text().splitlines():
-        stripped = raw.strip()
-        if stripped.startswith("#") or not stripped:
-            continue
-        if stripped.endswith("\\"):
-            pending += stripped[:-1] + " "
-            continue
-        lines.append(pending + stripped)
-        pending = ""
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines]
+DOCKERFILE = REPO / "Dockerfile"
+DEV_MEMBERS = {"facepipe-cli", "facepipe-sim"}  # never in an image
 
 
 def workspace_members() -> dict[str, Path]:
@@ -53,6 +42,20 @@ def workspace_members() -> dict[str, Path]:
         project = tomllib.loads((REPO / folder / "pyproject.toml").read_text())["project"]
         members[project["name"]] = REPO / folder
     return members
+
+
+def workspace_closure(package: str, members: dict[str, Path]) -> set[str]:
+    """The member and every workspace member it depends on, transitively."""
+    seen: set[str] = set()
+    todo = [package]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        deps = tomllib.loads((members[name] / "pyproject.toml").read_text())["project"]["dependencies"]
+        todo += [dep for dep in deps if dep in members]
+    return seen
 
 
 def dockerignore_patterns() -> list[str]:
@@ -76,73 +79,70 @@ def ignored(path: str, patterns: list[str]) -> bool:
     return False
 
 
-def test_every_service_has_a_dockerfile() -> None:
-    for dockerfile in SERVICES:
-        assert (REPO / dockerfile).is_file(), dockerfile
-    found = {
-        str(p.relative_to(REPO))
-        for p in [*REPO.glob("services/*/Dockerfile"), REPO / "operator" / "Dockerfile"]
-    }
-    assert found == set(SERVICES), "a new Dockerfile belongs in SERVICES and skaffold.yaml"
+def test_one_dockerfile_builds_every_image() -> None:
+    assert DOCKERFILE.is_file()
+    stray = sorted(str(p.relative_to(REPO)) for p in REPO.glob("*/**/Dockerfile") if ".venv" not in p.parts)
+    assert stray == [], "one Dockerfile with build args serves every image"
+    assert set(load_recipes(REPO)) == set(IMAGES)
 
 
-@pytest.mark.parametrize("dockerfile", sorted(SERVICES))
-def test_copy_sources_exist_and_reach_the_build_context(dockerfile: str) -> None:
+def test_copy_sources_exist_and_reach_the_build_context() -> None:
     patterns = dockerignore_patterns()
-    copies = [args for op, args in instructions(REPO / dockerfile) if op == "COPY" and "--from=" not in args]
+    copies = [s.args for s in instructions(DOCKERFILE) if s.op == "COPY" and "--from=" not in s.args]
     assert copies
     for args in copies:
         *sources, _dest = shlex.split(args)
         for source in sources:
-            assert (REPO / source).exists(), f"{dockerfile}: COPY {source} does not exist"
-            assert not ignored(source, patterns), f"{dockerfile}: COPY {source} is excluded by .dockerignore"
+            assert (REPO / source).exists(), f"COPY {source} does not exist"
+            assert not ignored(source, patterns), f"COPY {source} is excluded by .dockerignore"
 
 
-@pytest.mark.parametrize("dockerfile", sorted(SERVICES))
-def test_dockerfile_installs_its_member_and_runs_its_module(dockerfile: str) -> None:
-    package, module, _ = SERVICES[dockerfile]
-    steps = instructions(REPO / dockerfile)
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_each_image_installs_its_member_and_runs_its_module(image: str) -> None:
+    package, module, _ = IMAGES[image]
+    recipe = load_recipes(REPO)[image]
     members = workspace_members()
-    runs = " ".join(args for op, args in steps if op == "RUN")
-    synced = set(re.findall(r"uv sync [^;&]*--package (\S+)", runs))
-    assert synced == {package}
-    assert "--frozen" in runs and "--no-dev" in runs and "--no-editable" in runs
+    assert recipe.package == package and recipe.module == module
+    assert [c[-2:] for c in recipe.sync_commands] == [["--package", package]] * 2
+    for command in recipe.sync_commands:
+        assert {"--frozen", "--no-dev"} <= set(command)
+    assert "--no-editable" in recipe.sync_commands[-1]
     # The whole workspace's metadata is copied, or uv cannot read the lock.
-    copied = " ".join(args for op, args in steps if op == "COPY")
+    copied = {source for sources, _ in recipe.copies for source in sources}
     for folder in members.values():
         assert f"{folder.relative_to(REPO)}/pyproject.toml" in copied
-    # Sources copied: the member's own and those of its workspace dependencies.
-    project = tomllib.loads((members[package] / "pyproject.toml").read_text())["project"]
-    needed = {package} | {dep for dep in project["dependencies"] if dep in members}
-    for name in needed:
-        assert f"{members[name].relative_to(REPO)}/src" in copied, f"{dockerfile} lacks {name}'s sources"
+    # Sources: every runtime member the image may need; development members never.
+    for name in workspace_closure(package, members):
+        assert f"{members[name].relative_to(REPO)}/src" in copied, f"{image} lacks {name}'s sources"
+    for name in DEV_MEMBERS:
+        assert f"{members[name].relative_to(REPO)}/src" not in copied
     module_dir = members[package] / "src" / Path(*module.split("."))
     assert (module_dir / "__main__.py").is_file(), f"python -m {module} has no __main__"
-    entrypoint = [args for op, args in steps if op == "ENTRYPOINT"][-1]
-    assert yaml.safe_load(entrypoint) == ["python", "-m", module]
+    assert recipe.env["FACEPIPE_MODULE"] == module
+    assert recipe.entrypoint[:2] == ["/bin/sh", "-c"]
+    assert 'python -m "$FACEPIPE_MODULE"' in recipe.entrypoint[2]
 
 
-@pytest.mark.parametrize("dockerfile", sorted(SERVICES))
-def test_final_stage_runs_as_a_numeric_non_root_user(dockerfile: str) -> None:
-    steps = instructions(REPO / dockerfile)
-    last_from = max(i for i, (op, _) in enumerate(steps) if op == "FROM")
-    users = [args for op, args in steps[last_from:] if op == "USER"]
-    assert users, f"{dockerfile}: the final stage has no USER"
+def test_final_stage_runs_as_a_numeric_non_root_user() -> None:
+    steps = instructions(DOCKERFILE)
+    last_from = max(i for i, step in enumerate(steps) if step.op == "FROM")
+    users = [step.args for step in steps[last_from:] if step.op == "USER"]
+    assert users, "the final stage has no USER"
     uid, _, gid = users[-1].partition(":")
     assert uid.isdigit() and int(uid) != 0 and (not gid or int(gid) != 0)
 
 
-@pytest.mark.parametrize("dockerfile", sorted(SERVICES))
-def test_gpu_variant_where_models_run(dockerfile: str) -> None:
-    _, _, gpu = SERVICES[dockerfile]
-    text = (REPO / dockerfile).read_text()
-    args = {args.split("=", 1)[0] for op, args in instructions(REPO / dockerfile) if op == "ARG"}
-    if gpu:
-        assert "ONNXRUNTIME" in args and "ONNXRUNTIME_GPU" in args
-        assert "uv pip uninstall --python /app/.venv/bin/python onnxruntime" in text
-        assert re.search(r'ONNXRUNTIME_GPU="onnxruntime-gpu\[cuda,cudnn\]==[0-9.]+"', text)
-    else:
-        assert "ONNXRUNTIME" not in args
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_gpu_variant_only_where_models_run(image: str) -> None:
+    package, _, gpu_variant = IMAGES[image]
+    # detector and embedder run models on GPUs; ops-api runs them on the CPU (search by photo).
+    if gpu_variant:
+        assert "facepipe-vision" in workspace_closure(package, workspace_members())
+    build_args = load_recipes(REPO)[image].build_args
+    assert ("ONNXRUNTIME" in build_args) == gpu_variant
+    text = DOCKERFILE.read_text()
+    assert "uv pip uninstall --python /app/.venv/bin/python onnxruntime" in text
+    assert re.search(r'ONNXRUNTIME_GPU="onnxruntime-gpu\[cuda,cudnn\]==[0-9.]+"', text)
 
 
 # --------------------------------------------------------------------------- skaffold
@@ -157,18 +157,15 @@ def template_var(image: str) -> str:
     return re.sub(r"[^A-Za-z0-9]", "_", image)
 
 
-def test_skaffold_builds_every_dockerfile_that_exists() -> None:
+def test_skaffold_builds_every_image_from_the_one_dockerfile() -> None:
     config = skaffold()
     assert config["apiVersion"].startswith("skaffold/v4") and config["kind"] == "Config"
     artifacts = config["build"]["artifacts"]
-    built = set()
     for artifact in artifacts:
         context = REPO / artifact.get("context", ".")
-        dockerfile = context / artifact["docker"]["dockerfile"]
         assert context.resolve() == REPO, "every image builds from the workspace root"
-        assert dockerfile.is_file(), dockerfile
-        built.add(str(dockerfile.relative_to(REPO)))
-    assert built == set(SERVICES)
+        assert (context / artifact["docker"]["dockerfile"]).resolve() == DOCKERFILE
+    assert {artifact["image"] for artifact in artifacts} == set(IMAGES)
 
 
 def test_skaffold_deploys_both_charts_with_the_built_images() -> None:

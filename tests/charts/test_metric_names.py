@@ -28,7 +28,7 @@ from chartkit import (
     promql_metric_names,
 )
 
-from facepipe.common.localservers import free_port
+from facepipe.cli.localservers import free_port
 
 
 def used_names() -> dict[str, set[str]]:
@@ -94,10 +94,10 @@ def test_exposed_names_cover_families_without_samples() -> None:
 
 
 def test_names_exist_in_the_metrics_registry() -> None:
-    """The exposition of facepipe.common.metrics' registry, as every process serves it."""
+    """The exposition of facepipe.core.metrics' registry, as every process serves it."""
     from prometheus_client import REGISTRY, generate_latest
 
-    import facepipe.common.metrics  # noqa: F401 - registers every metric
+    import facepipe.core.metrics  # noqa: F401 - registers every metric
 
     scraped = exposed_names(generate_latest(REGISTRY).decode())
     assert missing_from(scraped) == {}

@@ -29,7 +29,7 @@ from chartkit import (
     values_sets,
 )
 
-from facepipe.common.localservers import free_port
+from facepipe.cli.localservers import free_port
 
 VALUES = values_sets(OPERATOR_CHART)
 NAMESPACE = "facepipe-system"
@@ -198,7 +198,7 @@ def test_monitors_match_the_operator_builders() -> None:
             "components": {"detector": {"autoscaling": {"enabled": True}}},
         },
     )
-    owner = builders.Owner(name="acme", namespace="acme", uid="0000")
+    owner = builders.PipelineRef(name="acme", namespace="acme", uid="0000")
     children = builders.build_children(owner, spec)
     for child in children:
         if child["kind"] == "Deployment":
@@ -267,7 +267,7 @@ def test_monitoring_objects_can_be_switched_off() -> None:
 def test_operator_starts_with_the_charts_command_and_args(tmp_path: Path) -> None:
     """The chart's command line, run for real against the Kubernetes API emulator: Kopf answers
     its liveness probe, so every option the chart passes is one the operator understands."""
-    from facepipe.operator.sandbox.emulator import EmulatorServer, write_kubeconfig
+    from facepipe.sim.emulator import EmulatorServer, write_kubeconfig
 
     port = free_port()
     values = {"operator": {"watchNamespaces": ["acme"], "verbose": True, "livenessPort": port}}

@@ -103,7 +103,7 @@ def test_operator_accepts_it_and_builds_valid_children(values_name: str) -> None
     """The real operator's builders turn the rendered FacePipeline into valid Kubernetes 1.33 objects."""
     pipeline = render_pipeline(VALUES[values_name])
     spec = parse_spec(pipeline["metadata"]["name"], pipeline["spec"])
-    owner = builders.Owner(name=pipeline["metadata"]["name"], namespace="tenants", uid="uid-1")
+    owner = builders.PipelineRef(name=pipeline["metadata"]["name"], namespace="tenants", uid="uid-1")
     children = builders.build_children(owner, spec)
     kinds = [child["kind"] for child in children]
     assert kinds.count("Deployment") == 4

@@ -10,9 +10,9 @@ import pytest
 from facepipe.cli import ingest
 from facepipe.cli.main import main
 from facepipe.cli.samples import astronaut_png, insightface_t1
-from facepipe.common.errors import PermanentError
-from facepipe.common.messages import IngestMessage
-from facepipe.common.settings import load_settings
+from facepipe.core.errors import PermanentError
+from facepipe.core.messages import IngestMessage
+from facepipe.core.settings import load_settings
 
 
 def test_find_images_walks_folders_recursively_and_keeps_explicit_files(tmp_path: Path) -> None:
@@ -69,7 +69,7 @@ def test_build_message_refuses_non_images_and_bad_tenants(tmp_path: Path) -> Non
 
 
 def test_cli_reports_a_missing_stack_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from facepipe.common.localservers import free_port
+    from facepipe.cli.localservers import free_port
 
     api = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     assert main(["search", str(insightface_t1()), "--tenant", "demo", "--api", api]) == 1

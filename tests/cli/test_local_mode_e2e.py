@@ -22,9 +22,9 @@ import psutil
 import pytest
 import redis
 
-from facepipe.common.localservers import free_port
-from facepipe.common.settings import Settings, load_settings
-from facepipe.common.storage import ObjectStore, image_prefix
+from facepipe.cli.localservers import free_port
+from facepipe.core.settings import Settings, load_settings
+from facepipe.store.storage import ObjectStore, image_prefix
 
 pytestmark = pytest.mark.slow
 

@@ -107,8 +107,7 @@ def test_indexer_shares_the_api_process_only_with_embedded_qdrant() -> None:
     assert [s.name for s in embedded] == ["detector", "embedder", "api+indexer"]
     assert embedded[2].argv[1:] == [
         "-m",
-        "facepipe.ops_api",
-        "--with-indexer",
+        "facepipe.cli.api_with_indexer",
         "--host",
         "127.0.0.1",
         "--port",
@@ -117,4 +116,4 @@ def test_indexer_shares_the_api_process_only_with_embedded_qdrant() -> None:
     server = child_specs({}, embedded_qdrant=False, host="127.0.0.1", port=9000)
     assert [s.name for s in server] == ["detector", "embedder", "indexer", "ops-api"]
     assert server[2].argv[1:] == ["-m", "facepipe.indexer"]
-    assert "--with-indexer" not in server[3].argv
+    assert server[3].argv[1:3] == ["-m", "facepipe.ops_api"]

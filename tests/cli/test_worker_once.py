@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from facepipe.common.localservers import free_port
-from facepipe.common.settings import load_settings
-from facepipe.common.stats import Stats
-from facepipe.common.vectors import VectorIndex
+from facepipe.cli.localservers import free_port
+from facepipe.core.settings import load_settings
+from facepipe.core.stats import Stats
+from facepipe.store.vectors import VectorIndex
 
 pytestmark = pytest.mark.slow
 

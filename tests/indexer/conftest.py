@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import redis
 
-from facepipe.common.imaging import encode_jpeg
-from facepipe.common.models.packs import get_pack
-from facepipe.common.settings import Settings, load_settings
-from facepipe.common.storage import ObjectStore
-from facepipe.common.streams import Worker
-from facepipe.common.vectors import VectorIndex
+from facepipe.core.packs import get_pack
+from facepipe.core.settings import Settings, load_settings
+from facepipe.core.streams import Worker
 from facepipe.indexer import IndexerHandler
+from facepipe.store.storage import ObjectStore
+from facepipe.store.vectors import VectorIndex
+from facepipe.vision.imaging import encode_jpeg
 
 PACK = get_pack("buffalo_sc")
 

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 import redis
 
-from facepipe.common import deletion
-from facepipe.common.dedup import DedupCache, Owner
-from facepipe.common.errors import PermanentError
-from facepipe.common.settings import Settings
-from facepipe.common.storage import ObjectStore, image_prefix
-from facepipe.common.vectors import VectorIndex
+from facepipe.core.errors import PermanentError
+from facepipe.core.settings import Settings
+from facepipe.store import deletion
+from facepipe.store.dedup import DedupCache, Owner
+from facepipe.store.storage import ObjectStore, image_prefix
+from facepipe.store.vectors import VectorIndex
 
 SHA_1, SHA_2, SHA_3 = "11" * 32, "22" * 32, "33" * 32
 FACES_1 = [(0, "8f373c9c3c9c3c1e", 1), (1, "0123456789abcdef", 2)]

@@ -18,15 +18,15 @@ import numpy as np
 import pytest
 import redis
 
-from facepipe.common.imaging import ImageLimits, align_face, decode_image
-from facepipe.common.settings import Settings, load_settings
-from facepipe.common.stats import Stats
-from facepipe.common.storage import ObjectStore, image_prefix
-from facepipe.common.streams import Worker
-from facepipe.common.vectors import VectorIndex
+from facepipe.core.settings import Settings, load_settings
+from facepipe.core.stats import Stats
+from facepipe.core.streams import Worker
 from facepipe.detector.handler import DetectorHandler
 from facepipe.embedder.handler import EmbedderHandler
 from facepipe.indexer import IndexerHandler
+from facepipe.store.storage import ObjectStore, image_prefix
+from facepipe.store.vectors import VectorIndex
+from facepipe.vision.imaging import ImageLimits, align_face, decode_image
 
 TENANT = "e2e"
 TTL_SECONDS = 10

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 import redis
 
-from facepipe.common.dedup import DedupCache, Owner
-from facepipe.common.settings import Settings, dlq_stream, load_settings
-from facepipe.common.stats import Stats
-from facepipe.common.storage import ObjectStore, artifact_keys, image_prefix
-from facepipe.common.streams import StreamMessage
-from facepipe.common.vectors import VectorIndex, point_id
+from facepipe.core.settings import Settings, dlq_stream, load_settings
+from facepipe.core.stats import Stats
+from facepipe.core.streams import StreamMessage
 from facepipe.indexer import IndexerHandler
+from facepipe.store.dedup import DedupCache, Owner
+from facepipe.store.storage import ObjectStore, artifact_keys, image_prefix
+from facepipe.store.vectors import VectorIndex, point_id
 
 SHA_A = "a1" * 32
 SHA_B = "b2" * 32
@@ -376,7 +376,7 @@ def test_a_message_the_dedup_refuses_does_not_fail_the_rest_of_its_batch(
 ) -> None:
     # A mock, because parsing already refuses every input the dedup would: the dedup refusing
     # one message of a batch (tenant "refused") cannot be produced through the stream otherwise.
-    from facepipe.common.errors import PermanentError
+    from facepipe.core.errors import PermanentError
 
     real_batch, real_many = DedupCache.check_and_remember_batch, DedupCache.check_and_remember_many
 

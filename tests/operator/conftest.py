@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,28 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for operatorkit
 os.environ.setdefault("FACEPIPE_OPERATOR_RESYNC_SECONDS", "1")
 os.environ.setdefault("FACEPIPE_OPERATOR_PURGE_RETRY_SECONDS", "1")
 
-from operatorkit import CRD_PATH, wait_for
-
-from facepipe.operator.kube import FACE_PIPELINE, KubeApi
-from facepipe.operator.sandbox.emulator import EmulatorServer, write_kubeconfig
-
-
-@pytest.fixture(scope="session")
-def kube_emulator() -> Iterator[EmulatorServer]:
-    with EmulatorServer([CRD_PATH]) as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def kubeconfig(kube_emulator: EmulatorServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig", kube_emulator.url)
-
-
-@pytest.fixture(scope="session")
-def kube(kubeconfig: Path) -> Iterator[KubeApi]:
-    api = KubeApi.from_environment(str(kubeconfig))
-    yield api
-    api.close()
+from operatorkit import wait_for
 
 
 @pytest.fixture(scope="session")
@@ -67,12 +45,3 @@ def operator_runner(kubeconfig: Path) -> Iterator[Any]:
         else:
             os.environ["KUBECONFIG"] = previous
     assert runner.exception is None, runner.output[-5000:]
-
-
-@pytest.fixture
-def namespace(kube: KubeApi) -> Iterator[str]:
-    """A fresh namespace; its FacePipelines are deleted afterwards so timers stop working on them."""
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    yield name
-    for pipeline in kube.list(FACE_PIPELINE, name):
-        kube.delete(FACE_PIPELINE, name, pipeline["metadata"]["name"])

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from operatorkit import EXAMPLES, minimal_spec
 
-from facepipe.common.settings import Settings
+from facepipe.core.settings import Settings
 from facepipe.operator.builders import (
-    Owner,
+    PipelineRef,
     build_children,
     build_config_map,
     build_deployment,
@@ -24,7 +24,7 @@ from facepipe.operator.constants import COMPONENTS, WORKERS
 from facepipe.operator.envmap import MANAGED, READERS, primary_env_names, reads
 from facepipe.operator.spec import parse_spec
 
-OWNER = Owner(name="acme", namespace="tenants", uid="0b7c6a4e-1111-4222-8333-944445555666")
+OWNER = PipelineRef(name="acme", namespace="tenants", uid="0b7c6a4e-1111-4222-8333-944445555666")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 

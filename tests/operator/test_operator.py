@@ -11,7 +11,7 @@ import pytest
 import redis
 from operatorkit import facepipeline, minimal_spec, wait_for
 
-from facepipe.common.settings import Settings
+from facepipe.core.settings import Settings
 from facepipe.operator.handlers import pipeline
 from facepipe.operator.handlers.runtime import RUNTIME
 from facepipe.operator.kube import (
@@ -24,7 +24,7 @@ from facepipe.operator.kube import (
     SERVICE,
     KubeApi,
 )
-from facepipe.operator.sandbox.emulator import EmulatorServer, write_kubeconfig
+from facepipe.sim.emulator import EmulatorServer, write_kubeconfig
 
 pytestmark = pytest.mark.usefixtures("operator_runner")
 
@@ -491,10 +491,10 @@ def test_purge_deletes_the_tenants_real_data_and_nothing_else(
     The one stand-in: no Qdrant server exists here, so the purge reaches the vectors through
     qdrant-client's local mode at a path (same client API) instead of spec.vectorDb.url.
     """
-    from facepipe.common.dedup import DedupCache, Owner
-    from facepipe.common.deletion import purge_tenant
-    from facepipe.common.storage import ObjectStore
-    from facepipe.common.vectors import FacePoint, VectorIndex
+    from facepipe.store.dedup import DedupCache, Owner
+    from facepipe.store.deletion import purge_tenant
+    from facepipe.store.storage import ObjectStore
+    from facepipe.store.vectors import FacePoint, VectorIndex
 
     local_vectors = {"qdrant_url": "embedded", "qdrant_path": tmp_path / "qdrant"}
     env = {**base_env, "QDRANT_COLLECTION": f"faces-{namespace}"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from facepipe.operator.reconcile import contains
+from facepipe.operator.apply import contains
 from facepipe.operator.status import (
     ComponentState,
     Observation,

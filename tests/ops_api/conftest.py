@@ -10,7 +10,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from facepipe.common.settings import Settings, load_settings
+from facepipe.core.settings import Settings, load_settings
 from facepipe.ops_api.app import create_app
 from facepipe.ops_api.backend import OpsBackend
 

@@ -8,11 +8,11 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from facepipe.common.errors import PermanentError
-from facepipe.common.settings import Settings
-from facepipe.common.storage import ObjectStore
-from facepipe.common.streams import Outcome, StreamMessage, Worker
-from facepipe.common.vectors import VectorIndex
+from facepipe.core.errors import PermanentError
+from facepipe.core.settings import Settings
+from facepipe.core.streams import Outcome, StreamMessage, Worker
+from facepipe.store.storage import ObjectStore
+from facepipe.store.vectors import VectorIndex
 
 from .conftest import AppFactory
 

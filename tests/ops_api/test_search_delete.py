@@ -12,15 +12,15 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from facepipe.cli.ingest import ingest_paths
-from facepipe.common.settings import Settings
-from facepipe.common.storage import ObjectStore, image_prefix
-from facepipe.common.streams import Worker
+from facepipe.core.settings import Settings
+from facepipe.core.streams import Worker
 from facepipe.detector.handler import DetectorHandler
 from facepipe.embedder.handler import EmbedderHandler
 from facepipe.indexer.handler import IndexerHandler
 from facepipe.ops_api.app import create_app
 from facepipe.ops_api.backend import OpsBackend
 from facepipe.ops_api.search import SearchModels
+from facepipe.store.storage import ObjectStore, image_prefix
 
 
 def _index(

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for reliabilitykit, 
 from reliability_images import GeneratedImage, assign_tenants, composite, load_photos, measure
 from reliabilitykit import FIGURES, Stack, figures_markdown, scale, scaled
 
-from facepipe.common.settings import load_settings
+from facepipe.core.settings import load_settings
 
 IMAGE_SEED = 20261128
 

@@ -15,9 +15,9 @@ import os
 import signal
 import sys
 
-from facepipe.common.imaging import ImageLimits
 from facepipe.detector import __main__ as detector_main
 from facepipe.detector import handler as detector_handler
+from facepipe.vision.imaging import ImageLimits
 
 POISON_MARKER = b"\xff\xd8POISON-PILL"
 _real_decode = detector_handler.decode_image

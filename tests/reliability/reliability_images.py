@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
-from facepipe.common.settings import Settings
+from facepipe.core.settings import Settings
 
 MIN_TENANT_DISTANCE = 20  # bits; DEDUP_MAX_HAMMING is 8
 MAX_SIDE = 1100  # keeps detection cheap on 2 cores
@@ -210,8 +210,8 @@ def measure(images: list[GeneratedImage], settings: Settings) -> None:
     The same decode, detector, ordering, alignment, quality gates and pHash as the running
     detector service, on the same bytes and settings: what the pipeline must index.
     """
-    from facepipe.common.imaging import decode_image
     from facepipe.detector.handler import DetectorHandler
+    from facepipe.vision.imaging import decode_image
 
     handler = DetectorHandler(settings)
     handler.detector.load()

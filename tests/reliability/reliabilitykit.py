@@ -2,7 +2,7 @@
 
 :class:`Stack` starts a real redis-server (append-only file, so it can be stopped and
 started again without losing the streams), a real SeaweedFS S3 server, and a Qdrant REST
-server (``qdrant_server.py``: qdrant-client's local engine behind Qdrant's HTTP API), then
+server (``facepipe.sim.qdrant_rest``: an embedded engine behind Qdrant's HTTP API), then
 ``python -m facepipe.detector|embedder|indexer|ops_api`` processes against them. It
 injects the faults (SIGKILL, SIGTERM, stopping a server) and counts what came out:
 Qdrant points by payload, S3 artifacts, DLQ entries, stream depth, /stats.
@@ -30,10 +30,10 @@ from minio import Minio
 from qdrant_client import QdrantClient
 from reliability_images import GeneratedImage
 
-from facepipe.common.localservers import ServerProcess, free_port, start_redis, start_seaweedfs, wait_for_port
-from facepipe.common.settings import Settings, load_settings
-from facepipe.common.storage import ObjectStore
+from facepipe.cli.localservers import ServerProcess, free_port, start_redis, start_seaweedfs, wait_for_port
+from facepipe.core.settings import Settings, load_settings
 from facepipe.ops_api.depth import pipeline_depths
+from facepipe.store.storage import ObjectStore
 
 HERE = Path(__file__).resolve().parent
 READY_LINE = "Worker started, waiting for messages..."
@@ -146,7 +146,8 @@ class Stack:
         self.qdrant_proc = subprocess.Popen(
             [
                 sys.executable,
-                str(HERE / "qdrant_server.py"),
+                "-m",
+                "facepipe.sim.qdrant_rest",
                 "--path",
                 str(self.root / "qdrant"),
                 "--port",

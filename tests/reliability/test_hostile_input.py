@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 from reliability_images import GeneratedImage
 from reliabilitykit import Stack, peak_rss_mib, record, scaled
 
-from facepipe.common.storage import ObjectStore
+from facepipe.store.storage import ObjectStore
 
 pytestmark = pytest.mark.reliability
 

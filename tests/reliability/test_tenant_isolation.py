@@ -26,14 +26,14 @@ from hypothesis import strategies as st
 from reliability_images import GeneratedImage
 from reliabilitykit import Stack, record, scaled, tally
 
-from facepipe.common import deletion
-from facepipe.common.dedup import DedupCache, Owner
-from facepipe.common.errors import PermanentError
-from facepipe.common.messages import IngestMessage, parse_message
-from facepipe.common.stats import Stats
-from facepipe.common.storage import ObjectStore, artifact_keys, image_prefix, tenant_prefix
-from facepipe.common.tenancy import is_valid_tenant_id, validate_tenant_id
-from facepipe.common.vectors import FacePoint, VectorIndex
+from facepipe.core.errors import PermanentError
+from facepipe.core.messages import IngestMessage, parse_message
+from facepipe.core.stats import Stats
+from facepipe.core.tenancy import is_valid_tenant_id, validate_tenant_id
+from facepipe.store import deletion
+from facepipe.store.dedup import DedupCache, Owner
+from facepipe.store.storage import ObjectStore, artifact_keys, image_prefix, tenant_prefix
+from facepipe.store.vectors import FacePoint, VectorIndex
 
 pytestmark = pytest.mark.reliability
 

@@ -42,7 +42,7 @@ Manifest = dict[str, Any]
 
 
 @dataclass(frozen=True)
-class Owner:
+class PipelineRef:
     """The FacePipeline the children belong to."""
 
     name: str
@@ -50,7 +50,7 @@ class Owner:
     uid: str
 
 
-def owner_reference(owner: Owner) -> dict[str, Any]:
+def owner_reference(owner: PipelineRef) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -61,19 +61,19 @@ def owner_reference(owner: Owner) -> dict[str, Any]:
     }
 
 
-def child_name(owner: Owner, suffix: str) -> str:
+def child_name(owner: PipelineRef, suffix: str) -> str:
     return f"{owner.name}-{suffix}"
 
 
-def config_map_name(owner: Owner) -> str:
+def config_map_name(owner: PipelineRef) -> str:
     return child_name(owner, "config")
 
 
-def selector_labels(owner: Owner, component: Component) -> dict[str, str]:
+def selector_labels(owner: PipelineRef, component: Component) -> dict[str, str]:
     return {LABEL_INSTANCE: owner.name, LABEL_COMPONENT: component}
 
 
-def common_labels(owner: Owner, spec: PipelineSpec) -> dict[str, str]:
+def common_labels(owner: PipelineRef, spec: PipelineSpec) -> dict[str, str]:
     return {
         LABEL_NAME: "facepipe",
         LABEL_INSTANCE: owner.name,
@@ -83,14 +83,14 @@ def common_labels(owner: Owner, spec: PipelineSpec) -> dict[str, str]:
     }
 
 
-def component_labels(owner: Owner, spec: PipelineSpec, component: Component) -> dict[str, str]:
+def component_labels(owner: PipelineRef, spec: PipelineSpec, component: Component) -> dict[str, str]:
     labels = {**common_labels(owner, spec), LABEL_COMPONENT: component}
     if component in WORKERS:
         labels[LABEL_ROLE] = "worker"
     return labels
 
 
-def _metadata(owner: Owner, name: str, labels: dict[str, str]) -> dict[str, Any]:
+def _metadata(owner: PipelineRef, name: str, labels: dict[str, str]) -> dict[str, Any]:
     return {
         "name": name,
         "namespace": owner.namespace,
@@ -103,7 +103,7 @@ def _metadata(owner: Owner, name: str, labels: dict[str, str]) -> dict[str, Any]
 
 
 def stream_names(spec: PipelineSpec) -> dict[StreamRole, str]:
-    """The pipeline's streams by role, named as facepipe.common.settings derives them."""
+    """The pipeline's streams by role, named as facepipe.core.settings derives them."""
     ingest = spec.redis.streamName
     return {"ingest": ingest, "detected": f"{ingest}:detected", "embedded": f"{ingest}:embedded"}
 
@@ -219,7 +219,7 @@ def config_hash(spec: PipelineSpec, component: Component) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _container_env(owner: Owner, spec: PipelineSpec, component: Component) -> list[dict[str, Any]]:
+def _container_env(owner: PipelineRef, spec: PipelineSpec, component: Component) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
         {
@@ -275,7 +275,7 @@ def _uses_models(component: Component) -> bool:
     return component in ("detector", "embedder", "ops-api")
 
 
-def build_deployment(owner: Owner, spec: PipelineSpec, component: Component) -> Manifest:
+def build_deployment(owner: PipelineRef, spec: PipelineSpec, component: Component) -> Manifest:
     comp = _component_spec(spec, component)
     container: dict[str, Any] = {
         "name": component,
@@ -349,7 +349,7 @@ def build_deployment(owner: Owner, spec: PipelineSpec, component: Component) -> 
     }
 
 
-def build_config_map(owner: Owner, spec: PipelineSpec) -> Manifest:
+def build_config_map(owner: PipelineRef, spec: PipelineSpec) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -358,7 +358,7 @@ def build_config_map(owner: Owner, spec: PipelineSpec) -> Manifest:
     }
 
 
-def build_ops_api_service(owner: Owner, spec: PipelineSpec) -> Manifest:
+def build_ops_api_service(owner: PipelineRef, spec: PipelineSpec) -> Manifest:
     ops = spec.components.opsApi
     return {
         "apiVersion": "v1",
@@ -373,7 +373,7 @@ def build_ops_api_service(owner: Owner, spec: PipelineSpec) -> Manifest:
     }
 
 
-def build_workers_service(owner: Owner, spec: PipelineSpec) -> Manifest:
+def build_workers_service(owner: PipelineRef, spec: PipelineSpec) -> Manifest:
     """Headless Service naming the workers' metrics ports (for scrapers that discover by Service)."""
     return {
         "apiVersion": "v1",
@@ -410,11 +410,11 @@ def keda_redis_address(url: str) -> dict[str, str]:
     return metadata
 
 
-def _scale_target(owner: Owner, component: Component) -> dict[str, str]:
+def _scale_target(owner: PipelineRef, component: Component) -> dict[str, str]:
     return {"apiVersion": "apps/v1", "kind": "Deployment", "name": child_name(owner, component)}
 
 
-def build_hpa(owner: Owner, spec: PipelineSpec, component: Component) -> Manifest:
+def build_hpa(owner: PipelineRef, spec: PipelineSpec, component: Component) -> Manifest:
     metadata = _metadata(owner, child_name(owner, component), component_labels(owner, spec, component))
     if component == "ops-api":
         scaling = spec.components.opsApi.autoscaling
@@ -463,7 +463,7 @@ def build_hpa(owner: Owner, spec: PipelineSpec, component: Component) -> Manifes
     }
 
 
-def build_scaled_object(owner: Owner, spec: PipelineSpec, component: Component) -> Manifest:
+def build_scaled_object(owner: PipelineRef, spec: PipelineSpec, component: Component) -> Manifest:
     metadata = _metadata(owner, child_name(owner, component), component_labels(owner, spec, component))
     if component == "ops-api":
         scaling = spec.components.opsApi.autoscaling
@@ -503,7 +503,7 @@ def build_scaled_object(owner: Owner, spec: PipelineSpec, component: Component) 
     }
 
 
-def build_autoscaler(owner: Owner, spec: PipelineSpec, component: Component) -> Manifest | None:
+def build_autoscaler(owner: PipelineRef, spec: PipelineSpec, component: Component) -> Manifest | None:
     """An HPA or a KEDA ScaledObject (never both), or None when autoscaling is off."""
     scaling = _component_spec(spec, component).autoscaling
     if not scaling.enabled:
@@ -513,7 +513,7 @@ def build_autoscaler(owner: Owner, spec: PipelineSpec, component: Component) -> 
     return build_hpa(owner, spec, component)
 
 
-def build_children(owner: Owner, spec: PipelineSpec) -> list[Manifest]:
+def build_children(owner: PipelineRef, spec: PipelineSpec) -> list[Manifest]:
     """Every object one FacePipeline stands for, in the order they are applied."""
     children = [build_config_map(owner, spec)]
     children += [build_deployment(owner, spec, component) for component in COMPONENTS]

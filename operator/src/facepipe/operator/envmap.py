@@ -1,6 +1,6 @@
 """Which runbook settings each component reads, and which ones the spec owns.
 
-The names are the primary environment names of ``facepipe.common.settings.Settings``.
+The names are the primary environment names of ``facepipe.core.settings.Settings``.
 A pod template carries (and its config hash covers) only the settings its
 component reads, so changing e.g. ``DEDUP_MAX_HAMMING`` rolls the detector, the
 indexer and ops-api but never the embedder. A test checks that every setting is
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 from pydantic import AliasChoices, ValidationError
 
-from facepipe.common.settings import Settings
+from facepipe.core.settings import Settings
 from facepipe.operator.constants import COMPONENTS, WORKERS, Component
 
 if TYPE_CHECKING:

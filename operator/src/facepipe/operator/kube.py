@@ -56,7 +56,7 @@ def kind_of(manifest: Mapping[str, Any]) -> Kind:
     return _BY_KIND[(manifest["apiVersion"], manifest["kind"])]
 
 
-class ApiError(Exception):
+class KubeApiError(Exception):
     def __init__(self, status: int, reason: str, message: str) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
@@ -129,7 +129,7 @@ class KubeApi:
                 payload = {"message": data[:500].decode(errors="replace")}
         if status >= 400:
             payload = payload if isinstance(payload, dict) else {}
-            raise ApiError(
+            raise KubeApiError(
                 status, str(payload.get("reason") or response.reason), str(payload.get("message") or "")
             )
         return payload if isinstance(payload, dict) else {}
@@ -137,7 +137,7 @@ class KubeApi:
     def get(self, kind: Kind, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:
             return self.request("GET", kind.path(namespace, name))
-        except ApiError as exc:
+        except KubeApiError as exc:
             if exc.not_found:
                 return None
             raise
@@ -174,7 +174,7 @@ class KubeApi:
         self.writes += 1
         try:
             self.request("DELETE", kind.path(namespace, name), body={"propagationPolicy": "Background"})
-        except ApiError as exc:
+        except KubeApiError as exc:
             if exc.not_found:
                 return False
             raise

@@ -1,8 +1,8 @@
-"""The seam between the operator and the tenant-data purge of facepipe.common.
+"""The seam between the operator and the tenant-data purge of facepipe.store.
 
 ``deletionPolicy: Purge`` deletes a tenant's vectors, objects and dedup keys before
 the FacePipeline goes away. The purge itself lives in
-``facepipe.common.deletion.purge_tenant``; the operator only resolves the tenant's
+``facepipe.store.deletion.purge_tenant``; the operator only resolves the tenant's
 settings and calls it through :data:`Purger`, which tests may replace.
 """
 
@@ -12,21 +12,21 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from facepipe.common.settings import Settings
+from facepipe.core.settings import Settings
 
 Purger = Callable[[Settings, str], Any]
 
 
 class PurgeUnavailable(RuntimeError):
-    """facepipe.common.deletion.purge_tenant cannot be imported."""
+    """facepipe.store.deletion.purge_tenant cannot be imported."""
 
 
 def default_purger() -> Purger:
     try:
-        module = importlib.import_module("facepipe.common.deletion")
+        module = importlib.import_module("facepipe.store.deletion")
         return module.purge_tenant  # type: ignore[no-any-return]
     except (ImportError, AttributeError) as exc:
-        raise PurgeUnavailable(f"facepipe.common.deletion.purge_tenant is not available: {exc}") from None
+        raise PurgeUnavailable(f"facepipe.store.deletion.purge_tenant is not available: {exc}") from None
 
 
 def settings_from_env(env: dict[str, str]) -> Settings:

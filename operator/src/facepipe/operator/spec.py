@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from facepipe.common.tenancy import is_valid_tenant_id
+from facepipe.core.tenancy import is_valid_tenant_id
 
 
 class _Model(BaseModel):

@@ -9,14 +9,14 @@ from typing import Any
 import kopf
 import redis
 
-from facepipe.common.settings import Settings
-from facepipe.operator.builders import Owner, build_children, secret_env, shared_env, stream_names
+from facepipe.core.settings import Settings
+from facepipe.operator.apply import ApplyResult, apply_children
+from facepipe.operator.builders import PipelineRef, build_children, secret_env, shared_env, stream_names
 from facepipe.operator.constants import COMPONENTS
 from facepipe.operator.handlers import runtime
 from facepipe.operator.handlers.runtime import PURGE_RETRY_SECONDS, RUNTIME
-from facepipe.operator.kube import FACE_PIPELINE, SECRET, ApiError, KubeApi
+from facepipe.operator.kube import FACE_PIPELINE, SECRET, KubeApi, KubeApiError
 from facepipe.operator.purge import PurgeUnavailable, settings_from_env
-from facepipe.operator.reconcile import ApplyResult, apply_children
 from facepipe.operator.spec import PipelineSpec, SpecError, parse_spec
 from facepipe.operator.status import (
     ComponentState,
@@ -25,7 +25,7 @@ from facepipe.operator.status import (
     compute_status,
     status_patch,
 )
-from facepipe.operator.streams import read_stream_figures
+from facepipe.operator.stream_figures import read_stream_figures
 
 Logger = logging.Logger | logging.LoggerAdapter
 
@@ -61,7 +61,7 @@ def tenant_settings(api: KubeApi, namespace: str, spec: PipelineSpec) -> Setting
     return settings_from_env(env)
 
 
-def _components(spec: PipelineSpec, result: ApplyResult, owner: Owner) -> dict[str, ComponentState]:
+def _components(spec: PipelineSpec, result: ApplyResult, owner: PipelineRef) -> dict[str, ComponentState]:
     states = {}
     for component in COMPONENTS:
         deployment = result.live.get(f"Deployment/{owner.name}-{component}")
@@ -114,12 +114,12 @@ def reconcile(
             obs = Observation(generation=generation, spec_error=str(exc))
             _write_status(api, namespace, name, obs, previous)
             return obs
-        owner = Owner(name, namespace, uid)
+        owner = PipelineRef(name, namespace, uid)
         apply_error = None
         result = ApplyResult()
         try:
             result = apply_children(api, namespace, name, uid, build_children(owner, spec))
-        except ApiError as exc:
+        except KubeApiError as exc:
             if exc.status >= 500 or exc.status == 429:
                 raise  # the API server's trouble: Kopf retries with backoff
             apply_error = f"applying children failed: {exc}"
@@ -159,7 +159,7 @@ def _write_status(
     if patch:
         try:
             api.patch(FACE_PIPELINE, namespace, name, {"status": patch}, subresource="status")
-        except ApiError as exc:
+        except KubeApiError as exc:
             if not exc.not_found:
                 raise
 
@@ -187,7 +187,7 @@ def resync_all(logger: Logger) -> None:
                 current = api.get(FACE_PIPELINE, namespace, name)
                 if current is None or current["metadata"].get("uid") != uid:
                     RUNTIME.forget(uid)
-        except ApiError as exc:
+        except KubeApiError as exc:
             logger.warning("resync of %s/%s failed: %s", namespace, name, exc)
 
 

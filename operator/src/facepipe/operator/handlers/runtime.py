@@ -23,7 +23,7 @@ PURGE_RETRY_SECONDS = float(os.environ.get("FACEPIPE_OPERATOR_PURGE_RETRY_SECOND
 @dataclass
 class Runtime:
     api: KubeApi | None = None
-    purger: Purger | None = None  # None: facepipe.common.deletion.purge_tenant
+    purger: Purger | None = None  # None: facepipe.store.deletion.purge_tenant
     locks: dict[str, threading.Lock] = field(default_factory=dict)
     locks_guard: threading.Lock = field(default_factory=threading.Lock)
     # FacePipelines this operator serves (uid → namespace, name), for the periodic resync.

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from facepipe.common.settings import Settings, load_settings
+from facepipe.core.settings import Settings, load_settings
 
 DEFAULT_API = "http://127.0.0.1:8001"
 

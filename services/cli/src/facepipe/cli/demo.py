@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 
+from facepipe.cli.localservers import free_port
 from facepipe.cli.samples import sample_images
-from facepipe.common.localservers import free_port
 
 TENANT = "demo"
 READY_TIMEOUT_S = 300.0

@@ -20,14 +20,14 @@ from typing import Any
 
 import redis
 
-from facepipe.common.errors import PermanentError
-from facepipe.common.imaging import ImageLimits, decode_image, phash64
-from facepipe.common.messages import IngestMessage, parse_message
-from facepipe.common.settings import Settings, dlq_stream
-from facepipe.common.stats import Stats
-from facepipe.common.storage import ObjectStore, image_prefix
-from facepipe.common.tenancy import validate_tenant_id
+from facepipe.core.errors import PermanentError
+from facepipe.core.messages import IngestMessage, parse_message
+from facepipe.core.settings import Settings, dlq_stream
+from facepipe.core.stats import Stats
+from facepipe.core.tenancy import validate_tenant_id
 from facepipe.ops_api.depth import pipeline_depths, work_outstanding
+from facepipe.store.storage import ObjectStore, image_prefix
+from facepipe.vision.imaging import ImageLimits, decode_image, phash64
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 _CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}

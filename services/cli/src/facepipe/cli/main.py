@@ -34,8 +34,8 @@ from rich.table import Table
 from rich.text import Text
 
 from facepipe.cli.connect import ApiCallError, ApiUnreachableError, OpsApiClient, Target, default_api, resolve
-from facepipe.common.errors import PermanentError, TransientError
-from facepipe.common.settings import ConfigError
+from facepipe.core.errors import PermanentError, TransientError
+from facepipe.core.settings import ConfigError
 
 STAGES = ("detector", "embedder", "indexer")
 console = Console(highlight=False)
@@ -112,7 +112,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from facepipe.cli import ingest as ing
-    from facepipe.common.storage import ObjectStore
+    from facepipe.store.storage import ObjectStore
 
     try:
         files = ing.find_images(args.paths)
@@ -327,7 +327,7 @@ def cmd_ready(args: argparse.Namespace) -> int:
 def cmd_publish_test(args: argparse.Namespace) -> int:
     from facepipe.cli.ingest import build_message, publish, raw_key
     from facepipe.cli.samples import insightface_t1
-    from facepipe.common.storage import ObjectStore
+    from facepipe.store.storage import ObjectStore
 
     target = resolve(args.api)
     settings = target.settings
@@ -361,7 +361,7 @@ def cmd_publish_test(args: argparse.Namespace) -> int:
 
 
 def cmd_ensure(args: argparse.Namespace) -> int:
-    from facepipe.common.storage import ObjectStore
+    from facepipe.store.storage import ObjectStore
 
     target = resolve(args.api)
     settings = target.settings
@@ -383,7 +383,7 @@ def cmd_ensure(args: argparse.Namespace) -> int:
         )
         console.print("Qdrant collection: held by the running `facepipe up` (its indexer creates it)")
         return 0
-    from facepipe.common.ensure import ensure_storage_and_collection
+    from facepipe.store.ensure import ensure_storage_and_collection
 
     report = ensure_storage_and_collection(settings)
     console.print(
@@ -398,7 +398,7 @@ def cmd_ensure(args: argparse.Namespace) -> int:
 
 
 def cmd_dedup_flush(args: argparse.Namespace) -> int:
-    from facepipe.common.dedup import DedupCache
+    from facepipe.store.dedup import DedupCache
 
     target = resolve(args.api)
     deleted = DedupCache(_redis(target), target.settings).flush(args.tenant)

@@ -9,7 +9,7 @@ What runs (each piece replaced by the real thing when its variable is set):
 - Qdrant: qdrant-client's embedded local mode in ``<data-dir>/qdrant``, unless
   QDRANT_URL is set;
 - detector and embedder, one process each;
-- indexer + ops-api: ONE process (``python -m facepipe.ops_api --with-indexer``)
+- indexer + ops-api: ONE process (``python -m facepipe.cli.api_with_indexer``)
   with embedded Qdrant, because Qdrant local mode lets only one process open its
   folder and both need it; two processes with a Qdrant server.
 
@@ -36,10 +36,10 @@ import httpx
 from rich.console import Console
 from rich.text import Text
 
+from facepipe.cli.localservers import ServerProcess, start_redis, start_seaweedfs
 from facepipe.cli.supervisor import ChildSpec, Supervisor
-from facepipe.common.localservers import ServerProcess, start_redis, start_seaweedfs
-from facepipe.common.models.packs import get_pack
-from facepipe.common.settings import ConfigError, load_settings
+from facepipe.core.packs import get_pack
+from facepipe.core.settings import ConfigError, load_settings
 
 STATE_FILE = "local.json"
 READY_TIMEOUT_S = 240.0
@@ -117,7 +117,7 @@ def _ensure_models(env: dict[str, str], say: Any) -> None:
     if not missing:
         return
     say(f"model pack {pack.name} not found in {settings.models_dir}: fetching it (as `make models` does)...")
-    from facepipe.common.models.fetch import ensure_models, fetchable_packs
+    from facepipe.vision.models.fetch import ensure_models, fetchable_packs
 
     if pack.name not in fetchable_packs():
         raise UpError(f"model files missing: {', '.join(map(str, missing))}. {pack.obtain_hint}")
@@ -152,7 +152,7 @@ def child_specs(env: dict[str, str], embedded_qdrant: bool, host: str, port: int
         ChildSpec("embedder", [py, "-m", "facepipe.embedder"], env),
     ]
     if embedded_qdrant:
-        specs.append(ChildSpec("api+indexer", [py, "-m", "facepipe.ops_api", "--with-indexer", *api], env))
+        specs.append(ChildSpec("api+indexer", [py, "-m", "facepipe.cli.api_with_indexer", *api], env))
     else:
         specs.append(ChildSpec("indexer", [py, "-m", "facepipe.indexer"], env))
         specs.append(ChildSpec("ops-api", [py, "-m", "facepipe.ops_api", *api], env))

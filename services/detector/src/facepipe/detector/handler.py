@@ -19,17 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from facepipe.common import metrics
-from facepipe.common.imaging import (
-    ImageLimits,
-    QualityThresholds,
-    align_face,
-    assess_quality,
-    decode_image,
-    encode_jpeg,
-    phash64,
-)
-from facepipe.common.messages import (
+from facepipe.core import metrics
+from facepipe.core.messages import (
     DetectedFace,
     DetectedMessage,
     FaceQuality,
@@ -39,12 +30,21 @@ from facepipe.common.messages import (
     SourceRef,
     parse_message,
 )
-from facepipe.common.metrics import timed
-from facepipe.common.models import Detection, FaceDetector, create_detector
-from facepipe.common.settings import Settings
-from facepipe.common.stats import Stats
-from facepipe.common.storage import ObjectStore
-from facepipe.common.streams import Outcome, Publish, StreamMessage, map_concurrently, worker_redis
+from facepipe.core.metrics import timed
+from facepipe.core.settings import Settings
+from facepipe.core.stats import Stats
+from facepipe.core.streams import Outcome, Publish, StreamMessage, map_concurrently, worker_redis
+from facepipe.store.storage import ObjectStore
+from facepipe.vision.imaging import (
+    ImageLimits,
+    QualityThresholds,
+    align_face,
+    assess_quality,
+    decode_image,
+    encode_jpeg,
+    phash64,
+)
+from facepipe.vision.models import Detection, FaceDetector, create_detector
 
 log = logging.getLogger("facepipe.detector")
 
@@ -53,7 +53,7 @@ HINT_PADDING = 0.5      # a hinted box is widened by half its size per side befo
 
 
 class DetectorHandler:
-    """:class:`~facepipe.common.streams.StageHandler` of the detector stage."""
+    """:class:`~facepipe.core.streams.StageHandler` of the detector stage."""
 
     name = "detector"
     required_fields = ("image_sha256", "bucket", "key", "tenant_id")

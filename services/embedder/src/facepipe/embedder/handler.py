@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from facepipe.common import metrics
-from facepipe.common.errors import PermanentError
-from facepipe.common.imaging import CROP_SIZE, decode_jpeg
-from facepipe.common.messages import DetectedMessage, EmbeddedFace, EmbeddedMessage, parse_message
-from facepipe.common.models import FaceEmbedder, create_embedder
-from facepipe.common.settings import Settings
-from facepipe.common.stats import Stats
-from facepipe.common.streams import Outcome, Publish, StreamMessage, map_concurrently, worker_redis
+from facepipe.core import metrics
+from facepipe.core.errors import PermanentError
+from facepipe.core.messages import DetectedMessage, EmbeddedFace, EmbeddedMessage, parse_message
+from facepipe.core.settings import Settings
+from facepipe.core.stats import Stats
+from facepipe.core.streams import Outcome, Publish, StreamMessage, map_concurrently, worker_redis
+from facepipe.vision.imaging import CROP_SIZE, decode_jpeg
+from facepipe.vision.models import FaceEmbedder, create_embedder
 
 log = logging.getLogger("facepipe.embedder")
 
@@ -57,7 +57,7 @@ def decode_crop(crop_b64: str, index: int) -> np.ndarray:
 
 
 class EmbedderHandler:
-    """:class:`~facepipe.common.streams.StageHandler` of the embedder stage."""
+    """:class:`~facepipe.core.streams.StageHandler` of the embedder stage."""
 
     name = "embedder"
     required_fields = ("v", "ingest", "image", "model")

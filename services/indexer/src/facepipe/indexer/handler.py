@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import logging
 import re
@@ -29,25 +30,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import cv2
 import numpy as np
 import redis
+from PIL import Image, UnidentifiedImageError
 
-from facepipe.common.dedup import DedupCache, DedupResult, Owner
-from facepipe.common.errors import PermanentError
-from facepipe.common.imaging import decode_jpeg, encode_jpeg
-from facepipe.common.messages import EmbeddedFace, EmbeddedMessage, parse_message
-from facepipe.common.metrics import timed
-from facepipe.common.models.packs import get_pack
-from facepipe.common.settings import Settings
-from facepipe.common.stats import Stats
-from facepipe.common.storage import ArtifactKeys, ObjectStore, artifact_keys
-from facepipe.common.streams import Outcome, StreamMessage, map_concurrently, worker_redis
-from facepipe.common.vectors import FacePoint, VectorIndex
+from facepipe.core.errors import PermanentError
+from facepipe.core.messages import EmbeddedFace, EmbeddedMessage, parse_message
+from facepipe.core.metrics import timed
+from facepipe.core.packs import get_pack
+from facepipe.core.settings import Settings
+from facepipe.core.stats import Stats
+from facepipe.core.streams import Outcome, StreamMessage, map_concurrently, worker_redis
+from facepipe.store.dedup import DedupCache, DedupResult, Owner
+from facepipe.store.storage import ArtifactKeys, ObjectStore, artifact_keys
+from facepipe.store.vectors import FacePoint, VectorIndex
 
 log = logging.getLogger("facepipe.indexer")
 
 THUMB_SIZE = 64
+MAX_CROP_SIDE = 1024  # crops are 112x112; anything far larger is not one of ours
 STREAM_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 # A stored embedding must be unit length (cosine); allow float32 rounding and re-normalise.
 NORM_TOLERANCE = 1e-2
@@ -122,9 +123,25 @@ def decode_crop(face: EmbeddedFace) -> bytes:
 
 
 def thumbnail_jpeg(crop_jpeg: bytes, size: int = THUMB_SIZE) -> bytes:
-    """A ``size`` x ``size`` JPEG of the aligned crop; PermanentError("undecodable_crop") if it is no JPEG."""
-    crop = decode_jpeg(crop_jpeg)
-    return encode_jpeg(cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA), quality=85)
+    """A ``size`` x ``size`` JPEG of the aligned crop; PermanentError("undecodable_crop") if it is no image.
+
+    The crop comes from a stream anyone with Redis access can write to: the header's size is
+    checked before decoding, so a crop claiming 20,000x20,000 pixels is refused, never allocated.
+    """
+    try:
+        with Image.open(io.BytesIO(crop_jpeg)) as crop:  # lazy: parses the header only
+            width, height = crop.size
+            oversized = not (1 <= width <= MAX_CROP_SIDE and 1 <= height <= MAX_CROP_SIDE)
+            thumb = None if oversized else crop.convert("RGB").resize((size, size), Image.Resampling.BOX)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        raise PermanentError("undecodable_crop", "face crop is not a readable image") from None
+    if thumb is None:
+        raise PermanentError(
+            "undecodable_crop", f"face crop claims {width}x{height} pixels (at most {MAX_CROP_SIDE})"
+        )
+    out = io.BytesIO()
+    thumb.save(out, format="JPEG", quality=85)
+    return out.getvalue()
 
 
 class IndexerHandler:

@@ -1,93 +1,41 @@
-"""``python -m facepipe.ops_api [--host H] [--port P] [--with-indexer]``.
+"""``python -m facepipe.ops_api [--host H] [--port P]``: serve the ops API.
 
-``--with-indexer`` runs the indexer stage in this same process. Qdrant's
-embedded local mode lets only ONE process open a storage folder, and both the
-indexer (writes) and the ops-api (search, delete, readiness) need it; so in local
-mode they share one process and one :class:`VectorIndex`. The indexer's worker
-loop owns the main thread (and SIGTERM/SIGINT: finish the batch in hand, ack,
-exit 0); uvicorn serves from a background thread, where it installs no signal
-handlers, and is told to stop when the worker loop returns. With a Qdrant server
-(QDRANT_URL set) the two run as separate processes and scale separately.
+Local mode runs the ops API and the indexer in one process (``facepipe.cli.api_with_indexer``),
+because the embedded vector store can be opened by one process only.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
-import signal
 import sys
-import threading
 
 import uvicorn
 
-from facepipe.common.logs import setup_logging
-from facepipe.common.settings import Settings, load_settings
+from facepipe.core.logs import setup_logging
+from facepipe.core.settings import Settings, load_settings
 from facepipe.ops_api.app import create_app
-from facepipe.ops_api.backend import OpsBackend
 
 log = logging.getLogger("facepipe.ops_api")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m facepipe.ops_api", description=__doc__.split("\n\n")[1])
+    parser = argparse.ArgumentParser(prog="python -m facepipe.ops_api", description="Serve the ops API.")
     parser.add_argument("--host", help="interface to listen on (default OPS_API_HOST)")
     parser.add_argument("--port", type=int, help="port (default OPS_API_PORT, 8001)")
-    parser.add_argument(
-        "--with-indexer",
-        action="store_true",
-        help="also run the indexer stage in this process (required with embedded Qdrant)",
-    )
     return parser.parse_args(argv)
 
 
-def _uvicorn_config(app: object, host: str, port: int) -> uvicorn.Config:
-    # log_config=None: keep our logging format (facepipe.common.logs) for uvicorn's lines too.
+def uvicorn_config(app: object, host: str, port: int) -> uvicorn.Config:
+    # log_config=None: keep our logging format (facepipe.core.logs) for uvicorn's lines too.
     return uvicorn.Config(
         app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=5
     )
 
 
 def serve(settings: Settings, host: str, port: int) -> int:
-    uvicorn.Server(_uvicorn_config(create_app(settings), host, port)).run()
+    uvicorn.Server(uvicorn_config(create_app(settings), host, port)).run()
     return 0
-
-
-def serve_with_indexer(settings: Settings, host: str, port: int) -> int:
-    from facepipe.common.streams import Worker
-    from facepipe.common.vectors import VectorIndex
-    from facepipe.indexer.handler import IndexerHandler
-
-    index = VectorIndex(settings)
-    backend = OpsBackend(settings, index=index)
-    server = uvicorn.Server(_uvicorn_config(create_app(settings, backend), host, port))
-    failed = threading.Event()
-
-    def run_api() -> None:
-        try:
-            server.run()
-        except SystemExit:  # uvicorn exits this way when it cannot bind the port
-            failed.set()
-        except Exception:
-            log.exception("ops-api server crashed")
-            failed.set()
-        if failed.is_set() or not server.should_exit:
-            # The API is gone while the worker still runs: stop the worker so a supervisor restarts us.
-            failed.set()
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    api_thread = threading.Thread(target=run_api, name="ops-api", daemon=True)
-    api_thread.start()
-    try:
-        code = Worker(settings, IndexerHandler(settings, index=index)).run()
-    finally:
-        server.should_exit = True
-        api_thread.join(timeout=10)
-        index.close()
-    if failed.is_set():
-        log.error("ops-api stopped unexpectedly (port %d in use?); exiting", port)
-        return 1
-    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,8 +44,6 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_level)
     host = args.host or settings.ops_api_host
     port = args.port or settings.ops_api_port
-    if args.with_indexer:
-        return serve_with_indexer(settings, host, port)
     return serve(settings, host, port)
 
 

@@ -22,10 +22,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel, Field
 
-from facepipe.common import metrics
-from facepipe.common.errors import PermanentError
-from facepipe.common.settings import Settings, get_settings
-from facepipe.common.tenancy import is_valid_tenant_id
+from facepipe.core import metrics
+from facepipe.core.errors import PermanentError
+from facepipe.core.settings import Settings, get_settings
+from facepipe.core.tenancy import is_valid_tenant_id
 from facepipe.ops_api import depth as depth_mod
 from facepipe.ops_api import dlq as dlq_mod
 from facepipe.ops_api.api_errors import ApiError, BodySizeLimit, check_bearer_token, install_error_handlers
@@ -304,7 +304,7 @@ def create_app(
         dependencies=[Depends(require_token)],
     )
     def delete_image(image_sha256: str, tenant_id: TenantQuery) -> dict[str, Any]:
-        from facepipe.common import deletion
+        from facepipe.store import deletion
 
         tenant = _tenant(tenant_id)
         if not SHA_PATTERN.match(image_sha256):
@@ -325,7 +325,7 @@ def create_app(
         dependencies=[Depends(require_token)],
     )
     def delete_tenant(tenant_id: str) -> dict[str, Any]:
-        from facepipe.common import deletion
+        from facepipe.store import deletion
 
         tenant = _tenant(tenant_id)
         report = deletion.delete_tenant(

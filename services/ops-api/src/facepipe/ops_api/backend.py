@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from facepipe.common.dedup import DedupCache
-from facepipe.common.settings import Settings
-from facepipe.common.stats import Stats
-from facepipe.common.storage import ObjectStore
+from facepipe.core.settings import Settings
+from facepipe.core.stats import Stats
+from facepipe.store.dedup import DedupCache
+from facepipe.store.storage import ObjectStore
 
 if TYPE_CHECKING:
-    from facepipe.common.vectors import VectorIndex
     from facepipe.ops_api.search import SearchModels
+    from facepipe.store.vectors import VectorIndex
 
 log = logging.getLogger("facepipe.ops_api")
 
@@ -59,7 +59,7 @@ class OpsBackend:
         if self._index is None:
             with self._lock:
                 if self._index is None:
-                    from facepipe.common.vectors import VectorIndex
+                    from facepipe.store.vectors import VectorIndex
 
                     self._index = VectorIndex(self.settings)
         return self._index

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import redis
 
-from facepipe.common.settings import dlq_stream
+from facepipe.core.settings import dlq_stream
 
 LAG_COUNT_LIMIT = 100_000
 

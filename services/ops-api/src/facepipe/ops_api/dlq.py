@@ -1,6 +1,6 @@
 """Dead-letter queues: list entries and replay them to their source stream.
 
-A DLQ entry (written by ``facepipe.common.streams``) carries reason, error_class,
+A DLQ entry (written by ``facepipe.core.streams``) carries reason, error_class,
 error, source_stream, source_id, delivery_count, consumer, failed_at and the
 original ``payload``. Replay re-publishes the payload in field ``message`` to the
 stream the DLQ belongs to and deletes the DLQ entry, atomically (one Lua
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import redis
 
-from facepipe.common.settings import dlq_stream
+from facepipe.core.settings import dlq_stream
 
 # KEYS[1] dlq, KEYS[2] source stream; ARGV[1] dlq entry id, ARGV[2] payload.
 # Returns the new id in the source stream, or false when the entry was already gone.

@@ -12,12 +12,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from facepipe.common.imaging import ImageLimits, align_face, decode_image
-from facepipe.common.models import FaceDetector, FaceEmbedder, create_detector, create_embedder
-from facepipe.common.settings import Settings
+from facepipe.core.settings import Settings
+from facepipe.vision.imaging import ImageLimits, align_face, decode_image
+from facepipe.vision.models import FaceDetector, FaceEmbedder, create_detector, create_embedder
 
 if TYPE_CHECKING:
-    from facepipe.common.vectors import SearchHit, VectorIndex
+    from facepipe.store.vectors import SearchHit, VectorIndex
 
 MAX_TOP_K = 100
 

@@ -1,0 +1,122 @@
+"""Every Prometheus metric of the pipeline (docs/design.md "Prometheus metric names").
+
+The objects live in prometheus-client's default registry, so each process exposes
+all of them; series appear once a label set is first used. Workers serve them with
+:func:`start_metrics_server` on ``METRICS_PORT`` (0 = off); ops-api mounts its own
+``/metrics`` and sets the stream gauges.
+
+Who updates what: the worker runtime owns the ``facepipe_worker_*`` and
+``facepipe_message_duration_seconds`` series; :class:`facepipe.core.stats.Stats`
+mirrors the face counters and stage timings it writes to Redis; ops-api owns the
+stream, DLQ, readiness and dedup gauges.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+import prometheus_client
+from prometheus_client import Counter, Gauge, Histogram
+
+# `_created` series double every counter and histogram for nothing a dashboard uses.
+prometheus_client.disable_created_metrics()
+
+# Seconds, from a millisecond-scale detection on a small image up to minutes for a
+# stuck upload; the same buckets for whole messages.
+DURATION_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+WORKER_MSGS_ACKED = Counter(
+    "facepipe_worker_msgs_acked", "Stream entries acked after their output was published", ["stage"]
+)
+WORKER_MSGS_DLQ = Counter(
+    "facepipe_worker_msgs_dlq", "Stream entries moved to <stream>:dlq", ["stage", "reason"]
+)
+WORKER_TRANSIENT_ERRORS = Counter(
+    "facepipe_worker_transient_errors", "Batches retried in-process after a transient error", ["stage"]
+)
+WORKER_REDELIVERIES = Counter(
+    "facepipe_worker_redeliveries", "Pending entries reclaimed from an idle or dead consumer", ["stage"]
+)
+FACES_PROCESSED = Counter("facepipe_faces_processed", "Faces successfully processed", ["stage"])
+FACES_REJECTED = Counter("facepipe_faces_rejected", "Faces rejected by quality checks", ["reason"])
+FACES_DUP_SKIPPED = Counter("facepipe_faces_dup_skipped", "Faces skipped as near-duplicates")
+STAGE_DURATION = Histogram(
+    "facepipe_stage_duration_seconds",
+    "Time spent in one step (detection, embedding, storage, upsert)",
+    ["stage"],
+    buckets=DURATION_BUCKETS,
+)
+MESSAGE_DURATION = Histogram(
+    "facepipe_message_duration_seconds",
+    "Time from a batch reaching the handler to its entries being acked",
+    ["stage"],
+    buckets=DURATION_BUCKETS,
+)
+EMBED_BATCH_SIZE = Histogram(
+    "facepipe_embed_batch_size", "Faces per embedding inference call", buckets=BATCH_SIZE_BUCKETS
+)
+WORKER_INFLIGHT = Gauge("facepipe_worker_inflight_messages", "Messages in the handler right now", ["stage"])
+STREAM_LENGTH = Gauge("facepipe_stream_length", "XLEN of a pipeline stream", ["stream"])
+STREAM_LAG = Gauge("facepipe_stream_lag", "Entries not yet delivered to the group", ["stream", "group"])
+STREAM_PENDING = Gauge("facepipe_stream_pending", "Entries delivered but not acked", ["stream", "group"])
+STREAM_CONSUMERS = Gauge("facepipe_stream_consumers", "Consumers known to the group", ["stream", "group"])
+DLQ_LENGTH = Gauge("facepipe_dlq_length", "XLEN of <stream>:dlq", ["stream"])
+READY = Gauge("facepipe_ready", "1 when a readiness check passes, else 0", ["check"])
+DEDUP_KEYS = Gauge("facepipe_dedup_keys", "Keys under dedup:")
+DEDUP_MEMORY_BYTES = Gauge("facepipe_dedup_memory_bytes", "Memory used by the keys under dedup:")
+
+
+def start_metrics_server(port: int, addr: str = "0.0.0.0") -> object | None:
+    """Serve ``/metrics`` on ``port`` in a daemon thread; ``0`` means off. Returns the server or None."""
+    if port == 0:
+        return None
+    try:
+        server, _thread = prometheus_client.start_http_server(port, addr=addr)
+    except OSError as exc:
+        raise RuntimeError(f"METRICS_PORT={port}: cannot listen on {addr}:{port}: {exc}") from None
+    return server
+
+
+class TimingSink(Protocol):
+    def record_timing(self, name: str, ms: float, count: int = 1, tenant: str | None = None) -> None: ...
+
+
+@contextmanager
+def timed(stats: TimingSink | None, name: str, count: int = 1, tenant: str | None = None) -> Iterator[None]:
+    """Time the block and record it as stage ``name`` (``detection``, ``embedding``, ``storage``, ``upsert``).
+
+    With a :class:`~facepipe.core.stats.Stats` the timing goes to Redis (the runbook's
+    ``/stats`` ``timings_ms``) and to ``facepipe_stage_duration_seconds``; with ``None``
+    only to the histogram. ``count`` is how many items the block handled (faces in
+    an embedding batch), so ``/stats`` averages per item. Nothing is recorded when
+    the block raises: a failed upload is not a storage timing.
+    """
+    started = time.perf_counter()
+    yield
+    elapsed_ms = (time.perf_counter() - started) * 1000.0
+    if stats is None:
+        STAGE_DURATION.labels(stage=name).observe(elapsed_ms / 1000.0)
+    else:
+        stats.record_timing(name, elapsed_ms, count=count, tenant=tenant)

@@ -1,0 +1,31 @@
+"""Tenant ids: the one check every key, object path and filter that holds a tenant goes through.
+
+A valid id is 1-63 characters of ``A-Z a-z 0-9 _ . -``, starts with a letter or digit
+and never contains ``..``. So ``a:b`` (Redis key separator), ``../x`` (path escape),
+``*`` (glob) and ``a/b`` can never leave a tenant's prefix.
+"""
+
+from __future__ import annotations
+
+import re
+
+from facepipe.core.errors import PermanentError
+
+TENANT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+def is_valid_tenant_id(tenant: object) -> bool:
+    return isinstance(tenant, str) and TENANT_ID_PATTERN.fullmatch(tenant) is not None and ".." not in tenant
+
+
+def validate_tenant_id(tenant: object) -> str:
+    """Return ``tenant`` unchanged when valid, else raise ``PermanentError("invalid_tenant_id")``."""
+    if not is_valid_tenant_id(tenant):
+        raise PermanentError(
+            "invalid_tenant_id",
+            f"tenant_id {tenant!r} is invalid: 1-63 characters of A-Z a-z 0-9 _ . -, "
+            "starting with a letter or digit, without '..'",
+            fields=("tenant_id",),
+        )
+    assert isinstance(tenant, str)
+    return tenant

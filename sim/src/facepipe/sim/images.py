@@ -1,0 +1,245 @@
+"""Container images as the simulation runs them: one virtualenv per image, built as the Dockerfile builds it.
+
+No container runtime can be had here, so an image is reproduced from its recipe: the
+skaffold artifact names the image and its build args, the Dockerfile's build stage
+says which files are copied and which ``uv sync`` lines install them, and its final
+stage gives the environment, user, working directory and entry point. Building the
+environment from exactly those files and those lines means a module or dependency
+missing from an image fails here as it would in the cluster.
+
+    recipes = load_recipes(repo)                      # image name -> ImageRecipe
+    venv = build_environment(recipes["ghcr.io/face-pipeline/detector"], repo, target)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# The Debian interpreter: world-readable, so pods that run as another uid can use it
+# (the pyenv one under /root cannot be). Falls back to whatever `python3.11` is on PATH.
+SYSTEM_PYTHON = "/usr/bin/python3.11"
+
+
+class RecipeError(Exception):
+    """The Dockerfile or skaffold.yaml says something this reproduction cannot honour."""
+
+
+@dataclass(frozen=True)
+class Instruction:
+    op: str
+    args: str
+
+
+@dataclass(frozen=True)
+class ImageRecipe:
+    image: str                                   # repository without tag, as skaffold names it
+    dockerfile: Path
+    build_args: dict[str, str]
+    copies: list[tuple[list[str], str]]          # build stage COPY sources -> destination
+    sync_commands: list[list[str]]               # the build stage's `uv sync` lines, args filled in
+    env: dict[str, str] = field(default_factory=dict)  # final stage ENV
+    entrypoint: list[str] = field(default_factory=list)
+    cmd: list[str] = field(default_factory=list)
+    user: str = ""
+    workdir: str = "/"
+    venv_path: str = "/app/.venv"                # where the image keeps its environment
+
+    @property
+    def package(self) -> str:
+        return self.build_args.get("PACKAGE", "")
+
+    @property
+    def module(self) -> str:
+        return self.build_args.get("MODULE", "")
+
+
+def instructions(dockerfile: Path) -> list[Instruction]:
+    """Instructions with line continuations joined and comments dropped."""
+    out: list[Instruction] = []
+    pending = ""
+    for raw in dockerfile.read_text().splitlines():
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        line = pending + stripped
+        pending = ""
+        op, _, args = line.partition(" ")
+        out.append(Instruction(op.upper(), args.strip()))
+    return out
+
+
+def _substitute(text: str, values: dict[str, str]) -> str:
+    def repl(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        return values.get(name, match.group(0))
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", repl, text)
+
+
+def _stages(steps: list[Instruction]) -> list[list[Instruction]]:
+    stages: list[list[Instruction]] = []
+    for step in steps:
+        if step.op == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append(step)
+    return stages
+
+
+def _arg_defaults(steps: list[Instruction]) -> dict[str, str]:
+    defaults = {}
+    for step in steps:
+        if step.op == "ARG":
+            name, _, value = step.args.partition("=")
+            defaults[name] = value.strip('"') if value else ""
+    return defaults
+
+
+def _env_pairs(args: str) -> dict[str, str]:
+    pairs = {}
+    for token in shlex.split(args):
+        name, sep, value = token.partition("=")
+        if not sep:
+            raise RecipeError(f"ENV {args!r}: only the NAME=value form is supported")
+        pairs[name] = value
+    return pairs
+
+
+def _exec_form(args: str, what: str) -> list[str]:
+    value = yaml.safe_load(args)
+    if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise RecipeError(f"{what} {args!r}: only the exec (JSON list) form is supported")
+    return value
+
+
+def _sync_commands(run_args: str, values: dict[str, str]) -> list[list[str]]:
+    """Every `uv sync ...` of one RUN line (a RUN may chain commands with && or ;)."""
+    commands = []
+    for part in re.split(r"&&|;|\|\|", run_args):
+        words = shlex.split(_substitute(part, values))
+        while words and words[0].startswith("--"):  # RUN's own flags (--mount=...)
+            words.pop(0)
+        if words[:2] == ["uv", "sync"]:
+            commands.append(words)
+    return commands
+
+
+def parse_recipe(image: str, dockerfile: Path, build_args: dict[str, str]) -> ImageRecipe:
+    steps = instructions(dockerfile)
+    stages = _stages(steps)
+    if len(stages) < 2:
+        raise RecipeError(f"{dockerfile}: expected a build stage and a final stage")
+    global_args = _arg_defaults([s for s in steps[: steps.index(stages[0][0])]])
+    build, final = stages[0], stages[-1]
+    build_values = {**global_args, **_arg_defaults(build), **build_args}
+    copies, syncs = [], []
+    for step in build:
+        if step.op == "COPY":
+            if "--from=" in step.args:
+                continue
+            *sources, dest = shlex.split(_substitute(step.args, build_values))
+            copies.append((sources, dest))
+        elif step.op == "RUN":
+            syncs += _sync_commands(step.args, build_values)
+    final_values = {**global_args, **_arg_defaults(final), **build_args}
+    env: dict[str, str] = {}
+    entrypoint: list[str] = []
+    cmd: list[str] = []
+    user, workdir = "", "/"
+    for step in final:
+        if step.op == "ENV":
+            for name, value in _env_pairs(step.args).items():
+                env[name] = _substitute(value, {**final_values, **env})
+        elif step.op == "ENTRYPOINT":
+            entrypoint = _exec_form(step.args, "ENTRYPOINT")
+        elif step.op == "CMD":
+            cmd = _exec_form(step.args, "CMD")
+        elif step.op == "USER":
+            user = step.args
+        elif step.op == "WORKDIR":
+            workdir = step.args
+    if not syncs:
+        raise RecipeError(f"{dockerfile}: the build stage runs no `uv sync`")
+    return ImageRecipe(
+        image, dockerfile, dict(build_args), copies, syncs, env, entrypoint, cmd, user, workdir
+    )
+
+
+def load_recipes(repo: Path) -> dict[str, ImageRecipe]:
+    """Every image skaffold.yaml builds, by image name (no tag)."""
+    config: dict[str, Any] = yaml.safe_load((repo / "skaffold.yaml").read_text())
+    recipes = {}
+    for artifact in config["build"]["artifacts"]:
+        context = repo / artifact.get("context", ".")
+        docker = artifact.get("docker") or {}
+        dockerfile = context / docker.get("dockerfile", "Dockerfile")
+        args = {k: str(v) for k, v in (docker.get("buildArgs") or {}).items()}
+        recipes[artifact["image"]] = parse_recipe(artifact["image"], dockerfile, args)
+    return recipes
+
+
+def stage_build_context(recipe: ImageRecipe, repo: Path, target: Path) -> Path:
+    """Copy exactly what the build stage COPYs (and nothing else) into ``target`` (its WORKDIR).
+
+    Docker's rules: a directory source copies its contents; a destination ending in '/'
+    (or shared by several sources) is a directory that receives each source by name.
+    """
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    for sources, dest in recipe.copies:
+        into_dir = dest.endswith("/") or len(sources) > 1
+        for source in sources:
+            src = repo / source
+            if not src.exists():
+                raise RecipeError(f"{recipe.image}: COPY {source}: not in the build context")
+            where = target / dest
+            if src.is_dir():
+                shutil.copytree(src, where, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+                continue
+            if into_dir:
+                where = where / src.name
+            where.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, where)
+    return target
+
+
+def python_for_images() -> str:
+    return SYSTEM_PYTHON if os.access(SYSTEM_PYTHON, os.X_OK) else (shutil.which("python3.11") or "python3")
+
+
+def build_environment(recipe: ImageRecipe, repo: Path, target: Path, *, uv: str | None = None) -> Path:
+    """Build the image's virtualenv at ``target/venv`` from its own `uv sync` lines; return its path.
+
+    The sources come from a staging copy holding only what the Dockerfile copies, so a
+    workspace member the image does not copy cannot be installed by accident.
+    """
+    uv = uv or shutil.which("uv") or "uv"
+    context = stage_build_context(recipe, repo, target / "context")
+    venv = target / "venv"
+    env = {
+        **os.environ,
+        "UV_PROJECT_ENVIRONMENT": str(venv),
+        "UV_PYTHON": python_for_images(),
+        "UV_PYTHON_DOWNLOADS": "never",
+        "UV_LINK_MODE": os.environ.get("UV_LINK_MODE", "hardlink"),
+        "UV_NO_PROGRESS": "1",
+    }
+    env.pop("VIRTUAL_ENV", None)
+    for command in recipe.sync_commands:
+        done = subprocess.run([uv, *command[1:]], cwd=context, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RecipeError(f"{recipe.image}: `{shlex.join(command)}` failed:\n{done.stderr[-4000:]}")
+    return venv

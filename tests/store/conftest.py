@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+import pytest
+
+from facepipe.core.settings import Settings, load_settings
+
+
+@pytest.fixture
+def settings(base_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings of the session's SeaweedFS and a fresh Qdrant folder, unique bucket names per test."""
+    for name, value in base_env.items():
+        monkeypatch.setenv(name, value)
+    return load_settings()
