@@ -183,8 +183,12 @@ def dashboard_exprs(dashboard: dict[str, Any]) -> list[str]:
     for variable in dashboard["templating"]["list"]:
         if variable["type"] != "query":
             continue
-        match = re.fullmatch(r"label_values\((.+),\s*[a-zA-Z_]+\)", variable["definition"])
-        assert match, f"unexpected variable query {variable['definition']!r}"
+        # The query Grafana runs: a Prometheus variable query object, or a plain string in
+        # older dashboards. (`definition` is only its display text, and not in the schema.)
+        query = variable["query"]
+        text = query["query"] if isinstance(query, dict) else query
+        match = re.fullmatch(r"label_values\((.+),\s*[a-zA-Z_]+\)", text)
+        assert match, f"unexpected variable query {text!r}"
         exprs.append(grafana_to_promql(match.group(1)))
     return exprs
 
