@@ -58,14 +58,15 @@ worker-once: install ## one batch per stage, in pipeline order, then exit (the r
 
 # --- storage, vector index, dedup (issues #2 item 5, #4) ---
 .PHONY: phase3-ensure dedup-flush dedup-stats
-phase3-ensure: install ## create the S3 buckets and the Qdrant collection (idempotent)
-	$(PY) -m facepipe.store.ensure
+# The `facepipe` command does the work (ensure, dedup-flush, dedup-stats): one CLI, no second copy.
+phase3-ensure: install ## create the consumer groups, S3 buckets and the Qdrant collection (idempotent)
+	$(PY) -m facepipe.cli ensure
 
 dedup-flush: install ## delete the dedup cache (every dedup:* key), or one tenant's with TENANT=x
-	$(PY) -m facepipe.store.dedup flush $(if $(TENANT),--tenant '$(TENANT)')
+	$(PY) -m facepipe.cli dedup-flush $(if $(TENANT),--tenant '$(TENANT)')
 
-dedup-stats: install ## print the dedup cache's keys and memory
-	$(PY) -m facepipe.store.dedup stats
+dedup-stats: install ## print the dedup cache's keys and memory as JSON
+	$(PY) -m facepipe.cli dedup-stats --json
 
 # --- operator (issue #6) ---
 .PHONY: operator-sandbox operator-test

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import redis
 
 from facepipe.core.settings import Settings, load_settings
 
@@ -56,6 +57,11 @@ def resolve(api: str | None = None) -> Target:
     local = fetch_local_info(api)
     overrides = dict(local.get("settings", {})) if local else {}
     return Target(settings=load_settings(**overrides), api=api, local=local)
+
+
+def pipeline_redis(target: Target) -> redis.Redis:
+    """A client of the pipeline's Redis, for the commands that read or write it directly."""
+    return redis.Redis.from_url(target.settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
 
 
 class OpsApiClient:

@@ -1,5 +1,7 @@
 """Every error the ops-api returns is JSON: ``{"error": slug, "message": sentence, "status": code}``.
 
+Routes raise :class:`ApiProblem`; :data:`EXCEPTION_HANDLERS` maps each exception type the app
+answers to the function that turns it into that JSON (one place to change how errors look).
 Also the upload-size guard (an ASGI middleware, so an oversize body is refused
 before it is read into memory or spooled to disk) and the bearer-token check of
 mutating endpoints.
@@ -9,11 +11,12 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -35,8 +38,9 @@ _STATUS_SLUGS = {
 }
 
 
-class ApiError(Exception):
-    """Raise from an endpoint to answer ``status`` with a JSON error body."""
+class ApiProblem(Exception):
+    """Raise from a route to answer ``status`` with a JSON error body (the ops-api's HTTP error;
+    not to be confused with the operator's error of the Kubernetes API)."""
 
     def __init__(self, status: int, error: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -50,6 +54,13 @@ def error_body(status: int, error: str, message: str, **extra: Any) -> dict[str,
     return {"error": error, "message": message, "status": status, **extra}
 
 
+def error_response(
+    status: int, error: str, message: str, headers: Mapping[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    """The JSON answer of every error: routes, validation, unknown paths, oversize bodies."""
+    return JSONResponse(error_body(status, error, message, **extra), status, headers=headers)
+
+
 def _describe_validation(errors: list[dict[str, Any]]) -> str:
     parts = []
     for err in errors:
@@ -60,28 +71,39 @@ def _describe_validation(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts)
 
 
+async def _problem(_request: Request, exc: ApiProblem) -> Response:
+    return error_response(exc.status, exc.error, exc.message, exc.headers)
+
+
+async def _invalid_request(_request: Request, exc: RequestValidationError) -> Response:
+    errors = list(exc.errors())
+    details = [
+        {"field": ".".join(str(p) for p in e.get("loc", ())), "problem": str(e.get("msg"))} for e in errors
+    ]
+    return error_response(422, "invalid_request", _describe_validation(errors), details=details)
+
+
+async def _http_exception(_request: Request, exc: StarletteHTTPException) -> Response:
+    slug = _STATUS_SLUGS.get(exc.status_code, "error")
+    message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+    return error_response(exc.status_code, slug, message, getattr(exc, "headers", None))
+
+
+# Each handler takes the exception type it is registered for.
+ExceptionHandler = Callable[[Request, Any], Awaitable[Response]]
+
+# Which exception becomes which JSON error. An exception type missing here is answered by
+# Starlette's own handling (a plain-text 500 for an unexpected exception).
+EXCEPTION_HANDLERS: dict[type[Exception], ExceptionHandler] = {
+    ApiProblem: _problem,
+    RequestValidationError: _invalid_request,
+    StarletteHTTPException: _http_exception,
+}
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.status, exc.error, exc.message), exc.status, headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = list(exc.errors())
-        details = [
-            {"field": ".".join(str(p) for p in e.get("loc", ())), "problem": str(e.get("msg"))}
-            for e in errors
-        ]
-        body = error_body(422, "invalid_request", _describe_validation(errors), details=details)
-        return JSONResponse(body, 422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        slug = _STATUS_SLUGS.get(exc.status_code, "error")
-        message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-        return JSONResponse(
-            error_body(exc.status_code, slug, message), exc.status_code, headers=getattr(exc, "headers", None)
-        )
+    for exc_type, handler in EXCEPTION_HANDLERS.items():
+        app.add_exception_handler(exc_type, handler)
 
 
 def check_bearer_token(expected: str, authorization: str | None) -> None:
@@ -91,11 +113,11 @@ def check_bearer_token(expected: str, authorization: str | None) -> None:
     challenge = {"WWW-Authenticate": 'Bearer realm="facepipe-ops-api"'}
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(
+        raise ApiProblem(
             401, "unauthorized", "this endpoint needs 'Authorization: Bearer <OPS_API_TOKEN>'", challenge
         )
     if not hmac.compare_digest(token.strip().encode(), expected.encode()):
-        raise ApiError(403, "forbidden", "the bearer token does not match OPS_API_TOKEN", challenge)
+        raise ApiProblem(403, "forbidden", "the bearer token does not match OPS_API_TOKEN", challenge)
 
 
 class BodySizeLimit:
@@ -115,7 +137,7 @@ class BodySizeLimit:
         message = (
             f"request body of {size} is over the upload limit of {self.max_bytes} bytes (MAX_UPLOAD_BYTES)"
         )
-        return JSONResponse(error_body(413, "payload_too_large", message), 413)
+        return error_response(413, "payload_too_large", message)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
