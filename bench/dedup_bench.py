@@ -1,6 +1,6 @@
 """Dedup figures: check-and-remember throughput through a real Redis, and recall by Hamming
 distance on real face-crop pHash pairs, ours (multi-index hashing) side by side with the
-runbook's prefix scheme.
+Phase 3 prefix scheme (docs/compatibility.md).
 
 Throughput: a cache of ``cached`` random 64-bit hashes spread over many tenants, then client
 processes send the production call (``check_and_remember_many`` of one message's faces) for
@@ -33,7 +33,7 @@ from facepipe.vision.imaging import align_face, phash64
 
 THRESHOLD = 8
 MAX_DISTANCE = 16
-RUNBOOK_PREFIX_HEX = 4  # the runbook: "Prefix = first 4 chars for sharding"
+RUNBOOK_PREFIX_HEX = 4  # Phase 3 (docs/dedup.md): "Prefix = first 4 chars for sharding"
 
 
 def random_hashes(rng: np.random.Generator, count: int) -> list[str]:
@@ -196,7 +196,7 @@ def _redis_main_thread_cpu(admin: redis.Redis) -> float:
 
 
 class RunbookPrefixDedup:
-    """The runbook's scheme, for comparison: near-duplicates are looked for only among the hashes
+    """The Phase 3 scheme, for comparison: near-duplicates are looked for only among the hashes
     whose first four hex digits equal the query's (``dedup:near:{tenant}:{prefix}`` SETs)."""
 
     def __init__(self, client: redis.Redis, threshold: int = THRESHOLD, root: str = "benchseed:") -> None:

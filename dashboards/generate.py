@@ -72,7 +72,7 @@ def backlog_expr(by: str) -> str:
 
 
 # Replicas per component from kube-state-metrics; tenant and component come from the
-# Deployment's labels (kube-state-metrics --metric-labels-allowlist, see docs/readme/alerts.md).
+# Deployment's labels (kube-state-metrics --metric-labels-allowlist, see docs/alerts.md).
 def deployment_replicas(metric: str) -> str:
     return (
         "sum by (tenant, component) (label_replace(label_replace("

@@ -27,7 +27,7 @@ CRD_FILE = REPO / "crds" / "facepipelines.facepipe.io.yaml"
 RULES_FILE = OPERATOR_CHART / "rules" / "facepipe-alerts.yaml"
 ADAPTER_FILE = OPERATOR_CHART / "adapter" / "prometheus-adapter-values.yaml"
 DASHBOARD_DIR = OPERATOR_CHART / "dashboards"
-ALERTS_DOC = REPO / "docs" / "readme" / "alerts.md"
+ALERTS_DOC = REPO / "docs" / "alerts.md"
 KUBE_VERSION = "1.33.0"
 
 # Series the services do not export and never will: kube-state-metrics (replicas, Deployment

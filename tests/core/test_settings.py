@@ -1,4 +1,4 @@
-"""Settings: the runbook's legacy aliases, and one clear line for an invalid value."""
+"""Settings: the Phase 3 legacy aliases (docs/compatibility.md), and one clear line for an invalid value."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Cluster-wide stats in Redis: several processes add to one view with the runbook's /stats shape."""
+"""Cluster-wide stats in Redis: several processes add to one view with the Phase 3 /stats shape."""
 
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ def pipeline_env(
         "WORKER_BATCH_SIZE": "16",
         "DEDUP_TTL_SECONDS": str(TTL_SECONDS),
         # The MANIFEST counts detections; one face of obama_and_biden.jpg is in profile (pose ratio
-        # ~9.5), which the default MAX_POSE_RATIO=3 rejects. Quality gates are tested in tests/faces;
+        # ~9.5), which the default MAX_POSE_RATIO=3 rejects. Quality gates are tested in tests/vision;
         # here every detected face must reach the index.
         "MAX_POSE_RATIO": "100",
         "REDIS_CONSUMER_NAME": "e2e",
@@ -143,7 +143,7 @@ def test_first_run_indexes_every_face_second_run_skips_them_all_until_the_ttl(
     assert counters["faces_rejected"] == 0
     assert counters["worker_msgs_acked"] == len(faces_manifest)
 
-    pipeline.run()  # the runbook's "second run (same images)"
+    pipeline.run()  # the Phase 3 "second run (same images)"
     assert time.monotonic() - first_done < TTL_SECONDS, "the second run took longer than the dedup TTL"
     counters = pipeline.counters()
     assert (counters["faces_processed"], counters["faces_dup_skipped"]) == (total_faces, total_faces)

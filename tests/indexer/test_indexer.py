@@ -222,7 +222,7 @@ def test_the_same_image_ingested_again_is_dup_skipped_without_new_points(
 ) -> None:
     publish(make_message("demo", SHA_A, FACES))
     assert run_indexer(settings) == 0
-    again = publish(make_message("demo", SHA_A, FACES))  # the runbook's "second run (same images)"
+    again = publish(make_message("demo", SHA_A, FACES))  # the Phase 3 "second run (same images)"
     with caplog.at_level(logging.INFO):
         assert run_indexer(settings) == 0
     assert (

@@ -297,7 +297,7 @@ class Stack:
             store.put_bytes(self.settings.bucket_raw, image.key, image.data, image.content_type)
 
     def publish(self, images: Iterable[GeneratedImage]) -> list[str]:
-        """XADD one runbook ingest message per image (uploaded first); the entry ids."""
+        """XADD one Phase 3 ingest message per image (uploaded first); the entry ids."""
         images = list(images)
         self.upload(images)
         client = self.redis()

@@ -1,6 +1,6 @@
-"""Global dedup (the runbook's tests/test_phase3_dedup.py, against a real redis-server).
+"""Global dedup (the Phase 3 tests/test_phase3_dedup.py, docs/compatibility.md; against a real redis-server).
 
-Recall is checked exhaustively in the sense that matters: for every threshold the runbook
+Recall is checked exhaustively in the sense that matters: for every threshold the Phase 3 runbook
 names and every distance up to it, generated pairs (random flips, flips packed into one chunk,
 flips spread over all chunks) are found, and pairs one bit beyond are not.
 """
@@ -71,7 +71,7 @@ def flip(phash: str, bits: list[int]) -> str:
     return f"{value:016x}"
 
 
-# --- the runbook's names -------------------------------------------------------------------
+# --- the Phase 3 test names ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

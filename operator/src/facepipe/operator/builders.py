@@ -116,7 +116,7 @@ def _flag(value: bool) -> str:
 
 
 def shared_env(spec: PipelineSpec) -> dict[str, str]:
-    """The ConfigMap: every setting shared by the components, under its runbook name."""
+    """The ConfigMap: every setting shared by the components, under its Phase 3 name."""
     env: dict[str, str] = {}
     if spec.redis.url is not None:
         env["REDIS_URL"] = spec.redis.url

@@ -1,7 +1,7 @@
 """KMock's KubernetesEmulator with what Kopf and kubectl need from a real API server.
 
 Plain ``kmock.KubernetesEmulator`` is an in-memory dict over HTTP. This subclass adds
-(notes/ENVIRONMENT.md lists the first three):
+(Kopf needs the first three):
 
 1. object identity and versions: ``metadata.uid``, ``creationTimestamp``,
    ``generation`` (bumped when anything outside metadata/status changes) and a

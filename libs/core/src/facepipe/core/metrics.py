@@ -107,7 +107,7 @@ class TimingSink(Protocol):
 def timed(stats: TimingSink | None, name: str, count: int = 1, tenant: str | None = None) -> Iterator[None]:
     """Time the block and record it as stage ``name`` (``detection``, ``embedding``, ``storage``, ``upsert``).
 
-    With a :class:`~facepipe.core.stats.Stats` the timing goes to Redis (the runbook's
+    With a :class:`~facepipe.core.stats.Stats` the timing goes to Redis (the Phase 3
     ``/stats`` ``timings_ms``) and to ``facepipe_stage_duration_seconds``; with ``None``
     only to the histogram. ``count`` is how many items the block handled (faces in
     an embedding batch), so ``/stats`` averages per item. Nothing is recorded when

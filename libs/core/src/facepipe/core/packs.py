@@ -65,7 +65,7 @@ PACKS: dict[str, ModelPack] = {
                 "buffalo_l is not fetched by `make models`: on a machine with internet run "
                 "`python -c \"from insightface.app import FaceAnalysis; FaceAnalysis(name='buffalo_l')\"` "
                 "and copy ~/.insightface/models/buffalo_l/{det_10g,w600k_r50}.onnx to MODELS_DIR/buffalo_l/ "
-                "(see docs/readme/models.md)"
+                "(see docs/models.md)"
             ),
         ),
         ModelPack(

@@ -1,6 +1,6 @@
 """Every setting of the pipeline, read from the environment.
 
-Names are the runbook's primary names; the runbook's legacy aliases are accepted
+Names are the Phase 3 primary names (docs/compatibility.md); its legacy aliases are accepted
 too (``FACE_STREAM``, ``GLOBAL_DEDUP_TTL_SEC``, ...). ``AliasChoices`` tries the
 names in order, so when both are set the primary name wins.
 
@@ -31,11 +31,11 @@ def default_models_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    """Typed view of the environment. Field order follows the runbook's sections."""
+    """Typed view of the environment. Field order follows the Phase 3 runbook's sections."""
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
 
-    # --- Redis connection & streams (runbook) ---
+    # --- Redis connection & streams (Phase 3) ---
     redis_url: str = Field(
         "redis://localhost:6379/0",
         validation_alias=_env("REDIS_URL"),
@@ -70,7 +70,7 @@ class Settings(BaseSettings):
         description="embedder → indexer stream; empty: <ingest>:embedded",
     )
 
-    # --- Dedup (runbook) ---
+    # --- Dedup (Phase 3) ---
     enable_global_dedup: bool = Field(
         True,
         validation_alias=_env("ENABLE_GLOBAL_DEDUP", "GLOBAL_DEDUP_ENABLED"),
@@ -91,7 +91,7 @@ class Settings(BaseSettings):
         description="largest Hamming distance between 64-bit pHashes counted as duplicate",
     )
 
-    # --- Worker (runbook) ---
+    # --- Worker (Phase 3) ---
     max_worker_concurrency: int = Field(
         5,
         ge=1,
@@ -154,7 +154,7 @@ class Settings(BaseSettings):
         description="port of the worker's Prometheus /metrics; 0: off",
     )
 
-    # --- Object storage (runbook: MinIO API) ---
+    # --- Object storage (Phase 3: MinIO API) ---
     minio_endpoint: str = Field(
         "localhost:9000",
         min_length=1,
@@ -197,7 +197,7 @@ class Settings(BaseSettings):
         description="bucket of per-face metadata JSON",
     )
 
-    # --- Vector database (runbook) ---
+    # --- Vector database (Phase 3) ---
     # Unset or "embedded": qdrant-client local mode at QDRANT_PATH (one process per path).
     qdrant_url: str = Field(
         "embedded",
@@ -433,5 +433,5 @@ def load_settings(**overrides: object) -> Settings:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Process-wide settings, read once (the runbook: all flags are cached at start-up)."""
+    """Process-wide settings, read once (Phase 3, docs/compatibility.md: all flags are cached at start-up)."""
     return load_settings()

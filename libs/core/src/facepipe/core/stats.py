@@ -6,7 +6,7 @@ Keys (docs/design.md "Redis keys"):
 - ``stats:timings:<name>`` — HASH ``count`` (HINCRBY), ``total_ms`` (HINCRBYFLOAT)
 - ``stats:tenant:<tenant>:counters`` and ``stats:tenant:<tenant>:timings:<name>`` — the same per tenant
 
-:meth:`Stats.snapshot` returns exactly the runbook's ``GET /stats`` body. Writes
+:meth:`Stats.snapshot` returns exactly the Phase 3 ``GET /stats`` body. Writes
 take an optional ``pipeline=`` so the worker adds them to the MULTI that acks the
 message: a counter moves if and only if the message was acked. Each write is also
 mirrored into the Prometheus metrics of this process.
@@ -96,7 +96,7 @@ class Stats:
 
     # --- read ---
     def snapshot(self, tenant: str | None = None) -> dict[str, dict[str, Any]]:
-        """The runbook's ``/stats`` body: all five counters and four timings, 0 when unset."""
+        """The Phase 3 ``/stats`` body: all five counters and four timings, 0 when unset."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(self.counters_key(tenant))
         for name in TIMINGS:

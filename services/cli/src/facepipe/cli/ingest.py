@@ -3,7 +3,7 @@
 For each image: read it, check it decodes (JPEG/PNG/WebP, within the size
 limits), upload it to the raw bucket under a key derived from its sha256
 (``<tenant>/<sha[:2]>/<sha>/original.<ext>``; the same photo is stored once per
-tenant), and publish the runbook's ingest message. With ``wait``, watch the
+tenant), and publish the Phase 3 ingest message. With ``wait``, watch the
 pipeline drain and report what happened to these images.
 """
 
@@ -81,7 +81,7 @@ class IngestResult:
 
 
 def build_message(settings: Settings, tenant_id: str, site: str, path: Path, data: bytes) -> tuple[str, dict]:
-    """(sha256, runbook ingest payload) for one image; raises PermanentError when it is not a usable image."""
+    """(sha256, Phase 3 ingest payload) for one image; raises PermanentError when it is not a usable image."""
     tenant_id = validate_tenant_id(tenant_id)
     image = decode_image(data, ImageLimits.from_settings(settings))
     sha = hashlib.sha256(data).hexdigest()

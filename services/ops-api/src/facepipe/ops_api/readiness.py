@@ -1,4 +1,4 @@
-"""GET /ready: the runbook's five checks, each bounded in time.
+"""GET /ready: the five Phase 3 checks (docs/compatibility.md), each bounded in time.
 
 Each check runs in its own thread and is given ``CHECK_TIMEOUT_S``; a check that
 has not answered by then is "unhealthy" (a paused or partitioned S3 server

@@ -13,7 +13,7 @@ digest is pinned too and checked, and a functional check stands in when a
 different ``onnx`` release serialises the same graph differently.
 
 ``buffalo_l`` is not fetchable (its weights ship only from InsightFace's own
-release page); see docs/readme/models.md.
+release page); see docs/models.md.
 """
 
 from __future__ import annotations
