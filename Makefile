@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 $(UV):
 	python3 -m venv .venv-tools && .venv-tools/bin/pip install -q uv
 
-.venv/.synced: pyproject.toml uv.lock $(wildcard services/*/pyproject.toml) operator/pyproject.toml | $(UV)
+.venv/.synced: pyproject.toml uv.lock $(wildcard libs/*/pyproject.toml services/*/pyproject.toml) operator/pyproject.toml sim/pyproject.toml | $(UV)
 	@# --locked: a uv.lock that no longer matches the pyproject files is an error, never silently rewritten.
 	$(UV) sync --locked || { echo 'uv.lock is out of date: run `uv lock` and commit it' >&2; exit 1; }
 	touch $@
