@@ -39,7 +39,6 @@ log = logging.getLogger("facepipe.ops_api")
 # another terminal finds Redis and S3 without any environment of its own.
 LOCAL_INFO_ENV = "FACEPIPE_LOCAL_INFO"
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
-DEDUP_PROBE_TENANT = "ops-api-readiness-probe"
 SHA_PATTERN = re.compile(r"^[0-9A-Za-z_-]{1,128}$")
 
 TenantQuery = Annotated[str, Query(description="tenant whose data the call touches", min_length=1)]
@@ -126,8 +125,8 @@ def _readiness_checks(backend: OpsBackend) -> dict[str, Any]:
         backend.redis.ping()
 
     def dedup_cache() -> None:
-        # A read-only dedup check: the reads a real check makes, writes nothing.
-        backend.dedup.should_skip(DEDUP_PROBE_TENANT, "0" * 16)
+        if not backend.dedup.healthy():  # the reads a real check makes; writes nothing
+            raise RuntimeError("Redis did not answer the dedup cache's read-only check")
 
     return {
         "models": models,
