@@ -275,7 +275,7 @@ def test_faces_of_one_call_are_checked_against_each_other(make_cache: Callable[.
     assert results[1].matched_owner == Owner("img", 0)
 
 
-def test_should_skip_writes_nothing(make_cache: Callable[..., DedupCache], redis_client: redis.Redis) -> None:
+def test_lookup_writes_nothing(make_cache: Callable[..., DedupCache], redis_client: redis.Redis) -> None:
     cache = make_cache(max_hamming=8)
     assert not skips(cache, "demo", "8f373c9c3c9c3c1e", A)
     assert redis_client.dbsize() == 0

@@ -1,12 +1,13 @@
 """The usual path: read the buckets with plain commands, decide here, commit if nothing moved.
 
-Why it is atomic: every write to a tenant's entries (a commit, the all-in-Redis script, forget)
-moves ``seq`` in the tenant's bucket hash. The buckets and ``seq`` come from one HMGET, owner
-keys are read after it, and the commit (lua/commit.lua) checks ``seq`` again inside Redis: a write
-that slipped in anywhere after the HMGET fails the commit, one before it was seen. A commit whose
-tenant moved is still taken when the tenant's write log shows that nothing written since is
-within the threshold of its faces. Owner keys that expire meanwhile only make a face new, as they
-would a moment later.
+Why it is atomic: every write that remembers faces (a commit, the all-in-Redis script) moves
+``seq`` in the tenant's bucket hash and logs the hashes. The buckets and ``seq`` come from one
+HMGET, owner keys are read after it, and the commit (lua/commit.lua) checks ``seq`` again inside
+Redis: a write that slipped in anywhere after the HMGET fails the commit, one before it was seen.
+A commit whose tenant moved is still taken when the tenant's write log shows that nothing written
+since is within the threshold of its faces. Owner keys that expire or are forgotten meanwhile only
+make a face new, as they would a moment later (a bucket rewritten from the read may keep a
+forgotten hash's record, which never matches: its owner key is gone).
 """
 
 from __future__ import annotations
