@@ -143,7 +143,7 @@ def test_crash_between_dedup_remember_and_upsert_loses_no_face(
     # What the dead consumer got done: the dedup commit of the faces, owned by this entry.
     cache = DedupCache(redis_client, settings)
     owners = [(phash, Owner(SHA_A, index, taken.id)) for index, phash, _seed in FACES]
-    assert [r.is_duplicate for r in cache.check_and_remember_many("demo", owners)] == [False, False]
+    assert [r.is_duplicate for r in cache.check_and_remember_batch([("demo", owners)])[0]] == [False, False]
     time.sleep(0.3)
     with caplog.at_level(logging.INFO):
         assert run_indexer(settings) == 0
@@ -378,20 +378,16 @@ def test_a_message_the_dedup_refuses_does_not_fail_the_rest_of_its_batch(
     # one message of a batch (tenant "refused") cannot be produced through the stream otherwise.
     from facepipe.core.errors import PermanentError
 
-    real_batch, real_many = DedupCache.check_and_remember_batch, DedupCache.check_and_remember_many
+    real_batch = DedupCache.check_and_remember_batch
 
     def batch(self: DedupCache, messages: list) -> list:
         if any(tenant == "refused" for tenant, _faces in messages):
-            raise ValueError("a face the dedup cannot key")
+            if len(messages) > 1:  # the whole batch refused (as for a bad pHash)...
+                raise ValueError("a face the dedup cannot key")
+            raise PermanentError("invalid_fields", "a face the dedup cannot key")  # ...then that message
         return real_batch(self, messages)
 
-    def many(self: DedupCache, tenant: str, faces: list) -> list:
-        if tenant == "refused":
-            raise PermanentError("invalid_fields", "a face the dedup cannot key")
-        return real_many(self, tenant, faces)
-
     monkeypatch.setattr(DedupCache, "check_and_remember_batch", batch)
-    monkeypatch.setattr(DedupCache, "check_and_remember_many", many)
     publish(make_message("demo", SHA_A, FACES[:1]))
     refused = publish(make_message("refused", SHA_B, FACES[1:]))
     publish(make_message("demo", SHA_B, [(0, "fedcba9876543210", 7)]))

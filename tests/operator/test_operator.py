@@ -507,7 +507,7 @@ def test_purge_deletes_the_tenants_real_data_and_nothing_else(
     for tenant in ("gone", "kept"):
         store.put_bytes(settings.bucket_crops, f"{tenant}/ab/{'ab' * 32}/face_0.jpg", b"jpeg")
         index.upsert([FacePoint(tenant, "ab" * 32, 0, [0.5, 0.5, 0.5, 0.5])])
-        dedup.remember(tenant, "0123456789abcdef", Owner("ab" * 32, 0))
+        dedup.check_and_remember_batch([(tenant, [("0123456789abcdef", Owner("ab" * 32, 0))])])
     index.close()  # local mode: one process per path, and the purge opens it next
 
     RUNTIME.purger = lambda resolved, tenant: purge_tenant(resolved.model_copy(update=local_vectors), tenant)

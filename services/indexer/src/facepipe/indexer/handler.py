@@ -4,9 +4,9 @@ Order of effects for one message, and why it is safe to crash anywhere:
 
 1. validate everything (message, tenant, embeddings, crops) before touching any store, so a
    bad message claims no dedup entry;
-2. dedup ``check_and_remember`` of all its faces as one atomic step: a face that
-   near-duplicates a face remembered by another owner (another image, or the same image
-   ingested again) is skipped; the others are remembered *with their owner* (image_sha256,
+2. dedup check-and-remember of all its faces as one atomic step (``check_and_remember_batch``):
+   a face that near-duplicates a face remembered by another owner (another image, or the same
+   image ingested again) is skipped; the others are remembered *with their owner* (image_sha256,
    face index, ingest event: see :func:`ingest_event_id`);
 3. crop, thumbnail and metadata JSON to S3 at deterministic keys;
 4. one Qdrant upsert for the faces of the whole batch (point id = UUIDv5 of tenant, image, face);
@@ -258,7 +258,7 @@ class IndexerHandler:
 
     def _dedup_one(self, tenant: str, faces: list[tuple[str, Owner]]) -> list[DedupResult] | BaseException:
         try:
-            return self.dedup.check_and_remember_many(tenant, faces)
+            return self.dedup.check_and_remember_batch([(tenant, faces)])[0]
         except Exception as exc:
             return exc
 

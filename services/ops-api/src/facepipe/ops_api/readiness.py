@@ -20,7 +20,6 @@ from facepipe.ops_api.backend import OpsBackend
 
 CHECK_NAMES = ("models", "storage", "vector_db", "queue", "dedup_cache")
 CHECK_TIMEOUT_S = 3.0
-DEDUP_PROBE_TENANT = "ops-api-readiness-probe"
 
 CheckFn = Callable[[], None]  # returns when healthy, raises (with a readable message) when not
 
@@ -105,8 +104,8 @@ def backend_checks(backend: OpsBackend) -> dict[str, CheckFn]:
         backend.redis.ping()
 
     def dedup_cache() -> None:
-        # A read-only dedup check: the reads a real check makes, writes nothing.
-        backend.dedup.should_skip(DEDUP_PROBE_TENANT, "0" * 16)
+        if not backend.dedup.healthy():  # the reads a real check makes; writes nothing
+            raise RuntimeError("Redis did not answer the dedup cache's read-only check")
 
     return {
         "models": models,
