@@ -189,7 +189,7 @@ def profile_stages(
     """
     from facepipe.core.settings import load_settings
     from facepipe.core.stats import Stats
-    from facepipe.core.streams import Worker
+    from facepipe.core.worker import Worker
     from facepipe.detector.handler import DetectorHandler
     from facepipe.embedder.handler import EmbedderHandler
     from facepipe.indexer.handler import IndexerHandler

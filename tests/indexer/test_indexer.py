@@ -20,7 +20,7 @@ import redis
 
 from facepipe.core.settings import Settings, dlq_stream, load_settings
 from facepipe.core.stats import Stats
-from facepipe.core.streams import StreamMessage
+from facepipe.core.worker import StreamMessage
 from facepipe.indexer import IndexerHandler
 from facepipe.store.dedup import DedupCache, Owner
 from facepipe.store.storage import ObjectStore, artifact_keys, image_prefix
