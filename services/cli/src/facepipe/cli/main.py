@@ -361,19 +361,15 @@ def cmd_publish_test(args: argparse.Namespace) -> int:
 
 
 def cmd_ensure(args: argparse.Namespace) -> int:
+    from facepipe.core.worker import ensure_group
     from facepipe.store.storage import ObjectStore
 
     target = resolve(args.api)
     settings = target.settings
     client = _redis(target)
     for stream in settings.pipeline_streams:
-        try:
-            client.xgroup_create(stream, settings.redis_group_name, id="0", mkstream=True)
-            console.print(f"consumer group {settings.redis_group_name} on {stream}: created")
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-            console.print(f"consumer group {settings.redis_group_name} on {stream}: exists")
+        state = "created" if ensure_group(client, stream, settings.redis_group_name) else "exists"
+        console.print(f"consumer group {settings.redis_group_name} on {stream}: {state}")
     if target.local and settings.qdrant_embedded:
         # Embedded Qdrant admits one process; the running stack holds it (its indexer makes the collection).
         created = ObjectStore(settings).ensure_buckets()
