@@ -189,7 +189,7 @@ def profile_stages(
     """
     from facepipe.core.settings import load_settings
     from facepipe.core.stats import Stats
-    from facepipe.core.streams import Worker
+    from facepipe.core.worker import Worker, ensure_group
     from facepipe.detector.handler import DetectorHandler
     from facepipe.embedder.handler import EmbedderHandler
     from facepipe.indexer.handler import IndexerHandler
@@ -231,7 +231,7 @@ def profile_stages(
         handler = factory(settings)
         worker = Worker(settings, handler, max_batch=settings.worker_batch_size)
         handler.setup()
-        worker._ensure_group()
+        ensure_group(client, handler.input_stream, settings.redis_group_name)
         profiler = cProfile.Profile()
         started = time.perf_counter()
         deadline = time.monotonic() + 300

@@ -1,4 +1,4 @@
-"""The worker loop (facepipe.core.streams) end to end: a toy stage as a real subprocess on real Redis."""
+"""The worker loop (facepipe.core.worker) end to end: a toy stage as a real subprocess on real Redis."""
 
 from __future__ import annotations
 

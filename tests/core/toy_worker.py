@@ -27,7 +27,7 @@ import redis
 from facepipe.core.errors import PermanentError, TransientError
 from facepipe.core.messages import IngestMessage, parse_message
 from facepipe.core.settings import Settings
-from facepipe.core.streams import Outcome, Publish, StreamMessage, run_worker_cli
+from facepipe.core.worker import Outcome, Publish, StreamMessage, run_worker_cli
 
 
 class ToyHandler:

@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY
 
 from facepipe.core.messages import DetectedMessage, EmbeddedMessage
 from facepipe.core.settings import Settings, dlq_stream, load_settings
-from facepipe.core.streams import Worker
+from facepipe.core.worker import Worker
 from facepipe.detector.handler import DetectorHandler
 from facepipe.embedder.handler import EmbedderHandler
 from facepipe.store.storage import ObjectStore

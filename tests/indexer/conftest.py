@@ -17,7 +17,7 @@ import redis
 
 from facepipe.core.packs import get_pack
 from facepipe.core.settings import Settings, load_settings
-from facepipe.core.streams import Worker
+from facepipe.core.worker import Worker
 from facepipe.indexer import IndexerHandler
 from facepipe.store.storage import ObjectStore
 from facepipe.store.vectors import VectorIndex

@@ -20,7 +20,7 @@ import redis
 
 from facepipe.core.settings import Settings, load_settings
 from facepipe.core.stats import Stats
-from facepipe.core.streams import Worker
+from facepipe.core.worker import Worker
 from facepipe.detector.handler import DetectorHandler
 from facepipe.embedder.handler import EmbedderHandler
 from facepipe.indexer import IndexerHandler

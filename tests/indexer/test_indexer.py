@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ import redis
 
 from facepipe.core.settings import Settings, dlq_stream, load_settings
 from facepipe.core.stats import Stats
-from facepipe.core.streams import StreamMessage
+from facepipe.core.worker import StreamMessage, ensure_group
 from facepipe.indexer import IndexerHandler
 from facepipe.store.dedup import DedupCache, Owner
 from facepipe.store.storage import ObjectStore, artifact_keys, image_prefix
@@ -111,8 +110,7 @@ def test_indexes_faces_with_artifacts_at_the_payload_keys(
 
 def take_and_die(client: redis.Redis, settings: Settings) -> StreamMessage:
     """Read one entry as a consumer that then dies without acking (it stays pending, then is reclaimed)."""
-    with contextlib.suppress(redis.ResponseError):  # BUSYGROUP: the group exists already
-        client.xgroup_create(settings.embedded_stream, settings.redis_group_name, id="0", mkstream=True)
+    ensure_group(client, settings.embedded_stream, settings.redis_group_name)
     reply = client.xreadgroup(
         settings.redis_group_name, "crashed-consumer", {settings.embedded_stream: ">"}, count=1
     )

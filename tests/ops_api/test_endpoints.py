@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from facepipe.core.errors import PermanentError
 from facepipe.core.settings import Settings
-from facepipe.core.streams import Outcome, StreamMessage, Worker
+from facepipe.core.worker import Outcome, StreamMessage, Worker
 from facepipe.store.storage import ObjectStore
 from facepipe.store.vectors import VectorIndex
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from facepipe.cli.ingest import ingest_paths
 from facepipe.core.settings import Settings
-from facepipe.core.streams import Worker
+from facepipe.core.worker import Worker
 from facepipe.detector.handler import DetectorHandler
 from facepipe.embedder.handler import EmbedderHandler
 from facepipe.indexer.handler import IndexerHandler

@@ -33,7 +33,7 @@ from facepipe.core.messages import (
 from facepipe.core.metrics import timed
 from facepipe.core.settings import Settings
 from facepipe.core.stats import Stats
-from facepipe.core.streams import Outcome, Publish, StreamMessage, map_concurrently, worker_redis
+from facepipe.core.worker import Outcome, Publish, StreamMessage, map_concurrently, worker_redis
 from facepipe.store.storage import ObjectStore
 from facepipe.vision.imaging import (
     ImageLimits,
@@ -53,7 +53,7 @@ HINT_PADDING = 0.5      # a hinted box is widened by half its size per side befo
 
 
 class DetectorHandler:
-    """:class:`~facepipe.core.streams.StageHandler` of the detector stage."""
+    """:class:`~facepipe.core.worker.StageHandler` of the detector stage."""
 
     name = "detector"
     required_fields = ("image_sha256", "bucket", "key", "tenant_id")

@@ -26,7 +26,7 @@ from facepipe.core.errors import PermanentError
 from facepipe.core.messages import DetectedMessage, EmbeddedFace, EmbeddedMessage, parse_message
 from facepipe.core.settings import Settings
 from facepipe.core.stats import Stats
-from facepipe.core.streams import Outcome, Publish, StreamMessage, map_concurrently, worker_redis
+from facepipe.core.worker import Outcome, Publish, StreamMessage, map_concurrently, worker_redis
 from facepipe.vision.imaging import CROP_SIZE, decode_jpeg
 from facepipe.vision.models import FaceEmbedder, create_embedder
 
@@ -57,7 +57,7 @@ def decode_crop(crop_b64: str, index: int) -> np.ndarray:
 
 
 class EmbedderHandler:
-    """:class:`~facepipe.core.streams.StageHandler` of the embedder stage."""
+    """:class:`~facepipe.core.worker.StageHandler` of the embedder stage."""
 
     name = "embedder"
     required_fields = ("v", "ingest", "image", "model")

@@ -40,7 +40,7 @@ from facepipe.core.metrics import timed
 from facepipe.core.packs import get_pack
 from facepipe.core.settings import Settings
 from facepipe.core.stats import Stats
-from facepipe.core.streams import Outcome, StreamMessage, map_concurrently, worker_redis
+from facepipe.core.worker import Outcome, StreamMessage, map_concurrently, worker_redis
 from facepipe.store.dedup import DedupCache, DedupResult, Owner
 from facepipe.store.storage import ArtifactKeys, ObjectStore, artifact_keys
 from facepipe.store.vectors import FacePoint, VectorIndex

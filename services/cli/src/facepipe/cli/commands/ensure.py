@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import argparse
 
-import redis
-
 from facepipe.cli.commands.common import Subparsers, add_api_option
 from facepipe.cli.connect import Target, pipeline_redis, resolve
 from facepipe.cli.output import console
 from facepipe.core.settings import Settings
+from facepipe.core.worker import ensure_group
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -34,13 +33,9 @@ def _ensure_groups(target: Target) -> None:
     settings = target.settings
     client = pipeline_redis(target)
     for stream in settings.pipeline_streams:
-        try:
-            client.xgroup_create(stream, settings.redis_group_name, id="0", mkstream=True)
-            console.print(f"consumer group {settings.redis_group_name} on {stream}: created")
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-            console.print(f"consumer group {settings.redis_group_name} on {stream}: exists")
+        created = ensure_group(client, stream, settings.redis_group_name)
+        state = "created" if created else "exists"
+        console.print(f"consumer group {settings.redis_group_name} on {stream}: {state}")
 
 
 def _ensure_buckets_only(settings: Settings) -> None:
