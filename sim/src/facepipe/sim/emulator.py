@@ -148,8 +148,11 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
 
     # -- resource registration --
 
-    def register_defaults(self, crd_paths: Iterable[Path] = (), *, keda: bool = True) -> None:
-        """Built-in kinds (the newest version of each), the given CRDs, and KEDA's kinds."""
+    def register_defaults(
+        self, crd_paths: Iterable[Path] = (), *, keda: bool = True, monitoring: bool = True
+    ) -> None:
+        """Built-in kinds (the newest version of each), the given CRDs, KEDA's kinds and
+        prometheus-operator's (ServiceMonitor, PodMonitor, PrometheusRule)."""
         # = self.resources.load_bundled(), without its deprecated importlib.resources call.
         bundled = importlib.resources.files("kmock._internal").joinpath("resources.json.gz").read_bytes()
         self.resources.load_data(gzip.decompress(bundled))
@@ -176,6 +179,19 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
                     namespaced=True,
                     verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
                     subresources={"status"} if plural == "scaledobjects" else set(),
+                )
+        if monitoring:
+            for plural, kind in (
+                ("servicemonitors", "ServiceMonitor"),
+                ("podmonitors", "PodMonitor"),
+                ("prometheusrules", "PrometheusRule"),
+            ):
+                self.resources[f"monitoring.coreos.com/v1/{plural}"] = kmock.ResourceInfo(
+                    kind=kind,
+                    singular=kind.lower(),
+                    namespaced=True,
+                    verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
+                    subresources=set(),
                 )
 
     def register_crd(self, crd: Mapping[str, Any]) -> None:
@@ -697,12 +713,19 @@ class EmulatorServer:
     """
 
     def __init__(
-        self, crd_paths: Iterable[Path] = (), *, host: str = "127.0.0.1", port: int = 0, keda: bool = True
+        self,
+        crd_paths: Iterable[Path] = (),
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        keda: bool = True,
+        monitoring: bool = True,
     ) -> None:
         self._crd_paths = list(crd_paths)
         self._host = host
         self._port = port or None
         self._keda = keda
+        self._monitoring = monitoring
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -732,7 +755,7 @@ class EmulatorServer:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         emulator = FacePipeEmulator()
-        emulator.register_defaults(self._crd_paths, keda=self._keda)
+        emulator.register_defaults(self._crd_paths, keda=self._keda, monitoring=self._monitoring)
         async with emulator, kmock.Server(emulator, host=self._host, port=self._port) as server:
             self.emulator = emulator
             self.url = f"http://{server.host}:{server.port}"

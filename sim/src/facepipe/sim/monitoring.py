@@ -1,0 +1,230 @@
+"""The cluster simulation's Prometheus: a real server kept in line with the monitors in the API.
+
+What prometheus-operator and Prometheus' Kubernetes discovery do in a cluster, done here by
+polling the API (emulator) every ``sync_interval`` seconds:
+
+- every ServiceMonitor / PodMonitor becomes scrape jobs (:mod:`facepipe.sim.scrape_config`);
+- their targets are discovered from Pods, Services and Endpoints
+  (:mod:`facepipe.sim.scrape_targets`) and written as file_sd files;
+- every PrometheusRule becomes a rule file, so alerts evaluate;
+- Prometheus reloads (``/-/reload``) when its configuration or rules change.
+
+A monitor the simulation cannot honour is left out and reported in :attr:`Monitoring.problems`
+(and the log), never scraped some other way. Start it with :func:`start_monitoring`
+(``with start_monitoring(kubeconfig, workdir) as monitoring: monitoring.prometheus.query(...)``)
+or run it in the foreground with :func:`run_monitoring`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from facepipe.operator.kube import Kind, KubeApi, KubeApiError
+from facepipe.sim.kubeutil import (
+    ENDPOINTS,
+    POD,
+    POD_MONITOR,
+    PROMETHEUS_RULE,
+    SERVICE,
+    SERVICE_MONITOR,
+    format_duration,
+)
+from facepipe.sim.prometheus_server import PrometheusServer
+from facepipe.sim.scrape_config import (
+    ScrapeJob,
+    ScrapeOptions,
+    UnsupportedMonitor,
+    pod_monitor_jobs,
+    rule_file,
+    service_monitor_jobs,
+)
+from facepipe.sim.scrape_targets import derive_endpoints, endpoints_role_targets, pod_role_targets
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MonitoringOptions:
+    """``scrape_interval``/``evaluation_interval`` in seconds (None: what the monitors say, and
+    Prometheus' 30 s); ``max_alert_for`` caps every alert's ``for`` (tests); ``extra_scrape_configs``
+    are appended verbatim (e.g. a kube-state-metrics job)."""
+
+    scrape_interval: float | None = None
+    evaluation_interval: float = 30.0
+    sync_interval: float = 1.0
+    max_alert_for: float | None = None
+    extra_scrape_configs: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass
+class SyncResult:
+    jobs: list[str] = field(default_factory=list)
+    targets: dict[str, int] = field(default_factory=dict)
+    rule_files: list[str] = field(default_factory=list)
+    reloaded: bool = False
+
+
+def _list(kube: KubeApi, kind: Kind) -> list[dict[str, Any]]:
+    """All objects of a kind; none when the API does not serve it (as without the operator's CRDs)."""
+    try:
+        return kube.list(kind, None)
+    except KubeApiError as exc:
+        if exc.not_found:
+            return []
+        raise
+
+
+def _in(namespaces: list[str] | None, obj: Mapping[str, Any]) -> bool:
+    return namespaces is None or obj["metadata"].get("namespace") in namespaces
+
+
+class Monitoring:
+    """Prometheus plus the controller thread that keeps it in line with the API."""
+
+    def __init__(self, kube: KubeApi, workdir: Path, options: MonitoringOptions | None = None) -> None:
+        self.kube = kube
+        self.options = options or MonitoringOptions()
+        interval = self.options.scrape_interval
+        self.prometheus = PrometheusServer(
+            workdir,
+            global_config={
+                "scrape_interval": format_duration(interval) if interval else "30s",
+                "evaluation_interval": format_duration(self.options.evaluation_interval),
+            },
+        )
+        self.problems: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # -- lifecycle --
+
+    def start(self, stop: threading.Event | None = None) -> str:
+        """Start Prometheus (from the calling thread) and the controller; Prometheus' URL."""
+        if stop is not None:
+            self._stop = stop
+        url = self.prometheus.start()
+        try:
+            self.sync_once()
+        except Exception:
+            self.prometheus.stop()
+            raise
+        self._thread = threading.Thread(target=self._loop, name="sim-monitoring", daemon=True)
+        self._thread.start()
+        return url
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.options.sync_interval):
+            try:
+                self.sync_once()
+            except Exception:  # a controller keeps going, as prometheus-operator does
+                log.exception("monitoring sync failed; retrying")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+        self.prometheus.stop()
+
+    def __enter__(self) -> Monitoring:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- one pass --
+
+    def sync_once(self) -> SyncResult:
+        with self._lock:
+            return self._sync()
+
+    def _sync(self) -> SyncResult:
+        result = SyncResult()
+        jobs = self._jobs()
+        pods = _list(self.kube, POD)
+        services = _list(self.kube, SERVICE)
+        endpoints = {(e["metadata"]["namespace"], e["metadata"]["name"]): e for e in _list(self.kube, ENDPOINTS)}
+        for job in jobs:
+            targets = self._targets(job, pods, services, endpoints)
+            self.prometheus.write_targets(job.file_name, targets)
+            result.jobs.append(job.name)
+            result.targets[job.name] = len(targets)
+        wanted = {f"{job.file_name}.json" for job in jobs}
+        for stale in self.prometheus.targets_dir.glob("*.json"):
+            if stale.name not in wanted:
+                stale.unlink()
+        configs = [job.config for job in jobs] + [dict(c) for c in self.options.extra_scrape_configs]
+        changed = self.prometheus.write_config(configs)
+        rules = dict(rule_file(r, max_for=self.options.max_alert_for) for r in _list(self.kube, PROMETHEUS_RULE))
+        changed |= self.prometheus.write_rule_files(rules)
+        result.rule_files = sorted(rules)
+        if changed:
+            self.prometheus.reload()
+            result.reloaded = True
+            log.info("prometheus reloaded: %d scrape jobs, %d rule files", len(configs), len(rules))
+        return result
+
+    def _jobs(self) -> list[ScrapeJob]:
+        options = ScrapeOptions(interval=self.options.scrape_interval)
+        jobs: list[ScrapeJob] = []
+        problems: dict[str, str] = {}
+        for kind, build in ((SERVICE_MONITOR, service_monitor_jobs), (POD_MONITOR, pod_monitor_jobs)):
+            for monitor in _list(self.kube, kind):
+                key = f"{kind.kind}/{monitor['metadata']['namespace']}/{monitor['metadata']['name']}"
+                try:
+                    jobs += build(monitor, self.prometheus.targets_dir, options)
+                except (UnsupportedMonitor, KeyError, ValueError) as exc:
+                    problems[key] = str(exc)
+                    if self.problems.get(key) != str(exc):
+                        log.error("%s is not scraped: %s", key, exc)
+        self.problems = problems
+        return jobs
+
+    @staticmethod
+    def _targets(
+        job: ScrapeJob,
+        pods: list[dict[str, Any]],
+        services: Iterable[dict[str, Any]],
+        endpoints: Mapping[tuple[str, str], dict[str, Any]],
+    ) -> list[dict[str, str]]:
+        if job.role == "pod":
+            return pod_role_targets(p for p in pods if _in(job.namespaces, p))
+        by_name = {(p["metadata"]["namespace"], p["metadata"]["name"]): p for p in pods}
+        targets: list[dict[str, str]] = []
+        for service in services:
+            if not _in(job.namespaces, service):
+                continue
+            key = (service["metadata"]["namespace"], service["metadata"]["name"])
+            found = endpoints.get(key) or derive_endpoints(service, pods)
+            if found is not None:
+                targets += endpoints_role_targets(found, service, by_name)
+        return targets
+
+
+def start_monitoring(
+    kubeconfig: str | Path,
+    workdir: Path,
+    options: MonitoringOptions | None = None,
+    stop: threading.Event | None = None,
+) -> Monitoring:
+    """Prometheus and its controller, started; ``stop()`` (or the context manager) ends both."""
+    monitoring = Monitoring(KubeApi.from_environment(str(kubeconfig)), workdir, options)
+    monitoring.start(stop)
+    return monitoring
+
+
+def run_monitoring(
+    kubeconfig: str | Path, stop: threading.Event, workdir: Path, options: MonitoringOptions | None = None
+) -> None:
+    """Run until ``stop`` is set (for a thread of its own); Prometheus is stopped on the way out."""
+    monitoring = start_monitoring(kubeconfig, workdir, options, stop)
+    try:
+        stop.wait()
+    finally:
+        monitoring.stop()
