@@ -192,7 +192,13 @@ def set_condition(
             condition.update(status=status, reason=reason, message=message)
             return conditions
     conditions.append(
-        {"type": kind, "status": status, "reason": reason, "message": message, "lastTransitionTime": now_rfc3339()}
+        {
+            "type": kind,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": now_rfc3339(),
+        }
     )
     return conditions
 

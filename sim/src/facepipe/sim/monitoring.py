@@ -149,7 +149,9 @@ class Monitoring:
         jobs = self._jobs()
         pods = _list(self.kube, POD)
         services = _list(self.kube, SERVICE)
-        endpoints = {(e["metadata"]["namespace"], e["metadata"]["name"]): e for e in _list(self.kube, ENDPOINTS)}
+        endpoints = {
+            (e["metadata"]["namespace"], e["metadata"]["name"]): e for e in _list(self.kube, ENDPOINTS)
+        }
         for job in jobs:
             targets = self._targets(job, pods, services, endpoints)
             self.prometheus.write_targets(job.file_name, targets)
@@ -161,7 +163,9 @@ class Monitoring:
                 stale.unlink()
         configs = [job.config for job in jobs] + [dict(c) for c in self.options.extra_scrape_configs]
         changed = self.prometheus.write_config(configs)
-        rules = dict(rule_file(r, max_for=self.options.max_alert_for) for r in _list(self.kube, PROMETHEUS_RULE))
+        rules = dict(
+            rule_file(r, max_for=self.options.max_alert_for) for r in _list(self.kube, PROMETHEUS_RULE)
+        )
         changed |= self.prometheus.write_rule_files(rules)
         result.rule_files = sorted(rules)
         if changed:

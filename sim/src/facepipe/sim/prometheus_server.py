@@ -101,7 +101,11 @@ class PrometheusServer:
         ]
         with open(self.log_path, "ab") as log_file:
             self._proc = subprocess.Popen(
-                args, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent
+                args,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         try:
             self.wait_for(lambda: self._ready(), timeout=timeout, what="Prometheus to be ready")
@@ -165,12 +169,17 @@ class PrometheusServer:
                 stale.unlink()
                 changed = True
         for name, content in files.items():
-            changed |= write_atomically(self.rules_dir / f"{name}.yaml", yaml.safe_dump(dict(content), sort_keys=False))
+            changed |= write_atomically(
+                self.rules_dir / f"{name}.yaml", yaml.safe_dump(dict(content), sort_keys=False)
+            )
         return changed
 
     def write_targets(self, name: str, targets: list[dict[str, str]]) -> Path:
         """A file_sd file: one group per target, since each target has labels of its own."""
-        groups = [{"targets": [t["__address__"]], "labels": {k: v for k, v in t.items() if k != "__address__"}} for t in targets]
+        groups = [
+            {"targets": [t["__address__"]], "labels": {k: v for k, v in t.items() if k != "__address__"}}
+            for t in targets
+        ]
         path = self.targets_dir / f"{name}.json"
         write_atomically(path, json.dumps(groups, indent=1, sort_keys=True))
         return path
@@ -181,7 +190,9 @@ class PrometheusServer:
             with urllib.request.urlopen(request, timeout=30):
                 return
         except urllib.error.HTTPError as exc:
-            raise PrometheusError(f"Prometheus rejected its configuration: {exc.read().decode(errors='replace')}") from None
+            raise PrometheusError(
+                f"Prometheus rejected its configuration: {exc.read().decode(errors='replace')}"
+            ) from None
 
     # -- HTTP API --
 
@@ -232,7 +243,9 @@ class PrometheusServer:
         return list(self.api("rules")["groups"])
 
     @staticmethod
-    def wait_for(check: Callable[[], T], *, timeout: float = 60.0, interval: float = 0.25, what: str = "") -> T:
+    def wait_for(
+        check: Callable[[], T], *, timeout: float = 60.0, interval: float = 0.25, what: str = ""
+    ) -> T:
         """Poll until ``check()`` is truthy; its last value, or TimeoutError naming ``what``."""
         deadline = time.monotonic() + timeout
         while True:

@@ -127,11 +127,17 @@ def _target_label_rules(source: str, names: list[str] | None) -> list[dict[str, 
     ]
 
 
-_RUNNING_FILTER = {"action": "drop", "source_labels": ["__meta_kubernetes_pod_phase"], "regex": "(Failed|Succeeded)"}
+_RUNNING_FILTER = {
+    "action": "drop",
+    "source_labels": ["__meta_kubernetes_pod_phase"],
+    "regex": "(Failed|Succeeded)",
+}
 _INIT = {"source_labels": ["job"], "target_label": "__tmp_prometheus_job_name"}
 
 
-def _base_config(job_name: str, endpoint: Mapping[str, Any], options: ScrapeOptions, targets_file: Path) -> dict[str, Any]:
+def _base_config(
+    job_name: str, endpoint: Mapping[str, Any], options: ScrapeOptions, targets_file: Path
+) -> dict[str, Any]:
     unsupported = [f for f in _UNSUPPORTED_ENDPOINT_FIELDS if endpoint.get(f)]
     if unsupported:
         raise UnsupportedMonitor(f"{job_name}: {', '.join(unsupported)} not emulated")
@@ -162,21 +168,46 @@ def _base_config(job_name: str, endpoint: Mapping[str, Any], options: ScrapeOpti
     return config
 
 
-def service_monitor_jobs(monitor: Mapping[str, Any], targets_dir: Path, options: ScrapeOptions) -> list[ScrapeJob]:
+def service_monitor_jobs(
+    monitor: Mapping[str, Any], targets_dir: Path, options: ScrapeOptions
+) -> list[ScrapeJob]:
     meta, spec = monitor["metadata"], monitor.get("spec") or {}
     jobs = []
     for index, endpoint in enumerate(spec.get("endpoints") or []):
-        job = ScrapeJob(f"serviceMonitor/{meta['namespace']}/{meta['name']}/{index}", "endpoints", namespaces_for(monitor))
+        job = ScrapeJob(
+            f"serviceMonitor/{meta['namespace']}/{meta['name']}/{index}", "endpoints", namespaces_for(monitor)
+        )
         config = _base_config(job.name, endpoint, options, targets_dir / f"{job.file_name}.json")
         rules = [_INIT, *_selector_relabelings(spec.get("selector"), "service")]
         if endpoint.get("port"):
-            rules.append({"action": "keep", "source_labels": ["__meta_kubernetes_endpoint_port_name"], "regex": endpoint["port"]})
+            rules.append(
+                {
+                    "action": "keep",
+                    "source_labels": ["__meta_kubernetes_endpoint_port_name"],
+                    "regex": endpoint["port"],
+                }
+            )
         elif endpoint.get("targetPort") is not None:
             rules.append(_target_port_rule(endpoint["targetPort"]))
-        kind_name = ["__meta_kubernetes_endpoint_address_target_kind", "__meta_kubernetes_endpoint_address_target_name"]
+        kind_name = [
+            "__meta_kubernetes_endpoint_address_target_kind",
+            "__meta_kubernetes_endpoint_address_target_name",
+        ]
         rules += [
-            {"source_labels": kind_name, "separator": ";", "regex": "Node;(.*)", "replacement": "${1}", "target_label": "node"},
-            {"source_labels": kind_name, "separator": ";", "regex": "Pod;(.*)", "replacement": "${1}", "target_label": "pod"},
+            {
+                "source_labels": kind_name,
+                "separator": ";",
+                "regex": "Node;(.*)",
+                "replacement": "${1}",
+                "target_label": "node",
+            },
+            {
+                "source_labels": kind_name,
+                "separator": ";",
+                "regex": "Pod;(.*)",
+                "replacement": "${1}",
+                "target_label": "pod",
+            },
             {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
             {"source_labels": ["__meta_kubernetes_service_name"], "target_label": "service"},
             {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
@@ -186,7 +217,13 @@ def service_monitor_jobs(monitor: Mapping[str, Any], targets_dir: Path, options:
             rules.append(_RUNNING_FILTER)
         rules += _target_label_rules("service", spec.get("targetLabels"))
         rules += _target_label_rules("pod", spec.get("podTargetLabels"))
-        rules.append({"source_labels": ["__meta_kubernetes_service_name"], "target_label": "job", "replacement": "${1}"})
+        rules.append(
+            {
+                "source_labels": ["__meta_kubernetes_service_name"],
+                "target_label": "job",
+                "replacement": "${1}",
+            }
+        )
         if spec.get("jobLabel"):
             rules += _job_label_rule("service", spec["jobLabel"])
         rules += _endpoint_label_rule(endpoint)
@@ -196,21 +233,35 @@ def service_monitor_jobs(monitor: Mapping[str, Any], targets_dir: Path, options:
     return jobs
 
 
-def pod_monitor_jobs(monitor: Mapping[str, Any], targets_dir: Path, options: ScrapeOptions) -> list[ScrapeJob]:
+def pod_monitor_jobs(
+    monitor: Mapping[str, Any], targets_dir: Path, options: ScrapeOptions
+) -> list[ScrapeJob]:
     meta, spec = monitor["metadata"], monitor.get("spec") or {}
     jobs = []
     for index, endpoint in enumerate(spec.get("podMetricsEndpoints") or []):
-        job = ScrapeJob(f"podMonitor/{meta['namespace']}/{meta['name']}/{index}", "pod", namespaces_for(monitor))
+        job = ScrapeJob(
+            f"podMonitor/{meta['namespace']}/{meta['name']}/{index}", "pod", namespaces_for(monitor)
+        )
         config = _base_config(job.name, endpoint, options, targets_dir / f"{job.file_name}.json")
         rules = [_INIT]
         if endpoint.get("filterRunning", True):
             rules.append(_RUNNING_FILTER)
         rules += _selector_relabelings(spec.get("selector"), "pod")
         if endpoint.get("port"):
-            rules.append({"action": "keep", "source_labels": ["__meta_kubernetes_pod_container_port_name"], "regex": endpoint["port"]})
+            rules.append(
+                {
+                    "action": "keep",
+                    "source_labels": ["__meta_kubernetes_pod_container_port_name"],
+                    "regex": endpoint["port"],
+                }
+            )
         elif endpoint.get("portNumber"):
             rules.append(
-                {"action": "keep", "source_labels": ["__meta_kubernetes_pod_container_port_number"], "regex": str(endpoint["portNumber"])}
+                {
+                    "action": "keep",
+                    "source_labels": ["__meta_kubernetes_pod_container_port_number"],
+                    "regex": str(endpoint["portNumber"]),
+                }
             )
         elif endpoint.get("targetPort") is not None:
             rules.append(_target_port_rule(endpoint["targetPort"]))
@@ -232,8 +283,16 @@ def pod_monitor_jobs(monitor: Mapping[str, Any], targets_dir: Path, options: Scr
 
 def _target_port_rule(target_port: str | int) -> dict[str, Any]:
     if isinstance(target_port, int) or str(target_port).isdigit():
-        return {"action": "keep", "source_labels": ["__meta_kubernetes_pod_container_port_number"], "regex": str(target_port)}
-    return {"action": "keep", "source_labels": ["__meta_kubernetes_pod_container_port_name"], "regex": str(target_port)}
+        return {
+            "action": "keep",
+            "source_labels": ["__meta_kubernetes_pod_container_port_number"],
+            "regex": str(target_port),
+        }
+    return {
+        "action": "keep",
+        "source_labels": ["__meta_kubernetes_pod_container_port_name"],
+        "regex": str(target_port),
+    }
 
 
 def _job_label_rule(source: str, label: str) -> list[dict[str, Any]]:
@@ -248,7 +307,9 @@ def _job_label_rule(source: str, label: str) -> list[dict[str, Any]]:
 
 
 def _endpoint_label_rule(endpoint: Mapping[str, Any]) -> list[dict[str, Any]]:
-    name = endpoint.get("port") or (str(endpoint["targetPort"]) if endpoint.get("targetPort") is not None else "")
+    name = endpoint.get("port") or (
+        str(endpoint["targetPort"]) if endpoint.get("targetPort") is not None else ""
+    )
     return [{"target_label": "endpoint", "replacement": name}] if name else []
 
 

@@ -150,7 +150,11 @@ def derive_endpoints(service: Mapping[str, Any], pods: Iterable[Mapping[str, Any
             number = _resolve_target_port(service_port, pod)
             if number is not None:
                 ports.append(
-                    {"name": service_port.get("name", ""), "port": number, "protocol": service_port.get("protocol", "TCP")}
+                    {
+                        "name": service_port.get("name", ""),
+                        "port": number,
+                        "protocol": service_port.get("protocol", "TCP"),
+                    }
                 )
         if not ports:
             continue
@@ -164,13 +168,19 @@ def derive_endpoints(service: Mapping[str, Any], pods: Iterable[Mapping[str, Any
     return {
         "apiVersion": "v1",
         "kind": "Endpoints",
-        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "labels": dict(meta.get("labels") or {})},
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "labels": dict(meta.get("labels") or {}),
+        },
         "subsets": subsets,
     }
 
 
 def endpoints_role_targets(
-    endpoints: Mapping[str, Any], service: Mapping[str, Any] | None, pods: Mapping[tuple[str, str], Mapping[str, Any]]
+    endpoints: Mapping[str, Any],
+    service: Mapping[str, Any] | None,
+    pods: Mapping[tuple[str, str], Mapping[str, Any]],
 ) -> list[Target]:
     """Role ``endpoints``: one target per address and port, with the Service's and the pod's labels."""
     meta = endpoints["metadata"]
@@ -200,7 +210,11 @@ def endpoints_role_targets(
                     f"{_PREFIX}endpoint_address_target_kind": str(ref.get("kind", "")),
                     f"{_PREFIX}endpoint_address_target_name": str(ref.get("name", "")),
                 }
-                pod = pods.get((str(ref.get("namespace", meta.get("namespace"))), str(ref.get("name")))) if ref else None
+                pod = (
+                    pods.get((str(ref.get("namespace", meta.get("namespace"))), str(ref.get("name"))))
+                    if ref
+                    else None
+                )
                 if pod is not None and ref.get("kind") == "Pod":
                     target.update(pod_labels(pod))
                     target.update(_container_for_port(pod, int(port["port"])))
