@@ -47,14 +47,17 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Requirement:
-    """One term of a label selector: ``key op values`` (op: In, NotIn, Exists, DoesNotExist)."""
+    """One term of a label selector: ``key op values``.
+
+    ``Equals`` is a matchLabels entry, kept apart from a one-value ``In`` as the API machinery
+    does (prometheus-adapter turns the first into ``=`` and the second into ``=~``)."""
 
     key: str
     operator: str
     values: tuple[str, ...] = ()
 
     def matches(self, labels: Mapping[str, str]) -> bool:
-        if self.operator == "In":
+        if self.operator in ("Equals", "In"):
             return labels.get(self.key) in self.values
         if self.operator == "NotIn":
             return labels.get(self.key) not in self.values
@@ -70,7 +73,7 @@ _OPERATORS = {"In", "NotIn", "Exists", "DoesNotExist"}
 
 @dataclass(frozen=True)
 class LabelSelector:
-    """A ``metav1.LabelSelector``: matchLabels become ``In`` terms, as the API machinery does."""
+    """A ``metav1.LabelSelector`` (``LabelSelectorAsSelector``): terms sorted by key."""
 
     requirements: tuple[Requirement, ...]
 
@@ -78,7 +81,9 @@ class LabelSelector:
     def parse(cls, selector: Mapping[str, Any] | None) -> LabelSelector:
         """An absent selector selects everything; an unknown operator is an error, never ignored."""
         selector = selector or {}
-        terms = [Requirement(str(k), "In", (str(v),)) for k, v in (selector.get("matchLabels") or {}).items()]
+        terms = [
+            Requirement(str(k), "Equals", (str(v),)) for k, v in (selector.get("matchLabels") or {}).items()
+        ]
         for expression in selector.get("matchExpressions") or []:
             operator = expression.get("operator")
             if operator not in _OPERATORS:
@@ -100,7 +105,7 @@ class LabelSelector:
         """The string form of ``metav1.FormatLabelSelector`` (a Scale's status.selector)."""
         parts = []
         for term in self.requirements:
-            if term.operator == "In" and len(term.values) == 1:
+            if term.operator == "Equals":
                 parts.append(f"{term.key}={term.values[0]}")
             elif term.operator in ("In", "NotIn"):
                 parts.append(f"{term.key} {term.operator.lower()} ({','.join(term.values)})")

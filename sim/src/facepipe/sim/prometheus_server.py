@@ -55,7 +55,78 @@ def write_atomically(path: Path, text: str) -> bool:
     return True
 
 
-class PrometheusServer:
+class PrometheusClient:
+    """Prometheus' HTTP API (``/api/v1``) at ``url``: what the adapter and the tests query."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url.rstrip("/")
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def api(self, path: str, **params: str) -> Any:
+        query = urllib.parse.urlencode(params)
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{query}", timeout=30) as response:
+                payload = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            payload = json.loads(exc.read() or b"{}")
+        except (OSError, urllib.error.URLError) as exc:
+            raise PrometheusError(f"Prometheus at {self.url} is not reachable: {exc}") from exc
+        if payload.get("status") != "success":
+            raise PrometheusError(f"{path} {params}: {payload.get('errorType')}: {payload.get('error')}")
+        return payload["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """An instant query (``/api/v1/query``): the vector's samples, or a scalar as one sample."""
+        data = self.api("query", query=expr)
+        if data["resultType"] in ("scalar", "string"):
+            return [{"metric": {}, "value": data["result"]}]
+        if data["resultType"] != "vector":
+            raise PrometheusError(f"{expr!r} gives a {data['resultType']}, not an instant vector")
+        return list(data["result"])
+
+    def value(self, expr: str) -> float | None:
+        """The single value of a query, None when it returns nothing; several samples are an error."""
+        result = self.query(expr)
+        if not result:
+            return None
+        if len(result) > 1:
+            raise PrometheusError(f"{expr!r} returned {len(result)} series, expected one")
+        return float(result[0]["value"][1])
+
+    def series(self, match: str, start: float | None = None) -> list[dict[str, str]]:
+        params = {"match[]": match}
+        if start is not None:
+            params["start"] = f"{start:.3f}"
+        return list(self.api("series", **params))
+
+    def targets(self) -> dict[str, Any]:
+        return dict(self.api("targets"))
+
+    def alerts(self) -> list[dict[str, Any]]:
+        return list(self.api("alerts")["alerts"])
+
+    def rule_groups(self) -> list[dict[str, Any]]:
+        return list(self.api("rules")["groups"])
+
+    @staticmethod
+    def wait_for(
+        check: Callable[[], T], *, timeout: float = 60.0, interval: float = 0.25, what: str = ""
+    ) -> T:
+        """Poll until ``check()`` is truthy; its last value, or TimeoutError naming ``what``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = check()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what or check}")
+            time.sleep(interval)
+
+
+class PrometheusServer(PrometheusClient):
     """``with PrometheusServer(workdir) as prom: prom.query("up")``."""
 
     def __init__(
@@ -68,6 +139,7 @@ class PrometheusServer:
     ) -> None:
         self.workdir = Path(workdir)
         self.port = port or free_port()
+        super().__init__(f"http://127.0.0.1:{self.port}")
         self.binary = shutil.which(binary) or binary
         self.global_config = dict(global_config or {"scrape_interval": "30s", "evaluation_interval": "30s"})
         self.config_path = self.workdir / "prometheus.yml"
@@ -75,10 +147,6 @@ class PrometheusServer:
         self.targets_dir = self.workdir / "targets"
         self.log_path = self.workdir / "prometheus.log"
         self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     # -- lifecycle --
 
@@ -193,65 +261,3 @@ class PrometheusServer:
             raise PrometheusError(
                 f"Prometheus rejected its configuration: {exc.read().decode(errors='replace')}"
             ) from None
-
-    # -- HTTP API --
-
-    def api(self, path: str, **params: str) -> Any:
-        query = urllib.parse.urlencode(params)
-        try:
-            with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{query}", timeout=30) as response:
-                payload = json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            payload = json.loads(exc.read() or b"{}")
-        except (OSError, urllib.error.URLError) as exc:
-            raise PrometheusError(f"Prometheus at {self.url} is not reachable: {exc}") from exc
-        if payload.get("status") != "success":
-            raise PrometheusError(f"{path} {params}: {payload.get('errorType')}: {payload.get('error')}")
-        return payload["data"]
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        """An instant query (``/api/v1/query``): the vector's samples, or a scalar as one sample."""
-        data = self.api("query", query=expr)
-        if data["resultType"] in ("scalar", "string"):
-            return [{"metric": {}, "value": data["result"]}]
-        if data["resultType"] != "vector":
-            raise PrometheusError(f"{expr!r} gives a {data['resultType']}, not an instant vector")
-        return list(data["result"])
-
-    def value(self, expr: str) -> float | None:
-        """The single value of a query, None when it returns nothing; several samples are an error."""
-        result = self.query(expr)
-        if not result:
-            return None
-        if len(result) > 1:
-            raise PrometheusError(f"{expr!r} returned {len(result)} series, expected one")
-        return float(result[0]["value"][1])
-
-    def series(self, match: str, start: float | None = None) -> list[dict[str, str]]:
-        params = {"match[]": match}
-        if start is not None:
-            params["start"] = f"{start:.3f}"
-        return list(self.api("series", **params))
-
-    def targets(self) -> dict[str, Any]:
-        return dict(self.api("targets"))
-
-    def alerts(self) -> list[dict[str, Any]]:
-        return list(self.api("alerts")["alerts"])
-
-    def rule_groups(self) -> list[dict[str, Any]]:
-        return list(self.api("rules")["groups"])
-
-    @staticmethod
-    def wait_for(
-        check: Callable[[], T], *, timeout: float = 60.0, interval: float = 0.25, what: str = ""
-    ) -> T:
-        """Poll until ``check()`` is truthy; its last value, or TimeoutError naming ``what``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            result = check()
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what or check}")
-            time.sleep(interval)

@@ -1,0 +1,465 @@
+"""The HorizontalPodAutoscaler's arithmetic, as kube-controller-manager does it.
+
+A transcription of pkg/controller/podautoscaler (replica_calculator.go and horizontal.go) for
+the metric types the simulation serves (External ``Value``/``AverageValue``, Resource
+``Utilization``/``AverageValue``), with time passed in (``now``, seconds) so tests can drive it:
+
+- proposals: ``ceil(usage / target × pods)`` unless the ratio is within the tolerance (10 %);
+- normalisation without ``behavior``: a 5-minute downscale stabilisation (highest
+  recommendation in the window) and at most ``max(2 × current, 4)`` replicas per step;
+- normalisation with ``behavior`` (defaults filled in as the API server does): stabilisation
+  windows both ways (the current count clamped between the lowest recent recommendation and
+  the highest one), then the rate policies (``Pods``/``Percent`` per ``periodSeconds``, combined
+  by ``selectPolicy`` Max/Min/Disabled) over the scale events of each policy's period;
+- min/max replicas, with the conditions (AbleToScale, ScalingLimited) and their reasons.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from facepipe.sim.kubeutil import parse_quantity
+
+DEFAULT_TOLERANCE = 0.1
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    scale_down: float = DEFAULT_TOLERANCE
+    scale_up: float = DEFAULT_TOLERANCE
+
+    def within(self, usage_ratio: float) -> bool:
+        return (1.0 - self.scale_down) <= usage_ratio <= (1.0 + self.scale_up)
+
+
+# --- proposals (replica_calculator.go) ---------------------------------------------------------
+
+
+def external_value_replicas(
+    spec_replicas: int, usage_milli: int, target_milli: int, ready_pods: int, tolerances: Tolerances
+) -> int:
+    """GetExternalMetricReplicas (target type Value): the ratio applied to the ready pods."""
+    usage_ratio = usage_milli / target_milli
+    if spec_replicas == 0:
+        return math.ceil(usage_ratio)
+    if tolerances.within(usage_ratio):
+        return spec_replicas
+    return math.ceil(usage_ratio * ready_pods)
+
+
+def external_average_replicas(
+    status_replicas: int, usage_milli: int, target_milli_per_pod: int, tolerances: Tolerances
+) -> tuple[int, int]:
+    """GetExternalPerPodMetricReplicas (AverageValue): ``(replicas, usage per pod in milli)``."""
+    replicas = status_replicas
+    usage_ratio = usage_milli / (target_milli_per_pod * replicas) if replicas else math.inf
+    if not tolerances.within(usage_ratio):
+        replicas = math.ceil(usage_milli / target_milli_per_pod)
+    per_pod = math.ceil(usage_milli / status_replicas) if status_replicas else usage_milli
+    return replicas, per_pod
+
+
+@dataclass(frozen=True)
+class PodSample:
+    """One pod as groupPods sees it; ``usage_milli`` None when the metrics API has no sample."""
+
+    name: str
+    phase: str
+    ready: bool | None  # the Ready condition's status, None when the pod has none
+    start_time: float | None
+    ready_transition_time: float | None
+    deleted: bool
+    request_milli: int | None  # sum of the containers' requests, None when one is missing
+    usage_milli: int | None
+    sample_time: float | None = None
+    sample_window: float = 0.0
+
+
+class MetricsUnavailable(RuntimeError):
+    """No usable sample: the HPA cannot compute a proposal from this metric."""
+
+
+def _utilization(
+    usage: Mapping[str, int], requests: Mapping[str, int], target: int
+) -> tuple[float, int, int]:
+    """GetResourceUtilizationRatio: (ratio, utilization %, average raw usage)."""
+    pods = [name for name in usage if name in requests]
+    requests_total = sum(requests[name] for name in pods)
+    if requests_total == 0:
+        raise MetricsUnavailable("no metrics returned matched known pods")
+    usage_total = sum(usage[name] for name in pods)
+    utilization = int(usage_total * 100 / requests_total)
+    return utilization / target, utilization, usage_total // len(pods)
+
+
+def resource_utilization_replicas(
+    current_replicas: int,
+    target_utilization: int,
+    pods: Sequence[PodSample],
+    tolerances: Tolerances,
+    *,
+    now: float,
+    cpu_initialization_period: float = 300.0,
+    initial_readiness_delay: float = 30.0,
+) -> tuple[int, int, int]:
+    """GetResourceReplicas for cpu: ``(replicas, utilization %, average usage milli)``.
+
+    Pods missing a sample count as using their request on a scale-down and nothing on a
+    scale-up; pods not (yet) ready count as using nothing on a scale-up; a change of
+    direction caused by those assumptions keeps the current count.
+    """
+    if not pods:
+        raise MetricsUnavailable("no pods returned by selector while calculating replica count")
+    ready_count, unready, missing, usage = 0, set(), set(), {}
+    for pod in pods:
+        if pod.deleted or pod.phase == "Failed":
+            continue
+        if pod.phase == "Pending":
+            unready.add(pod.name)
+            continue
+        if pod.usage_milli is None:
+            missing.add(pod.name)
+            continue
+        if _cpu_unready(pod, now, cpu_initialization_period, initial_readiness_delay):
+            unready.add(pod.name)
+            continue
+        usage[pod.name] = pod.usage_milli
+        ready_count += 1
+    if not usage:
+        raise MetricsUnavailable("did not receive metrics for targeted pods (pods might be unready)")
+    requests = {}
+    for pod in pods:
+        if pod.request_milli is None:
+            raise MetricsUnavailable(f"missing request for cpu in a container of Pod {pod.name}")
+        requests[pod.name] = pod.request_milli
+    ratio, utilization, raw = _utilization(usage, requests, target_utilization)
+    scale_up_with_unready = bool(unready) and ratio > 1.0
+    if not scale_up_with_unready and not missing:
+        if tolerances.within(ratio):
+            return current_replicas, utilization, raw
+        return math.ceil(ratio * ready_count), utilization, raw
+    if missing and ratio != 1.0:
+        fallback = max(100, target_utilization) if ratio < 1.0 else 0
+        for name in missing:
+            usage[name] = requests[name] * fallback // 100
+    if scale_up_with_unready:
+        for name in unready:
+            usage[name] = 0
+    new_ratio, _, _ = _utilization(usage, requests, target_utilization)
+    if tolerances.within(new_ratio) or (ratio < 1.0 < new_ratio) or (ratio > 1.0 > new_ratio):
+        return current_replicas, utilization, raw
+    replicas = math.ceil(new_ratio * len(usage))
+    if (new_ratio < 1.0 and replicas > current_replicas) or (new_ratio > 1.0 and replicas < current_replicas):
+        return current_replicas, utilization, raw
+    return replicas, utilization, raw
+
+
+def _cpu_unready(pod: PodSample, now: float, init_period: float, readiness_delay: float) -> bool:
+    if pod.ready is None or pod.start_time is None:
+        return True
+    transition = pod.ready_transition_time or pod.start_time
+    if pod.start_time + init_period > now:
+        sample_time = pod.sample_time if pod.sample_time is not None else now
+        return (not pod.ready) or sample_time < transition + pod.sample_window
+    return (not pod.ready) and pod.start_time + readiness_delay > transition
+
+
+# --- behavior ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Policy:
+    kind: str  # "Pods" or "Percent"
+    value: int
+    period_seconds: int
+
+
+@dataclass(frozen=True)
+class ScalingRules:
+    stabilization_window: int | None
+    select_policy: str  # Max, Min, Disabled
+    policies: tuple[Policy, ...]
+    tolerance: float | None = None
+
+    @property
+    def longest_period(self) -> int:
+        return max((p.period_seconds for p in self.policies), default=0)
+
+
+DEFAULT_SCALE_UP = ScalingRules(0, "Max", (Policy("Pods", 4, 15), Policy("Percent", 100, 15)))
+DEFAULT_SCALE_DOWN = ScalingRules(None, "Max", (Policy("Percent", 100, 15),))
+
+
+@dataclass(frozen=True)
+class Behavior:
+    scale_up: ScalingRules
+    scale_down: ScalingRules
+
+
+def _rules(spec: Mapping[str, Any] | None, default: ScalingRules) -> ScalingRules:
+    """GenerateHPAScaleUpRules / GenerateHPAScaleDownRules: fill what the user left out."""
+    if spec is None:
+        return default
+    window = spec.get("stabilizationWindowSeconds", default.stabilization_window)
+    policies = tuple(
+        Policy(str(p["type"]), int(p["value"]), int(p["periodSeconds"])) for p in spec.get("policies") or []
+    )
+    for policy in policies:
+        if policy.kind not in ("Pods", "Percent"):
+            raise ValueError(f"unknown scaling policy type {policy.kind!r}")
+    select = str(spec.get("selectPolicy") or "Max")
+    if select not in ("Max", "Min", "Disabled"):
+        raise ValueError(f"unknown selectPolicy {select!r}")
+    tolerance = spec.get("tolerance")
+    return ScalingRules(
+        None if window is None else int(window),
+        select,
+        policies or default.policies,
+        None if tolerance is None else parse_quantity(tolerance),
+    )
+
+
+def parse_behavior(spec: Mapping[str, Any] | None) -> Behavior | None:
+    """An HPA's spec.behavior with the API server's defaults, or None when absent."""
+    if spec is None:
+        return None
+    return Behavior(
+        _rules(spec.get("scaleUp"), DEFAULT_SCALE_UP), _rules(spec.get("scaleDown"), DEFAULT_SCALE_DOWN)
+    )
+
+
+def tolerances_for(behavior: Behavior | None, default: float = DEFAULT_TOLERANCE) -> Tolerances:
+    if behavior is None:
+        return Tolerances(default, default)
+    down, up = behavior.scale_down.tolerance, behavior.scale_up.tolerance
+    return Tolerances(default if down is None else down, default if up is None else up)
+
+
+# --- normalisation (horizontal.go) -------------------------------------------------------------
+
+Condition = tuple[str, str, str, str]  # type, status, reason, message
+_LOWER_RECENTLY = (
+    "recent recommendations were lower than current one, applying the lowest recent recommendation"
+)
+_HIGHER_RECENTLY = (
+    "recent recommendations were higher than current one, applying the highest recent recommendation"
+)
+
+
+@dataclass
+class _ScaleEvent:
+    change: int
+    time: float
+    outdated: bool = False
+
+
+@dataclass
+class ReplicaHistory:
+    """What the controller remembers per HPA: recent recommendations and scale events."""
+
+    recommendations: list[tuple[int, float]] = field(default_factory=list)
+    up_events: list[_ScaleEvent] = field(default_factory=list)
+    down_events: list[_ScaleEvent] = field(default_factory=list)
+
+    def record_initial(self, current: int, now: float) -> None:
+        if not self.recommendations:
+            self.recommendations.append((current, now))
+
+    def _store_recommendation(self, value: int, now: float, obsolete_before: float) -> None:
+        for index, (_, when) in enumerate(self.recommendations):
+            if when < obsolete_before:
+                self.recommendations[index] = (value, now)
+                return
+        self.recommendations.append((value, now))
+
+    def store_scale_event(self, behavior: Behavior | None, previous: int, new: int, now: float) -> None:
+        """storeScaleEvent: only HPAs with a behavior keep events (their rate policies read them)."""
+        if behavior is None:
+            return
+        up = new > previous
+        rules = behavior.scale_up if up else behavior.scale_down
+        events = self.up_events if up else self.down_events
+        for event in events:
+            if event.time < now - rules.longest_period:
+                event.outdated = True
+        fresh = _ScaleEvent(abs(new - previous), now)
+        for index, event in enumerate(events):
+            if event.outdated:
+                events[index] = fresh
+                return
+        events.append(fresh)
+
+
+def _change_in_period(events: Sequence[_ScaleEvent], period: int, now: float) -> int:
+    return sum(e.change for e in events if e.time > now - period)
+
+
+def scale_up_limit(current: int, history: ReplicaHistory, rules: ScalingRules, now: float) -> int:
+    """calculateScaleUpLimitWithScalingRules."""
+    if rules.select_policy == "Disabled":
+        return current
+    proposals = []
+    for policy in rules.policies:
+        start = (
+            current
+            - _change_in_period(history.up_events, policy.period_seconds, now)
+            + _change_in_period(history.down_events, policy.period_seconds, now)
+        )
+        if policy.kind == "Pods":
+            proposals.append(start + policy.value)
+        else:
+            proposals.append(math.ceil(start * (1 + policy.value / 100)))
+    return (min if rules.select_policy == "Min" else max)(proposals)
+
+
+def scale_down_limit(current: int, history: ReplicaHistory, rules: ScalingRules, now: float) -> int:
+    """calculateScaleDownLimitWithBehaviors."""
+    if rules.select_policy == "Disabled":
+        return current
+    proposals = []
+    for policy in rules.policies:
+        start = (
+            current
+            - _change_in_period(history.up_events, policy.period_seconds, now)
+            + _change_in_period(history.down_events, policy.period_seconds, now)
+        )
+        if policy.kind == "Pods":
+            proposals.append(start - policy.value)
+        else:
+            proposals.append(int(start * (1 - policy.value / 100)))
+    return (max if rules.select_policy == "Min" else min)(proposals)
+
+
+def normalize(
+    history: ReplicaHistory,
+    *,
+    current: int,
+    desired: int,
+    min_replicas: int,
+    max_replicas: int,
+    behavior: Behavior | None,
+    downscale_window: float,
+    now: float,
+) -> tuple[int, list[Condition]]:
+    """normalizeDesiredReplicas / normalizeDesiredReplicasWithBehaviors: (replicas, conditions)."""
+    if behavior is None:
+        return _normalize_plain(history, current, desired, min_replicas, max_replicas, downscale_window, now)
+    if behavior.scale_down.stabilization_window is None:  # maybeInitScaleDownStabilizationWindow
+        behavior = replace(
+            behavior, scale_down=replace(behavior.scale_down, stabilization_window=int(downscale_window))
+        )
+    up_window = behavior.scale_up.stabilization_window or 0
+    down_window = behavior.scale_down.stabilization_window or 0
+    up_recommendation = down_recommendation = desired
+    for value, when in history.recommendations:
+        if when > now - up_window:
+            up_recommendation = min(value, up_recommendation)
+        if when > now - down_window:
+            down_recommendation = max(value, down_recommendation)
+    stabilized = min(max(current, up_recommendation), down_recommendation)
+    history._store_recommendation(desired, now, now - max(up_window, down_window))
+    conditions: list[Condition] = []
+    if stabilized != desired:
+        if desired >= current:
+            reason = "ScaleUpStabilized"
+            message = _LOWER_RECENTLY
+        else:
+            reason = "ScaleDownStabilized"
+            message = _HIGHER_RECENTLY
+        conditions.append(("AbleToScale", "True", reason, message))
+    else:
+        conditions.append(
+            ("AbleToScale", "True", "ReadyForNewScale", "recommended size matches current size")
+        )
+    final, reason, message = _rate_limited(
+        history, behavior, current, stabilized, min_replicas, max_replicas, now
+    )
+    conditions.append(("ScalingLimited", "False" if final == stabilized else "True", reason, message))
+    return final, conditions
+
+
+def _rate_limited(
+    history: ReplicaHistory,
+    behavior: Behavior,
+    current: int,
+    desired: int,
+    min_replicas: int,
+    max_replicas: int,
+    now: float,
+) -> tuple[int, str, str]:
+    """convertDesiredReplicasWithBehaviorRate."""
+    if desired > current:
+        limit = max(scale_up_limit(current, history, behavior.scale_up, now), current)
+        if max_replicas > limit:
+            allowed, reason = limit, "ScaleUpLimit"
+            message = "the desired replica count is increasing faster than the maximum scale rate"
+        else:
+            allowed, reason = max_replicas, "TooManyReplicas"
+            message = "the desired replica count is more than the maximum replica count"
+        if desired > allowed:
+            return allowed, reason, message
+    elif desired < current:
+        limit = min(scale_down_limit(current, history, behavior.scale_down, now), current)
+        if min_replicas < limit:
+            allowed, reason = limit, "ScaleDownLimit"
+            message = "the desired replica count is decreasing faster than the maximum scale rate"
+        else:
+            allowed, reason = min_replicas, "TooFewReplicas"
+            message = "the desired replica count is less than the minimum replica count"
+        if desired < allowed:
+            return allowed, reason, message
+    return desired, "DesiredWithinRange", "the desired count is within the acceptable range"
+
+
+def _normalize_plain(
+    history: ReplicaHistory,
+    current: int,
+    desired: int,
+    min_replicas: int,
+    max_replicas: int,
+    downscale_window: float,
+    now: float,
+) -> tuple[int, list[Condition]]:
+    """stabilizeRecommendation + convertDesiredReplicasWithRules (no behavior)."""
+    stabilized = desired
+    cutoff = now - downscale_window
+    for value, when in history.recommendations:
+        if when >= cutoff and value > stabilized:
+            stabilized = value
+    history._store_recommendation(desired, now, cutoff)
+    conditions: list[Condition] = []
+    if stabilized != desired:
+        message = (
+            "recent recommendations were higher than current one, applying the highest recent recommendation"
+        )
+        conditions.append(("AbleToScale", "True", "ScaleDownStabilized", message))
+    else:
+        conditions.append(
+            ("AbleToScale", "True", "ReadyForNewScale", "recommended size matches current size")
+        )
+    up_limit = int(max(2.0 * current, 4.0))
+    if max_replicas > up_limit:
+        allowed, reason = up_limit, "ScaleUpLimit"
+        message = "the desired replica count is increasing faster than the maximum scale rate"
+    else:
+        allowed, reason = max_replicas, "TooManyReplicas"
+        message = "the desired replica count is more than the maximum replica count"
+    if stabilized < min_replicas:
+        final, reason, message = (
+            min_replicas,
+            "TooFewReplicas",
+            "the desired replica count is less than the minimum replica count",
+        )
+    elif stabilized > allowed:
+        final = allowed
+    else:
+        final, reason, message = (
+            stabilized,
+            "DesiredWithinRange",
+            "the desired count is within the acceptable range",
+        )
+    conditions.append(("ScalingLimited", "False" if final == stabilized else "True", reason, message))
+    return final, conditions
