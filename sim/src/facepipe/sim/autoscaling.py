@@ -30,7 +30,7 @@ from facepipe.sim.prometheus_adapter import PrometheusAdapter
 from facepipe.sim.prometheus_server import PrometheusClient
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
-CHART_ADAPTER_RULES = REPO_ROOT / "charts" / "face-pipeline-operator" / "adapter" / "prometheus-adapter-values.yaml"
+CHART_ADAPTER_RULES = REPO_ROOT / "charts/face-pipeline-operator/adapter/prometheus-adapter-values.yaml"
 
 
 def adapter_rules_from_config_map(config_map: Mapping[str, Any]) -> list[dict[str, Any]]:

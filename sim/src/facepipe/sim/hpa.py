@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from facepipe.operator.kube import Kind, KubeApi, KubeApiError
 from facepipe.sim import hpa_algorithm as algo
+from facepipe.sim import hpa_replicas as calc
 from facepipe.sim.kubeutil import (
     EVENT,
     HPA,
@@ -53,7 +54,7 @@ class HpaSettings:
 
     sync_period: float = 15.0
     downscale_stabilization: float = 300.0
-    tolerance: float = algo.DEFAULT_TOLERANCE
+    tolerance: float = calc.DEFAULT_TOLERANCE
     cpu_initialization_period: float = 300.0
     initial_readiness_delay: float = 30.0
 
@@ -210,7 +211,7 @@ class HpaController:
         hpa: Mapping[str, Any],
         scale: Scale,
         memory: _Memory,
-        tolerances: algo.Tolerances,
+        tolerances: calc.Tolerances,
         conditions: list[dict[str, Any]],
         now: float,
     ) -> tuple[int, str, list[dict[str, Any]]] | None:
@@ -232,7 +233,7 @@ class HpaController:
                 proposal, proposal_name, metric_status = self._proposal(
                     hpa, metric, scale, memory, tolerances, now
                 )
-            except (MetricError, algo.MetricsUnavailable) as exc:
+            except (MetricError, calc.MetricsUnavailable) as exc:
                 failures.append(exc)
                 continue
             statuses.append(metric_status)
@@ -254,7 +255,7 @@ class HpaController:
         metric: Mapping[str, Any],
         scale: Scale,
         memory: _Memory,
-        tolerances: algo.Tolerances,
+        tolerances: calc.Tolerances,
         now: float,
     ) -> tuple[int, str, dict[str, Any]]:
         kind = metric.get("type")
@@ -265,7 +266,7 @@ class HpaController:
         raise MetricError("InvalidMetricSourceType", f"metric source type {kind!r} is not emulated")
 
     def _external(
-        self, hpa: Mapping[str, Any], source: Mapping[str, Any], scale: Scale, tolerances: algo.Tolerances
+        self, hpa: Mapping[str, Any], source: Mapping[str, Any], scale: Scale, tolerances: calc.Tolerances
     ) -> tuple[int, str, dict[str, Any]]:
         identifier = source["metric"]
         selector = LabelSelector.parse(identifier.get("selector"))
@@ -279,7 +280,7 @@ class HpaController:
         target = source["target"]
         name = f"external metric {identifier['name']}({selector})"
         if target.get("type") == "AverageValue":
-            replicas, per_pod = algo.external_average_replicas(
+            replicas, per_pod = calc.external_average_replicas(
                 scale.status_replicas, usage, milli(target["averageValue"]), tolerances
             )
             current = {"averageValue": format_milli(per_pod)}
@@ -290,7 +291,7 @@ class HpaController:
                     "FailedGetExternalMetric", "no pods returned by selector while calculating replica count"
                 )
             ready = sum(1 for p in pods if pod_ready(p) and (p.get("status") or {}).get("phase") == "Running")
-            replicas = algo.external_value_replicas(
+            replicas = calc.external_value_replicas(
                 scale.spec_replicas, usage, milli(target["value"]), ready, tolerances
             )
             current = {"value": format_milli(usage)}
@@ -306,7 +307,7 @@ class HpaController:
         source: Mapping[str, Any],
         scale: Scale,
         memory: _Memory,
-        tolerances: algo.Tolerances,
+        tolerances: calc.Tolerances,
         now: float,
     ) -> tuple[int, str, dict[str, Any]]:
         target = source.get("target") or {}
@@ -320,7 +321,7 @@ class HpaController:
                 "FailedGetResourceMetric",
                 "unable to get metrics for resource cpu: no metrics returned from resource metrics API",
             )
-        replicas, utilization, raw = algo.resource_utilization_replicas(
+        replicas, utilization, raw = calc.resource_utilization_replicas(
             scale.spec_replicas,
             int(target["averageUtilization"]),
             samples,

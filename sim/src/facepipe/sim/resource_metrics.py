@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 
-from facepipe.sim.hpa_algorithm import PodSample
+from facepipe.sim.hpa_replicas import PodSample
 from facepipe.sim.kubeutil import milli, parse_time
 
 PIDS_ANNOTATION = "sim.facepipe.io/pids"
