@@ -199,7 +199,7 @@ class HpaController:
             message = f"the HPA controller was able to update the target scale to {desired}"
             set_condition(conditions, "AbleToScale", "True", "SucceededRescale", message)
             memory.history.store_scale_event(algo.parse_behavior(spec.get("behavior")), current, desired, now)
-            new_status["lastScaleTime"] = now_rfc3339()
+            new_status["lastScaleTime"] = now_rfc3339(now)
             self._event(hpa, "SuccessfulRescale", f"New size: {desired}; reason: {reason}")
             log.info("HPA %s: %d -> %d (%s)", key, current, desired, reason)
         else:

@@ -253,11 +253,11 @@ class KedaController:
             if (idle is not None and current < minimum) or current == 0:
                 replicas = max(minimum, 1)
                 self._scale(scaled_object, scale, replicas, "KEDAScaleTargetActivated")
-                status["lastActiveTime"] = now_rfc3339()
+                status["lastActiveTime"] = now_rfc3339(now)
             elif errors:
                 set_condition(conditions, "Ready", "Unknown", "PartialTriggerError", "; ".join(errors))
             else:
-                status["lastActiveTime"] = now_rfc3339()
+                status["lastActiveTime"] = now_rfc3339(now)
             return
         set_condition(
             conditions,

@@ -175,9 +175,14 @@ def sanitize_label_name(name: str) -> str:
     return _INVALID_LABEL_CHARS.sub("_", name)
 
 
-def now_rfc3339(now: datetime.datetime | None = None) -> str:
-    now = now or datetime.datetime.now(tz=datetime.UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+def now_rfc3339(now: float | None = None) -> str:
+    """An API timestamp for ``now`` (seconds since the epoch; default: the current time)."""
+    moment = (
+        datetime.datetime.now(tz=datetime.UTC)
+        if now is None
+        else datetime.datetime.fromtimestamp(now, datetime.UTC)
+    )
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(value: str | None) -> datetime.datetime | None:
