@@ -89,8 +89,10 @@ class Autoscaling:
             )
         self.keda = KedaController(kube, resolver, self.options.keda)
         self.hpa = HpaController(kube, ExternalMetricsRouter(self.adapter, self.keda), self.options.hpa)
+        self._started = False
 
     def start(self, stop: threading.Event | None = None) -> None:
+        self._started = True
         self.keda.start(stop)
         self.hpa.start(stop)
 
@@ -99,7 +101,8 @@ class Autoscaling:
         self.keda.stop()
 
     def __enter__(self) -> Autoscaling:
-        self.start()
+        if not self._started:
+            self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -132,7 +132,8 @@ class Monitoring:
         self.prometheus.stop()
 
     def __enter__(self) -> Monitoring:
-        self.start()
+        if self._thread is None:
+            self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
