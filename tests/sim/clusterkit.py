@@ -110,6 +110,7 @@ class FakePod:
         streams: list[str],
         port_name: str = "http",
         port: int = 8001,
+        annotate_pids: bool = True,
     ) -> None:
         self.kube, self.namespace, self.name = kube, namespace, name
         self.address, self.port = loopback_address(), port
@@ -134,7 +135,7 @@ class FakePod:
                 "name": name,
                 "namespace": namespace,
                 "labels": labels,
-                "annotations": {PIDS_ANNOTATION: str(self.proc.pid)},
+                "annotations": {PIDS_ANNOTATION: str(self.proc.pid)} if annotate_pids else {},
             },
             "spec": {
                 "containers": [
