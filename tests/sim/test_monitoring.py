@@ -16,6 +16,7 @@ import pytest
 from clusterkit import FakePod, Tenant, apply_monitoring, operator_chart_objects, prometheus_processes
 
 from facepipe.operator.kube import SERVICE, KubeApi
+from facepipe.sim import promcheck
 from facepipe.sim.emulator import EmulatorServer, write_kubeconfig
 from facepipe.sim.kubeutil import POD, SERVICE_MONITOR
 from facepipe.sim.monitoring import Monitoring, MonitoringOptions, start_monitoring
@@ -31,10 +32,11 @@ def cluster(
     apply_monitoring(kube, operator_chart_objects())
     tenant = Tenant(TENANT_NS, redis_server.url)
     kube.request("POST", SERVICE.path(TENANT_NS), body=tenant.build("ops_api_service"))
-    streams = list(tenant.streams.values())
-    common = {"redis_url": redis_server.url, "group": tenant.group, "streams": streams}
+    # Only ops-api exports the stream gauges; the other pods serve an empty /metrics.
+    common = {"redis_url": redis_server.url, "group": tenant.group, "streams": []}
+    ops_api = {**common, "streams": list(tenant.streams.values())}
     pods = [
-        FakePod(kube, TENANT_NS, "acme-ops-api-0", tenant.pod_labels("ops-api"), **common),
+        FakePod(kube, TENANT_NS, "acme-ops-api-0", tenant.pod_labels("ops-api"), **ops_api),
         FakePod(
             kube,
             TENANT_NS,
@@ -184,3 +186,49 @@ def test_pods_are_listed_by_discovery_even_without_endpoints_objects(
     assert kube.list(POD, TENANT_NS)
     targets = cluster["monitoring"].prometheus.targets()["activeTargets"]
     assert any(t["labels"].get("service") == "acme-ops-api" for t in targets)
+
+
+# --- dashboard and alert queries ----------------------------------------------------------------
+
+
+def test_every_chart_query_is_read(cluster: dict[str, Any]) -> None:
+    queries = promcheck.chart_queries()
+    kinds = {q.kind for q in queries}
+    assert kinds == {"panel", "variable", "alert"}
+    assert {q.source.split(" alert ")[1] for q in queries if q.kind == "alert"} >= {
+        "HighDLQRate",
+        "ComponentNotReady",
+    }
+    assert all("$" not in q.expr.replace("$1", "") for q in queries)
+    stage_no_consumers = next(q for q in queries if q.source.endswith("StageNoConsumers"))
+    assert promcheck.selectors(stage_no_consumers.expr) == [
+        "facepipe_stream_length",
+        'up{component=~"detector|embedder|indexer"}',
+        '{__name__=~"facepipe_stream_lag|facepipe_stream_pending"}',
+    ]
+
+
+def test_query_check_finds_wrong_names_and_labels(cluster: dict[str, Any]) -> None:
+    prometheus = cluster["monitoring"].prometheus
+    series(cluster["monitoring"], "facepipe_stream_length")
+
+    def panel(expr: str) -> promcheck.QueryCheck:
+        return promcheck.check(prometheus, promcheck.Query("panel", "test", expr, promcheck._grouping(expr)))
+
+    assert panel('max by (tenant, stream) (facepipe_stream_length{namespace=~".*"})').ok
+    typo = panel("max by (tenant) (facepipe_stream_lenght) or max by (tenant) (facepipe_stream_length)")
+    assert not typo.ok and typo.empty_selectors == ["facepipe_stream_lenght"]
+    wrong_label = panel("max by (tenant, shard) (facepipe_stream_length)")
+    assert not wrong_label.ok and wrong_label.missing_labels == ["shard"]
+    assert "parse error" in panel("sum by (tenant (facepipe_stream_length)").error
+
+
+def test_empty_chart_queries_are_listed(cluster: dict[str, Any]) -> None:
+    """Only the ops-api stream gauges exist here: the worker panels must be reported, not those."""
+    series(cluster["monitoring"], "facepipe_stream_pending")
+    empty = {result.query.source for result in promcheck.empty_queries(cluster["monitoring"].prometheus)}
+    assert "facepipe-queues.json panel 'Stream length' (A)" not in empty
+    assert "facepipe-queues.json panel 'Backlog (lag + pending) per stream' (A)" not in empty
+    assert "facepipe-alerts.yaml alert QueueBacklog" not in empty
+    assert "facepipe-overview.json panel 'Messages acked per second by stage' (A)" in empty
+    assert "facepipe-alerts.yaml alert ComponentNotReady" in empty  # no kube-state-metrics here
