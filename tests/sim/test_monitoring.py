@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from clusterkit import FakePod, Tenant, apply_monitoring, operator_chart_objects, prometheus_processes
 
-from facepipe.operator.kube import SERVICE, KubeApi
+from facepipe.operator.kube import DEPLOYMENT, SERVICE, KubeApi
 from facepipe.sim import promcheck
 from facepipe.sim.emulator import EmulatorServer, write_kubeconfig
 from facepipe.sim.kubeutil import POD, SERVICE_MONITOR
@@ -231,4 +231,23 @@ def test_empty_chart_queries_are_listed(cluster: dict[str, Any]) -> None:
     assert "facepipe-queues.json panel 'Backlog (lag + pending) per stream' (A)" not in empty
     assert "facepipe-alerts.yaml alert QueueBacklog" not in empty
     assert "facepipe-overview.json panel 'Messages acked per second by stage' (A)" in empty
-    assert "facepipe-alerts.yaml alert ComponentNotReady" in empty  # no kube-state-metrics here
+
+
+def test_kube_state_metrics_serves_the_deployment_series(cluster: dict[str, Any], kube: KubeApi) -> None:
+    deployment = cluster["tenant"].build("deployment", "detector")
+    kube.request("POST", DEPLOYMENT.path(TENANT_NS), body=deployment)
+    kube.patch(DEPLOYMENT, TENANT_NS, "acme-detector", {"status": {"replicas": 1}}, subresource="status")
+    try:
+        found = series(cluster["monitoring"], 'kube_deployment_labels{deployment="acme-detector"}')
+        assert found[0]["namespace"] == TENANT_NS  # the series' own, kept by honor_labels
+        assert found[0]["label_facepipe_io_tenant"] == "acme"
+        assert found[0]["label_app_kubernetes_io_component"] == "detector"
+        prometheus = cluster["monitoring"].prometheus
+        # spec 1, available 0: the ComponentNotReady expression (without its `for`) finds it
+        alert = next(q for q in promcheck.chart_queries() if q.source.endswith("ComponentNotReady"))
+        firing = prometheus.wait_for(lambda: prometheus.query(alert.expr), timeout=60, what=alert.expr)
+        assert {(s["metric"]["tenant"], s["metric"]["component"]) for s in firing} == {("acme", "detector")}
+        replicas = next(q for q in promcheck.chart_queries() if "'Replicas per component'" in q.source)
+        assert promcheck.check(prometheus, replicas).ok
+    finally:
+        kube.delete(DEPLOYMENT, TENANT_NS, "acme-detector")

@@ -7,7 +7,9 @@ polling the API (emulator) every ``sync_interval`` seconds:
 - their targets are discovered from Pods, Services and Endpoints
   (:mod:`facepipe.sim.scrape_targets`) and written as file_sd files;
 - every PrometheusRule becomes a rule file, so alerts evaluate;
-- Prometheus reloads (``/-/reload``) when its configuration or rules change.
+- Prometheus reloads (``/-/reload``) when its configuration or rules change;
+- a kube-state-metrics stand-in (:mod:`facepipe.sim.kube_state_metrics`) is scraped too, for
+  the Deployment series the dashboards and alerts read.
 
 A monitor the simulation cannot honour is left out and reported in :attr:`Monitoring.problems`
 (and the log), never scraped some other way. Start it with :func:`start_monitoring`
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from facepipe.operator.kube import Kind, KubeApi, KubeApiError
+from facepipe.sim.kube_state_metrics import KubeStateMetrics
 from facepipe.sim.kubeutil import (
     ENDPOINTS,
     POD,
@@ -52,13 +55,14 @@ log = logging.getLogger(__name__)
 class MonitoringOptions:
     """``scrape_interval``/``evaluation_interval`` in seconds (None: what the monitors say, and
     Prometheus' 30 s); ``max_alert_for`` caps every alert's ``for`` (tests); ``extra_scrape_configs``
-    are appended verbatim (e.g. a kube-state-metrics job)."""
+    are appended verbatim; ``kube_state_metrics`` runs and scrapes the stand-in."""
 
     scrape_interval: float | None = None
     evaluation_interval: float = 30.0
     sync_interval: float = 1.0
     max_alert_for: float | None = None
     extra_scrape_configs: tuple[Mapping[str, Any], ...] = ()
+    kube_state_metrics: bool = True
 
 
 @dataclass
@@ -97,6 +101,7 @@ class Monitoring:
                 "evaluation_interval": format_duration(self.options.evaluation_interval),
             },
         )
+        self.kube_state_metrics = KubeStateMetrics(kube) if self.options.kube_state_metrics else None
         self.problems: dict[str, str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -108,11 +113,15 @@ class Monitoring:
         """Start Prometheus (from the calling thread) and the controller; Prometheus' URL."""
         if stop is not None:
             self._stop = stop
-        url = self.prometheus.start()
+        if self.kube_state_metrics is not None:
+            self.kube_state_metrics.start()
         try:
+            url = self.prometheus.start()
             self.sync_once()
         except Exception:
             self.prometheus.stop()
+            if self.kube_state_metrics is not None:
+                self.kube_state_metrics.stop()
             raise
         self._thread = threading.Thread(target=self._loop, name="sim-monitoring", daemon=True)
         self._thread.start()
@@ -130,6 +139,8 @@ class Monitoring:
         if self._thread is not None:
             self._thread.join(30)
         self.prometheus.stop()
+        if self.kube_state_metrics is not None:
+            self.kube_state_metrics.stop()
 
     def __enter__(self) -> Monitoring:
         if self._thread is None:
@@ -163,6 +174,8 @@ class Monitoring:
             if stale.name not in wanted:
                 stale.unlink()
         configs = [job.config for job in jobs] + [dict(c) for c in self.options.extra_scrape_configs]
+        if self.kube_state_metrics is not None:
+            configs.append(self.kube_state_metrics.scrape_config())
         changed = self.prometheus.write_config(configs)
         rules = dict(
             rule_file(r, max_for=self.options.max_alert_for) for r in _list(self.kube, PROMETHEUS_RULE)
