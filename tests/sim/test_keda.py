@@ -210,39 +210,43 @@ def drain(client: redis.Redis) -> None:
         client.xack(STREAM, GROUP, *[entry_id for entry_id, _ in entries])
 
 
-def test_scales_from_zero_when_the_lag_exceeds_activation(
-    kube: KubeApi, namespace: str, redis_url: str, backlog: redis.Redis
+@pytest.mark.parametrize(
+    ("entries", "replicas", "spec", "expected", "active"),
+    [
+        (5, 0, {"minReplicaCount": 0}, 1, "True"),  # lag 5 > activationLagCount 0: to 1
+        (5, 0, {"minReplicaCount": 2, "maxReplicaCount": 5}, 2, "True"),  # to max(minReplicaCount, 1)
+        (
+            5,
+            0,
+            {"minReplicaCount": 0, "trigger_extra": {"activationLagCount": "5"}},
+            0,
+            "False",
+        ),  # 5 is not > 5
+        (5, 3, {"minReplicaCount": 0}, 3, "True"),  # active above zero: the HPA's business
+        (0, 0, {"minReplicaCount": 1}, 1, "False"),  # below minReplicaCount: raised even when idle
+        (0, 0, {"minReplicaCount": 0}, 0, "False"),  # idle at zero stays there
+    ],
+)
+def test_activation_table(
+    kube: KubeApi,
+    namespace: str,
+    redis_url: str,
+    redis_client: redis.Redis,
+    entries: int,
+    replicas: int,
+    spec: dict[str, Any],
+    expected: int,
+    active: str,
 ) -> None:
-    scenario = Scenario(kube, namespace, redis_url, 0, minReplicaCount=0, maxReplicaCount=4)
-    assert scenario.sync(0) == 1  # 5 > activationLagCount 0: to max(minReplicaCount, 1)
+    redis_client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+    for i in range(entries):
+        redis_client.xadd(STREAM, {"i": i})
+    scenario = Scenario(kube, namespace, redis_url, replicas, **spec)
+    assert scenario.sync(0) == expected
     status = scenario.status()
-    assert condition_status(status, "Active") == "True"
+    assert condition_status(status, "Active") == active
     assert status["status"]["hpaName"] == "keda-hpa-worker"
-    assert status["status"]["lastActiveTime"]
-
-
-def test_activation_threshold_keeps_it_at_zero(
-    kube: KubeApi, namespace: str, redis_url: str, backlog: redis.Redis
-) -> None:
-    scenario = Scenario(
-        kube, namespace, redis_url, 0, minReplicaCount=0, trigger_extra={"activationLagCount": "5"}
-    )
-    assert scenario.sync(0) == 0  # lag 5 is not > 5
-    assert condition_status(scenario.status(), "Active") == "False"
-
-
-def test_min_replica_count_is_the_activation_target(
-    kube: KubeApi, namespace: str, redis_url: str, backlog: redis.Redis
-) -> None:
-    scenario = Scenario(kube, namespace, redis_url, 0, minReplicaCount=2, maxReplicaCount=5)
-    assert scenario.sync(0) == 2
-
-
-def test_active_above_zero_is_left_to_the_hpa(
-    kube: KubeApi, namespace: str, redis_url: str, backlog: redis.Redis
-) -> None:
-    scenario = Scenario(kube, namespace, redis_url, 3, minReplicaCount=0)
-    assert scenario.sync(0) == 3
+    assert bool(status["status"].get("lastActiveTime")) == (active == "True")
 
 
 def test_scales_to_zero_only_after_the_cooldown(
@@ -270,13 +274,6 @@ def test_polling_interval_is_honoured(
     redis_client.xadd(STREAM, {"i": 1})
     assert scenario.sync(10) == 0  # next poll at 30 s
     assert scenario.sync(31) == 1
-
-
-def test_below_min_is_raised_even_when_inactive(
-    kube: KubeApi, namespace: str, redis_url: str, redis_client: redis.Redis
-) -> None:
-    scenario = Scenario(kube, namespace, redis_url, 0, minReplicaCount=1)
-    assert scenario.sync(0) == 1
 
 
 def test_owned_hpa_mirrors_the_scaled_object(

@@ -89,10 +89,8 @@ class Autoscaling:
             )
         self.keda = KedaController(kube, resolver, self.options.keda)
         self.hpa = HpaController(kube, ExternalMetricsRouter(self.adapter, self.keda), self.options.hpa)
-        self._started = False
 
     def start(self, stop: threading.Event | None = None) -> None:
-        self._started = True
         self.keda.start(stop)
         self.hpa.start(stop)
 
@@ -101,7 +99,7 @@ class Autoscaling:
         self.keda.stop()
 
     def __enter__(self) -> Autoscaling:
-        if not self._started:
+        if not self.hpa.started:
             self.start()
         return self
 

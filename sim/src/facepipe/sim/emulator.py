@@ -134,6 +134,17 @@ def field_selector_matches(selector: str | None, obj: Mapping[str, Any]) -> bool
 
 # --- the emulator ------------------------------------------------------------------------------
 
+# Custom kinds of the add-ons a cluster would have: (group/version, plural, kind, subresources).
+_KEDA_KINDS = (
+    ("keda.sh/v1alpha1", "scaledobjects", "ScaledObject", ("status",)),
+    ("keda.sh/v1alpha1", "triggerauthentications", "TriggerAuthentication", ()),
+)
+_MONITORING_KINDS = (
+    ("monitoring.coreos.com/v1", "servicemonitors", "ServiceMonitor", ()),
+    ("monitoring.coreos.com/v1", "podmonitors", "PodMonitor", ()),
+    ("monitoring.coreos.com/v1", "prometheusrules", "PrometheusRule", ()),
+)
+
 
 @attrs.define(kw_only=True)
 class FacePipeEmulator(kmock.KubernetesEmulator):
@@ -168,31 +179,15 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
             for doc in yaml.safe_load_all(Path(path).read_text()):
                 if doc and doc.get("kind") == "CustomResourceDefinition":
                     self.register_crd(doc)
-        if keda:
-            for plural, kind in (
-                ("scaledobjects", "ScaledObject"),
-                ("triggerauthentications", "TriggerAuthentication"),
-            ):
-                self.resources[f"keda.sh/v1alpha1/{plural}"] = kmock.ResourceInfo(
-                    kind=kind,
-                    singular=kind.lower(),
-                    namespaced=True,
-                    verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
-                    subresources={"status"} if plural == "scaledobjects" else set(),
-                )
-        if monitoring:
-            for plural, kind in (
-                ("servicemonitors", "ServiceMonitor"),
-                ("podmonitors", "PodMonitor"),
-                ("prometheusrules", "PrometheusRule"),
-            ):
-                self.resources[f"monitoring.coreos.com/v1/{plural}"] = kmock.ResourceInfo(
-                    kind=kind,
-                    singular=kind.lower(),
-                    namespaced=True,
-                    verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
-                    subresources=set(),
-                )
+        extra = (_KEDA_KINDS if keda else ()) + (_MONITORING_KINDS if monitoring else ())
+        for api, plural, kind, subresources in extra:
+            self.resources[f"{api}/{plural}"] = kmock.ResourceInfo(
+                kind=kind,
+                singular=kind.lower(),
+                namespaced=True,
+                verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
+                subresources=set(subresources),
+            )
 
     def register_crd(self, crd: Mapping[str, Any]) -> None:
         spec = crd["spec"]

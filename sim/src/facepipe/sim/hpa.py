@@ -17,7 +17,6 @@ metrics server); Resource (cpu) metrics from the pods' processes
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any, Protocol
 from facepipe.operator.kube import Kind, KubeApi, KubeApiError
 from facepipe.sim import hpa_algorithm as algo
 from facepipe.sim import hpa_replicas as calc
+from facepipe.sim.controller import PeriodicController
 from facepipe.sim.kubeutil import (
     EVENT,
     HPA,
@@ -77,36 +77,16 @@ class _Memory:
     cpu: PodCpuMeter = field(default_factory=PodCpuMeter)
 
 
-class HpaController:
+class HpaController(PeriodicController):
+    thread_name = "sim-hpa"
+
     def __init__(self, kube: KubeApi, external: ExternalMetrics, settings: HpaSettings | None = None) -> None:
+        self.settings = settings or HpaSettings()
+        super().__init__(self.settings.sync_period)
         self.kube = kube
         self.external = external
-        self.settings = settings or HpaSettings()
         self.scales = ScaleClient(kube)
         self._memory: dict[str, _Memory] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle --
-
-    def start(self, stop: threading.Event | None = None) -> None:
-        self._stop = stop or self._stop
-        self._thread = threading.Thread(target=self._loop, name="sim-hpa", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            try:
-                self.sync_once()
-            except Exception:
-                log.exception("HPA sync failed; retrying")
-            if self._stop.wait(self.settings.sync_period):
-                return
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
 
     # -- reconcile --
 

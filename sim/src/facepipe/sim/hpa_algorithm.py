@@ -152,40 +152,31 @@ def _change_in_period(events: Sequence[_ScaleEvent], period: int, now: float) ->
     return sum(e.change for e in events if e.time > now - period)
 
 
-def scale_up_limit(current: int, history: ReplicaHistory, rules: ScalingRules, now: float) -> int:
-    """calculateScaleUpLimitWithScalingRules."""
+def _period_start(current: int, history: ReplicaHistory, policy: Policy, now: float) -> int:
+    """The replica count at the start of the policy's period (changes within it undone)."""
+    return (
+        current
+        - _change_in_period(history.up_events, policy.period_seconds, now)
+        + _change_in_period(history.down_events, policy.period_seconds, now)
+    )
+
+
+def policy_limit(current: int, history: ReplicaHistory, rules: ScalingRules, now: float, *, up: bool) -> int:
+    """calculateScaleUpLimitWithScalingRules / calculateScaleDownLimitWithBehaviors: the furthest
+    count the policies allow; ``selectPolicy`` Max picks the largest change, Min the smallest."""
     if rules.select_policy == "Disabled":
         return current
     proposals = []
     for policy in rules.policies:
-        start = (
-            current
-            - _change_in_period(history.up_events, policy.period_seconds, now)
-            + _change_in_period(history.down_events, policy.period_seconds, now)
-        )
+        start = _period_start(current, history, policy, now)
         if policy.kind == "Pods":
-            proposals.append(start + policy.value)
-        else:
+            proposals.append(start + policy.value if up else start - policy.value)
+        elif up:
             proposals.append(math.ceil(start * (1 + policy.value / 100)))
-    return (min if rules.select_policy == "Min" else max)(proposals)
-
-
-def scale_down_limit(current: int, history: ReplicaHistory, rules: ScalingRules, now: float) -> int:
-    """calculateScaleDownLimitWithBehaviors."""
-    if rules.select_policy == "Disabled":
-        return current
-    proposals = []
-    for policy in rules.policies:
-        start = (
-            current
-            - _change_in_period(history.up_events, policy.period_seconds, now)
-            + _change_in_period(history.down_events, policy.period_seconds, now)
-        )
-        if policy.kind == "Pods":
-            proposals.append(start - policy.value)
         else:
             proposals.append(int(start * (1 - policy.value / 100)))
-    return (max if rules.select_policy == "Min" else min)(proposals)
+    largest_change = rules.select_policy != "Min"
+    return (max if largest_change == up else min)(proposals)
 
 
 def normalize(
@@ -247,7 +238,7 @@ def _rate_limited(
 ) -> tuple[int, str, str]:
     """convertDesiredReplicasWithBehaviorRate."""
     if desired > current:
-        limit = max(scale_up_limit(current, history, behavior.scale_up, now), current)
+        limit = max(policy_limit(current, history, behavior.scale_up, now, up=True), current)
         if max_replicas > limit:
             allowed, reason = limit, "ScaleUpLimit"
             message = "the desired replica count is increasing faster than the maximum scale rate"
@@ -257,7 +248,7 @@ def _rate_limited(
         if desired > allowed:
             return allowed, reason, message
     elif desired < current:
-        limit = min(scale_down_limit(current, history, behavior.scale_down, now), current)
+        limit = min(policy_limit(current, history, behavior.scale_down, now, up=False), current)
         if min_replicas < limit:
             allowed, reason = limit, "ScaleDownLimit"
             message = "the desired replica count is decreasing faster than the maximum scale rate"

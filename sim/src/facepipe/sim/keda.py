@@ -23,7 +23,6 @@ reason, and nothing is scaled for it -- never a silent approximation.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import Any
 import redis
 
 from facepipe.operator.kube import KubeApi, KubeApiError
+from facepipe.sim.controller import PeriodicController
 from facepipe.sim.hpa import record_event, write_status
 from facepipe.sim.keda_scalers import (
     CpuTrigger,
@@ -73,39 +73,22 @@ class _State:
     next_poll: float = 0.0
 
 
-class KedaController:
+class KedaController(PeriodicController):
+    thread_name = "sim-keda"
+
     def __init__(
         self, kube: KubeApi, resolver: RedisResolver = identity_resolver, settings: KedaSettings | None = None
     ) -> None:
+        self.settings = settings or KedaSettings()
+        super().__init__(self.settings.loop_interval)
         self.kube = kube
         self.resolver = resolver
-        self.settings = settings or KedaSettings()
         self.scales = ScaleClient(kube)
         self._state: dict[str, _State] = {}
         self._clients: dict[tuple[Any, ...], redis.Redis] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle --
-
-    def start(self, stop: threading.Event | None = None) -> None:
-        self._stop = stop or self._stop
-        self._thread = threading.Thread(target=self._loop, name="sim-keda", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            try:
-                self.sync_once()
-            except Exception:
-                log.exception("KEDA sync failed; retrying")
-            if self._stop.wait(self.settings.loop_interval):
-                return
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
+        super().stop()
         for client in self._clients.values():
             client.close()
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from facepipe.operator.kube import Kind, KubeApi, KubeApiError
+from facepipe.sim.controller import PeriodicController
 from facepipe.sim.kube_state_metrics import KubeStateMetrics
 from facepipe.sim.kubeutil import (
     ENDPOINTS,
@@ -42,9 +43,8 @@ from facepipe.sim.scrape_config import (
     ScrapeJob,
     ScrapeOptions,
     UnsupportedMonitor,
-    pod_monitor_jobs,
+    monitor_jobs,
     rule_file,
-    service_monitor_jobs,
 )
 from facepipe.sim.scrape_targets import derive_endpoints, endpoints_role_targets, pod_role_targets
 
@@ -87,12 +87,15 @@ def _in(namespaces: list[str] | None, obj: Mapping[str, Any]) -> bool:
     return namespaces is None or obj["metadata"].get("namespace") in namespaces
 
 
-class Monitoring:
+class Monitoring(PeriodicController):
+    thread_name = "sim-monitoring"
+
     """Prometheus plus the controller thread that keeps it in line with the API."""
 
     def __init__(self, kube: KubeApi, workdir: Path, options: MonitoringOptions | None = None) -> None:
-        self.kube = kube
         self.options = options or MonitoringOptions()
+        super().__init__(self.options.sync_interval)
+        self.kube = kube
         interval = self.options.scrape_interval
         self.prometheus = PrometheusServer(
             workdir,
@@ -103,16 +106,12 @@ class Monitoring:
         )
         self.kube_state_metrics = KubeStateMetrics(kube) if self.options.kube_state_metrics else None
         self.problems: dict[str, str] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     # -- lifecycle --
 
-    def start(self, stop: threading.Event | None = None) -> str:
-        """Start Prometheus (from the calling thread) and the controller; Prometheus' URL."""
-        if stop is not None:
-            self._stop = stop
+    def start(self, stop: threading.Event | None = None) -> str:  # type: ignore[override]
+        """Start Prometheus (from the calling thread, which it follows) and the controller."""
         if self.kube_state_metrics is not None:
             self.kube_state_metrics.start()
         try:
@@ -123,27 +122,17 @@ class Monitoring:
             if self.kube_state_metrics is not None:
                 self.kube_state_metrics.stop()
             raise
-        self._thread = threading.Thread(target=self._loop, name="sim-monitoring", daemon=True)
-        self._thread.start()
+        super().start(stop)
         return url
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.options.sync_interval):
-            try:
-                self.sync_once()
-            except Exception:  # a controller keeps going, as prometheus-operator does
-                log.exception("monitoring sync failed; retrying")
-
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
+        super().stop()
         self.prometheus.stop()
         if self.kube_state_metrics is not None:
             self.kube_state_metrics.stop()
 
     def __enter__(self) -> Monitoring:
-        if self._thread is None:
+        if not self.started:
             self.start()
         return self
 
@@ -192,11 +181,11 @@ class Monitoring:
         options = ScrapeOptions(interval=self.options.scrape_interval)
         jobs: list[ScrapeJob] = []
         problems: dict[str, str] = {}
-        for kind, build in ((SERVICE_MONITOR, service_monitor_jobs), (POD_MONITOR, pod_monitor_jobs)):
+        for kind in (SERVICE_MONITOR, POD_MONITOR):
             for monitor in _list(self.kube, kind):
                 key = f"{kind.kind}/{monitor['metadata']['namespace']}/{monitor['metadata']['name']}"
                 try:
-                    jobs += build(monitor, self.prometheus.targets_dir, options)
+                    jobs += monitor_jobs({**monitor, "kind": kind.kind}, self.prometheus.targets_dir, options)
                 except (UnsupportedMonitor, KeyError, ValueError) as exc:
                     problems[key] = str(exc)
                     if self.problems.get(key) != str(exc):

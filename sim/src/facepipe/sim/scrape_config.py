@@ -168,112 +168,92 @@ def _base_config(
     return config
 
 
-def service_monitor_jobs(
-    monitor: Mapping[str, Any], targets_dir: Path, options: ScrapeOptions
-) -> list[ScrapeJob]:
-    meta, spec = monitor["metadata"], monitor.get("spec") or {}
-    jobs = []
-    for index, endpoint in enumerate(spec.get("endpoints") or []):
-        job = ScrapeJob(
-            f"serviceMonitor/{meta['namespace']}/{meta['name']}/{index}", "endpoints", namespaces_for(monitor)
-        )
-        config = _base_config(job.name, endpoint, options, targets_dir / f"{job.file_name}.json")
-        rules = [_INIT, *_selector_relabelings(spec.get("selector"), "service")]
-        if endpoint.get("port"):
-            rules.append(
-                {
-                    "action": "keep",
-                    "source_labels": ["__meta_kubernetes_endpoint_port_name"],
-                    "regex": endpoint["port"],
-                }
-            )
-        elif endpoint.get("targetPort") is not None:
-            rules.append(_target_port_rule(endpoint["targetPort"]))
-        kind_name = [
-            "__meta_kubernetes_endpoint_address_target_kind",
-            "__meta_kubernetes_endpoint_address_target_name",
-        ]
-        rules += [
-            {
-                "source_labels": kind_name,
-                "separator": ";",
-                "regex": "Node;(.*)",
-                "replacement": "${1}",
-                "target_label": "node",
-            },
-            {
-                "source_labels": kind_name,
-                "separator": ";",
-                "regex": "Pod;(.*)",
-                "replacement": "${1}",
-                "target_label": "pod",
-            },
-            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-            {"source_labels": ["__meta_kubernetes_service_name"], "target_label": "service"},
-            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-            {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
-        ]
-        if endpoint.get("filterRunning", True):
-            rules.append(_RUNNING_FILTER)
-        rules += _target_label_rules("service", spec.get("targetLabels"))
-        rules += _target_label_rules("pod", spec.get("podTargetLabels"))
+def _keep(label: str, regex: str) -> dict[str, Any]:
+    return {"action": "keep", "source_labels": [label], "regex": regex}
+
+
+def _copy(source: str, target: str) -> dict[str, Any]:
+    return {"source_labels": [source], "target_label": target}
+
+
+def _service_rules(
+    spec: Mapping[str, Any], endpoint: Mapping[str, Any], monitor: Mapping[str, Any]
+) -> list[Any]:
+    """generateServiceMonitorConfig's relabelling up to the job label (role endpoints)."""
+    rules: list[Any] = [_INIT, *_selector_relabelings(spec.get("selector"), "service")]
+    if endpoint.get("port"):
+        rules.append(_keep("__meta_kubernetes_endpoint_port_name", endpoint["port"]))
+    elif endpoint.get("targetPort") is not None:
+        rules.append(_target_port_rule(endpoint["targetPort"]))
+    kind_name = [
+        "__meta_kubernetes_endpoint_address_target_kind",
+        "__meta_kubernetes_endpoint_address_target_name",
+    ]
+    for kind, label in (("Node", "node"), ("Pod", "pod")):
         rules.append(
             {
-                "source_labels": ["__meta_kubernetes_service_name"],
-                "target_label": "job",
+                "source_labels": kind_name,
+                "separator": ";",
+                "regex": f"{kind};(.*)",
                 "replacement": "${1}",
+                "target_label": label,
             }
         )
-        if spec.get("jobLabel"):
-            rules += _job_label_rule("service", spec["jobLabel"])
-        rules += _endpoint_label_rule(endpoint)
-        rules += convert_relabelings(endpoint.get("relabelings"))
-        job.config = {**config, "relabel_configs": rules, **_metric_relabelings(endpoint)}
-        jobs.append(job)
-    return jobs
+    rules += [
+        _copy("__meta_kubernetes_namespace", "namespace"),
+        _copy("__meta_kubernetes_service_name", "service"),
+        _copy("__meta_kubernetes_pod_name", "pod"),
+        _copy("__meta_kubernetes_pod_container_name", "container"),
+    ]
+    if endpoint.get("filterRunning", True):
+        rules.append(_RUNNING_FILTER)
+    rules += _target_label_rules("service", spec.get("targetLabels"))
+    rules += _target_label_rules("pod", spec.get("podTargetLabels"))
+    rules.append({**_copy("__meta_kubernetes_service_name", "job"), "replacement": "${1}"})
+    return rules
 
 
-def pod_monitor_jobs(
-    monitor: Mapping[str, Any], targets_dir: Path, options: ScrapeOptions
-) -> list[ScrapeJob]:
+def _pod_rules(spec: Mapping[str, Any], endpoint: Mapping[str, Any], monitor: Mapping[str, Any]) -> list[Any]:
+    """generatePodMonitorConfig's relabelling up to the job label (role pod)."""
+    rules: list[Any] = [_INIT]
+    if endpoint.get("filterRunning", True):
+        rules.append(_RUNNING_FILTER)
+    rules += _selector_relabelings(spec.get("selector"), "pod")
+    if endpoint.get("port"):
+        rules.append(_keep("__meta_kubernetes_pod_container_port_name", endpoint["port"]))
+    elif endpoint.get("portNumber"):
+        rules.append(_keep("__meta_kubernetes_pod_container_port_number", str(endpoint["portNumber"])))
+    elif endpoint.get("targetPort") is not None:
+        rules.append(_target_port_rule(endpoint["targetPort"]))
+    rules += [
+        _copy("__meta_kubernetes_namespace", "namespace"),
+        _copy("__meta_kubernetes_pod_container_name", "container"),
+        _copy("__meta_kubernetes_pod_name", "pod"),
+    ]
+    rules += _target_label_rules("pod", spec.get("podTargetLabels"))
+    meta = monitor["metadata"]
+    rules.append({"target_label": "job", "replacement": f"{meta['namespace']}/{meta['name']}"})
+    return rules
+
+
+_FLAVOURS: dict[str, tuple[str, Role, str, Any]] = {
+    # kind: (job name prefix, discovery role, field listing the endpoints, relabelling)
+    "ServiceMonitor": ("serviceMonitor", "endpoints", "endpoints", _service_rules),
+    "PodMonitor": ("podMonitor", "pod", "podMetricsEndpoints", _pod_rules),
+}
+
+
+def monitor_jobs(monitor: Mapping[str, Any], targets_dir: Path, options: ScrapeOptions) -> list[ScrapeJob]:
+    """One scrape job per endpoint of a ServiceMonitor or PodMonitor."""
+    prefix, role, field_name, relabelling = _FLAVOURS[monitor["kind"]]
     meta, spec = monitor["metadata"], monitor.get("spec") or {}
     jobs = []
-    for index, endpoint in enumerate(spec.get("podMetricsEndpoints") or []):
-        job = ScrapeJob(
-            f"podMonitor/{meta['namespace']}/{meta['name']}/{index}", "pod", namespaces_for(monitor)
-        )
+    for index, endpoint in enumerate(spec.get(field_name) or []):
+        job = ScrapeJob(f"{prefix}/{meta['namespace']}/{meta['name']}/{index}", role, namespaces_for(monitor))
         config = _base_config(job.name, endpoint, options, targets_dir / f"{job.file_name}.json")
-        rules = [_INIT]
-        if endpoint.get("filterRunning", True):
-            rules.append(_RUNNING_FILTER)
-        rules += _selector_relabelings(spec.get("selector"), "pod")
-        if endpoint.get("port"):
-            rules.append(
-                {
-                    "action": "keep",
-                    "source_labels": ["__meta_kubernetes_pod_container_port_name"],
-                    "regex": endpoint["port"],
-                }
-            )
-        elif endpoint.get("portNumber"):
-            rules.append(
-                {
-                    "action": "keep",
-                    "source_labels": ["__meta_kubernetes_pod_container_port_number"],
-                    "regex": str(endpoint["portNumber"]),
-                }
-            )
-        elif endpoint.get("targetPort") is not None:
-            rules.append(_target_port_rule(endpoint["targetPort"]))
-        rules += [
-            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-            {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
-            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-        ]
-        rules += _target_label_rules("pod", spec.get("podTargetLabels"))
-        rules.append({"target_label": "job", "replacement": f"{meta['namespace']}/{meta['name']}"})
+        rules = relabelling(spec, endpoint, monitor)
         if spec.get("jobLabel"):
-            rules += _job_label_rule("pod", spec["jobLabel"])
+            rules += _job_label_rule("service" if role == "endpoints" else "pod", spec["jobLabel"])
         rules += _endpoint_label_rule(endpoint)
         rules += convert_relabelings(endpoint.get("relabelings"))
         job.config = {**config, "relabel_configs": rules, **_metric_relabelings(endpoint)}
@@ -283,16 +263,8 @@ def pod_monitor_jobs(
 
 def _target_port_rule(target_port: str | int) -> dict[str, Any]:
     if isinstance(target_port, int) or str(target_port).isdigit():
-        return {
-            "action": "keep",
-            "source_labels": ["__meta_kubernetes_pod_container_port_number"],
-            "regex": str(target_port),
-        }
-    return {
-        "action": "keep",
-        "source_labels": ["__meta_kubernetes_pod_container_port_name"],
-        "regex": str(target_port),
-    }
+        return _keep("__meta_kubernetes_pod_container_port_number", str(target_port))
+    return _keep("__meta_kubernetes_pod_container_port_name", str(target_port))
 
 
 def _job_label_rule(source: str, label: str) -> list[dict[str, Any]]:
