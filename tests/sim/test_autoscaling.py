@@ -48,7 +48,8 @@ def monitoring(
     apply_monitoring(kube, operator_chart_objects())
     workdir = tmp_path_factory.mktemp("prometheus")
     kubeconfig = write_kubeconfig(workdir / "kubeconfig", kube_emulator.url)
-    options = MonitoringOptions(scrape_interval=1, evaluation_interval=1, sync_interval=0.5)
+    # alerts' `for` capped at 2 s, so that one can be seen firing
+    options = MonitoringOptions(scrape_interval=1, evaluation_interval=1, sync_interval=0.5, max_alert_for=2)
     with start_monitoring(kubeconfig, workdir / "prom", options) as running:
         yield running
 
@@ -259,3 +260,35 @@ def test_cpu_without_pod_processes_is_unavailable(
         pod.stop()
         kube.delete(HPA, NS, "mute")
         kube.delete(DEPLOYMENT, NS, "mute")
+
+
+def test_the_chart_alert_fires_on_a_real_backlog(
+    monitoring: Monitoring, tenant: Tenant, redis_server: Any
+) -> None:
+    """QueueBacklog (> 1000 waiting for 10 m, capped to 2 s here) fires from the scraped gauges."""
+    client = redis.Redis.from_url(redis_server.url)
+    stream = tenant.streams["embedded"]
+    pipe = client.pipeline()
+    for i in range(1001):
+        pipe.xadd(stream, {"i": i})
+    pipe.execute()
+    prometheus = monitoring.prometheus
+    try:
+
+        def firing() -> list[dict[str, Any]]:
+            alerts = prometheus.alerts()
+            return [
+                a for a in alerts if a["labels"]["alertname"] == "QueueBacklog" and a["state"] == "firing"
+            ]
+
+        [alert] = prometheus.wait_for(firing, timeout=90, what="QueueBacklog to fire")
+        assert {k: alert["labels"][k] for k in ("namespace", "tenant", "stream", "severity")} == {
+            "namespace": NS,
+            "tenant": "acme",
+            "stream": stream,
+            "severity": "warning",
+        }
+        assert float(alert["value"]) == 1001
+    finally:
+        client.delete(stream)
+        client.close()
