@@ -251,3 +251,12 @@ def test_kube_state_metrics_serves_the_deployment_series(cluster: dict[str, Any]
         assert promcheck.check(prometheus, replicas).ok
     finally:
         kube.delete(DEPLOYMENT, TENANT_NS, "acme-detector")
+
+
+def test_promcheck_command_lists_the_empty_queries(
+    cluster: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert promcheck.main([cluster["monitoring"].prometheus.url]) == 1  # the worker panels are empty here
+    out = capsys.readouterr().out
+    assert "'Messages acked per second by stage'" in out
+    assert "queries find their series" in out

@@ -226,3 +226,24 @@ def empty_queries(
 ) -> list[QueryCheck]:
     """The chart's dashboard queries and alert expressions that find no series (or fail)."""
     return [result for result in check_all(prometheus, chart_queries(chart, rate_interval)) if not result.ok]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m facepipe.sim.promcheck http://127.0.0.1:PORT``: list what finds no series."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m facepipe.sim.promcheck", description=main.__doc__)
+    parser.add_argument("prometheus", help="Prometheus base URL")
+    parser.add_argument("--chart", type=Path, default=OPERATOR_CHART, help="the operator chart folder")
+    parser.add_argument("--rate-interval", default="1m", help="$__rate_interval (4 x scrape)")
+    args = parser.parse_args(argv)
+    results = check_all(PrometheusClient(args.prometheus), chart_queries(args.chart, args.rate_interval))
+    failing = [r for r in results if not r.ok]
+    for result in failing:
+        print(result)
+    print(f"{len(results) - len(failing)} of {len(results)} queries find their series")
+    return 1 if failing else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
