@@ -18,7 +18,7 @@ from clusterkit import FakePod, Tenant, apply_monitoring, operator_chart_objects
 from facepipe.operator.kube import DEPLOYMENT, SERVICE, KubeApi
 from facepipe.sim import promcheck
 from facepipe.sim.emulator import EmulatorServer, write_kubeconfig
-from facepipe.sim.kubeutil import POD, SERVICE_MONITOR
+from facepipe.sim.kubeutil import POD, PROMETHEUS_RULE, SERVICE_MONITOR
 from facepipe.sim.monitoring import Monitoring, MonitoringOptions, start_monitoring
 
 TENANT_NS = "tenant-acme"
@@ -167,6 +167,29 @@ def test_a_monitor_it_cannot_honour_is_reported_not_scraped(cluster: dict[str, A
         assert f"serviceMonitor/{TENANT_NS}/tls/0" not in monitoring.sync_once().jobs
     finally:
         kube.delete(SERVICE_MONITOR, TENANT_NS, "tls")
+
+
+def test_an_invalid_rule_is_left_out_and_the_others_load(cluster: dict[str, Any], kube: KubeApi) -> None:
+    broken = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "broken", "namespace": TENANT_NS},
+        "spec": {"groups": [{"name": "broken", "rules": [{"alert": "Broken", "expr": "sum by (a (up)"}]}]},
+    }
+    kube.request("POST", PROMETHEUS_RULE.path(TENANT_NS), body=broken)
+    try:
+        monitoring = cluster["monitoring"]
+        problem = monitoring.prometheus.wait_for(
+            lambda: monitoring.problems.get(f"PrometheusRule/{TENANT_NS}/broken"),
+            timeout=30,
+            what="the problem",
+        )
+        assert "not loaded" in problem and "parse error" in problem
+        monitoring.sync_once()
+        assert [g["name"] for g in monitoring.prometheus.rule_groups()] == ["facepipe.alerts"]
+        assert "Prometheus configuration" not in monitoring.problems
+    finally:
+        kube.delete(PROMETHEUS_RULE, TENANT_NS, "broken")
 
 
 def test_prometheus_stops_with_the_controller(kube_emulator: EmulatorServer, tmp_path: Path) -> None:

@@ -98,8 +98,10 @@ class HpaController(PeriodicController):
             seen.add(key)
             try:
                 self.reconcile(hpa, now)
-            except KubeApiError as exc:
+            except KubeApiError as exc:  # a conflict or a vanished object: the next pass retries
                 log.warning("HPA %s: %s", key, exc)
+            except Exception:  # one malformed HPA must not stop the others
+                log.exception("HPA %s could not be reconciled", key)
         for key in set(self._memory) - seen:  # deleted HPAs: forget their history
             del self._memory[key]
 

@@ -146,8 +146,10 @@ class KedaController(PeriodicController):
                 continue
             try:
                 self.reconcile(scaled_object, self._state.setdefault(key, _State()), now)
-            except KubeApiError as exc:
+            except KubeApiError as exc:  # a conflict or a vanished object: the next pass retries
                 log.warning("ScaledObject %s: %s", key, exc)
+            except Exception:  # one malformed ScaledObject must not stop the others
+                log.exception("ScaledObject %s could not be reconciled", key)
         for key in set(self._state) - seen:
             del self._state[key]
 
@@ -341,11 +343,11 @@ class KedaController(PeriodicController):
             }
             self.kube.request("POST", HPA.path(meta["namespace"]), body=body)
         elif existing.get("spec") != hpa_spec or (existing["metadata"].get("labels") or {}) != labels:
-            self.kube.request(
-                "PUT",
-                HPA.path(meta["namespace"], name),
-                body={**existing, "spec": hpa_spec, "metadata": {**existing["metadata"], "labels": labels}},
-            )
+            # A replace, so that removed fields (a behavior taken out) go; no resourceVersion, so
+            # the HPA controller's status writes in between do not make it conflict.
+            metadata = {k: v for k, v in existing["metadata"].items() if k != "resourceVersion"}
+            body = {**existing, "spec": hpa_spec, "metadata": {**metadata, "labels": labels}}
+            self.kube.request("PUT", HPA.path(meta["namespace"], name), body=body)
         return str(name)
 
     def _write_status(self, scaled_object: Mapping[str, Any], status: dict[str, Any]) -> None:

@@ -38,7 +38,7 @@ from facepipe.sim.kubeutil import (
     SERVICE_MONITOR,
     format_duration,
 )
-from facepipe.sim.prometheus_server import PrometheusServer
+from facepipe.sim.prometheus_server import PrometheusError, PrometheusServer, check_rules
 from facepipe.sim.scrape_config import (
     ScrapeJob,
     ScrapeOptions,
@@ -147,7 +147,8 @@ class Monitoring(PeriodicController):
 
     def _sync(self) -> SyncResult:
         result = SyncResult()
-        jobs = self._jobs()
+        problems: dict[str, str] = {}
+        jobs = self._jobs(problems)
         pods = _list(self.kube, POD)
         services = _list(self.kube, SERVICE)
         endpoints = {
@@ -166,32 +167,47 @@ class Monitoring(PeriodicController):
         if self.kube_state_metrics is not None:
             configs.append(self.kube_state_metrics.scrape_config())
         changed = self.prometheus.write_config(configs)
-        rules = dict(
-            rule_file(r, max_for=self.options.max_alert_for) for r in _list(self.kube, PROMETHEUS_RULE)
-        )
+        rules = self._rules(problems)
         changed |= self.prometheus.write_rule_files(rules)
         result.rule_files = sorted(rules)
         if changed:
-            self.prometheus.reload()
-            result.reloaded = True
-            log.info("prometheus reloaded: %d scrape jobs, %d rule files", len(configs), len(rules))
+            try:
+                self.prometheus.reload()
+                result.reloaded = True
+                log.info("prometheus reloaded: %d scrape jobs, %d rule files", len(configs), len(rules))
+            except PrometheusError as exc:  # Prometheus keeps its previous configuration
+                problems["Prometheus configuration"] = str(exc)
+        for key, problem in problems.items():
+            if self.problems.get(key) != problem:
+                log.error("%s: %s", key, problem)
+        self.problems = problems
         return result
 
-    def _jobs(self) -> list[ScrapeJob]:
+    def _jobs(self, problems: dict[str, str]) -> list[ScrapeJob]:
         options = ScrapeOptions(interval=self.options.scrape_interval)
         jobs: list[ScrapeJob] = []
-        problems: dict[str, str] = {}
         for kind in (SERVICE_MONITOR, POD_MONITOR):
             for monitor in _list(self.kube, kind):
                 key = f"{kind.kind}/{monitor['metadata']['namespace']}/{monitor['metadata']['name']}"
                 try:
                     jobs += monitor_jobs({**monitor, "kind": kind.kind}, self.prometheus.targets_dir, options)
                 except (UnsupportedMonitor, KeyError, ValueError) as exc:
-                    problems[key] = str(exc)
-                    if self.problems.get(key) != str(exc):
-                        log.error("%s is not scraped: %s", key, exc)
-        self.problems = problems
+                    problems[key] = f"not scraped: {exc}"
         return jobs
+
+    def _rules(self, problems: dict[str, str]) -> dict[str, dict[str, Any]]:
+        """Rule files of the valid PrometheusRules; an invalid one is left out, as
+        prometheus-operator does, so that it cannot stop Prometheus from loading the others."""
+        rules = {}
+        for rule in _list(self.kube, PROMETHEUS_RULE):
+            name, content = rule_file(rule, max_for=self.options.max_alert_for)
+            problem = check_rules(content)
+            if problem:
+                meta = rule["metadata"]
+                problems[f"PrometheusRule/{meta['namespace']}/{meta['name']}"] = f"not loaded: {problem}"
+            else:
+                rules[name] = content
+        return rules
 
     @staticmethod
     def _targets(

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import logging
 import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -53,6 +55,27 @@ def write_atomically(path: Path, text: str) -> bool:
     tmp.write_text(text)
     os.replace(tmp, path)
     return True
+
+
+@functools.lru_cache(maxsize=256)
+def _promtool_check(text: str) -> str | None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        raise FileNotFoundError("promtool not found: apt-get install --no-install-recommends prometheus")
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as file:
+        file.write(text)
+        file.flush()
+        done = subprocess.run(
+            [promtool, "check", "rules", file.name], capture_output=True, text=True, timeout=60
+        )
+    if done.returncode == 0:
+        return None
+    return (done.stderr or done.stdout).strip().replace(file.name, "<rules>")
+
+
+def check_rules(content: Mapping[str, Any]) -> str | None:
+    """What ``promtool check rules`` finds wrong with a rule file, None when it is valid."""
+    return _promtool_check(yaml.safe_dump(dict(content), sort_keys=False))
 
 
 class PrometheusClient:
