@@ -292,3 +292,28 @@ def test_the_chart_alert_fires_on_a_real_backlog(
     finally:
         client.delete(stream)
         client.close()
+
+
+def test_with_keda_serving_external_metrics_the_adapter_metric_is_unknown(
+    kube: KubeApi, monitoring: Monitoring, tenant: Tenant
+) -> None:
+    """One external.metrics.k8s.io per cluster: where KEDA serves it, an HPA on the adapter's
+    facepipe_stream_backlog cannot get its metric -- what a mixed hpa/keda install would meet."""
+    deployment = tenant.build("deployment", "indexer")
+    deployment["metadata"]["name"] = "mixed"
+    kube.request("POST", DEPLOYMENT.path(NS), body=deployment)
+    hpa = tenant.build("hpa", "detector")
+    hpa["metadata"]["name"] = "mixed"
+    hpa["spec"]["scaleTargetRef"]["name"] = "mixed"
+    kube.request("POST", HPA.path(NS), body=hpa)
+    try:
+        options = AutoscalingOptions(external_metrics_server="keda")
+        Autoscaling(kube, monitoring.prometheus.url, options=options).hpa.sync_once()
+        found = kube.get(HPA, NS, "mixed")
+        assert found is not None
+        active = next(c for c in found["status"]["conditions"] if c["type"] == "ScalingActive")
+        assert (active["status"], active["reason"]) == ("False", "FailedGetExternalMetric")
+        assert "prometheus-adapter is not serving" in active["message"]
+    finally:
+        kube.delete(HPA, NS, "mixed")
+        kube.delete(DEPLOYMENT, NS, "mixed")

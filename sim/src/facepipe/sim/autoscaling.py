@@ -17,7 +17,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -52,22 +52,31 @@ class ExternalMetricsRouter:
     def external_values(self, namespace: str, metric: str, selector: LabelSelector) -> list[int]:
         if any(term.key == SCALED_OBJECT_LABEL for term in selector.requirements):
             if self.keda is None:
-                raise LookupError("no KEDA metrics server in this simulation")
+                raise LookupError(
+                    f'the external metrics server knows no metric "{metric}" (KEDA is not serving)'
+                )
             return self.keda.external_values(namespace, metric, selector)
         if self.adapter is None:
-            raise LookupError("no prometheus-adapter in this simulation")
+            raise LookupError(
+                f'the external metrics server knows no metric "{metric}" (prometheus-adapter is not serving)'
+            )
         return [value.milli_value for value in self.adapter.external_metric(namespace, metric, selector)]
 
 
 @dataclass(frozen=True)
 class AutoscalingOptions:
     """``adapter_rules``: prometheus-adapter's external rules (default: the operator chart's);
-    ``adapter_relist_interval``: how often the adapter rediscovers series (its default is 10 m)."""
+    ``adapter_relist_interval``: how often the adapter rediscovers series (its default is 10 m);
+    ``external_metrics_server``: who serves external.metrics.k8s.io. A cluster has one
+    APIService for it, so with KEDA installed, prometheus-adapter's external metrics are not
+    served ("keda") and the other way round ("prometheus-adapter"); "both" (the default) routes
+    each request to the one that knows the metric, which no single cluster does."""
 
     hpa: HpaSettings = field(default_factory=HpaSettings)
     keda: KedaSettings = field(default_factory=KedaSettings)
     adapter_rules: list[dict[str, Any]] | None = None
     adapter_relist_interval: float = 10.0
+    external_metrics_server: Literal["both", "keda", "prometheus-adapter"] = "both"
 
 
 class Autoscaling:
@@ -88,7 +97,12 @@ class Autoscaling:
                 PrometheusClient(prometheus_url), rules, relist_interval=self.options.adapter_relist_interval
             )
         self.keda = KedaController(kube, resolver, self.options.keda)
-        self.hpa = HpaController(kube, ExternalMetricsRouter(self.adapter, self.keda), self.options.hpa)
+        server = self.options.external_metrics_server
+        router = ExternalMetricsRouter(
+            self.adapter if server in ("both", "prometheus-adapter") else None,
+            self.keda if server in ("both", "keda") else None,
+        )
+        self.hpa = HpaController(kube, router, self.options.hpa)
 
     def start(self, stop: threading.Event | None = None) -> None:
         self.keda.start(stop)
