@@ -8,6 +8,7 @@ processes on their own 127.x addresses reading a real Redis.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -195,11 +196,19 @@ def test_an_invalid_rule_is_left_out_and_the_others_load(cluster: dict[str, Any]
 def test_prometheus_stops_with_the_controller(kube_emulator: EmulatorServer, tmp_path: Path) -> None:
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", kube_emulator.url)
     before = {p.pid for p in prometheus_processes()}
-    with start_monitoring(kubeconfig, tmp_path / "prom", MonitoringOptions(sync_interval=0.5)) as monitoring:
+    with start_monitoring(kubeconfig, tmp_path / "a", MonitoringOptions(sync_interval=0.5)) as monitoring:
         assert monitoring.prometheus.running()
         started = {p.pid for p in prometheus_processes()} - before
         assert len(started) == 1
     assert not ({p.pid for p in prometheus_processes()} & started)
+    # the cluster simulation's way: one stop event for every controller
+    stop = threading.Event()
+    monitoring = start_monitoring(kubeconfig, tmp_path / "b", MonitoringOptions(sync_interval=0.5), stop)
+    started = {p.pid for p in prometheus_processes()} - before
+    stop.set()
+    monitoring.prometheus.wait_for(
+        lambda: not ({p.pid for p in prometheus_processes()} & started), timeout=60, what="Prometheus to stop"
+    )
 
 
 def test_pods_are_listed_by_discovery_even_without_endpoints_objects(

@@ -8,7 +8,7 @@ server behind it is prometheus-adapter (rules of the operator chart) or KEDA's m
     with start_autoscaling(kubeconfig, prometheus_url, resolver) as autoscaling:
         ...   # HPAs and ScaledObjects in the API now scale their Deployments
 
-or, for a thread of its own, :func:`run_autoscaling` until a stop event is set.
+Both controllers stop when the stop event given to them is set, or on ``stop()``.
 """
 
 from __future__ import annotations
@@ -132,18 +132,3 @@ def start_autoscaling(
     autoscaling = Autoscaling(KubeApi.from_environment(str(kubeconfig)), prometheus_url, resolver, options)
     autoscaling.start(stop)
     return autoscaling
-
-
-def run_autoscaling(
-    kubeconfig: str | Path,
-    stop: threading.Event,
-    prometheus_url: str | None,
-    resolver: RedisResolver = identity_resolver,
-    options: AutoscalingOptions | None = None,
-) -> None:
-    """Run until ``stop`` is set (for a thread of its own)."""
-    autoscaling = start_autoscaling(kubeconfig, prometheus_url, resolver, stop, options)
-    try:
-        stop.wait()
-    finally:
-        autoscaling.stop()

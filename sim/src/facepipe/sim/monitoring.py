@@ -13,8 +13,8 @@ polling the API (emulator) every ``sync_interval`` seconds:
 
 A monitor the simulation cannot honour is left out and reported in :attr:`Monitoring.problems`
 (and the log), never scraped some other way. Start it with :func:`start_monitoring`
-(``with start_monitoring(kubeconfig, workdir) as monitoring: monitoring.prometheus.query(...)``)
-or run it in the foreground with :func:`run_monitoring`.
+(``with start_monitoring(kubeconfig, workdir) as monitoring: monitoring.prometheus.query(...)``);
+setting the stop event given to it, or ``stop()``, ends the controller and Prometheus.
 """
 
 from __future__ import annotations
@@ -125,11 +125,18 @@ class Monitoring(PeriodicController):
         super().start(stop)
         return url
 
-    def stop(self) -> None:
-        super().stop()
+    def _loop(self) -> None:
+        super()._loop()
+        self._shut_down()  # the stop event was set: Prometheus goes with the controller
+
+    def _shut_down(self) -> None:
         self.prometheus.stop()
         if self.kube_state_metrics is not None:
             self.kube_state_metrics.stop()
+
+    def stop(self) -> None:
+        super().stop()
+        self._shut_down()
 
     def __enter__(self) -> Monitoring:
         if not self.started:
@@ -236,18 +243,8 @@ def start_monitoring(
     options: MonitoringOptions | None = None,
     stop: threading.Event | None = None,
 ) -> Monitoring:
-    """Prometheus and its controller, started; ``stop()`` (or the context manager) ends both."""
+    """Prometheus and its controller, started; ``stop`` set, ``stop()`` or the context manager
+    ends both."""
     monitoring = Monitoring(KubeApi.from_environment(str(kubeconfig)), workdir, options)
     monitoring.start(stop)
     return monitoring
-
-
-def run_monitoring(
-    kubeconfig: str | Path, stop: threading.Event, workdir: Path, options: MonitoringOptions | None = None
-) -> None:
-    """Run until ``stop`` is set (for a thread of its own); Prometheus is stopped on the way out."""
-    monitoring = start_monitoring(kubeconfig, workdir, options, stop)
-    try:
-        stop.wait()
-    finally:
-        monitoring.stop()
