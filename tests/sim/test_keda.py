@@ -327,3 +327,22 @@ def test_an_unresolvable_address_is_a_trigger_error(
     conditions = {c["type"]: c for c in scenario.status()["status"]["conditions"]}
     assert conditions["Ready"]["status"] == "False"
     assert "does not resolve from namespace keda" in conditions["Ready"]["message"]
+
+
+def test_cpu_trigger_becomes_a_resource_metric_and_is_always_active(kube: KubeApi, namespace: str) -> None:
+    kube.request("POST", DEPLOYMENT.path(namespace), body=deployment(namespace, "api", 0))
+    cpu = {"type": "cpu", "metricType": "Utilization", "metadata": {"value": "60"}}
+    kube.request(
+        "POST", SCALED_OBJECT.path(namespace), body=scaled_object(namespace, "api", cpu, minReplicaCount=1)
+    )
+    KedaController(kube).sync_once()
+    hpa = kube.get(HPA, namespace, "keda-hpa-api")
+    assert hpa is not None
+    assert hpa["spec"]["metrics"] == [
+        {
+            "type": "Resource",
+            "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}},
+        }
+    ]
+    scaled = kube.get(DEPLOYMENT, namespace, "api")
+    assert scaled is not None and scaled["spec"]["replicas"] == 1
