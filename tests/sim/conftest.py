@@ -17,6 +17,7 @@ from facepipe.operator.kube import KubeApi
 from facepipe.sim.emulator import EmulatorServer, write_kubeconfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))  # for operatorkit
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for clusterkit
 CRD_PATH = Path(__file__).resolve().parents[2] / "crds" / "facepipelines.facepipe.io.yaml"
 
 
