@@ -25,6 +25,11 @@ def _env(primary: str, *aliases: str) -> AliasChoices:
     return AliasChoices(primary, *aliases)
 
 
+# A stream's place in the pipeline: which stage reads it (detector, embedder, indexer).
+StreamRole = Literal["ingest", "detected", "embedded"]
+STREAM_ROLES: tuple[StreamRole, ...] = ("ingest", "detected", "embedded")
+
+
 def default_models_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "facepipe" / "models"
@@ -366,6 +371,12 @@ class Settings(BaseSettings):
     def pipeline_streams(self) -> list[str]:
         """The streams in pipeline order; each has a DLQ at ``<stream>:dlq``."""
         return [self.ingest_stream, self.detected_stream, self.embedded_stream]
+
+    @property
+    def streams_by_role(self) -> dict[StreamRole, str]:
+        """The pipeline streams by role, the one mapping from names to roles: ops-api labels
+        its stream gauges with it, the operator feeds it to autoscalers and the status."""
+        return dict(zip(STREAM_ROLES, self.pipeline_streams, strict=True))
 
     @property
     def qdrant_embedded(self) -> bool:
