@@ -276,7 +276,7 @@ def test_max_hamming_change_rolls_only_the_components_that_read_it() -> None:
     before = _hashes(base)
     after = _hashes(with_changes(base, dedup__maxHamming=12))
     changed = {c for c in COMPONENTS if before[c] != after[c]}
-    assert changed == {"detector", "indexer", "ops-api"}
+    assert changed == {"indexer", "ops-api"}  # the detector does not read dedup settings
     spec_before, spec_after = spec_of(base), spec_of(with_changes(base, dedup__maxHamming=12))
     for component in COMPONENTS:
         template_before = build_deployment(OWNER, spec_before, component)["spec"]["template"]
@@ -284,10 +284,15 @@ def test_max_hamming_change_rolls_only_the_components_that_read_it() -> None:
         assert (template_before != template_after) == (component in changed)
 
 
-def test_model_pack_change_rolls_detector_embedder_ops_api_but_not_the_indexer() -> None:
+def test_model_pack_change_rolls_every_component() -> None:
+    """The indexer checks the pack of every vector and sizes the collection by it: it rolls too."""
     base = minimal_spec("redis://redis:6379/0")
-    before, after = _hashes(base), _hashes(with_changes(base, models__pack="buffalo_sc"))
-    assert {c for c in COMPONENTS if before[c] != after[c]} == {"detector", "embedder", "ops-api"}
+    before, after = _hashes(base), _hashes(with_changes(base, models__pack="opencv_yunet_sface"))
+    assert {c for c in COMPONENTS if before[c] != after[c]} == set(COMPONENTS)
+    spec = spec_of(with_changes(base, models__pack="opencv_yunet_sface"))
+    assert env_of(build_deployment(OWNER, spec, "indexer"))["MODEL_PACK"]["valueFrom"] == {
+        "configMapKeyRef": {"name": "acme-config", "key": "MODEL_PACK"}
+    }
 
 
 def test_one_components_batch_size_rolls_only_that_component() -> None:
