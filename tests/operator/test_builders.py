@@ -154,7 +154,7 @@ def test_config_map_holds_the_runbook_names_with_the_spec_values() -> None:
     )
     data = build_config_map(OWNER, spec_of(raw))["data"]
     assert data["REDIS_URL"] == "redis://redis:6379/0"
-    assert data["REDIS_STREAM_NAME"] == "face-processing-queue"
+    assert data["REDIS_STREAM_NAME"] == "face-processing-queue:{acme}"  # the tenant's own stream
     assert data["REDIS_GROUP_NAME"] == "pipeline"
     assert data["DEDUP_MAX_HAMMING"] == "12"
     assert data["DEDUP_TTL_SECONDS"] == "1800"
@@ -171,7 +171,7 @@ def test_config_map_holds_the_runbook_names_with_the_spec_values() -> None:
         1800,
         False,
     )
-    assert settings.detected_stream == "face-processing-queue:detected"
+    assert settings.detected_stream == "face-processing-queue:{acme}:detected"
 
 
 def test_workers_get_downward_api_consumer_names_metrics_port_and_a_grace_period() -> None:
@@ -335,14 +335,60 @@ def test_cuda_gives_detector_and_embedder_a_gpu_and_keeps_ops_api_on_cpu() -> No
     )
 
 
-def test_models_volume_is_the_claim_when_given() -> None:
+def volumes_of(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {volume["name"]: volume for volume in pod.get("volumes", [])}
+
+
+def test_models_volume_is_the_claim_when_given_and_only_verified() -> None:
     spec = spec_of(example("facepipeline-full.yaml")["spec"])
     pod = build_deployment(OWNER, spec, "detector")["spec"]["template"]["spec"]
-    assert pod["volumes"] == [
-        {"name": "models", "persistentVolumeClaim": {"claimName": "facepipe-models", "readOnly": True}}
+    assert volumes_of(pod)["models"] == {
+        "name": "models",
+        "persistentVolumeClaim": {"claimName": "facepipe-models", "readOnly": True},
+    }
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["models"] == {"name": "models", "mountPath": "/models", "readOnly": True}
+    (init,) = pod["initContainers"]
+    # A read-only (pre-filled) claim: the init container checks, never downloads.
+    assert init["command"] == [
+        "python", "-m", "facepipe.vision.models.fetch", "--pack", "buffalo_l", "--dir", "/models", "--verify"
     ]
-    assert pod["containers"][0]["volumeMounts"][0]["mountPath"] == "/models"
-    assert "volumes" not in build_deployment(OWNER, spec, "indexer")["spec"]["template"]["spec"]
+    assert "models" not in volumes_of(build_deployment(OWNER, spec, "indexer")["spec"]["template"]["spec"])
+
+
+def test_without_a_claim_each_model_pod_fetches_its_pack_into_an_emptydir() -> None:
+    spec = spec_of(with_changes(minimal_spec("redis://redis:6379/0"), models__indexUrl="https://mirror/simple"))
+    for component in COMPONENTS:
+        pod = build_deployment(OWNER, spec, component)["spec"]["template"]["spec"]
+        if component == "indexer":
+            assert "initContainers" not in pod and "models" not in volumes_of(pod)
+            continue
+        assert volumes_of(pod)["models"] == {"name": "models", "emptyDir": {}}
+        (init,) = pod["initContainers"]
+        assert init["image"] == pod["containers"][0]["image"]  # the image that runs the models fetches them
+        assert init["command"] == [
+            "python", "-m", "facepipe.vision.models.fetch", "--pack", "buffalo_sc", "--dir", "/models"
+        ]
+        assert init["env"] == [{"name": "MODELS_INDEX_URL", "value": "https://mirror/simple"}]
+        init_mounts = {m["name"]: m for m in init["volumeMounts"]}
+        assert init_mounts["models"]["readOnly"] is False  # the fetch writes; the component only reads
+        main_mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+        assert main_mounts["models"]["readOnly"] is True
+        env = env_of(build_deployment(OWNER, spec, component))
+        assert env["MODELS_DIR"]["valueFrom"]["configMapKeyRef"]["key"] == "MODELS_DIR"
+    assert build_config_map(OWNER, spec)["data"]["MODELS_DIR"] == "/models"
+
+
+def test_a_pack_the_product_cannot_fetch_needs_a_claim() -> None:
+    from facepipe.operator.spec import SpecError
+
+    with pytest.raises(SpecError, match=r"spec\.models\.pack buffalo_l: .*claimName"):
+        spec_of(with_changes(minimal_spec("redis://redis:6379/0"), models__pack="buffalo_l"))
+    spec_of(
+        with_changes(
+            minimal_spec("redis://redis:6379/0"), models={"pack": "buffalo_l", "volume": {"claimName": "m"}}
+        )
+    )
 
 
 def test_hpa_scales_a_worker_on_its_input_streams_backlog() -> None:
@@ -394,7 +440,7 @@ def test_keda_provider_gives_a_scaled_object_and_no_hpa() -> None:
         {
             "type": "redis-streams",
             "metadata": {
-                "stream": "face-processing-queue:embedded",
+                "stream": "face-processing-queue:{acme}:embedded",
                 "consumerGroup": "pipeline",
                 "lagCount": "25",
                 "address": "cache.svc:6380",

