@@ -161,3 +161,75 @@ def resolve_env(
             raise AssertionError(f"unexpected env source {source}")
     return env
 
+
+
+# --------------------------------------------------------------------------- Pod Security "restricted"
+
+# https://kubernetes.io/docs/concepts/security/pod-security-standards/ (v1.33): the checks of
+# the baseline and restricted profiles, as the PodSecurity admission plugin applies them.
+_RESTRICTED_VOLUME_TYPES = {
+    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"
+}
+_SAFE_SYSCTLS = {
+    "kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+}
+
+
+def restricted_violations(pod: Mapping[str, Any]) -> list[str]:
+    """Why Pod Security "restricted" would refuse this pod spec (empty: admitted)."""
+    problems: list[str] = []
+    pod_sc = pod.get("securityContext") or {}
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(flag):
+            problems.append(f"{flag} is true")
+    for volume in pod.get("volumes") or []:
+        kinds = set(volume) - {"name"}
+        if not kinds <= _RESTRICTED_VOLUME_TYPES:
+            problems.append(f"volume {volume['name']}: type {sorted(kinds)} not allowed")
+    for sysctl in pod_sc.get("sysctls") or []:
+        if sysctl["name"] not in _SAFE_SYSCTLS:
+            problems.append(f"sysctl {sysctl['name']} is not safe")
+    if (pod_sc.get("seLinuxOptions") or {}).get("user") or (pod_sc.get("seLinuxOptions") or {}).get("role"):
+        problems.append("pod seLinuxOptions user/role set")
+    if pod_sc.get("runAsUser") == 0:
+        problems.append("pod runAsUser is 0")
+    if (pod_sc.get("appArmorProfile") or {}).get("type") == "Unconfined":
+        problems.append("pod AppArmor profile Unconfined")
+    pod_seccomp = (pod_sc.get("seccompProfile") or {}).get("type")
+    if pod_seccomp == "Unconfined":
+        problems.append("pod seccomp Unconfined")
+    containers = [*(pod.get("initContainers") or []), *(pod.get("containers") or [])]
+    for container in containers:
+        name = container["name"]
+        sc = container.get("securityContext") or {}
+        if sc.get("privileged"):
+            problems.append(f"{name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: allowPrivilegeEscalation must be false")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            problems.append(f"{name}: capabilities must drop ALL")
+        added = set(caps.get("add") or [])
+        if added - {"NET_BIND_SERVICE"}:  # restricted; baseline would allow _BASELINE_CAPABILITIES
+            problems.append(f"{name}: adds capabilities {sorted(added - {'NET_BIND_SERVICE'})}")
+        if not (sc.get("runAsNonRoot") is True or (pod_sc.get("runAsNonRoot") is True
+                                                   and sc.get("runAsNonRoot") is not False)):
+            problems.append(f"{name}: runAsNonRoot must be true (pod or container)")
+        if sc.get("runAsUser") == 0:
+            problems.append(f"{name}: runAsUser is 0")
+        seccomp = (sc.get("seccompProfile") or {}).get("type") or pod_seccomp
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{name}: seccompProfile must be RuntimeDefault or Localhost (pod or container)")
+        if sc.get("procMount") not in (None, "Default"):
+            problems.append(f"{name}: procMount {sc['procMount']}")
+        if (sc.get("seLinuxOptions") or {}).get("user") or (sc.get("seLinuxOptions") or {}).get("role"):
+            problems.append(f"{name}: seLinuxOptions user/role set")
+        if (sc.get("windowsOptions") or {}).get("hostProcess"):
+            problems.append(f"{name}: hostProcess")
+        for port in container.get("ports") or []:
+            if port.get("hostPort"):
+                problems.append(f"{name}: hostPort {port['hostPort']}")
+    return problems

@@ -28,6 +28,7 @@ from chartkit import (
     validate_builtin,
     values_sets,
 )
+from kubekit import restricted_violations
 
 from facepipe.cli.localservers import free_port
 
@@ -99,6 +100,12 @@ def test_operator_deployment_runs_one_unprivileged_kopf() -> None:
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
+
+
+@pytest.mark.parametrize("values_name", sorted(VALUES))
+def test_operator_pod_passes_pod_security_restricted(values_name: str) -> None:
+    docs = render(OPERATOR_CHART, VALUES[values_name], name="fpo", namespace=NAMESPACE)
+    assert restricted_violations(one(docs, "Deployment")["spec"]["template"]["spec"]) == []
 
 
 def test_more_than_one_replica_is_refused() -> None:
