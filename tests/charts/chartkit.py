@@ -19,6 +19,7 @@ import jsonschema
 import kubernetes_validate
 import promql_parser
 import yaml
+from helm_python import _native
 
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR_CHART = REPO / "charts" / "face-pipeline-operator"
@@ -49,17 +50,80 @@ def _load_chart(chart: Path) -> helm.Chart:
     return helm.Chart.load(str(chart))
 
 
+# What a cluster with prometheus-operator adds to discovery (Helm's .Capabilities.APIVersions).
+MONITORING_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
+MONITORING_APIS = [f"monitoring.coreos.com/v1/{kind}" for kind in MONITORING_KINDS]
+
+
+def render_files(
+    chart: Path,
+    values: dict[str, Any],
+    name: str = "test",
+    namespace: str = "facepipe",
+    api_versions: list[str] | None = None,
+) -> dict[str, str]:
+    """The real Helm engine's output by template path; ``api_versions`` as `helm template --api-versions`.
+
+    helm-python-sdk's Chart.render does not forward API versions; its native call takes them.
+    """
+    options: dict[str, Any] = {"name": name, "namespace": namespace}
+    if api_versions:
+        options["api_versions"] = list(api_versions)
+    payload = _native.call_string(
+        "helm_render", _load_chart(chart)._raw(), json.dumps(values), json.dumps(options)
+    )
+    return dict(json.loads(payload))
+
+
 def render(
-    chart: Path, values: dict[str, Any], name: str = "test", namespace: str = "facepipe"
+    chart: Path,
+    values: dict[str, Any],
+    name: str = "test",
+    namespace: str = "facepipe",
+    api_versions: list[str] | None = None,
 ) -> list[dict]:
     """Render with the real Helm engine; every non-empty YAML document of every template."""
-    rendered = _load_chart(chart).render(values, name=name, namespace=namespace)
+    rendered = render_files(chart, values, name, namespace, api_versions)
     docs: list[dict] = []
     for path, text in sorted(rendered.items()):
         if not path.endswith((".yaml", ".yml")):
             continue
         docs.extend(doc for doc in yaml.safe_load_all(text) if doc)
     return docs
+
+
+def helm_install(
+    chart: Path, values: dict[str, Any], kubeconfig: Path, name: str, namespace: str
+) -> dict[str, Any]:
+    """`helm install` for real (the Go SDK) against an API server; the release as a dict.
+
+    OpenAPI validation is off because the emulator serves no OpenAPI documents (the
+    documents are validated offline with kubernetes-validate in other tests); everything
+    else is Helm's own install: discovery (.Capabilities), CRDs from crds/, REST mapping of
+    every kind ("ensure CRDs are installed first" when one is unknown), creates.
+    """
+    config = helm.Config(kubeconfig_path=str(kubeconfig), namespace=namespace, storage_driver="memory")
+    try:
+        payload = _native.call_string(
+            "helm_install",
+            config._raw(),
+            config._context_arg(None),
+            _load_chart(chart)._raw(),
+            None,
+            name,
+            json.dumps(values),
+            json.dumps(
+                {
+                    "namespace": namespace,
+                    "timeout_seconds": 60,
+                    "disable_openapi_validation": True,
+                    "server_side_apply": False,  # the emulator has no apply patches; Helm 3 did not either
+                }
+            ),
+        )
+    finally:
+        config.close()
+    return dict(json.loads(payload))
 
 
 def lint_problems(chart: Path, values: dict[str, Any]) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from chartkit import OPERATOR_CHART, REPO, TENANT_CHART, crd_errors, render, values_sets
+from chartkit import MONITORING_APIS, OPERATOR_CHART, REPO, TENANT_CHART, crd_errors, render, values_sets
 
 from facepipe.sim.images import instructions, load_recipes
 
@@ -217,8 +217,12 @@ def test_skaffold_tenant_values_render_a_valid_facepipeline(profile: str | None)
         (chosen,) = [p for p in config["profiles"] if p["name"] == profile]
         config = apply_patches(config, chosen.get("patches", []))
     operator_release, tenant_release = config["deploy"]["helm"]["releases"]
-    operator_docs = render(
-        OPERATOR_CHART, skaffold_values(operator_release), name="fpo", namespace="facepipe-system"
+    operator_docs = render(  # a cluster with prometheus-operator
+        OPERATOR_CHART,
+        skaffold_values(operator_release),
+        name="fpo",
+        namespace="facepipe-system",
+        api_versions=MONITORING_APIS,
     )
     (deployment,) = [d for d in operator_docs if d["kind"] == "Deployment"]
     assert (

@@ -58,6 +58,21 @@ app.kubernetes.io/part-of: face-pipeline
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
+{{/*
+Whether to render a prometheus-operator object (ServiceMonitor, PodMonitor, PrometheusRule):
+enabled, and the cluster serves its API (monitoring.coreos.com/v1/<kind>), so `helm install`
+works on a cluster without prometheus-operator (kind, minikube, most fresh clusters).
+`helm template` sees no cluster: pass --api-versions monitoring.coreos.com/v1/ServiceMonitor
+(and PodMonitor, PrometheusRule), or set monitoring.skipCapabilityCheck.
+Call with (dict "root" $ "enabled" <bool> "kind" "ServiceMonitor"); "true" or "".
+*/}}
+{{- define "fpo.monitoringOn" -}}
+{{- $root := .root -}}
+{{- if and .enabled (or $root.Values.monitoring.skipCapabilityCheck ($root.Capabilities.APIVersions.Has (printf "monitoring.coreos.com/v1/%s" .kind))) -}}
+true
+{{- end -}}
+{{- end -}}
+
 {{/* Where the Grafana dashboard ConfigMaps go. */}}
 {{- define "fpo.dashboardNamespace" -}}
 {{- default .Release.Namespace .Values.monitoring.dashboards.namespace -}}
