@@ -137,7 +137,9 @@ def test_rbac_is_least_privilege(values_name: str) -> None:
         if "secrets" in rule["resources"]:
             assert rule["verbs"] == ["get"], "secrets: read one by name, never list or watch"
         if "customresourcedefinitions" in rule["resources"] or "namespaces" in rule["resources"]:
-            assert set(rule["verbs"]) <= {"list", "watch"}
+            assert set(rule["verbs"]) <= {"list", "watch"} or (
+                rule["verbs"] == ["get"] and rule["resourceNames"] == ["facepipelines.facepipe.io"]
+            )
         assert (
             "escalate" not in rule["verbs"]
             and "bind" not in rule["verbs"]
@@ -145,6 +147,10 @@ def test_rbac_is_least_privilege(values_name: str) -> None:
         )
     granted = {(g, r) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]}
     assert ("facepipe.io", "facepipelines/status") in granted
+    # Children carry blockOwnerDeletion: OwnerReferencesPermissionEnforcement (OpenShift) checks this.
+    assert any(
+        rule["resources"] == ["facepipelines/finalizers"] and "update" in rule["verbs"] for rule in rules
+    )
     assert ("apps", "deployments") in granted and ("autoscaling", "horizontalpodautoscalers") in granted
     assert (("keda.sh", "scaledobjects") in granted) == VALUES[values_name].get("rbac", {}).get("keda", True)
     # Bindings point at the chart's own ServiceAccount.
@@ -168,6 +174,26 @@ def test_watching_listed_namespaces_grants_only_there() -> None:
     args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert [a for a in args if a.startswith("--namespace=")] == [f"--namespace={n}" for n in watched]
     assert "--verbose" in args and "--debug" in args
+
+
+def test_secrets_are_never_readable_cluster_wide() -> None:
+    """Cluster-wide: no Secret access at all, unless granted namespace by namespace."""
+    docs = render_in_cluster({})
+    for role in by_kind(docs, "ClusterRole"):
+        assert not [r for r in role["rules"] if "secrets" in r["resources"]], role["metadata"]["name"]
+    granted = render_in_cluster({"rbac": {"secretNamespaces": ["acme", "globex"]}})
+    roles = by_kind(granted, "ClusterRole")
+    secrets_role = next(r for r in roles if r["metadata"]["name"].endswith("-secrets"))
+    assert secrets_role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+    name = secrets_role["metadata"]["name"]
+    bindings = [b for b in by_kind(granted, "RoleBinding") if b["roleRef"]["name"] == name]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["acme", "globex"]
+    assert not [b for b in by_kind(granted, "ClusterRoleBinding") if b["roleRef"]["name"] == name]
+    # Watching listed namespaces: Secrets in those Roles only.
+    namespaced = render_in_cluster({"operator": {"watchNamespaces": ["acme"]}})
+    (role,) = by_kind(namespaced, "Role")
+    assert role["metadata"]["namespace"] == "acme"
+    assert any(r["resources"] == ["secrets"] and r["verbs"] == ["get"] for r in role["rules"])
 
 
 def test_cluster_wide_operator_does_not_list_namespaces() -> None:

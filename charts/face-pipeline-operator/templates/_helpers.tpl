@@ -81,14 +81,22 @@ true
 {{/*
 The RBAC rules of the operator inside a namespace it watches: its own resource and the
 children it creates from each FacePipeline. Verbs are only those Kopf and the handlers use.
+Call with (dict "root" $ "secrets" <bool>): Secrets only in Roles of listed namespaces, never
+in the cluster-wide ClusterRole (see rbac.secretNamespaces).
 */}}
 {{- define "fpo.namespacedRules" -}}
+{{- $root := .root -}}
 - apiGroups: ["facepipe.io"]
   resources: ["facepipelines"]
   verbs: ["get", "list", "watch", "patch", "update"]
 - apiGroups: ["facepipe.io"]
   resources: ["facepipelines/status"]
   verbs: ["get", "patch", "update"]
+# The children's ownerReferences set blockOwnerDeletion: where OwnerReferencesPermissionEnforcement
+# is on (OpenShift), that needs update on the owner's finalizers.
+- apiGroups: ["facepipe.io"]
+  resources: ["facepipelines/finalizers"]
+  verbs: ["update"]
 # Kopf posts an Event per handler outcome.
 - apiGroups: [""]
   resources: ["events"]
@@ -106,17 +114,25 @@ children it creates from each FacePipeline. Verbs are only those Kopf and the ha
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
-{{- if .Values.rbac.keda }}
+# deletionPolicy Purge waits until the tenant's pods are gone before deleting its data.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+{{- if $root.Values.rbac.keda }}
 - apiGroups: ["keda.sh"]
   resources: ["scaledobjects"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
 {{- end }}
-{{- if .Values.rbac.readSecrets }}
-# Secrets named by a FacePipeline (Redis URL, S3 keys, Qdrant key): read one by name, never list.
+{{- if and .secrets $root.Values.rbac.readSecrets }}
+{{ include "fpo.secretRules" $root }}
+{{- end }}
+{{- end -}}
+
+{{/* Secrets named by a FacePipeline (Redis URL, S3 keys, Qdrant key): read one by name, never list. */}}
+{{- define "fpo.secretRules" -}}
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
-{{- end }}
 {{- end -}}
 
 {{/*

@@ -35,7 +35,15 @@ class SecretValueError(Exception):
 
 
 def read_secret_value(api: KubeApi, namespace: str, name: str, key: str) -> str:
-    secret = api.get(SECRET, namespace, name)
+    try:
+        secret = api.get(SECRET, namespace, name)
+    except KubeApiError as exc:
+        if exc.status != 403:
+            raise
+        raise SecretValueError(
+            f"the operator may not read Secret {name!r} in namespace {namespace!r} (forbidden): a "
+            "cluster-wide operator reads Secrets only in the operator chart's rbac.secretNamespaces"
+        ) from None
     if secret is None:
         raise SecretValueError(f"Secret {name!r} not found")
     if key in (secret.get("stringData") or {}):
