@@ -19,6 +19,7 @@ from facepipe.operator.builders import (
     build_deployment,
     config_hash,
     keda_redis_address,
+    stream_names,
 )
 from facepipe.operator.constants import COMPONENTS, WORKERS
 from facepipe.operator.envmap import MANAGED, READERS, primary_env_names, reads
@@ -486,3 +487,25 @@ def test_ops_api_autoscales_on_cpu() -> None:
 def test_builders_are_deterministic() -> None:
     spec = spec_of(example("facepipeline-full.yaml")["spec"])
     assert build_children(OWNER, spec) == build_children(OWNER, spec)
+
+
+def test_custom_stream_names_reach_the_autoscalers_from_the_same_settings_as_the_pods() -> None:
+    raw = with_changes(
+        minimal_spec("redis://redis:6379/0"),
+        settings={"DETECTED_STREAM_NAME": "faces-found", "EMBEDDED_STREAM_NAME": "vectors-made"},
+        components__embedder={"autoscaling": {"enabled": True, "provider": "keda", "minReplicas": 0}},
+        components__indexer={"autoscaling": {"enabled": True, "provider": "keda"}},
+    )
+    spec = spec_of(raw)
+    children = children_by_ref(build_children(OWNER, spec))
+    def trigger_stream(component: str) -> str:
+        return str(children[f"ScaledObject/acme-{component}"]["spec"]["triggers"][0]["metadata"]["stream"])
+
+    assert (trigger_stream("embedder"), trigger_stream("indexer")) == ("faces-found", "vectors-made")
+    # What the pods read is what the autoscalers watch.
+    pods = Settings.model_validate(build_config_map(OWNER, spec)["data"])
+    assert pods.streams_by_role == stream_names(spec) == {
+        "ingest": "face-processing-queue:{acme}",
+        "detected": "faces-found",
+        "embedded": "vectors-made",
+    }

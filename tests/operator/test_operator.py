@@ -205,6 +205,23 @@ def test_status_carries_real_stream_figures_from_redis(
     wait_for(lambda: status(kube, namespace).get("ingestLag") == 6, what="the resync to see the new entry")
 
 
+def test_status_figures_follow_custom_stream_names(
+    kube: KubeApi, namespace: str, redis_url: str, redis_client: redis.Redis
+) -> None:
+    redis_client.xadd("faces-found", {"message": "{}"})
+    redis_client.xadd("faces-found:dlq", {"reason": "invalid_crop"})
+    spec = minimal_spec(redis_url)
+    spec["settings"] = {"DETECTED_STREAM_NAME": "faces-found"}
+    kube.create(facepipeline("acme", namespace, spec))
+
+    def detected() -> dict[str, Any] | None:
+        streams = {s["role"]: s for s in status(kube, namespace).get("streams", [])}
+        return streams.get("detected")
+
+    figures = wait_for(detected, what="the detected stream's figures")
+    assert (figures["name"], figures["length"], figures["dlqLength"]) == ("faces-found", 1, 1)
+
+
 def test_unreachable_redis_is_degraded_not_a_crash(kube: KubeApi, namespace: str) -> None:
     kube.create(facepipeline("acme", namespace, minimal_spec("redis://127.0.0.1:1/0")))
     wait_for_children(kube, namespace)  # the children do not depend on Redis

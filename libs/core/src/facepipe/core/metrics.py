@@ -78,11 +78,19 @@ EMBED_BATCH_SIZE = Histogram(
     "facepipe_embed_batch_size", "Faces per embedding inference call", buckets=BATCH_SIZE_BUCKETS
 )
 WORKER_INFLIGHT = Gauge("facepipe_worker_inflight_messages", "Messages in the handler right now", ["stage"])
-STREAM_LENGTH = Gauge("facepipe_stream_length", "XLEN of a pipeline stream", ["stream"])
-STREAM_LAG = Gauge("facepipe_stream_lag", "Entries not yet delivered to the group", ["stream", "group"])
-STREAM_PENDING = Gauge("facepipe_stream_pending", "Entries delivered but not acked", ["stream", "group"])
-STREAM_CONSUMERS = Gauge("facepipe_stream_consumers", "Consumers known to the group", ["stream", "group"])
-DLQ_LENGTH = Gauge("facepipe_dlq_length", "XLEN of <stream>:dlq", ["stream"])
+# stream_role (ingest, detected, embedded: Settings.streams_by_role) names the stream's place in
+# the pipeline whatever the stream is called; autoscalers and alerts select on it.
+STREAM_LENGTH = Gauge("facepipe_stream_length", "XLEN of a pipeline stream", ["stream", "stream_role"])
+STREAM_LAG = Gauge(
+    "facepipe_stream_lag", "Entries not yet delivered to the group", ["stream", "stream_role", "group"]
+)
+STREAM_PENDING = Gauge(
+    "facepipe_stream_pending", "Entries delivered but not acked", ["stream", "stream_role", "group"]
+)
+STREAM_CONSUMERS = Gauge(
+    "facepipe_stream_consumers", "Consumers known to the group", ["stream", "stream_role", "group"]
+)
+DLQ_LENGTH = Gauge("facepipe_dlq_length", "XLEN of <stream>:dlq", ["stream", "stream_role"])
 READY = Gauge("facepipe_ready", "1 when a readiness check passes, else 0", ["check"])
 DEDUP_KEYS = Gauge("facepipe_dedup_keys", "Keys under dedup:")
 DEDUP_MEMORY_BYTES = Gauge("facepipe_dedup_memory_bytes", "Memory used by the keys under dedup:")

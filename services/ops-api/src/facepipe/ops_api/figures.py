@@ -26,21 +26,23 @@ def dedup_stats(backend: OpsBackend) -> dict[str, Any]:
 
 
 def update_stream_gauges(backend: OpsBackend) -> list[StreamDepth]:
-    depths = pipeline_depths(backend.redis, backend.settings.pipeline_streams)
-    for depth in depths:
-        metrics.STREAM_LENGTH.labels(stream=depth.stream).set(depth.length)
-        metrics.DLQ_LENGTH.labels(stream=depth.stream).set(depth.dlq_length)
+    roles = backend.settings.streams_by_role
+    depths = pipeline_depths(backend.redis, list(roles.values()))
+    for role, depth in zip(roles, depths, strict=True):
+        stream = {"stream": depth.stream, "stream_role": role}
+        metrics.STREAM_LENGTH.labels(**stream).set(depth.length)
+        metrics.DLQ_LENGTH.labels(**stream).set(depth.dlq_length)
         for group in depth.groups:
-            metrics.STREAM_LAG.labels(stream=depth.stream, group=group.name).set(group.lag)
-            metrics.STREAM_PENDING.labels(stream=depth.stream, group=group.name).set(group.pending)
-            metrics.STREAM_CONSUMERS.labels(stream=depth.stream, group=group.name).set(group.consumers)
+            metrics.STREAM_LAG.labels(**stream, group=group.name).set(group.lag)
+            metrics.STREAM_PENDING.labels(**stream, group=group.name).set(group.pending)
+            metrics.STREAM_CONSUMERS.labels(**stream, group=group.name).set(group.consumers)
         if not any(g.name == backend.settings.redis_group_name for g in depth.groups):
             # No consumer group yet: nobody has read anything, so everything is lag. The
             # autoscalers must see that backlog before the first worker ever starts.
             group = backend.settings.redis_group_name
-            metrics.STREAM_LAG.labels(stream=depth.stream, group=group).set(depth.length)
-            metrics.STREAM_PENDING.labels(stream=depth.stream, group=group).set(0)
-            metrics.STREAM_CONSUMERS.labels(stream=depth.stream, group=group).set(0)
+            metrics.STREAM_LAG.labels(**stream, group=group).set(depth.length)
+            metrics.STREAM_PENDING.labels(**stream, group=group).set(0)
+            metrics.STREAM_CONSUMERS.labels(**stream, group=group).set(0)
     return depths
 
 
