@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import threading
 from typing import Any
@@ -12,6 +13,7 @@ import redis
 from operatorkit import facepipeline, minimal_spec, wait_for
 
 from facepipe.core.settings import Settings
+from facepipe.core.tenancy import tenant_stream_name
 from facepipe.operator.handlers import pipeline
 from facepipe.operator.handlers.runtime import RUNTIME
 from facepipe.operator.kube import (
@@ -19,6 +21,7 @@ from facepipe.operator.kube import (
     DEPLOYMENT,
     FACE_PIPELINE,
     HPA,
+    POD,
     SCALED_OBJECT,
     SECRET,
     SERVICE,
@@ -412,6 +415,64 @@ def test_purge_policy_purges_through_the_seam_and_retain_does_not(
         RUNTIME.purger = None
 
 
+def test_purge_stops_the_tenants_pods_before_deleting_its_data(
+    kube: KubeApi, namespace: str, redis_url: str
+) -> None:
+    """Autoscalers deleted, Deployments at zero, every pod gone: only then the data."""
+    seen_at_purge: list[dict[str, Any]] = []
+
+    def replicas(component: str) -> int:
+        return int(kube.get(DEPLOYMENT, namespace, f"acme-{component}")["spec"]["replicas"])  # type: ignore[index]
+
+    def purger(settings: Settings, tenant: str) -> None:
+        seen_at_purge.append(
+            {
+                "replicas": {c: replicas(c) for c in COMPONENTS},
+                "pods": [p["metadata"]["name"] for p in kube.list(POD, namespace)],
+                "scalers": kube.list(HPA, namespace) + kube.list(SCALED_OBJECT, namespace),
+            }
+        )
+
+    RUNTIME.purger = purger
+    try:
+        spec = minimal_spec(redis_url)
+        spec["deletionPolicy"] = "Purge"
+        spec["components"] = {
+            "detector": {"autoscaling": {"enabled": True}},
+            "embedder": {"autoscaling": {"enabled": True, "provider": "keda", "minReplicas": 0}},
+        }
+        kube.create(facepipeline("acme", namespace, spec))
+        deployments = wait_for_children(kube, namespace)
+        wait_for(lambda: kube.get(SCALED_OBJECT, namespace, "acme-embedder"), what="the ScaledObject")
+        # A running embedder pod, as the kubelet would report it (the emulator runs none).
+        pod_labels = template(deployments["embedder"])["metadata"]["labels"]
+        kube.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "acme-embedder-5d9c-x1", "namespace": namespace, "labels": pod_labels},
+                "spec": {"containers": [{"name": "embedder", "image": "embedder:0.1.0"}]},
+                "status": {"phase": "Running"},
+            }
+        )
+        kube.delete(FACE_PIPELINE, namespace, "acme")
+        waiting = wait_for(
+            lambda: "stopping the tenant's pods" in status(kube, namespace).get("message", "")
+            and status(kube, namespace),
+            what="the purge to wait for the pods",
+        )
+        assert "acme-embedder-5d9c-x1" in waiting["message"] and waiting["phase"] == "Terminating"
+        assert seen_at_purge == []  # nothing deleted while a pod runs
+        for component in COMPONENTS:
+            wait_for(lambda c=component: replicas(c) == 0, what=f"{component} scaled to zero")
+        assert kube.list(HPA, namespace) == [] and kube.list(SCALED_OBJECT, namespace) == []
+        kube.delete(POD, namespace, "acme-embedder-5d9c-x1")  # its grace period is over
+        wait_for(lambda: kube.get(FACE_PIPELINE, namespace, "acme") is None, what="the purge and deletion")
+        assert seen_at_purge == [{"replicas": dict.fromkeys(COMPONENTS, 0), "pods": [], "scalers": []}]
+    finally:
+        RUNTIME.purger = None
+
+
 def test_failed_purge_keeps_the_finalizer_and_says_why(kube: KubeApi, namespace: str, redis_url: str) -> None:
     attempts: list[str] = []
     failure_seen = threading.Event()
@@ -527,6 +588,13 @@ def test_purge_deletes_the_tenants_real_data_and_nothing_else(
         store.put_bytes(settings.bucket_crops, f"{tenant}/ab/{'ab' * 32}/face_0.jpg", b"jpeg")
         index.upsert([FacePoint(tenant, "ab" * 32, 0, [0.5, 0.5, 0.5, 0.5])])
         dedup.check_and_remember_batch([(tenant, [("0123456789abcdef", Owner("ab" * 32, 0))])])
+        # Queued work with the tenant's data in it: its own streams and their DLQs.
+        ingest = tenant_stream_name(tenant)
+        redis_client.xadd(ingest, {"message": json.dumps({"tenant_id": tenant, "image_sha256": "ab" * 32})})
+        detected = {"v": 1, "ingest": {"tenant_id": tenant}}
+        redis_client.xadd(f"{ingest}:detected", {"message": json.dumps(detected)})
+        redis_client.xadd(f"{ingest}:embedded:dlq", {"reason": "invalid_embedding", "payload": "{}"})
+        redis_client.xgroup_create(ingest, "pipeline", id="0")
     index.close()  # local mode: one process per path, and the purge opens it next
 
     RUNTIME.purger = lambda resolved, tenant: purge_tenant(resolved.model_copy(update=local_vectors), tenant)
@@ -566,6 +634,12 @@ def test_purge_deletes_the_tenants_real_data_and_nothing_else(
     assert len(list(store.list_keys(settings.bucket_crops, "kept/"))) == 1
     assert redis_client.keys("dedup:t:gone:*") == []
     assert redis_client.keys("dedup:t:kept:*")
+    assert redis_client.keys("face-processing-queue:{gone}*") == []  # streams, DLQs, groups: all gone
+    assert sorted(redis_client.keys("face-processing-queue:{kept}*")) == [
+        "face-processing-queue:{kept}",
+        "face-processing-queue:{kept}:detected",
+        "face-processing-queue:{kept}:embedded:dlq",
+    ]
     index = VectorIndex(settings)
     try:
         assert (index.count("gone"), index.count("kept")) == (0, 1)

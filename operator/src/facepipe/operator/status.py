@@ -67,6 +67,7 @@ class Observation:
     streams_error: str | None = None
     streams_read: bool = False
     terminating: bool = False
+    terminating_message: str | None = None  # what the deletion waits for
 
 
 def _condition(
@@ -184,6 +185,8 @@ def compute_status(obs: Observation, previous: Mapping[str, Any], now: str | Non
     else:
         status["phase"] = "Running"
     status["message"] = degraded_message if degraded else (ready_message if not ready else prog_message)
+    if obs.terminating and obs.terminating_message and not degraded:
+        status["message"] = obs.terminating_message
     return status
 
 

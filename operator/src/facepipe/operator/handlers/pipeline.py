@@ -14,9 +14,9 @@ from facepipe.operator.apply import ApplyResult, apply_children
 from facepipe.operator.builders import PipelineRef, build_children, secret_env, shared_env, stream_names
 from facepipe.operator.constants import COMPONENTS
 from facepipe.operator.handlers import runtime
-from facepipe.operator.handlers.runtime import PURGE_RETRY_SECONDS, RUNTIME
+from facepipe.operator.handlers.runtime import RUNTIME
 from facepipe.operator.kube import FACE_PIPELINE, SECRET, KubeApi, KubeApiError
-from facepipe.operator.purge import PurgeUnavailable, settings_from_env
+from facepipe.operator.purge import settings_from_env
 from facepipe.operator.spec import PipelineSpec, SpecError, parse_spec
 from facepipe.operator.status import (
     ComponentState,
@@ -120,7 +120,7 @@ def reconcile(
         except SpecError as exc:
             logger.warning("FacePipeline %s/%s has an invalid spec: %s", namespace, name, exc)
             obs = Observation(generation=generation, spec_error=str(exc))
-            _write_status(api, namespace, name, obs, previous)
+            write_status(api, namespace, name, obs, previous)
             return obs
         owner = PipelineRef(name, namespace, uid)
         apply_error = None
@@ -156,11 +156,11 @@ def reconcile(
             streams_error=streams_error,
             streams_read=read_streams,
         )
-        _write_status(api, namespace, name, obs, previous)
+        write_status(api, namespace, name, obs, previous)
         return obs
 
 
-def _write_status(
+def write_status(
     api: KubeApi, namespace: str, name: str, obs: Observation, previous: dict[str, Any]
 ) -> None:
     patch = status_patch(compute_status(obs, previous), previous)
@@ -218,35 +218,3 @@ def on_child_event(event: dict[str, Any], body: dict[str, Any], logger: Logger) 
                 logger=logger,
                 expected_uid=ref.get("uid"),
             )
-
-
-def purge_requested(spec: dict[str, Any], **_: Any) -> bool:
-    return (spec or {}).get("deletionPolicy") == "Purge"
-
-
-def on_delete_purge(name: str, namespace: str, uid: str, body: dict[str, Any], logger: Logger) -> None:
-    """deletionPolicy Purge: delete the tenant's data, then let Kopf drop the finalizer."""
-    api = RUNTIME.require_api()
-    previous = body.get("status") or {}
-    generation = int(body["metadata"].get("generation", 1))
-    try:
-        spec = parse_spec(name, body.get("spec"))
-        settings = tenant_settings(api, namespace, spec)
-        purger = RUNTIME.get_purger()
-        logger.info("purging the data of tenant %s", spec.tenantId)
-        purger(settings, spec.tenantId)
-    except (SpecError, SecretValueError, PurgeUnavailable, redis.RedisError, OSError, ValueError) as exc:
-        message = (
-            f"deletionPolicy Purge: the tenant's data could not be purged ({exc}); the finalizer "
-            "stays until it succeeds (or set deletionPolicy: Retain to keep the data)"
-        )
-        _write_status(
-            api,
-            namespace,
-            name,
-            Observation(generation=generation, purge_error=message, terminating=True),
-            previous,
-        )
-        raise kopf.TemporaryError(message, delay=PURGE_RETRY_SECONDS) from exc
-    RUNTIME.forget(uid)
-    logger.info("purged the data of tenant %s", spec.tenantId)

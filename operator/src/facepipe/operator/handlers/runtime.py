@@ -18,6 +18,8 @@ from facepipe.operator.purge import Purger, default_purger
 RESYNC_SECONDS = float(os.environ.get("FACEPIPE_OPERATOR_RESYNC_SECONDS", "30"))
 # How long a failed purge waits before the next try (the finalizer holds the object meanwhile).
 PURGE_RETRY_SECONDS = float(os.environ.get("FACEPIPE_OPERATOR_PURGE_RETRY_SECONDS", "30"))
+# How often a Purge looks again whether the tenant's pods are gone.
+PURGE_POLL_SECONDS = float(os.environ.get("FACEPIPE_OPERATOR_PURGE_POLL_SECONDS", "5"))
 
 
 @dataclass
