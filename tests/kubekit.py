@@ -1,4 +1,4 @@
-"""Reading pod templates the way a kubelet and the services would (shared by tests/operator and tests/charts).
+"""Kubernetes helpers shared by tests/operator and tests/charts.
 
 - :func:`code_reads`: the settings a component's code reads, found by parsing every
   ``facepipe`` module its entry point imports (transitively) for attribute accesses
@@ -7,6 +7,8 @@
 - :func:`resolve_env`: a container's environment as the kubelet builds it (literals with
   ``$(VAR)`` expansion, ConfigMap keys, Secrets stubbed, the downward API), ready for
   ``Settings.model_validate``.
+- :func:`restricted_violations`: Pod Security "restricted", as admission would check a pod.
+- :func:`helm_install`: a real `helm install` (Helm's Go SDK) against an API server.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from __future__ import annotations
 import ast
 import functools
 import importlib.util
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import helm_python as helm
+from helm_python import _native
 from pydantic import AliasChoices
 
 from facepipe.core.settings import Settings
@@ -233,3 +238,41 @@ def restricted_violations(pod: Mapping[str, Any]) -> list[str]:
             if port.get("hostPort"):
                 problems.append(f"{name}: hostPort {port['hostPort']}")
     return problems
+
+
+# --------------------------------------------------------------------------- helm install
+
+
+def helm_install(
+    chart: Path, values: dict[str, Any], kubeconfig: Path, name: str, namespace: str
+) -> dict[str, Any]:
+    """`helm install` for real (the Go SDK) against an API server; the release as a dict.
+
+    OpenAPI validation is off because the emulator serves no OpenAPI documents (the
+    documents are validated offline with kubernetes-validate in other tests); everything
+    else is Helm's own install: discovery (.Capabilities), CRDs from crds/, REST mapping of
+    every kind ("ensure CRDs are installed first" when one is unknown), creates.
+    """
+    chart_handle = helm.Chart.load(str(chart))
+    config = helm.Config(kubeconfig_path=str(kubeconfig), namespace=namespace, storage_driver="memory")
+    try:
+        payload = _native.call_string(
+            "helm_install",
+            config._raw(),
+            config._context_arg(None),
+            chart_handle._raw(),
+            None,
+            name,
+            json.dumps(values),
+            json.dumps(
+                {
+                    "namespace": namespace,
+                    "timeout_seconds": 60,
+                    "disable_openapi_validation": True,
+                    "server_side_apply": False,  # the emulator has no apply patches; Helm 3 did not either
+                }
+            ),
+        )
+    finally:
+        config.close()
+    return dict(json.loads(payload))

@@ -20,6 +20,7 @@ import kubernetes_validate
 import promql_parser
 import yaml
 from helm_python import _native
+from kubekit import helm_install  # noqa: F401  (re-exported for the chart tests)
 
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR_CHART = REPO / "charts" / "face-pipeline-operator"
@@ -90,40 +91,6 @@ def render(
             continue
         docs.extend(doc for doc in yaml.safe_load_all(text) if doc)
     return docs
-
-
-def helm_install(
-    chart: Path, values: dict[str, Any], kubeconfig: Path, name: str, namespace: str
-) -> dict[str, Any]:
-    """`helm install` for real (the Go SDK) against an API server; the release as a dict.
-
-    OpenAPI validation is off because the emulator serves no OpenAPI documents (the
-    documents are validated offline with kubernetes-validate in other tests); everything
-    else is Helm's own install: discovery (.Capabilities), CRDs from crds/, REST mapping of
-    every kind ("ensure CRDs are installed first" when one is unknown), creates.
-    """
-    config = helm.Config(kubeconfig_path=str(kubeconfig), namespace=namespace, storage_driver="memory")
-    try:
-        payload = _native.call_string(
-            "helm_install",
-            config._raw(),
-            config._context_arg(None),
-            _load_chart(chart)._raw(),
-            None,
-            name,
-            json.dumps(values),
-            json.dumps(
-                {
-                    "namespace": namespace,
-                    "timeout_seconds": 60,
-                    "disable_openapi_validation": True,
-                    "server_side_apply": False,  # the emulator has no apply patches; Helm 3 did not either
-                }
-            ),
-        )
-    finally:
-        config.close()
-    return dict(json.loads(payload))
 
 
 def lint_problems(chart: Path, values: dict[str, Any]) -> list[str]:

@@ -59,6 +59,7 @@ class Observation:
 
     generation: int
     spec_error: str | None = None
+    conflict_error: str | None = None  # another FacePipeline has its streams (not applied)
     apply_error: str | None = None
     purge_error: str | None = None
     changed: bool = False
@@ -127,8 +128,11 @@ def compute_status(obs: Observation, previous: Mapping[str, Any], now: str | Non
     rolling = [name for name in COMPONENTS if name in components and not components[name].rolledOut]
 
     degraded_reason, degraded_message = "AsExpected", "no problem found"
+    not_applied = obs.spec_error or obs.conflict_error
     if obs.spec_error:
         degraded_reason, degraded_message = "InvalidSpec", obs.spec_error
+    elif obs.conflict_error:
+        degraded_reason, degraded_message = "StreamConflict", obs.conflict_error
     elif obs.apply_error:
         degraded_reason, degraded_message = "ApplyFailed", obs.apply_error
     elif obs.purge_error:
@@ -137,7 +141,7 @@ def compute_status(obs: Observation, previous: Mapping[str, Any], now: str | Non
         degraded_reason, degraded_message = "RedisUnreachable", streams_error
     degraded = degraded_reason != "AsExpected"
 
-    if obs.spec_error or not components:
+    if not_applied or not components:
         ready, ready_reason, ready_message = (
             False,
             "NotReconciled",
@@ -152,8 +156,9 @@ def compute_status(obs: Observation, previous: Mapping[str, Any], now: str | Non
             "every component has its replicas ready",
         )
 
-    if obs.spec_error:
-        progressing, prog_reason, prog_message = False, "InvalidSpec", "waiting for a valid spec"
+    if not_applied:
+        progressing, prog_reason = False, degraded_reason
+        prog_message = "waiting for a spec that can be applied"
     elif obs.changed:
         progressing, prog_reason, prog_message = True, "ChildrenUpdated", "children created or updated"
     elif rolling or not_ready:

@@ -12,6 +12,7 @@ import redis
 from facepipe.core.settings import Settings
 from facepipe.operator.apply import ApplyResult, apply_children
 from facepipe.operator.builders import PipelineRef, build_children, secret_env, shared_env, stream_names
+from facepipe.operator.claims import list_pipelines, stream_conflict
 from facepipe.operator.constants import COMPONENTS
 from facepipe.operator.handlers import runtime
 from facepipe.operator.handlers.runtime import RUNTIME
@@ -95,6 +96,17 @@ def _read_streams(
     return [figure.as_status() for figure in figures], None
 
 
+def _stream_conflict(api: KubeApi, body: dict[str, Any], spec: PipelineSpec) -> str | None:
+    def url_of(namespace: str, other: PipelineSpec) -> str | None:
+        try:
+            return redis_url(api, namespace, other)
+        except SecretValueError:
+            return None  # cannot tell which Redis: not compared
+
+    others = list_pipelines(api, RUNTIME.visible_namespaces(body["metadata"]["namespace"]))
+    return stream_conflict(body, spec, others, url_of)
+
+
 def reconcile(
     api: KubeApi,
     namespace: str,
@@ -120,6 +132,12 @@ def reconcile(
         except SpecError as exc:
             logger.warning("FacePipeline %s/%s has an invalid spec: %s", namespace, name, exc)
             obs = Observation(generation=generation, spec_error=str(exc))
+            write_status(api, namespace, name, obs, previous)
+            return obs
+        conflict = _stream_conflict(api, body, spec)
+        if conflict:
+            logger.warning("FacePipeline %s/%s not applied: %s", namespace, name, conflict)
+            obs = Observation(generation=generation, conflict_error=conflict)
             write_status(api, namespace, name, obs, previous)
             return obs
         owner = PipelineRef(name, namespace, uid)

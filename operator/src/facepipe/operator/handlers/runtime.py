@@ -30,6 +30,9 @@ class Runtime:
     locks_guard: threading.Lock = field(default_factory=threading.Lock)
     # FacePipelines this operator serves (uid → namespace, name), for the periodic resync.
     pipelines: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # The operator's --namespace options (empty: every namespace), for listing FacePipelines
+    # where a cluster-wide list is not allowed.
+    watch_namespaces: tuple[str, ...] = ()
     resync_thread: threading.Thread | None = None
     stopping: threading.Event = field(default_factory=threading.Event)
 
@@ -50,6 +53,12 @@ class Runtime:
     def tracked(self) -> list[tuple[str, str, str]]:
         with self.locks_guard:
             return [(uid, namespace, name) for uid, (namespace, name) in self.pipelines.items()]
+
+    def visible_namespaces(self, current: str) -> set[str]:
+        """Namespaces to list FacePipelines in when a cluster-wide list is forbidden."""
+        plain = {ns for ns in self.watch_namespaces if not any(c in ns for c in "*?[!")}
+        with self.locks_guard:
+            return {current, *plain, *(namespace for namespace, _ in self.pipelines.values())}
 
     def forget(self, uid: str) -> None:
         with self.locks_guard:

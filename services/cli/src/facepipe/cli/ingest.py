@@ -24,7 +24,7 @@ from facepipe.core.errors import PermanentError
 from facepipe.core.messages import IngestMessage, parse_message
 from facepipe.core.settings import Settings, dlq_stream
 from facepipe.core.stats import Stats
-from facepipe.core.tenancy import validate_tenant_id
+from facepipe.core.tenancy import tenant_stream_name, validate_tenant_id
 from facepipe.ops_api.depth import pipeline_depths, work_outstanding
 from facepipe.store.storage import ObjectStore, image_prefix
 from facepipe.vision.imaging import ImageLimits, decode_image, phash64
@@ -78,6 +78,15 @@ class IngestResult:
     tenant_id: str
     published: list[Published] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+
+
+def with_ingest_stream(
+    settings: Settings, tenant_id: str, stream: str | None = None, tenant_stream: bool = False
+) -> Settings:
+    """Settings publishing to ``stream``, or to the tenant's own stream (facepipe.core.tenancy)."""
+    if tenant_stream:
+        stream = tenant_stream_name(tenant_id)
+    return settings.model_copy(update={"redis_stream_name": stream}) if stream else settings
 
 
 def build_message(settings: Settings, tenant_id: str, site: str, path: Path, data: bytes) -> tuple[str, dict]:

@@ -36,6 +36,13 @@ def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("ingest", help="upload images (files or folders) and publish them to the pipeline")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     p.add_argument("--tenant", required=True, help="tenant id the images belong to")
+    streams = p.add_mutually_exclusive_group()
+    streams.add_argument("--stream", help="ingest stream to publish to (default: REDIS_STREAM_NAME)")
+    streams.add_argument(
+        "--tenant-stream",
+        action="store_true",
+        help="publish to the tenant's own stream, face-processing-queue:{TENANT}, as the operator names it",
+    )
     p.add_argument("--site", default="local", help="the images' source site (default: local)")
     p.add_argument("--wait", action="store_true", help="wait until every image is processed, then summarize")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits at most (default 600)")
@@ -49,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     files = _find_files(args.paths)
     target = resolve(args.api)
-    settings = target.settings
+    settings = ing.with_ingest_stream(target.settings, args.tenant, args.stream, args.tenant_stream)
     client = pipeline_redis(target)
     quiet = args.json
     if not quiet:
