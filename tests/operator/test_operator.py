@@ -225,6 +225,30 @@ def test_status_figures_follow_custom_stream_names(
     assert (figures["name"], figures["length"], figures["dlqLength"]) == ("faces-found", 1, 1)
 
 
+def test_consumers_of_gone_pods_leave_the_groups_and_no_entry_is_dropped(
+    kube: KubeApi, namespace: str, redis_url: str, redis_client: redis.Redis
+) -> None:
+    stream = tenant_stream_name("acme")
+    for n in range(2):
+        redis_client.xadd(stream, {"message": json.dumps({"n": n})})
+    redis_client.xgroup_create(stream, "pipeline", id="0")
+    # A pod that finished its work and went away, and one that died holding an entry.
+    ((_, [(done_id, _)]),) = redis_client.xreadgroup("pipeline", "gone-pod", {stream: ">"}, count=1)
+    redis_client.xack(stream, "pipeline", done_id)
+    redis_client.xreadgroup("pipeline", "crashed-pod", {stream: ">"}, count=1)
+    spec = minimal_spec(redis_url)
+    spec["redis"]["staleConsumerSeconds"] = 1
+    kube.create(facepipeline("acme", namespace, spec))
+
+    def consumers() -> set[str]:
+        return {c["name"] for c in redis_client.xinfo_consumers(stream, "pipeline")}
+
+    wait_for(lambda: "gone-pod" not in consumers(), what="the idle consumer to be removed")
+    # Its pending entry keeps the crashed pod's consumer until XAUTOCLAIM moves the entry on.
+    assert consumers() == {"crashed-pod"}
+    assert redis_client.xpending(stream, "pipeline")["pending"] == 1
+
+
 def test_unreachable_redis_is_degraded_not_a_crash(kube: KubeApi, namespace: str) -> None:
     kube.create(facepipeline("acme", namespace, minimal_spec("redis://127.0.0.1:1/0")))
     wait_for_children(kube, namespace)  # the children do not depend on Redis

@@ -318,6 +318,9 @@ CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
 TMP_MOUNT: dict[str, Any] = {"name": "tmp", "mountPath": "/tmp"}
 TMP_VOLUME: dict[str, Any] = {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}
 FETCH_MODULE = "facepipe.vision.models.fetch"
+# The worker's health endpoints on METRICS_PORT (facepipe.core.metrics.start_metrics_server).
+WORKER_HEALTH_PATH = "/healthz"
+WORKER_READY_PATH = "/readyz"
 
 
 def _models_mount(spec: PipelineSpec, *, read_only: bool) -> dict[str, Any]:
@@ -363,18 +366,33 @@ def models_init_container(spec: PipelineSpec, component: Component) -> dict[str,
     return container
 
 
+def _http_probe(path: str, port: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": port},
+        "periodSeconds": period,
+        "timeoutSeconds": 5,
+        "failureThreshold": failures,
+    }
+
+
 def _ports_and_probes(spec: PipelineSpec, component: Component) -> dict[str, Any]:
     if component == "ops-api":
         return {
             "ports": [{"name": "http", "containerPort": spec.components.opsApi.port, "protocol": "TCP"}],
-            "readinessProbe": {
-                "httpGet": {"path": "/ready", "port": "http"},
-                "periodSeconds": 10,
-                "timeoutSeconds": 5,
-                "failureThreshold": 3,
-            },
+            "readinessProbe": _http_probe("/ready", "http", period=10, failures=3),
+            # "/" answers from the event loop alone: liveness must not depend on Redis or S3.
+            "livenessProbe": _http_probe("/", "http", period=20, failures=3),
         }
-    return {"ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]}
+    # Workers answer on their metrics port (facepipe.core.metrics): /readyz once the models
+    # are loaded and the loop runs, /healthz while the loop keeps coming round (a stalled
+    # worker, WORKER_STALL_SECONDS without a pass, is restarted). Model loading may take
+    # minutes: the startup probe allows 10 before liveness applies.
+    return {
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        "startupProbe": _http_probe(WORKER_READY_PATH, "metrics", period=5, failures=120),
+        "readinessProbe": _http_probe(WORKER_READY_PATH, "metrics", period=10, failures=3),
+        "livenessProbe": _http_probe(WORKER_HEALTH_PATH, "metrics", period=30, failures=3),
+    }
 
 
 def build_deployment(owner: PipelineRef, spec: PipelineSpec, component: Component) -> Manifest:

@@ -14,6 +14,7 @@ from facepipe.operator.apply import ApplyResult, apply_children
 from facepipe.operator.builders import PipelineRef, build_children, secret_env, shared_env, stream_names
 from facepipe.operator.claims import list_pipelines, stream_conflict
 from facepipe.operator.constants import COMPONENTS
+from facepipe.operator.consumers import prune_at
 from facepipe.operator.handlers import runtime
 from facepipe.operator.handlers.runtime import RUNTIME
 from facepipe.operator.kube import FACE_PIPELINE, SECRET, KubeApi, KubeApiError
@@ -84,10 +85,15 @@ def _components(spec: PipelineSpec, result: ApplyResult, owner: PipelineRef) -> 
 
 
 def _read_streams(
-    api: KubeApi, namespace: str, spec: PipelineSpec
+    api: KubeApi, namespace: str, spec: PipelineSpec, logger: Logger
 ) -> tuple[list[dict[str, Any]], str | None]:
+    """The stream figures for the status; first the consumers of gone pods leave the groups."""
     try:
         url = redis_url(api, namespace, spec)
+        if spec.redis.staleConsumerSeconds:
+            group, idle = spec.redis.groupName, spec.redis.staleConsumerSeconds
+            for stream, names in prune_at(url, stream_names(spec).values(), group, idle).items():
+                logger.info("removed %d idle consumers from %s: %s", len(names), stream, ", ".join(names))
         figures = read_stream_figures(url, stream_names(spec), spec.redis.groupName)
     except SecretValueError as exc:
         return [], f"cannot read the Redis URL: {exc}"
@@ -164,7 +170,7 @@ def reconcile(
         streams: list[dict[str, Any]] | None = None
         streams_error = None
         if read_streams:
-            streams, streams_error = _read_streams(api, namespace, spec)
+            streams, streams_error = _read_streams(api, namespace, spec, logger)
         obs = Observation(
             generation=generation,
             apply_error=apply_error,
