@@ -558,6 +558,40 @@ def test_keda_not_installed_is_reported(tmp_path: Any, redis_url: str) -> None:
             api.close()
 
 
+def test_an_outdated_crd_is_reported_on_every_pipeline(tmp_path: Any, redis_url: str) -> None:
+    """`helm upgrade` left the old CRD in place: the pipeline still runs; Degraded says so and how to fix."""
+    import yaml
+    from operatorkit import CRD_PATH
+
+    from facepipe.operator.crd_check import CrdCheck
+
+    old = yaml.safe_load(CRD_PATH.read_text())
+    old["metadata"]["annotations"]["facepipe.io/schema-hash"] = "0123456789abcdef"  # an older release's
+    old_file = tmp_path / "old-crd.yaml"
+    old_file.write_text(yaml.safe_dump(old))
+    previous_check = RUNTIME.crd_check
+    RUNTIME.crd_check = CrdCheck(ttl_s=0)
+    try:
+        with EmulatorServer([old_file], keda=False) as cluster:
+            api = KubeApi.from_environment(str(write_kubeconfig(tmp_path / "kubeconfig", cluster.url)))
+            try:
+                api.create(facepipeline("acme", "ns", minimal_spec(redis_url)))
+                observation = pipeline.reconcile(api, "ns", "acme", read_streams=False, logger=LOGGER)
+                assert observation is not None and observation.crd_error
+                assert api.get(DEPLOYMENT, "ns", "acme-detector") is not None  # still applied
+                degraded = next(
+                    c
+                    for c in api.get(FACE_PIPELINE, "ns", "acme")["status"]["conditions"]  # type: ignore[index]
+                    if c["type"] == "Degraded"
+                )
+                assert (degraded["status"], degraded["reason"]) == ("True", "CRDOutdated")
+                assert "0123456789abcdef" in degraded["message"] and "helm show crds" in degraded["message"]
+            finally:
+                api.close()
+    finally:
+        RUNTIME.crd_check = previous_check
+
+
 def test_secret_sourced_redis_url_is_read_for_the_status(
     kube: KubeApi, namespace: str, redis_url: str
 ) -> None:

@@ -62,6 +62,7 @@ class Observation:
     conflict_error: str | None = None  # another FacePipeline has its streams (not applied)
     apply_error: str | None = None
     purge_error: str | None = None
+    crd_error: str | None = None  # the installed CRD is not the one the operator expects
     changed: bool = False
     components: Mapping[str, ComponentState] | None = None
     streams: Sequence[Mapping[str, Any]] | None = None  # None: not read this pass (keep the previous)
@@ -137,6 +138,8 @@ def compute_status(obs: Observation, previous: Mapping[str, Any], now: str | Non
         degraded_reason, degraded_message = "ApplyFailed", obs.apply_error
     elif obs.purge_error:
         degraded_reason, degraded_message = "PurgeFailed", obs.purge_error
+    elif obs.crd_error:
+        degraded_reason, degraded_message = "CRDOutdated", obs.crd_error
     elif streams_error:
         degraded_reason, degraded_message = "RedisUnreachable", streams_error
     degraded = degraded_reason != "AsExpected"

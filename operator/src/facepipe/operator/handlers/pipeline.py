@@ -174,6 +174,7 @@ def reconcile(
         obs = Observation(
             generation=generation,
             apply_error=apply_error,
+            crd_error=RUNTIME.crd_check.problem(api),
             changed=result.changed,
             components=_components(spec, result, owner),
             streams=streams,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import kopf
 
 from facepipe.operator.constants import FINALIZER, GROUP
+from facepipe.operator.crd_check import CrdCheck
 from facepipe.operator.kube import KubeApi
 from facepipe.operator.purge import Purger, default_purger
 
@@ -35,6 +36,7 @@ class Runtime:
     watch_namespaces: tuple[str, ...] = ()
     resync_thread: threading.Thread | None = None
     stopping: threading.Event = field(default_factory=threading.Event)
+    crd_check: CrdCheck = field(default_factory=lambda: CrdCheck(RESYNC_SECONDS))
 
     def require_api(self) -> KubeApi:
         if self.api is None:
