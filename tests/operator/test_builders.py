@@ -509,3 +509,19 @@ def test_custom_stream_names_reach_the_autoscalers_from_the_same_settings_as_the
         "detected": "faces-found",
         "embedded": "vectors-made",
     }
+
+
+def test_workers_are_probed_on_their_metrics_port_and_ops_api_on_its_own() -> None:
+    from facepipe.core.metrics import HEALTH_PATH, READY_PATH
+
+    spec = spec_of(minimal_spec("redis://redis:6379/0"))
+    for component in WORKERS:
+        container = build_deployment(OWNER, spec, component)["spec"]["template"]["spec"]["containers"][0]
+        assert container["startupProbe"]["httpGet"] == {"path": READY_PATH, "port": "metrics"}
+        assert container["readinessProbe"]["httpGet"] == {"path": READY_PATH, "port": "metrics"}
+        assert container["livenessProbe"]["httpGet"] == {"path": HEALTH_PATH, "port": "metrics"}
+        # Model loading may take minutes: liveness only applies once the startup probe passed.
+        startup = container["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
+    ops = build_deployment(OWNER, spec, "ops-api")["spec"]["template"]["spec"]["containers"][0]
+    assert ops["livenessProbe"]["httpGet"] == {"path": "/", "port": "http"}

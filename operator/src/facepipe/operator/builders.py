@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+from facepipe.core import metrics
 from facepipe.core.settings import Settings
 from facepipe.operator.constants import (
     ANNOTATION_CONFIG_HASH,
@@ -319,8 +320,8 @@ TMP_MOUNT: dict[str, Any] = {"name": "tmp", "mountPath": "/tmp"}
 TMP_VOLUME: dict[str, Any] = {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}
 FETCH_MODULE = "facepipe.vision.models.fetch"
 # The worker's health endpoints on METRICS_PORT (facepipe.core.metrics.start_metrics_server).
-WORKER_HEALTH_PATH = "/healthz"
-WORKER_READY_PATH = "/readyz"
+WORKER_HEALTH_PATH = metrics.HEALTH_PATH
+WORKER_READY_PATH = metrics.READY_PATH
 
 
 def _models_mount(spec: PipelineSpec, *, read_only: bool) -> dict[str, Any]:

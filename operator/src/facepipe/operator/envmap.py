@@ -58,6 +58,7 @@ _GROUPS: Final[list[tuple[frozenset[Component], tuple[str, ...]]]] = [
             "WORKER_BATCH_SIZE",
             "MAX_WORKER_CONCURRENCY",
             "METRICS_PORT",
+            "WORKER_STALL_SECONDS",
         ),
     ),
     # Dedup: the indexer commits, ops-api reports, checks and flushes.
@@ -119,6 +120,7 @@ PER_COMPONENT: Final[frozenset[str]] = frozenset(
         "WORKER_BATCH_SIZE",
         "MAX_WORKER_CONCURRENCY",
         "METRICS_PORT",
+        "WORKER_STALL_SECONDS",
         "INFERENCE_DEVICE",
         "ORT_INTRA_OP_THREADS",
     }

@@ -156,7 +156,14 @@ class Settings(BaseSettings):
         ge=0,
         le=65535,
         validation_alias=_env("METRICS_PORT"),
-        description="port of the worker's Prometheus /metrics; 0: off",
+        description="port of the worker's Prometheus /metrics (and /healthz, /readyz); 0: off",
+    )
+    worker_stall_seconds: float = Field(
+        300.0,
+        gt=0,
+        le=86_400,
+        validation_alias=_env("WORKER_STALL_SECONDS"),
+        description="a worker loop that has not come round for this long answers 503 on /healthz (restart)",
     )
 
     # --- Object storage (Phase 3: MinIO API) ---

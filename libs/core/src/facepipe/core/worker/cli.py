@@ -52,7 +52,7 @@ def run_worker_cli(
         log.info(DISABLED_LINE)
         return 0
     try:
-        metrics.start_metrics_server(settings.metrics_port)
+        metrics.start_metrics_server(settings.metrics_port, stall_seconds=settings.worker_stall_seconds)
     except RuntimeError as exc:
         log.error("%s", exc)
         return 2

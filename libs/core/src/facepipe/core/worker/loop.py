@@ -119,6 +119,7 @@ class Worker:
             self.log.info("Batch size: %d", self.batch_size)
             metrics.WORKER_INFLIGHT.labels(stage=self.stage).set(0)
             self.log.info("Worker started, waiting for messages...")
+            metrics.mark_ready()
             while not self._stop.is_set():
                 if self._iteration() and self.once:
                     break
@@ -169,6 +170,7 @@ class Worker:
     # ------------------------------------------------------------------ loop
     def _iteration(self) -> bool:
         """Reclaim or read one batch and handle it; False when Redis failed before a batch was read."""
+        metrics.heartbeat()
         try:
             entries = self._reader.reclaim()
             if not entries and not self._stop.is_set():
@@ -285,6 +287,7 @@ class Worker:
         remaining = self._backoff.delay(attempt)
         step = self.settings.claim_idle_ms / 2000.0
         while True:
+            metrics.heartbeat()  # waiting out a backoff is not a stall
             self._reader.hold([message.id for message in messages])
             if remaining <= 0:
                 return True
