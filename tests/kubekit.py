@@ -27,6 +27,7 @@ from helm_python import _native
 from pydantic import AliasChoices
 
 from facepipe.core.settings import Settings
+from facepipe.operator.envmap import DETECTION_AND_QUALITY
 
 ENTRY_MODULES = {
     "detector": "facepipe.detector.__main__",
@@ -112,21 +113,7 @@ def code_reads(component: str) -> frozenset[str]:
 # Reads the import scan sees that the component never makes: the embedder imports
 # facepipe.vision.imaging for decode_jpeg and facepipe.vision.models for create_embedder,
 # whose modules also hold the whole-image limits, the quality gates and create_detector.
-SCAN_OVERREACH: dict[str, frozenset[str]] = {
-    "embedder": frozenset(
-        {
-            "DET_SIZE",
-            "DET_THRESHOLD",
-            "MIN_FACE_SIZE",
-            "MIN_DET_SCORE",
-            "MIN_BLUR_VARIANCE",
-            "MAX_POSE_RATIO",
-            "MAX_IMAGE_BYTES",
-            "MAX_IMAGE_PIXELS",
-            "MAX_IMAGE_SIDE",
-        }
-    ),
-}
+SCAN_OVERREACH: dict[str, frozenset[str]] = {"embedder": frozenset(DETECTION_AND_QUALITY)}
 
 
 def component_reads(component: str) -> frozenset[str]:

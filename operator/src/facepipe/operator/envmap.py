@@ -31,6 +31,32 @@ _WORKERS: Final[frozenset[Component]] = frozenset(WORKERS)
 _MODEL_RUNNERS: Final[frozenset[Component]] = frozenset({"detector", "embedder", "ops-api"})
 _IMAGE_DECODERS: Final[frozenset[Component]] = frozenset({"detector", "ops-api"})
 
+# Per pod by nature: how much work one pod takes on, its consumer name, its retry pacing.
+WORKER_LOOP: Final = (
+    "REDIS_CONSUMER_NAME",
+    "ENABLE_QUEUE_WORKER",
+    "READ_BLOCK_MS",
+    "CLAIM_IDLE_MS",
+    "MAX_DELIVERIES",
+    "RETRY_BACKOFF_INITIAL_S",
+    "RETRY_BACKOFF_MAX_S",
+    "WORKER_BATCH_SIZE",
+    "MAX_WORKER_CONCURRENCY",
+    "METRICS_PORT",
+    "WORKER_STALL_SECONDS",
+)
+DETECTION_AND_QUALITY: Final = (
+    "DET_SIZE",
+    "DET_THRESHOLD",
+    "MIN_FACE_SIZE",
+    "MIN_DET_SCORE",
+    "MIN_BLUR_VARIANCE",
+    "MAX_POSE_RATIO",
+    "MAX_IMAGE_BYTES",
+    "MAX_IMAGE_PIXELS",
+    "MAX_IMAGE_SIDE",
+)
+
 _GROUPS: Final[list[tuple[frozenset[Component], tuple[str, ...]]]] = [
     # Streams: every component (ops-api reports their figures).
     (
@@ -45,22 +71,7 @@ _GROUPS: Final[list[tuple[frozenset[Component], tuple[str, ...]]]] = [
         ),
     ),
     # The worker loop.
-    (
-        _WORKERS,
-        (
-            "REDIS_CONSUMER_NAME",
-            "ENABLE_QUEUE_WORKER",
-            "READ_BLOCK_MS",
-            "CLAIM_IDLE_MS",
-            "MAX_DELIVERIES",
-            "RETRY_BACKOFF_INITIAL_S",
-            "RETRY_BACKOFF_MAX_S",
-            "WORKER_BATCH_SIZE",
-            "MAX_WORKER_CONCURRENCY",
-            "METRICS_PORT",
-            "WORKER_STALL_SECONDS",
-        ),
-    ),
+    (_WORKERS, WORKER_LOOP),
     # Dedup: the indexer commits, ops-api reports, checks and flushes.
     (frozenset({"indexer", "ops-api"}), ("ENABLE_GLOBAL_DEDUP", "DEDUP_TTL_SECONDS", "DEDUP_MAX_HAMMING")),
     # Object storage: the detector downloads, the indexer stores artifacts, ops-api serves/deletes.
@@ -84,21 +95,9 @@ _GROUPS: Final[list[tuple[frozenset[Component], tuple[str, ...]]]] = [
     (ALL, ("MODEL_PACK",)),
     # Models: detection and embedding; ops-api runs both for search by photo.
     (_MODEL_RUNNERS, ("MODELS_DIR", "INFERENCE_DEVICE", "ORT_INTRA_OP_THREADS")),
-    (_IMAGE_DECODERS, ("DET_SIZE", "DET_THRESHOLD")),
     (frozenset({"embedder"}), ("EMBED_BATCH_SIZE", "EMBED_MAX_WAIT_MS")),
-    # Quality gates and image limits: wherever whole images are decoded and faces detected.
-    (
-        _IMAGE_DECODERS,
-        (
-            "MIN_FACE_SIZE",
-            "MIN_DET_SCORE",
-            "MIN_BLUR_VARIANCE",
-            "MAX_POSE_RATIO",
-            "MAX_IMAGE_BYTES",
-            "MAX_IMAGE_PIXELS",
-            "MAX_IMAGE_SIDE",
-        ),
-    ),
+    # Detection, quality gates and image limits: wherever whole images are decoded and faces detected.
+    (_IMAGE_DECODERS, DETECTION_AND_QUALITY),
     (frozenset({"ops-api"}), ("OPS_API_HOST", "OPS_API_PORT", "OPS_API_TOKEN", "MAX_UPLOAD_BYTES")),
 ]
 
@@ -108,23 +107,7 @@ READERS: Final[dict[str, frozenset[Component]]] = {name: who for who, names in _
 # much work one pod takes on, its threads, its consumer name, its retry pacing. ops-api
 # runs its models on the CPU whatever INFERENCE_DEVICE the workers use (it gets no GPU).
 # Every other setting read by more than one component has one value for all of them.
-PER_COMPONENT: Final[frozenset[str]] = frozenset(
-    {
-        "REDIS_CONSUMER_NAME",
-        "ENABLE_QUEUE_WORKER",
-        "READ_BLOCK_MS",
-        "CLAIM_IDLE_MS",
-        "MAX_DELIVERIES",
-        "RETRY_BACKOFF_INITIAL_S",
-        "RETRY_BACKOFF_MAX_S",
-        "WORKER_BATCH_SIZE",
-        "MAX_WORKER_CONCURRENCY",
-        "METRICS_PORT",
-        "WORKER_STALL_SECONDS",
-        "INFERENCE_DEVICE",
-        "ORT_INTRA_OP_THREADS",
-    }
-)
+PER_COMPONENT: Final[frozenset[str]] = frozenset({*WORKER_LOOP, "INFERENCE_DEVICE", "ORT_INTRA_OP_THREADS"})
 
 # Set from dedicated spec fields (or per pod); spec.settings may not override them.
 MANAGED: Final[dict[str, str]] = {
