@@ -39,17 +39,18 @@ def test_every_pod_passes_the_restricted_profile(variant: str) -> None:
 
 
 @pytest.mark.parametrize("variant", list(SPECS))
-def test_pods_run_as_the_images_user_with_a_read_only_root_and_a_writable_tmp(variant: str) -> None:
+def test_pods_run_as_the_images_user_with_a_read_only_root_and_a_writable_tmp_and_home(variant: str) -> None:
     for name, pod in pods(SPECS[variant]).items():
         context = pod["securityContext"]
         ids = (context["runAsUser"], context["runAsGroup"], context["fsGroup"])
         assert ids == (10001, 10001, 10001), name  # the Dockerfile's USER 10001:10001
         volumes = {v["name"]: v for v in pod["volumes"]}
-        assert "emptyDir" in volumes["tmp"]
+        assert "emptyDir" in volumes["tmp"] and "emptyDir" in volumes["home"]
         for container in pod.get("initContainers", []) + pod["containers"]:
             assert container["securityContext"]["readOnlyRootFilesystem"] is True
             mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
             assert mounts["/tmp"]["name"] == "tmp"
+            assert mounts["/home/app"]["name"] == "home"  # the image's HOME: onnxruntime writes there
 
 
 def _all_containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
@@ -80,3 +81,14 @@ def test_the_checker_refuses_what_restricted_refuses(case: str) -> None:
     pod = copy.deepcopy(pods(SPECS["minimal"])["acme-detector"])
     BREAKS[case](pod)
     assert restricted_violations(pod), case
+
+
+def test_the_pods_user_and_home_are_the_images() -> None:
+    from operatorkit import REPO_ROOT
+
+    from facepipe.operator.pod import APP_HOME, APP_UID
+    from facepipe.sim.images import load_recipes
+
+    for image, recipe in load_recipes(REPO_ROOT).items():
+        assert recipe.env["HOME"] == APP_HOME, image
+        assert recipe.user == f"{APP_UID}:{APP_UID}", image

@@ -46,8 +46,6 @@ from facepipe.operator.objects import (
 from facepipe.operator.pod import (
     CONTAINER_SECURITY_CONTEXT,
     POD_SECURITY_CONTEXT,
-    TMP_MOUNT,
-    TMP_VOLUME,
     component_image,
     models_init_container,
     models_mount,
@@ -56,6 +54,8 @@ from facepipe.operator.pod import (
     ports_and_probes,
     runs_on_gpu,
     uses_models,
+    writable_mounts,
+    writable_volumes,
 )
 from facepipe.operator.spec import PipelineSpec
 
@@ -95,7 +95,7 @@ def build_deployment(owner: PipelineRef, spec: PipelineSpec, component: Componen
         "env": container_env(owner, spec, component),
         "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
         **ports_and_probes(spec, component),
-        "volumeMounts": [dict(TMP_MOUNT)],
+        "volumeMounts": writable_mounts(),
     }
     resources = pod_resources(spec, component, comp.resources)
     if resources:
@@ -105,7 +105,7 @@ def build_deployment(owner: PipelineRef, spec: PipelineSpec, component: Componen
         "terminationGracePeriodSeconds": comp.terminationGracePeriodSeconds,
         "securityContext": dict(POD_SECURITY_CONTEXT),
         "containers": [container],
-        "volumes": [dict(TMP_VOLUME)],
+        "volumes": writable_volumes(),
     }
     if uses_models(component):
         container["volumeMounts"].append(models_mount(spec, read_only=True))

@@ -60,19 +60,31 @@ POD_SECURITY_CONTEXT: dict[str, Any] = {
 
 
 # Pod Security "restricted", and a read-only root: the services write only to /tmp (uploads,
-# the fetch's staging) and to the models volume (the init container).
+# the fetch's staging), to HOME (onnxruntime keeps a small cache there) and to the models
+# volume (the init container).
 CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
     "allowPrivilegeEscalation": False,
     "readOnlyRootFilesystem": True,
     "runAsNonRoot": True,
     "capabilities": {"drop": ["ALL"]},
 }
+APP_HOME = "/home/app"  # the Dockerfile's HOME
+WRITABLE_MOUNTS: list[dict[str, Any]] = [
+    {"name": "tmp", "mountPath": "/tmp"},
+    {"name": "home", "mountPath": APP_HOME},
+]
+WRITABLE_VOLUMES: list[dict[str, Any]] = [
+    {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+    {"name": "home", "emptyDir": {"sizeLimit": "64Mi"}},
+]
 
 
-TMP_MOUNT: dict[str, Any] = {"name": "tmp", "mountPath": "/tmp"}
+def writable_mounts() -> list[dict[str, Any]]:
+    return [dict(mount) for mount in WRITABLE_MOUNTS]
 
 
-TMP_VOLUME: dict[str, Any] = {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}
+def writable_volumes() -> list[dict[str, Any]]:
+    return [dict(volume) for volume in WRITABLE_VOLUMES]
 
 
 FETCH_MODULE = "facepipe.vision.models.fetch"
@@ -121,7 +133,7 @@ def models_init_container(spec: PipelineSpec, component: Component) -> dict[str,
         "imagePullPolicy": spec.image.pullPolicy,
         "command": ["python", "-m", FETCH_MODULE, *args],
         "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
-        "volumeMounts": [models_mount(spec, read_only=not fetch), dict(TMP_MOUNT)],
+        "volumeMounts": [models_mount(spec, read_only=not fetch), *writable_mounts()],
     }
     if spec.models.indexUrl:
         container["env"] = [{"name": "MODELS_INDEX_URL", "value": spec.models.indexUrl}]
