@@ -84,7 +84,10 @@ class Tenant:
 
 
 def operator_chart_objects(namespace: str = "monitoring") -> list[dict[str, Any]]:
-    docs = chartkit.render(chartkit.OPERATOR_CHART, {}, name="fpo", namespace=namespace)
+    # As `helm install` renders it on a cluster with prometheus-operator (the simulation is one).
+    docs = chartkit.render(
+        chartkit.OPERATOR_CHART, {}, name="fpo", namespace=namespace, api_versions=chartkit.MONITORING_APIS
+    )
     return [doc for doc in docs if doc["kind"] in MONITORING_KINDS]
 
 

@@ -69,7 +69,8 @@ def series(monitoring: Monitoring, expr: str) -> list[dict[str, str]]:
 
 
 def test_service_monitor_series_carry_the_cluster_labels(cluster: dict[str, Any]) -> None:
-    found = series(cluster["monitoring"], 'facepipe_stream_lag{stream="face-processing-queue:detected"}')
+    streams = cluster["tenant"].streams  # the tenant's own: face-processing-queue:{acme}...
+    found = series(cluster["monitoring"], f'facepipe_stream_lag{{stream="{streams["detected"]}"}}')
     assert found == [
         {
             "__name__": "facepipe_stream_lag",
@@ -82,17 +83,13 @@ def test_service_monitor_series_carry_the_cluster_labels(cluster: dict[str, Any]
             "instance": f"{cluster['pods'][0].address}:8001",
             "tenant": "acme",
             "component": "ops-api",
-            "stream": "face-processing-queue:detected",
+            "stream": streams["detected"],
             "group": "pipeline",
-            "stream_role": "detected",  # the chart's metricRelabelings
+            "stream_role": "detected",  # ops-api's own label, kept by the ServiceMonitor
         }
     ]
     roles = {s["stream"]: s["stream_role"] for s in series(cluster["monitoring"], "facepipe_stream_length")}
-    assert roles == {
-        "face-processing-queue": "ingest",
-        "face-processing-queue:detected": "detected",
-        "face-processing-queue:embedded": "embedded",
-    }
+    assert roles == {name: role for role, name in streams.items()}
 
 
 def test_pod_monitor_scrapes_only_the_workers(cluster: dict[str, Any]) -> None:
@@ -233,10 +230,10 @@ def test_every_chart_query_is_read(cluster: dict[str, Any]) -> None:
     }
     assert all("$" not in q.expr.replace("$1", "") for q in queries)
     stage_no_consumers = next(q for q in queries if q.source.endswith("StageNoConsumers"))
+    backlog = '{__name__=~"facepipe_stream_lag|facepipe_stream_pending",stream_role="%s"}'
     assert promcheck.selectors(stage_no_consumers.expr) == [
-        "facepipe_stream_length",
+        *(backlog % role for role in ("ingest", "detected", "embedded")),  # each stage's own input
         'up{component=~"detector|embedder|indexer"}',
-        '{__name__=~"facepipe_stream_lag|facepipe_stream_pending"}',
     ]
 
 
