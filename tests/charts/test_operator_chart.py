@@ -349,34 +349,11 @@ def test_operator_starts_with_the_charts_command_and_args(tmp_path: Path) -> Non
 
 # --------------------------------------------------------------------------- helm install, for real
 
-MONITORING_CRDS = """
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: %(plural)s.monitoring.coreos.com}
-spec:
-  group: monitoring.coreos.com
-  scope: Namespaced
-  names: {kind: %(kind)s, plural: %(plural)s, singular: %(singular)s, listKind: %(kind)sList}
-  versions:
-    - name: v1
-      served: true
-      storage: true
-      schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
-"""
-
-
-def _cluster(tmp_path: Path, *, prometheus_operator: bool) -> Any:
-    """An API server (the emulator) with our CRD, and prometheus-operator's CRDs when asked."""
+def _cluster(*, prometheus_operator: bool) -> Any:
+    """An API server (the emulator) with our CRD, and prometheus-operator's kinds when asked."""
     from facepipe.sim.emulator import EmulatorServer
 
-    crds = [CRD_FILE]
-    if prometheus_operator:
-        for kind in MONITORING_KINDS:
-            path = tmp_path / f"{kind}.yaml"
-            names = {"kind": kind, "plural": f"{kind.lower()}s", "singular": kind.lower()}
-            path.write_text(MONITORING_CRDS % names)
-            crds.append(path)
-    return EmulatorServer(crds, keda=False)
+    return EmulatorServer([CRD_FILE], keda=False, monitoring=prometheus_operator)
 
 
 def _installed_kinds(release: dict[str, Any]) -> set[str]:
@@ -388,7 +365,7 @@ def test_helm_install_works_on_a_cluster_without_prometheus_operator(tmp_path: P
     from facepipe.operator.kube import DEPLOYMENT, KubeApi
     from facepipe.sim.emulator import write_kubeconfig
 
-    with _cluster(tmp_path, prometheus_operator=False) as server:
+    with _cluster(prometheus_operator=False) as server:
         kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server.url)
         release = helm_install(OPERATOR_CHART, {}, kubeconfig, "fpo", NAMESPACE)
         kinds = _installed_kinds(release)
@@ -405,7 +382,7 @@ def test_helm_install_works_on_a_cluster_without_prometheus_operator(tmp_path: P
 def test_helm_install_adds_the_monitors_where_prometheus_operator_runs(tmp_path: Path) -> None:
     from facepipe.sim.emulator import write_kubeconfig
 
-    with _cluster(tmp_path, prometheus_operator=True) as server:
+    with _cluster(prometheus_operator=True) as server:
         kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server.url)
         release = helm_install(OPERATOR_CHART, {}, kubeconfig, "fpo", NAMESPACE)
         assert set(MONITORING_KINDS) <= _installed_kinds(release)
