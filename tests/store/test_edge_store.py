@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -209,3 +212,26 @@ def test_opening_warms_the_store_up(tmp_path: Path, caplog: pytest.LogCaptureFix
 def test_a_collection_name_must_be_one_plain_folder_name(name: str) -> None:
     with pytest.raises(ValueError, match="not usable"):
         collection_dir_name(name)
+
+
+def test_the_maintenance_command_migrates_optimizes_and_refuses_a_held_store(tmp_path: Path) -> None:
+    root = tmp_path / "qdrant"
+    write_local_mode_store(root, {"faces_v1": 6})
+    command = [sys.executable, "-m", "facepipe.store.vectors"]
+    migrated = subprocess.run(
+        [*command, "migrate", "--path", str(root)], capture_output=True, text=True, timeout=300
+    )
+    assert migrated.returncode == 0 and "migrated {'faces_v1': 6}" in migrated.stdout, migrated.stderr
+    optimized = subprocess.run(
+        [*command, "optimize", "--path", str(root)], capture_output=True, text=True, timeout=300
+    )
+    assert optimized.returncode == 0 and "faces_v1 already optimal" in optimized.stdout, optimized.stderr
+    index = VectorIndex(embedded(root))
+    try:
+        refused = subprocess.run(
+            [*command, "optimize", "--path", str(root)], capture_output=True, text=True, timeout=300
+        )
+        assert refused.returncode == 1 and f"already open by process {os.getpid()}" in refused.stderr
+        assert index.count() == 6
+    finally:
+        index.close()
