@@ -26,7 +26,7 @@ log = logging.getLogger("bench")
 
 @dataclass(frozen=True)
 class Plan:
-    """How much of everything to measure (full: 10-14 min on a busy 2-core machine; quick: 1-2 min)."""
+    """How much of everything to measure (full: 12-16 min on a busy 2-core machine; quick: 1-2 min)."""
 
     images: int
     probe_images: int

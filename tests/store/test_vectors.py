@@ -8,7 +8,6 @@ stand-in (Qdrant Edge behind Qdrant's REST API). Where a backend cannot show a p
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -234,33 +233,33 @@ def test_a_second_opener_in_this_process_is_refused_naming_the_folder(
 EMBEDDED = [kind for kind in KINDS if kind != "server-rest"]
 
 
-@pytest.mark.parametrize("kind", EMBEDDED)
-def test_a_second_process_is_refused_while_one_holds_the_store(kind: str, tmp_path: Path) -> None:
-    backend = make_backend(kind, tmp_path)
+@pytest.fixture(params=EMBEDDED)
+def held(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Backend, Holder]]:
+    """An embedded backend and a real child process holding its store, writing batch after batch."""
+    backend = make_backend(request.param, tmp_path)
     assert backend.path is not None
-    holder = Holder(kind, backend.path)
-    try:
-        holder.wait_for(lambda line: line == "open")
-        with pytest.raises(RuntimeError, match=str(backend.path)) as refused:
-            backend.open()
-        if kind == "edge":  # ours also says who holds it
-            assert f"process {holder.proc.pid} " in str(refused.value)
-            assert "vectorkit.py" in str(refused.value)
-    finally:
-        holder.kill9()
+    holder = Holder(request.param, backend.path)
+    yield backend, holder
+    holder.kill9()
+
+
+def test_a_second_process_is_refused_while_one_holds_the_store(held: tuple[Backend, Holder]) -> None:
+    backend, holder = held
+    holder.wait_for(lambda line: line == "open")
+    with pytest.raises(RuntimeError, match=str(backend.path)) as refused:
+        backend.open()
+    if backend.kind == "edge":  # ours also says who holds it
+        assert f"process {holder.proc.pid} " in str(refused.value)
+        assert "vectorkit.py" in str(refused.value)
+    holder.kill9()
     index = backend.open()  # the holder's lock died with it
     index.close()
 
 
-@pytest.mark.parametrize("kind", EMBEDDED)
-def test_kill9_of_the_holder_loses_no_acknowledged_upsert(kind: str, tmp_path: Path) -> None:
-    backend = make_backend(kind, tmp_path)
-    assert backend.path is not None
-    holder = Holder(kind, backend.path)
-    try:
-        holder.wait_for(lambda line: line == "acked 5")
-    finally:
-        acked = holder.kill9()  # while it is in the middle of further upserts
+def test_kill9_of_the_holder_loses_no_acknowledged_upsert(held: tuple[Backend, Holder]) -> None:
+    backend, holder = held
+    holder.wait_for(lambda line: line == "acked 5")
+    acked = holder.kill9()  # while it is in the middle of further upserts
     assert acked >= 5
 
     index = backend.open()
@@ -278,4 +277,3 @@ def test_kill9_of_the_holder_loses_no_acknowledged_upsert(kind: str, tmp_path: P
         assert index.count("t") == sum(stored.values()) + 1
     finally:
         index.close()
-    assert os.path.isdir(backend.path)
