@@ -162,6 +162,11 @@ def test_bad_requests_get_qdrants_errors(stand_in: StandIn, client: QdrantClient
     with pytest.raises(UnexpectedResponse) as missing:
         client.count("nope")
     assert missing.value.status_code == 404
+    for name in ("..%2Fx", "bad%20name"):  # a collection name is a folder name: never outside the store
+        refused = httpx.put(
+            f"{stand_in.url}/collections/{name}", json={"vectors": {"size": 4, "distance": "Dot"}}
+        )
+        assert refused.status_code in (400, 501) and "error" in refused.json()["status"]
     with pytest.raises(UnexpectedResponse) as again:
         client.create_collection(
             "faces", vectors_config=qm.VectorParams(size=DIM, distance=qm.Distance.COSINE)

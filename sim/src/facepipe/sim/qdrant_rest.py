@@ -140,7 +140,7 @@ async def _answer(fn: Callable[[], Any]) -> JSONResponse:
         result = await run_in_threadpool(fn)
     except ApiError as exc:
         return _error(exc.status, exc.message)
-    except VectorStoreError as exc:  # what the engine refuses is the request's fault (e.g. wrong size)
+    except (VectorStoreError, ValueError) as exc:  # the engine refused the request (wrong size, bad name)
         return _error(400, f"Wrong input: {exc}")
     return JSONResponse({"result": _dump(result), "status": "ok", "time": time.perf_counter() - started})
 
