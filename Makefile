@@ -87,5 +87,5 @@ reliability: install models ## fault injection at full size: kill -9, outages, S
 
 # --- benchmarks (issue #9) ---
 .PHONY: bench
-bench: install models ## benchmark figures (never assertions): bench/results/latest.{json,md}, ~6-10 min; BENCH_QUICK=1 for ~2 min
+bench: install models ## benchmark figures (never assertions): bench/results/latest.{json,md}, ~12-16 min (search at 1M faces); BENCH_QUICK=1 for ~2 min
 	$(PY) -m bench $(if $(filter-out 0,$(BENCH_QUICK)),--quick)

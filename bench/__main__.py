@@ -26,7 +26,7 @@ log = logging.getLogger("bench")
 
 @dataclass(frozen=True)
 class Plan:
-    """How much of everything to measure (full: 6-8 min on a busy 2-core machine; quick: 1-2 min)."""
+    """How much of everything to measure (full: 12-16 min on a busy 2-core machine; quick: 1-2 min)."""
 
     images: int
     probe_images: int
@@ -68,8 +68,8 @@ FULL = Plan(
     dedup_pairs_per_distance=25,
     dedup_pair_attempts=4000,
     dedup_flip_pairs=100,
-    search_sizes=(10_000, 100_000),
-    search_queries=(100, 30),
+    search_sizes=(10_000, 100_000, 1_000_000),
+    search_queries=(200, 200, 100),
     option_images=40,
     option_repeats=3,
     profile=True,
@@ -92,7 +92,7 @@ QUICK = Plan(
     dedup_pair_attempts=600,
     dedup_flip_pairs=20,
     search_sizes=(2_000, 10_000),
-    search_queries=(10, 5),
+    search_queries=(30, 30),
     option_images=10,
     option_repeats=1,
     profile=True,

@@ -141,7 +141,7 @@ def run_indexer() -> Callable[..., int]:
 
 @pytest.fixture
 def open_index() -> Iterator[Callable[[Settings], VectorIndex]]:
-    """A VectorIndex to inspect the results (local mode: open only while no worker holds the folder)."""
+    """A VectorIndex to inspect the results (embedded store: open only while no worker holds the folder)."""
     opened: list[VectorIndex] = []
 
     def make(settings: Settings) -> VectorIndex:

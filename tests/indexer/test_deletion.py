@@ -1,4 +1,4 @@
-"""Deletion primitives on what the indexer really wrote (Redis, SeaweedFS, Qdrant local mode)."""
+"""Deletion primitives on what the indexer really wrote (Redis, SeaweedFS, embedded Qdrant Edge)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """detector → embedder → indexer over real streams, with the real buffalo_sc models and real photos.
 
-Real redis-server, SeaweedFS and Qdrant local mode; the photos of ../shared/data/faces and their
-MANIFEST. Each stage runs the shared worker runtime in this process (one batch, ``--once``),
-with the session's loaded models handed to its handler so they are loaded only once.
+Real redis-server, SeaweedFS and the embedded store (Qdrant Edge); the photos of
+../shared/data/faces and their MANIFEST. Each stage runs the shared worker runtime in this
+process (one batch, ``--once``), with the session's loaded models handed to its handler so
+they are loaded only once.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The indexer worker on a real stream: Redis, SeaweedFS and Qdrant local mode, no mocks."""
+"""The indexer worker on a real stream: Redis, SeaweedFS and the embedded Qdrant Edge store, no mocks."""
 
 from __future__ import annotations
 

@@ -210,11 +210,11 @@ class Settings(BaseSettings):
     )
 
     # --- Vector database (Phase 3) ---
-    # Unset or "embedded": qdrant-client local mode at QDRANT_PATH (one process per path).
+    # Unset or "embedded": Qdrant Edge in-process at QDRANT_PATH (one process per folder).
     qdrant_url: str = Field(
         "embedded",
         validation_alias=_env("QDRANT_URL"),
-        description="Qdrant server URL; empty or `embedded`: qdrant-client local mode at QDRANT_PATH",
+        description="Qdrant server URL; empty or `embedded`: the embedded store (Qdrant Edge) at QDRANT_PATH",
     )
     qdrant_api_key: str = Field(
         "", validation_alias=_env("QDRANT_API_KEY"), description="Qdrant API key (server mode)"
