@@ -214,18 +214,23 @@ def test_a_collection_name_must_be_one_plain_folder_name(name: str) -> None:
         collection_dir_name(name)
 
 
-def test_the_maintenance_command_migrates_optimizes_and_refuses_a_held_store(tmp_path: Path) -> None:
+def test_facepipe_vectors_migrates_optimizes_and_refuses_a_held_store(tmp_path: Path) -> None:
+    """`facepipe vectors migrate|optimize` (the CLI, services/cli) on a real store folder."""
     root = tmp_path / "qdrant"
     write_local_mode_store(root, {"faces_v1": 6})
-    command = [sys.executable, "-m", "facepipe.store.vectors"]
+    command = [sys.executable, "-m", "facepipe.cli", "vectors"]
     migrated = subprocess.run(
         [*command, "migrate", "--path", str(root)], capture_output=True, text=True, timeout=300
     )
-    assert migrated.returncode == 0 and "migrated {'faces_v1': 6}" in migrated.stdout, migrated.stderr
+    assert migrated.returncode == 0 and "migrated faces_v1 6 points" in migrated.stdout, migrated.stderr
     optimized = subprocess.run(
         [*command, "optimize", "--path", str(root)], capture_output=True, text=True, timeout=300
     )
     assert optimized.returncode == 0 and "faces_v1 already optimal" in optimized.stdout, optimized.stderr
+    by_data_dir = subprocess.run(
+        [*command, "optimize", "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert by_data_dir.returncode == 0 and str(root) in by_data_dir.stdout, by_data_dir.stderr
     index = VectorIndex(embedded(root))
     try:
         refused = subprocess.run(

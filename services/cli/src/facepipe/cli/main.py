@@ -34,6 +34,7 @@ from facepipe.cli.commands import (
     search,
     stats,
     up,
+    vectors,
     worker,
 )
 from facepipe.cli.connect import ApiCallError, ApiUnreachableError
@@ -42,7 +43,7 @@ from facepipe.core.errors import PermanentError, TransientError
 from facepipe.core.settings import ConfigError
 
 # In the order `facepipe -h` lists them.
-COMMANDS = (up, ingest, search, stats, ready, publish_test, ensure, dedup, dlq, delete, worker, demo)
+COMMANDS = (up, ingest, search, stats, ready, publish_test, ensure, dedup, vectors, dlq, delete, worker, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
