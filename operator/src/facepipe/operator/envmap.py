@@ -50,6 +50,7 @@ _GROUPS: Final[list[tuple[frozenset[Component], tuple[str, ...]]]] = [
             "WORKER_BATCH_SIZE",
             "MAX_WORKER_CONCURRENCY",
             "METRICS_PORT",
+            "STREAM_RETENTION_MS",
         ),
     ),
     # Dedup: the detector pre-checks, the indexer commits, ops-api reports and flushes.
@@ -57,6 +58,8 @@ _GROUPS: Final[list[tuple[frozenset[Component], tuple[str, ...]]]] = [
         frozenset({"detector", "indexer", "ops-api"}),
         ("ENABLE_GLOBAL_DEDUP", "DEDUP_TTL_SECONDS", "DEDUP_MAX_HAMMING"),
     ),
+    # Only the indexer claims faces while it indexes them.
+    (frozenset({"indexer"}), ("DEDUP_CLAIM_TTL_SECONDS",)),
     # Object storage: the detector downloads, the indexer stores artifacts, ops-api serves/deletes.
     (
         frozenset({"detector", "indexer", "ops-api"}),
@@ -200,7 +203,10 @@ def _invalid_values(env: Mapping[str, str]) -> list[str]:
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
-            name = str(error["loc"][0]) if error["loc"] else "?"
+            if not error["loc"]:  # a check of several settings together names them itself
+                lines.append(str(error["msg"]).removeprefix("Value error, "))
+                continue
+            name = str(error["loc"][0])
             lines.append(f"{name}={error.get('input')!r} is invalid: {error['msg']}")
         return lines
     return []
