@@ -126,11 +126,13 @@ def test_two_roles_sharing_one_bucket_stop_start_up_with_one_line(harness, first
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    named = sorted((first, second), key=["BUCKET_RAW", "BUCKET_CROPS", "BUCKET_THUMBS", "BUCKET_METADATA"].index)
+    order = ["BUCKET_RAW", "BUCKET_CROPS", "BUCKET_THUMBS", "BUCKET_METADATA"]
+    named = sorted((first, second), key=order.index)
     assert f"{named[0]} and {named[1]} are both 'shared-bucket'" in lines[0]
     assert "must be distinct" in lines[0]
 
 
 def test_distinct_buckets_are_accepted() -> None:
     settings = load_settings(bucket_crops="c-bucket", bucket_thumbs="t-bucket")
-    assert len({settings.bucket_raw, settings.bucket_crops, settings.bucket_thumbs, settings.bucket_metadata}) == 4
+    buckets = {settings.bucket_raw, settings.bucket_crops, settings.bucket_thumbs, settings.bucket_metadata}
+    assert len(buckets) == 4

@@ -149,9 +149,9 @@ def test_bad_images_go_to_the_dlq_with_their_reason_and_the_worker_goes_on(
     for key, data in objects.items():
         store.put_bytes(settings.bucket_raw, key, data)
     expected = {
-        ingest(redis_client, settings, "truncated.jpg"): "undecodable_image",
-        ingest(redis_client, settings, "notes.jpg"): "undecodable_image",
-        ingest(redis_client, settings, "bomb.png"): "image_too_large",
+        ingest(redis_client, settings, "truncated.jpg"): "corrupt_image",
+        ingest(redis_client, settings, "notes.jpg"): "not_an_image",
+        ingest(redis_client, settings, "bomb.png"): "too_many_pixels",
         ingest(redis_client, settings, "never-uploaded.jpg"): "object_not_found",
         ingest(redis_client, settings, "good.jpg", tenant_id="../other"): "invalid_fields",
     }

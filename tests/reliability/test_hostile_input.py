@@ -95,7 +95,9 @@ def test_hostile_messages_end_acked_or_dead_lettered(stack: Stack, image_set: li
         lambda bucket: Hostile(
             "ingest:unknown-bucket",
             {"message": encode(ingest_of("hostile/photo", bucket))},
-            frozenset({"invalid_fields", "object_not_found", "missing_fields", "undecodable_image"}),
+            frozenset(
+                {"invalid_fields", "object_not_found", "missing_fields", "not_an_image", "corrupt_image"}
+            ),
         ),
         st.one_of(
             st.sampled_from(HOSTILE_BUCKETS),
@@ -205,7 +207,7 @@ def test_hostile_messages_end_acked_or_dead_lettered(stack: Stack, image_set: li
             item = Hostile(
                 "file:random-bytes",
                 {"message": encode(ingest_of(key))},
-                frozenset({"undecodable_image", "unsupported_image_format", "acked"}),
+                frozenset({"not_an_image", "corrupt_image", "unsupported_image_format", "acked"}),
             )
         entry_id = client.xadd(streams[stage], item.fields)
         published[(streams[stage], str(entry_id))] = item

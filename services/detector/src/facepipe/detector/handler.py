@@ -6,7 +6,8 @@ under ``rejected`` with their reason and counted in ``faces_rejected``.
 
 Failures of the message itself go to the DLQ with a reason of their own:
 ``invalid_fields``/``missing_fields`` (the message), ``object_not_found`` (no such
-bucket/key), ``image_too_large``, ``unsupported_image_format``, ``undecodable_image``.
+bucket/key), ``image_too_large`` (bytes), ``too_many_pixels``, ``unsupported_image_format``,
+``corrupt_image`` (truncated or damaged), ``not_an_image``.
 S3 being down is transient: the worker retries, nothing is dead-lettered for it.
 """
 
