@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY
 
 from facepipe.core.messages import DetectedMessage, EmbeddedMessage
 from facepipe.core.settings import Settings, dlq_stream, load_settings
-from facepipe.core.worker import Worker
+from facepipe.core.worker import StreamMessage, Worker
 from facepipe.detector.handler import DetectorHandler
 from facepipe.embedder.handler import EmbedderHandler
 from facepipe.store.storage import ObjectStore
@@ -216,3 +216,33 @@ def test_command_line_workers_run_the_two_stages(
     (payload,) = stream_payloads(redis_client, settings.embedded_stream)
     assert len(payload["faces"]) == 2
     assert payload["model"]["recognizer"] == "w600k_mbf.onnx"
+
+
+def test_rejected_faces_are_counted_by_the_ack_once_however_often_the_image_is_processed(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis, buffalo_sc,
+    faces_dir: Path,
+) -> None:
+    monkeypatch.setenv("MIN_FACE_SIZE", "4000")  # every face is too small: two rejections for two_people
+    settings = load_settings()  # the fixture's environment, and that
+    store = ObjectStore(settings)
+    store.ensure_buckets()
+    store.put_bytes(settings.bucket_raw, "two.jpg", (faces_dir / "two_people.jpg").read_bytes())
+    entry_id = ingest(redis_client, settings, "two.jpg")
+    before = metric("facepipe_faces_rejected_total", reason="face_too_small")
+    handler = DetectorHandler(settings, detector=buffalo_sc.detector)
+    handler.setup()
+    try:
+        fields = {"message": redis_client.xrange(settings.ingest_stream)[0][1]["message"]}
+        message = StreamMessage(entry_id, settings.ingest_stream, json.loads(fields["message"]), fields, 1)
+        # A delivery that processed the image and died before its ack: nothing may be counted.
+        (outcome,) = handler.process_batch([message])
+        assert outcome.counters == {"faces_rejected": {"face_too_small": 2}}
+    finally:
+        handler.close()
+    assert redis_client.hget("stats:counters", "faces_rejected") is None
+    assert metric("facepipe_faces_rejected_total", reason="face_too_small") == before
+
+    run_once(settings, DetectorHandler(settings, detector=buffalo_sc.detector))  # the redelivery acks it
+    assert redis_client.hget("stats:counters", "faces_rejected") == "2"
+    assert redis_client.hget(f"stats:tenant:{TENANT}:counters", "faces_rejected") == "2"
+    assert metric("facepipe_faces_rejected_total", reason="face_too_small") == before + 2

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -113,9 +114,6 @@ class DetectorHandler:
         timings["detection"] = _ms_since(started)
 
         faces, rejected = self._faces(image, detections)
-        for face in rejected:
-            self.stats.incr("faces_rejected", 1, ingest.tenant_id, reason=face.reason)
-        metrics.FACES_PROCESSED.labels(stage=self.name).inc(len(faces))
 
         detected = DetectedMessage(
             ingest=ingest,
@@ -129,6 +127,8 @@ class DetectorHandler:
         return Outcome(
             publish=[Publish(self.settings.detected_stream, detected)],
             summary={"faces_total": len(detections), "accepted": len(faces), "rejected": len(rejected)},
+            # Counted in the ack's MULTI: a redelivered image does not count its rejections twice.
+            counters={"faces_rejected": dict(Counter(face.reason for face in rejected))},
         )
 
     def _detect(self, image: np.ndarray, ingest: IngestMessage) -> list[Detection]:

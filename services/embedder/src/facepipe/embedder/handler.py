@@ -138,7 +138,6 @@ class EmbedderHandler:
             rejected=parsed.rejected,
             timings_ms={**parsed.timings_ms, "embedding": round(item.embedding_ms, 2)},
         )
-        metrics.FACES_PROCESSED.labels(stage=self.name).inc(len(faces))
         return Outcome(
             publish=[Publish(self.settings.embedded_stream, embedded)],
             summary={"faces_total": len(parsed.faces) + len(parsed.rejected), "accepted": len(faces),

@@ -49,15 +49,25 @@ class Publish:
 class Outcome:
     """What a handler did with one message.
 
-    ``summary`` is logged (faces_total, accepted, rejected, dup_skipped); ``counters``
-    are runbook stats counters (``faces_processed``, ``faces_rejected``,
-    ``faces_dup_skipped``) added in the same MULTI as the ack, globally and for the
-    message's tenant.
+    ``summary`` is logged (faces_total, accepted, rejected, dup_skipped; ``accepted`` is also
+    this stage's ``facepipe_faces_processed_total``); ``counters`` are runbook stats counters
+    (``faces_processed``, ``faces_rejected``, ``faces_dup_skipped``) added in the same MULTI as
+    the ack, globally and for the message's tenant: a number, or a number per reason (the
+    Prometheus ``reason`` label), e.g. ``{"faces_rejected": {"blurry": 2}}``. A handler never
+    writes a counter itself: only an ack moves one, so a redelivery never counts twice.
     """
 
     publish: list[Publish] = field(default_factory=list)
     summary: dict[str, int] = field(default_factory=dict)
-    counters: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, int | dict[str, int]] = field(default_factory=dict)
+
+    def counter_writes(self) -> list[tuple[str, int, str | None]]:
+        """``(counter, n, reason)`` for every non-zero count."""
+        writes: list[tuple[str, int, str | None]] = []
+        for counter, value in self.counters.items():
+            split = value if isinstance(value, dict) else {None: value}
+            writes += [(counter, int(n), reason) for reason, n in split.items() if n]
+        return writes
 
 
 class StageHandler(Protocol):
