@@ -8,7 +8,8 @@ and publishes one entry per processed message to ``<input stream>:out`` — the
 effect that must exist exactly once per message.
 
 Behaviour per message (payload field ``action``): ``ok`` (default), ``crash``
-(raises RuntimeError, every delivery), ``transient`` (raises TransientError for the
+(raises RuntimeError, every delivery), ``die`` (the whole process exits at once, every
+delivery, as a native crash would), ``transient`` (raises TransientError for the
 whole batch the first ``fail_times`` attempts), ``transient_until_gate`` (the same
 until the key ``toy:gate`` exists), ``transient_result`` (returns a
 TransientError for that message only). ``slow: true`` messages sleep TOY_SLEEP_S
@@ -62,6 +63,8 @@ class ToyHandler:
             action = message.payload.get("action", "ok")
             if action == "crash":
                 raise RuntimeError(f"toy crash on {message.id}")
+            if action == "die":
+                os._exit(3)
             if action == "transient" and attempts[message.id] <= int(message.payload.get("fail_times", 0)):
                 raise TransientError(f"toy transient failure on {message.id}")
             if action == "transient_until_gate" and not self.redis.exists("toy:gate"):

@@ -63,6 +63,7 @@ class Worker:
         self.log = logging.getLogger(f"facepipe.worker.{handler.name}")
         self._stop = threading.Event()
         self._signals = 0
+        self._reclaim_first = False  # a (re)started consumer reads new entries first: _next_entries
         self._backoff = Backoff(settings.retry_backoff_initial_s, settings.retry_backoff_max_s, self._stop)
         self._outages = OutageTracker(settings.redis_url, self._backoff, self.log)
         group_consumer = GroupConsumer(self.redis, self.stream, self.group, self.consumer)
@@ -167,12 +168,27 @@ class Worker:
             self.log.info("Created consumer group %s on %s", self.group, self.stream)
 
     # ------------------------------------------------------------------ loop
+    def _next_entries(self) -> list[RawEntry]:
+        """Reclaiming and reading new entries take turns at going first, new entries first.
+
+        Always reclaiming first would let one entry that crashes the process hold the stream
+        back: each restarted consumer would reclaim it (idle again by then) before reading
+        anything new, for MAX_DELIVERIES restarts. Reading first on every start makes each
+        restart move the stream on by a batch; taking turns afterwards keeps a busy stream
+        from starving the reclaim of dead consumers' entries.
+        """
+        reclaim_first, self._reclaim_first = self._reclaim_first, not self._reclaim_first
+        if reclaim_first:
+            entries = self._reader.reclaim()
+            if entries or self._stop.is_set():
+                return entries
+            return self._reader.read_new()
+        return self._reader.read_new() or self._reader.reclaim()
+
     def _iteration(self) -> bool:
         """Reclaim or read one batch and handle it; False when Redis failed before a batch was read."""
         try:
-            entries = self._reader.reclaim()
-            if not entries and not self._stop.is_set():
-                entries = self._reader.read_new()
+            entries = self._next_entries()
             self._outages.recovered()
         except REDIS_OUTAGE as exc:
             self._outages.failed(exc)
