@@ -366,3 +366,36 @@ def test_a_pill_that_kills_its_consumer_does_not_hold_back_the_entries_behind_it
     assert set(outs) == {first, *behind}
     # Every restart moved the stream on: all of them came out before the pill was given up on.
     assert all(outs[source] < dlq_id for source in behind), (outs, dlq_id)
+
+
+def test_a_stage_that_fills_batches_waits_for_more_entries_up_to_its_wait(harness) -> None:
+    fill = {"TOY_FILL_WAIT_MS": "60000", "TOY_FULL_AT": "3"}
+    first = harness.publish(harness.ingest_payload(1))
+    worker = harness.start(**fill)
+    harness.wait_until(
+        lambda: "Worker started" in worker.log() and harness.pending() == 1,
+        what="the first entry read, the batch not yet full",
+    )
+    later = [harness.publish(harness.ingest_payload(n)) for n in (2, 3)]
+    harness.wait_until(lambda: len(harness.out_sources()) == 3, what="the three entries out")
+    assert harness.batches() == [[first, *later]]  # one batch, filled by entries that came later
+    assert worker.terminate() == 0
+
+
+def test_a_batch_that_does_not_fill_up_goes_through_when_the_wait_ends(harness) -> None:
+    lone = harness.publish(harness.ingest_payload(1))
+    worker = harness.start(TOY_FILL_WAIT_MS="300", TOY_FULL_AT="3")
+    harness.wait_until(lambda: harness.out_sources() == [lone], what="the lone entry, after at most 300 ms")
+    assert harness.batches() == [[lone]]
+    assert worker.terminate() == 0
+
+
+def test_a_fill_wait_of_zero_never_holds_an_entry_back(harness) -> None:
+    worker = harness.start(TOY_FILL_WAIT_MS="0", TOY_FULL_AT="3")
+    harness.wait_until(lambda: "Worker started" in worker.log(), what="the worker")
+    first = harness.publish(harness.ingest_payload(1))
+    harness.wait_until(lambda: harness.batches(), what="the first entry handed to the stage")
+    second = harness.publish(harness.ingest_payload(2))
+    harness.wait_until(lambda: len(harness.out_sources()) == 2, what="both entries out")
+    assert harness.batches() == [[first], [second]]
+    assert worker.terminate() == 0

@@ -15,6 +15,8 @@ until the key ``toy:gate`` exists), ``transient_result`` (returns a
 TransientError for that message only). ``slow: true`` messages sleep TOY_SLEEP_S
 when TOY_HONOR_SLOW=1; without TOY_HONOR_SLOW every batch sleeps TOY_SLEEP_S.
 TOY_INPUT=final reads the last pipeline stream instead of the ingest stream.
+TOY_FILL_WAIT_MS and TOY_FULL_AT make it a FillsBatches handler: the loop waits up to
+TOY_FILL_WAIT_MS for a batch of TOY_FULL_AT messages.
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ class ToyHandler:
         self.output_stream = f"{self.input_stream}:out"
         self.sleep_s = float(os.environ.get("TOY_SLEEP_S", "0"))
         self.honor_slow = os.environ.get("TOY_HONOR_SLOW") == "1"
+        self.fill_wait_ms = int(os.environ.get("TOY_FILL_WAIT_MS", "0"))
+        self.full_at = int(os.environ.get("TOY_FULL_AT", "1"))
+
+    def batch_is_full(self, messages: list[StreamMessage]) -> bool:
+        return len(messages) >= self.full_at
 
     def setup(self) -> None:
         self.redis.ping()

@@ -9,6 +9,8 @@ import math
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -246,3 +248,41 @@ def test_rejected_faces_are_counted_by_the_ack_once_however_often_the_image_is_p
     assert redis_client.hget("stats:counters", "faces_rejected") == "2"
     assert redis_client.hget(f"stats:tenant:{TENANT}:counters", "faces_rejected") == "2"
     assert metric("facepipe_faces_rejected_total", reason="face_too_small") == before + 2
+
+
+def test_the_embedder_waits_up_to_embed_max_wait_ms_for_a_full_batch_of_faces(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, store: ObjectStore, redis_client: redis.Redis,
+    buffalo_sc, faces_dir: Path,
+) -> None:
+    names = ["obama_1.jpg", "obama_2.jpg", "biden_1.jpg", "biden_2.jpg"]  # one face each
+    for name in names:
+        store.put_bytes(settings.bucket_raw, name, (faces_dir / name).read_bytes())
+        ingest(redis_client, settings, name)
+    run_once(settings, DetectorHandler(settings, detector=buffalo_sc.detector))
+    detected = [fields for _id, fields in redis_client.xrange(settings.detected_stream)]
+    assert [len(json.loads(f["message"])["faces"]) for f in detected] == [1, 1, 1, 1]
+    redis_client.delete(settings.detected_stream)  # published again below, one at a time
+
+    monkeypatch.setenv("EMBED_MAX_WAIT_MS", "10000")  # the longest allowed: a loaded machine is slow
+    settings = load_settings()
+    batches_before = metric("facepipe_embed_batch_size_count")
+    faces_before = metric("facepipe_embed_batch_size_sum")
+    handler = EmbedderHandler(settings, embedder=buffalo_sc.embedder)
+    worker = Worker(settings, handler, max_batch=20, once=True)
+    redis_client.xadd(settings.detected_stream, detected[0])
+    runner = threading.Thread(target=worker.run, daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 120
+    while not redis_client.xinfo_stream(settings.detected_stream)["groups"] or (
+        redis_client.xpending(settings.detected_stream, settings.redis_group_name)["pending"] < 1
+    ):
+        assert time.monotonic() < deadline, "the embedder never read the first message"
+        time.sleep(0.05)
+    for fields in detected[1:]:  # they arrive while the embedder waits for a full batch
+        redis_client.xadd(settings.detected_stream, fields)
+    runner.join(timeout=120)
+    assert not runner.is_alive()
+    # One inference call for the four faces that came one by one (--once: one batch, then exit).
+    assert metric("facepipe_embed_batch_size_count") - batches_before == 1
+    assert metric("facepipe_embed_batch_size_sum") - faces_before == EMBED_BATCH == 4
+    assert len(redis_client.xrange(settings.embedded_stream)) == 4

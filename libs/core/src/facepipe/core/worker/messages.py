@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -83,6 +83,20 @@ class StageHandler(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class FillsBatches(Protocol):
+    """What a :class:`StageHandler` adds to have the loop wait a little for a fuller batch.
+
+    When a read brings entries and ``batch_is_full`` says no, the loop reads again (blocking
+    at most what is left of ``fill_wait_ms``) until it is full, the batch size is reached or the
+    time is up; 0 never waits. Entries it reclaims are never held back to fill up.
+    """
+
+    fill_wait_ms: int
+
+    def batch_is_full(self, messages: list[StreamMessage]) -> bool: ...
 
 
 def decode_entry(entry: RawEntry, stream: str, required_fields: Sequence[str]) -> StreamMessage:

@@ -45,14 +45,15 @@ class Reader:
         self.delivery = delivery
         self.log = log
 
-    def read_new(self) -> list[RawEntry]:
-        """Up to a batch of never-delivered entries (XREADGROUP ``>``), blocking READ_BLOCK_MS."""
+    def read_new(self, count: int | None = None, block_ms: int | None = None) -> list[RawEntry]:
+        """Up to ``count`` (a batch) never-delivered entries (XREADGROUP ``>``), blocking at most
+        ``block_ms`` (READ_BLOCK_MS; at least 1, since 0 would block for ever)."""
         response = self.redis.xreadgroup(
             self.consumer.group,
             self.consumer.name,
             {self.consumer.stream: ">"},
-            count=self.batch_size,
-            block=self.read_block_ms,
+            count=count or self.batch_size,
+            block=max(1, block_ms if block_ms is not None else self.read_block_ms),
         )
         entries: list[tuple[str, dict[str, str] | None]] = []
         if isinstance(response, dict):  # RESP3
