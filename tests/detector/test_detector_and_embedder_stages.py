@@ -43,6 +43,7 @@ def env(base_env: dict[str, str], models_dir: Path) -> dict[str, str]:
         "EMBED_BATCH_SIZE": str(EMBED_BATCH),
         "READ_BLOCK_MS": "200",
         "MAX_WORKER_CONCURRENCY": "3",
+        "STREAM_RETENTION_MS": "3600000",  # the tests read the ingest entries after the stages ran
     }
 
 

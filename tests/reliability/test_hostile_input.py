@@ -246,7 +246,7 @@ def test_hostile_messages_end_acked_or_dead_lettered(stack: Stack, image_set: li
 
     started = time.monotonic()
     produce()
-    expected_ingest = client.xlen(settings.ingest_stream)
+    expected_ingest = stack.added(settings.ingest_stream)
     stack.wait_drained(timeout=1500, expected_ingest=expected_ingest)
     elapsed = time.monotonic() - started
 

@@ -131,7 +131,7 @@ class Settings(BaseSettings):
         ge=100,
         le=86_400_000,
         validation_alias=_env("CLAIM_IDLE_MS"),
-        description="pending entries idle this long are reclaimed from dead consumers (XAUTOCLAIM)",
+        description="pending entries idle this long are reclaimed from dead consumers (XCLAIM)",
     )
     max_deliveries: int = Field(
         5,

@@ -43,8 +43,10 @@ class Delivery:
         backoff: Backoff,
         outages: OutageTracker,
         log: logging.Logger,
+        on_finished: Callable[[], None] = lambda: None,  # an entry was acked (or dead-lettered)
     ) -> None:
         self.consumer = consumer
+        self.on_finished = on_finished
         self.redis = consumer.client
         self.stream = consumer.stream
         self.dlq = dlq_stream(consumer.stream)
@@ -161,6 +163,7 @@ class Delivery:
                 pipe.xack(self.stream, self.consumer.group, entry_id)
                 results = pipe.execute()
                 self.outages.recovered()
+                self.on_finished()
                 if results and results[-1] == 0:
                     self.log.warning(
                         "Message %s had already been acked by another consumer: it was reclaimed while "

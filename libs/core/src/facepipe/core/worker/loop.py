@@ -38,6 +38,7 @@ from facepipe.core.worker.messages import (
     decode_entry,
 )
 from facepipe.core.worker.reading import Reader
+from facepipe.core.worker.trimming import StreamTrimmer
 
 DISABLED_LINE = "Queue worker disabled (ENABLE_QUEUE_WORKER=false): not consuming, exiting"
 
@@ -74,6 +75,7 @@ class Worker:
         self._backoff = Backoff(settings.retry_backoff_initial_s, settings.retry_backoff_max_s, self._stop)
         self._outages = OutageTracker(settings.redis_url, self._backoff, self.log)
         group_consumer = GroupConsumer(self.redis, self.stream, self.group, self.consumer)
+        self._trimmer = StreamTrimmer(self.redis, self.stream, settings.stream_retention_ms, self.log)
         self._delivery = Delivery(
             group_consumer,
             self.stats,
@@ -82,6 +84,7 @@ class Worker:
             backoff=self._backoff,
             outages=self._outages,
             log=self.log,
+            on_finished=self._trimmer.finished,
         )
         self._reader = Reader(
             group_consumer,
@@ -221,6 +224,7 @@ class Worker:
                 self._handle(entries, new)
             except Exception:  # a bug here must not kill the worker; the entries stay pending
                 self.log.exception("Unexpected error handling %d entries; left pending", len(entries))
+        self._trimmer.after_iteration(busy=bool(entries))
         return True
 
     def _handle(self, entries: list[RawEntry], new: bool) -> None:
