@@ -22,6 +22,7 @@ import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
+from facepipe.core.errors import TransientError, is_transient
 from facepipe.core.settings import Settings
 from facepipe.core.tenancy import validate_tenant_id
 
@@ -96,10 +97,18 @@ class VectorIndex:
         self._lock = threading.RLock() if self.embedded else None
 
     def _run(self, fn: Callable[[], T]) -> T:
-        if self._lock is None:
-            return fn()
-        with self._lock:
-            return fn()
+        """One client call; a server that is unreachable or failing (5xx, timeouts) raises
+        TransientError, which names the vector store (the ops-api answers 503 with it)."""
+        try:
+            if self._lock is None:
+                return fn()
+            with self._lock:
+                return fn()
+        except Exception as exc:
+            if is_transient(exc) and not isinstance(exc, TransientError):
+                where = "embedded" if self.embedded else self.settings.qdrant_url
+                raise TransientError(f"vector store ({where}) unavailable: {exc}") from exc
+            raise
 
     # --- collection ----------------------------------------------------------------------
 
