@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
+from qdrant_client import models as qm
 
+from facepipe.cli.localservers import free_port, wait_for_port
 from facepipe.core.errors import PermanentError
 from facepipe.core.settings import Settings
 from facepipe.store.vectors import KEYWORD_INDEXES, CollectionMismatchError, FacePoint, VectorIndex, point_id
@@ -31,18 +36,46 @@ def face(tenant: str, sha: str, index: int, vector: np.ndarray, site: str = "exa
     return FacePoint(tenant, sha, index, vector, {"site": site, "phash": "0" * 16, "phash_prefix": "0000"})
 
 
-def test_ensure_collection_is_idempotent_with_keyword_indexes(index: VectorIndex) -> None:
+def test_ensure_collection_is_idempotent(index: VectorIndex) -> None:
     assert not index.healthy()
     assert index.vector_size() is None
     assert index.ensure_collection(DIM) is True
     assert index.ensure_collection(DIM) is False
     assert index.healthy()
     assert index.vector_size() == DIM
-    # Local mode accepts payload indexes but neither builds nor reports them (qdrant-client's
-    # LocalCollection.info() always has an empty payload_schema); a server reports them.
-    indexes = index.payload_indexes()
-    if not index.embedded:
-        assert all(indexes.get(name) == "keyword" for name in KEYWORD_INDEXES)
+
+
+@pytest.fixture
+def server_index(settings: Settings, tmp_path: Path) -> Iterator[VectorIndex]:
+    """VectorIndex against a server (the Qdrant REST stand-in, which reports payload indexes as a
+    server does; qdrant-client's local mode accepts them but neither builds nor reports them)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "facepipe.sim.qdrant_rest", "--path", str(tmp_path), "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        wait_for_port(port, timeout=60, proc=proc)
+        vectors = VectorIndex(settings.model_copy(update={"qdrant_url": f"http://127.0.0.1:{port}"}))
+        yield vectors
+        vectors.close()
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def test_the_keyword_payload_indexes_exist_wherever_the_store_builds_them(server_index: VectorIndex) -> None:
+    assert {"tenant_id", "site", "phash_prefix", "image_sha256"} <= set(KEYWORD_INDEXES)
+    assert server_index.ensure_collection(DIM) is True
+    assert server_index.payload_indexes() == dict.fromkeys(KEYWORD_INDEXES, "keyword")
+    # A collection made by someone else, without them: ensure_collection adds what is missing.
+    name = server_index.collection
+    server_index.client.delete_collection(name)
+    params = qm.VectorParams(size=DIM, distance=qm.Distance.COSINE)
+    server_index.client.create_collection(name, vectors_config=params)
+    assert server_index.payload_indexes() == {}
+    assert server_index.ensure_collection(DIM) is False
+    assert server_index.payload_indexes() == dict.fromkeys(KEYWORD_INDEXES, "keyword")
 
 
 def test_ensure_collection_with_another_dim_is_a_clear_error(index: VectorIndex) -> None:

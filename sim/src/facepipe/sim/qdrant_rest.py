@@ -16,11 +16,13 @@ real exceptions. It serves only what face-pipeline uses.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import threading
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -44,9 +46,59 @@ def _dump(value: Any) -> Any:
     return value
 
 
+class PayloadIndexes:
+    """The payload indexes created per collection, as a Qdrant server reports them in a
+    collection's ``payload_schema`` (local mode accepts them, does nothing and reports none).
+    Kept in a JSON file next to the engine's data, so a restarted server still knows them."""
+
+    def __init__(self, path: str) -> None:
+        self.file = Path(path) / "payload_indexes.json"
+        self.by_collection: dict[str, dict[str, str]] = (
+            json.loads(self.file.read_text()) if self.file.exists() else {}
+        )
+
+    def add(self, collection: str, field_name: str, schema: Any) -> None:
+        kind = getattr(schema, "value", None) or getattr(schema, "type", None) or str(schema)
+        self.by_collection.setdefault(collection, {})[field_name] = str(getattr(kind, "value", kind))
+        self._save()
+
+    def drop(self, collection: str) -> None:
+        self.by_collection.pop(collection, None)
+        self._save()
+
+    def info(self, collection: str, points: int) -> dict[str, qm.PayloadIndexInfo]:
+        return {
+            name: qm.PayloadIndexInfo(data_type=qm.PayloadSchemaType(kind), points=points)
+            for name, kind in self.by_collection.get(collection, {}).items()
+        }
+
+    def _save(self) -> None:
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        self.file.write_text(json.dumps(self.by_collection))
+
+
 def build_app(path: str) -> Starlette:
     client = QdrantClient(path=path, force_disable_check_same_thread=True)
     lock = threading.Lock()
+    indexes = PayloadIndexes(path)
+
+    def collection_info(name: str) -> qm.CollectionInfo:
+        info = client.get_collection(name)
+        info.payload_schema = indexes.info(name, info.points_count or 0)
+        return info
+
+    def create_collection(name: str, create: qm.CreateCollection) -> bool:
+        indexes.drop(name)
+        return client.create_collection(name, vectors_config=create.vectors)
+
+    def delete_collection(name: str) -> bool:
+        indexes.drop(name)
+        return client.delete_collection(name)
+
+    def create_index(name: str, create: qm.CreateFieldIndex) -> qm.UpdateResult:
+        client.get_collection(name)  # a missing collection: 404, as a server answers
+        indexes.add(name, create.field_name, create.field_schema)
+        return qm.UpdateResult(operation_id=0, status=qm.UpdateStatus.COMPLETED)
 
     def answer(fn: Callable[[], Any]) -> JSONResponse:
         started = time.perf_counter()
@@ -76,18 +128,16 @@ def build_app(path: str) -> Starlette:
     async def collection(request: Request) -> JSONResponse:
         name = request.path_params["name"]
         if request.method == "GET":
-            return answer(lambda: client.get_collection(name))
+            return answer(lambda: collection_info(name))
         if request.method == "DELETE":
-            return answer(lambda: client.delete_collection(name))
+            return answer(lambda: delete_collection(name))
         create = await body(request, qm.CreateCollection)
-        return answer(lambda: client.create_collection(name, vectors_config=create.vectors))
+        return answer(lambda: create_collection(name, create))
 
     async def index(request: Request) -> JSONResponse:
         name = request.path_params["name"]
         create = await body(request, qm.CreateFieldIndex)
-        return answer(
-            lambda: client.create_payload_index(name, create.field_name, field_schema=create.field_schema)
-        )
+        return answer(lambda: create_index(name, create))
 
     async def upsert(request: Request) -> JSONResponse:
         name = request.path_params["name"]
