@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis
@@ -67,3 +72,31 @@ def between_read_and_commit(
 
     monkeypatch.setattr(cache._optimistic, "decide", racing)
     return reads
+
+
+def race(
+    script: str, redis_url: str, client: redis.Redis, names: tuple[str, str], hashes: list[str]
+) -> list[Any]:
+    """Run ``script`` (``python -c``, argv: url, name, hashes as JSON) as two processes released at
+    the same moment (they BLPOP ``race:go``); their JSON outputs, in ``names`` order."""
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, redis_url, name, json.dumps(hashes)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in names
+    ]
+    deadline = time.monotonic() + 60
+    while client.execute_command("CLIENT", "LIST").count("cmd=blpop") < 2:
+        assert time.monotonic() < deadline, "racers did not start"
+        assert all(r.poll() is None for r in racers), [r.communicate() for r in racers]
+        time.sleep(0.05)
+    client.rpush("race:go", "go", "go")
+    outputs = []
+    for racer in racers:
+        out, err = racer.communicate(timeout=120)
+        assert racer.returncode == 0, err
+        outputs.append(json.loads(out))
+    return outputs

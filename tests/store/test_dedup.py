@@ -7,17 +7,14 @@ flips spread over all chunks) are found, and pairs one bit beyond are not.
 
 from __future__ import annotations
 
-import json
 import random
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import redis
-from dedupkit import A, B, between_read_and_commit, flip, remember, remember_message, skips
+from dedupkit import A, B, between_read_and_commit, flip, race, remember, remember_message, skips
 
 from facepipe.cli.localservers import start_redis
 from facepipe.core.errors import PermanentError
@@ -351,26 +348,7 @@ def test_two_processes_racing_the_same_hashes_remember_each_exactly_once(
 ) -> None:
     rng = random.Random(7)
     hashes = [f"{rng.getrandbits(64):016x}" for _ in range(300)]
-    racers = [
-        subprocess.Popen(
-            [sys.executable, "-c", _RACER, redis_url, name, json.dumps(hashes)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name in ("racer-one", "racer-two")
-    ]
-    deadline = time.monotonic() + 60
-    while redis_client.execute_command("CLIENT", "LIST").count("cmd=blpop") < 2:
-        assert time.monotonic() < deadline, "racers did not start"
-        assert all(r.poll() is None for r in racers), [r.communicate() for r in racers]
-        time.sleep(0.05)
-    redis_client.rpush("race:go", "go", "go")
-    outputs = []
-    for racer in racers:
-        out, err = racer.communicate(timeout=120)
-        assert racer.returncode == 0, err
-        outputs.append(json.loads(out))
+    outputs = race(_RACER, redis_url, redis_client, ("racer-one", "racer-two"), hashes)
     for i, phash in enumerate(hashes):
         winners = [won[i] for won in outputs if won[i] is not None]
         assert winners == [phash], f"hash {i}: {len(winners)} processes remembered it"

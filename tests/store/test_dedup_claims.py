@@ -9,16 +9,13 @@ Both decision paths (optimistic and all-in-Redis) against a real redis-server.
 
 from __future__ import annotations
 
-import json
 import random
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 
 import pytest
 import redis
-from dedupkit import A, B, between_read_and_commit, flip, remember, skips
+from dedupkit import A, B, between_read_and_commit, flip, race, remember, skips
 
 from facepipe.store.dedup import NOT_DUPLICATE, DedupCache, DedupResult, Face, Owner
 from facepipe.store.dedup.layout import own_buckets
@@ -191,26 +188,7 @@ def test_two_processes_claiming_the_same_hashes_claim_each_exactly_once(
 ) -> None:
     rng = random.Random(11)
     hashes = [f"{rng.getrandbits(64):016x}" for _ in range(200)]
-    racers = [
-        subprocess.Popen(
-            [sys.executable, "-c", _CLAIMER, redis_url, name, json.dumps(hashes)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name in ("claimer-one", "claimer-two")
-    ]
-    deadline = time.monotonic() + 60
-    while redis_client.execute_command("CLIENT", "LIST").count("cmd=blpop") < 2:
-        assert time.monotonic() < deadline, "racers did not start"
-        assert all(r.poll() is None for r in racers), [r.communicate() for r in racers]
-        time.sleep(0.05)
-    redis_client.rpush("race:go", "go", "go")
-    outputs = []
-    for racer in racers:
-        out, err = racer.communicate(timeout=120)
-        assert racer.returncode == 0, err
-        outputs.append(json.loads(out))
+    outputs = race(_CLAIMER, redis_url, redis_client, ("claimer-one", "claimer-two"), hashes)
     for i, phash in enumerate(hashes):
         winners = [won[i] for won in outputs if won[i] is not None]
         assert len(winners) == 1, f"hash {i} claimed by {winners}"
