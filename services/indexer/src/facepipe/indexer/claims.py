@@ -48,7 +48,7 @@ def ingest_event_id(message: StreamMessage) -> str:
     return message.id
 
 
-@dataclass
+@dataclass(eq=False)  # one message of the batch: compared by identity
 class Claimed:
     """One message's faces after the claim: which it claimed, skipped, or waits with."""
 
