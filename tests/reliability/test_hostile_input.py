@@ -48,7 +48,15 @@ PEAK_RSS_LIMIT_MIB = 1500  # per worker process; the models alone take ~300 MiB
 @pytest.mark.timeout(2400)
 def test_hostile_messages_end_acked_or_dead_lettered(stack: Stack, image_set: list[GeneratedImage]) -> None:
     total = scaled(10_000, 1_000)
-    stack.overrides.update({"CLAIM_IDLE_MS": "4000", "MAX_DELIVERIES": "2", "WORKER_BATCH_SIZE": "16"})
+    # Finished entries kept: the first image's detected and embedded entries are the templates below.
+    stack.overrides.update(
+        {
+            "CLAIM_IDLE_MS": "4000",
+            "MAX_DELIVERIES": "2",
+            "WORKER_BATCH_SIZE": "16",
+            "STREAM_RETENTION_MS": "3600000",
+        }
+    )
     workers = stack.spawn_pipeline()
     settings = stack.settings
     store = ObjectStore(settings)

@@ -144,40 +144,42 @@ class IndexerHandler:
     def process_batch(self, messages: list[StreamMessage]) -> Sequence[Outcome | BaseException]:
         limit = self.settings.max_worker_concurrency
         prepared = map_concurrently(self._prepare, messages, limit, return_exceptions=True)
-        results: list[Outcome | BaseException | None] = [
-            item if isinstance(item, BaseException) else None for item in prepared
-        ]
-        position = {id(item): n for n, item in enumerate(prepared)}
         items = [item for item in prepared if isinstance(item, _Prepared)]
         # Dedup in stream order (one atomic step per message, the whole batch in two round trips),
         # so within a batch the earlier message's face is the one kept.
-        for item, error in self._claim(items).items():
-            results[position[id(item)]] = error
-        claimed = {id(item.claimed): item for item in items if item.claimed is not None}
-        ordered, outside = rounds([item.claimed for item in claimed.values() if item.claimed])
+        results: dict[_Prepared, Outcome | BaseException] = self._claim(items)
+        indexed, not_indexed = self._index_in_rounds([item for item in items if item.claimed], results)
+        results.update(self._settle(indexed, not_indexed))
+        return [results[item] if isinstance(item, _Prepared) else item for item in prepared]
+
+    def _index_in_rounds(
+        self, items: list[_Prepared], results: dict[_Prepared, Outcome | BaseException]
+    ) -> tuple[list[_Prepared], list[_Prepared]]:
+        """Index the claimed messages, each after the messages of the batch it waits on; record
+        their results. Returns the messages indexed and those not (failed, or still waiting)."""
+        by_claim = {id(item.claimed): item for item in items}
+        ordered, outside = rounds([item.claimed for item in items if item.claimed])
         indexed: list[_Prepared] = []
-        not_indexed = [claimed[id(c)] for c in outside]
+        not_indexed = [by_claim[id(claim)] for claim in outside]
         for item in not_indexed:
-            results[position[id(item)]] = _waits(item)
-        for round_items in ordered:
+            results[item] = _waits(item)
+        for round_claims in ordered:
+            done = {item.claimed.key for item in indexed if item.claimed}
             ready = []
-            done_keys = {item.claimed.key for item in indexed if item.claimed}
-            for claim in round_items:
-                item = claimed[id(claim)]
-                if claim.waits_on() <= done_keys:
+            for claim in round_claims:
+                item = by_claim[id(claim)]
+                if claim.waits_on() <= done:
                     claim.waited_out()
                     ready.append(item)
                 else:  # a message it waited on failed: its claims are released, try again
-                    results[position[id(item)]] = _waits(item)
+                    results[item] = _waits(item)
                     not_indexed.append(item)
-            for item, outcome in zip(ready, self._index_round(ready), strict=True):
-                results[position[id(item)]] = outcome
-                (indexed if isinstance(outcome, Outcome) else not_indexed).append(item)
-        for item, error in self._settle(indexed, not_indexed).items():
-            results[position[id(item)]] = error
-        return [result if result is not None else RuntimeError("message not handled") for result in results]
+            for item, result in zip(ready, self._index_round(ready), strict=True):
+                results[item] = result
+                (indexed if isinstance(result, Outcome) else not_indexed).append(item)
+        return indexed, not_indexed
 
-    def _claim(self, items: list[_Prepared]) -> dict[_Prepared, BaseException]:
+    def _claim(self, items: list[_Prepared]) -> dict[_Prepared, Outcome | BaseException]:
         """Claim every message's new faces (``item.claimed``); the messages whose claim failed."""
         messages = [(item.parsed.ingest.tenant_id, item.owners()) for item in items]
         outcomes: list[list[DedupResult] | BaseException]
@@ -188,7 +190,7 @@ class IndexerHandler:
             outcomes = [self._claim_one(message) for message in messages]
         except Exception as exc:  # Redis down: these messages are retried (the runtime classifies it)
             return dict.fromkeys(items, exc)
-        failed: dict[_Prepared, BaseException] = {}
+        failed: dict[_Prepared, Outcome | BaseException] = {}
         for item, (tenant, faces), outcome in zip(items, messages, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 failed[item] = outcome
