@@ -73,7 +73,7 @@ FULL = Plan(
     search_queries=(100, 30),
     option_images=40,
     option_repeats=3,
-    memory_images=60,
+    memory_images=334,  # three runs: about 1,000 images through the pipeline
     profile=True,
 )
 QUICK = Plan(
