@@ -36,7 +36,11 @@ def test_poison_pill_is_dead_lettered_without_blocking_the_stream(
 ) -> None:
     stack.overrides.update(
         {
-            "CLAIM_IDLE_MS": "2500",
+            # Shorter than any restart of a detector (it loads its models): the pill is always idle
+            # again when the next one starts, the condition under which a loaded machine made the
+            # pill hold the stream back (starvation). One consumer per stage at a time, so nothing
+            # in flight is ever reclaimed from under a live one.
+            "CLAIM_IDLE_MS": "300",
             "MAX_DELIVERIES": str(MAX_DELIVERIES),
             "WORKER_BATCH_SIZE": "8",
             "STREAM_RETENTION_MS": "3600000",  # keep the detected entries: when each came out
