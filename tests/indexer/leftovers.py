@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import redis
-from qdrant_client import QdrantClient
 
 from facepipe.store.storage import ObjectStore
+from facepipe.store.vectors import VectorIndex
 
 
 @dataclass
@@ -63,24 +63,21 @@ def s3_blobs(store: ObjectStore, buckets: Iterable[str]) -> dict[str, bytes]:
             for bucket in buckets for key in store.list_keys(bucket, "")}
 
 
-def vector_points(client: QdrantClient, collection: str) -> list[tuple[str, bytes, np.ndarray]]:
-    """Every point of the collection, of every tenant: id, payload as JSON, vector."""
-    points, offset = [], None
-    while True:
-        records, offset = client.scroll(collection, limit=256, offset=offset, with_payload=True,
-                                        with_vectors=True)
-        points += [(str(r.id), json.dumps(r.payload).encode(), np.asarray(r.vector, dtype=np.float32))
-                   for r in records]
-        if offset is None:
-            return points
+def vector_points(index: VectorIndex, tenants: Iterable[str]) -> list[tuple[str, bytes, np.ndarray]]:
+    """Every point of these tenants (through the store's own reads): id, payload as JSON, vector."""
+    return [
+        (hit.id, json.dumps(hit.payload).encode(), np.asarray(hit.vector, dtype=np.float32))
+        for tenant in tenants
+        for hit in index.scroll(tenant, with_vectors=True)
+    ]
 
 
 def found(secrets: Secrets, redis_url: str, store: ObjectStore, buckets: Iterable[str],
-          qdrant: QdrantClient, collection: str) -> list[str]:
-    """Where each secret was found (empty: nowhere)."""
+          index: VectorIndex, tenants: Iterable[str]) -> list[str]:
+    """Where each secret was found (empty: nowhere); the vector store is read for ``tenants``."""
     places = {f"redis {k}": v for k, v in redis_blobs(redis_url).items()}
     places |= {f"s3 {k}": v for k, v in s3_blobs(store, buckets).items()}
-    points = vector_points(qdrant, collection)
+    points = vector_points(index, tenants)
     places |= {f"qdrant point {pid}": pid.encode() + payload for pid, payload, _ in points}
     hits = [f"{what} in {place}" for place, blob in places.items()
             for what, needle in secrets.needles.items() if needle in blob]

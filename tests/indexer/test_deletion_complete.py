@@ -68,7 +68,7 @@ class Indexed:
     def leftovers(self, secrets: Secrets) -> list[str]:
         settings, store = self.settings, ObjectStore(self.settings)
         return found(secrets, settings.redis_url, store, store.buckets,
-                     self.backend.index.client, settings.qdrant_collection)
+                     self.backend.index, {tenant for tenant, _ in PHOTOS})
 
 
 def _ingest(client: redis.Redis, settings: Settings, tenant: str, sha: str, key: str) -> None:

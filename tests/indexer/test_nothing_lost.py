@@ -4,8 +4,9 @@ The reproduction of issue 15: the collection disappears mid-run, the message is 
 it is dead-lettered (MAX_DELIVERIES=2), the collection comes back, the same image is ingested
 again: its faces must be indexed, not skipped as duplicates of faces that were never indexed.
 And a face near a face another indexer is indexing right now waits for that one's fate.
-Real Redis, SeaweedFS and Qdrant local mode; the indexer runs as a worker thread of this process
-(the test shares its Qdrant folder).
+Real Redis and SeaweedFS; the indexer runs as a worker thread of this process. The collection is
+deleted by hand on a vector store server (the Qdrant REST stand-in), as an operator could; the
+embedded store cannot lose a collection under the process that holds it.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from prometheus_client import REGISTRY
+from qdrantkit import rest_stand_in
 
 from facepipe.core.settings import Settings, dlq_stream, load_settings
 from facepipe.core.stats import Stats
@@ -88,11 +91,28 @@ def test_a_dead_lettered_message_leaves_no_dedup_entry_and_its_image_is_indexed_
     make_message: Callable[..., dict[str, Any]],
     publish: Callable[[dict[str, Any]], str],
     redis_client: redis.Redis,
-    index: VectorIndex,
+    tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("MAX_DELIVERIES", "2")
     monkeypatch.setenv("CLAIM_IDLE_MS", "100")
-    settings = load_settings()
+    with rest_stand_in(tmp_path / "qdrant-server") as url:
+        monkeypatch.setenv("QDRANT_URL", url)
+        settings = load_settings()
+        index = VectorIndex(settings)
+        index.ensure_collection(512)
+        try:
+            reingest_after_dead_letter(settings, index, make_message, publish, redis_client)
+        finally:
+            index.close()
+
+
+def reingest_after_dead_letter(
+    settings: Settings,
+    index: VectorIndex,
+    make_message: Callable[..., dict[str, Any]],
+    publish: Callable[[dict[str, Any]], str],
+    redis_client: redis.Redis,
+) -> None:
     dlq = dlq_stream(settings.embedded_stream)
     with indexer_thread(settings, index, redis_client):
         index.client.delete_collection(settings.qdrant_collection)  # gone mid-run

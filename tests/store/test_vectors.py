@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from vectorkit import DIM, FACES_PER_BATCH, KINDS, Backend, Holder, make_backend, rest_stand_in, unit
+from qdrantkit import rest_stand_in
+from vectorkit import DIM, FACES_PER_BATCH, KINDS, Backend, Holder, make_backend, unit
 
 from facepipe.core.errors import PermanentError
 from facepipe.store.vectors import (
