@@ -100,7 +100,7 @@ def code_reads(component: str) -> frozenset[str]:
     fields = set(Settings.model_fields)
     read: set[str] = set()
     for module, tree in import_closure(ENTRY_MODULES[component]).items():
-        if module == "facepipe.core.settings":
+        if module == "facepipe.core.settings" or module.startswith("facepipe.core.settings."):
             continue  # defines every field; reading happens elsewhere
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute):
