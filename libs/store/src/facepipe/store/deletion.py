@@ -2,7 +2,9 @@
 
 What is deleted, in this order (search stops returning the faces first):
 
-1. the Qdrant points (their payloads are read first: they name the raw image's bucket/key);
+1. the Qdrant points in every collection of the family (every model pack's, including one
+   kept for rollback after a pack change; their payloads are read first: they name the raw
+   image's bucket/key), and for a tenant its alias;
 2. the artifacts: crops, thumbnails and metadata JSON under ``<tenant>/<sha[:2]>/<sha>/``
    (or ``<tenant>/`` for a tenant), the raw image(s) under the same prefix in the raw bucket
    (where ``facepipe ingest`` puts them) and the raw objects the points name in the raw bucket
@@ -32,7 +34,7 @@ from facepipe.store.vectors import VectorIndex
 class DeletionReport:
     tenant_id: str
     image_sha256: str | None  # None: the whole tenant
-    points: int  # Qdrant points removed
+    points: int  # Qdrant points removed (a face in two packs' collections counts twice)
     artifacts: int  # crop, thumbnail and metadata objects removed
     raw_objects: int  # raw images removed
     dedup_entries: int  # image: remembered pHashes forgotten; tenant: dedup keys removed
@@ -64,8 +66,6 @@ class _Clients:
 def _raw_keys(settings: Settings, index: VectorIndex, tenant: str, image_sha256: str | None) -> set[str]:
     """Raw-bucket keys named by the points' ``source`` (a producer's own key layout)."""
     keys: set[str] = set()
-    if index.vector_size() is None:
-        return keys
     for hit in index.scroll(tenant, image_sha256=image_sha256):
         source = hit.payload.get("source") or {}
         if source.get("bucket") == settings.bucket_raw and source.get("key"):
@@ -77,10 +77,10 @@ def _delete_everywhere(
     settings: Settings, clients: _Clients, tenant: str, image_sha256: str | None, prefix: str
 ) -> tuple[int, int, int]:
     raw_keys = _raw_keys(settings, clients.index, tenant, image_sha256)
-    if clients.index.vector_size() is None:
-        points = 0
-    elif image_sha256 is None:
+    # Every collection of the family: a face may be in an old pack's collection kept for rollback.
+    if image_sha256 is None:
         points = clients.index.delete_tenant(tenant)
+        clients.index.forget_route(tenant)
     else:
         points = clients.index.delete_image(tenant, image_sha256)
     store = clients.store
