@@ -137,6 +137,7 @@ class EmbedderHandler:
             faces=faces,
             rejected=parsed.rejected,
             timings_ms={**parsed.timings_ms, "embedding": round(item.embedding_ms, 2)},
+            reembed_hops=parsed.reembed_hops,
         )
         metrics.FACES_PROCESSED.labels(stage=self.name).inc(len(faces))
         return Outcome(

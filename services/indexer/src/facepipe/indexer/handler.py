@@ -9,8 +9,14 @@ Order of effects for one message, and why it is safe to crash anywhere:
    image ingested again) is skipped; the others are remembered *with their owner* (image_sha256,
    face index, ingest event: see :func:`ingest_event_id`);
 3. crop, thumbnail and metadata JSON to S3 at deterministic keys;
-4. one Qdrant upsert for the faces of the whole batch (point id = UUIDv5 of tenant, image, face);
+4. one Qdrant upsert per collection for the faces of the whole batch (point id = UUIDv5 of
+   tenant, image, face): the vectors of each model pack go to that pack's collection
+   (:mod:`facepipe.store.pack_routing`);
 5. the worker acks.
+
+A message whose vectors come from a pack the tenant no longer uses (nor this indexer) is
+sent back to the embedder instead (published to the detected stream without its
+embeddings): nothing of it is stored, and it returns embedded with the current pack.
 
 A crash after 2 leaves dedup entries whose face is not indexed yet; the redelivered message
 finds entries owned by itself, so they are not duplicates, and 3-4 simply run again
@@ -35,13 +41,22 @@ import redis
 from PIL import Image, UnidentifiedImageError
 
 from facepipe.core.errors import PermanentError
-from facepipe.core.messages import EmbeddedFace, EmbeddedMessage, parse_message
+from facepipe.core.messages import (
+    MAX_REEMBED_HOPS,
+    DetectedFace,
+    DetectedMessage,
+    EmbeddedFace,
+    EmbeddedMessage,
+    parse_message,
+)
 from facepipe.core.metrics import timed
-from facepipe.core.packs import get_pack
+from facepipe.core.packs import PACKS, get_pack
 from facepipe.core.settings import Settings
 from facepipe.core.stats import Stats
-from facepipe.core.worker import Outcome, StreamMessage, map_concurrently, worker_redis
+from facepipe.core.worker import Outcome, Publish, StreamMessage, map_concurrently, worker_redis
 from facepipe.store.dedup import DedupCache, DedupResult, Owner
+from facepipe.store.pack_migration import MigrationRecords
+from facepipe.store.pack_routing import PackRouter
 from facepipe.store.storage import ArtifactKeys, ObjectStore, artifact_keys
 from facepipe.store.vectors import FacePoint, VectorIndex
 
@@ -60,6 +75,7 @@ class _Prepared:
 
     message: StreamMessage
     parsed: EmbeddedMessage
+    collection: str  # where its pack's vectors go for its tenant
     vectors: list[np.ndarray]
     crops: list[bytes]
     thumbs: list[bytes]
@@ -72,6 +88,14 @@ class _Indexed:
 
     outcome: Outcome
     points: list[FacePoint]
+    collection: str = ""
+
+
+@dataclass
+class _SendBack:
+    """A message to embed again with the current pack: no dedup, no artifacts, no points."""
+
+    outcome: Outcome
 
 
 def ingest_event_id(message: StreamMessage) -> str:
@@ -177,12 +201,14 @@ class IndexerHandler:
         self.store.ensure_buckets()
         if self._index is None:
             self._index = VectorIndex(self.settings)
-        self.index.ensure_collection(self.pack.dim)
+        records = MigrationRecords(self.redis, self.settings.qdrant_collection)
+        self.router = PackRouter(self.index, self.pack, records)
+        collection = self.router.own_collection()
         self.dedup = DedupCache(self.redis, self.settings)
         self.stats = Stats(self.redis, stage=self.name)
         log.info(
             "Indexer ready: collection %s (%d-d, pack %s), dedup %s (max Hamming %d, TTL %ds)",
-            self.settings.qdrant_collection,
+            collection,
             self.pack.dim,
             self.pack.name,
             "on" if self.dedup.enabled else "off",
@@ -220,11 +246,15 @@ class IndexerHandler:
         # indexing then run concurrently.
         checked = self._dedup(prepared)
         staged = map_concurrently(self._store_artifacts, checked, limit, return_exceptions=True)
-        points = [point for item in staged if isinstance(item, _Indexed) for point in item.points]
-        if points:
+        by_collection: dict[str, list[FacePoint]] = {}
+        for item in staged:
+            if isinstance(item, _Indexed) and item.points:
+                by_collection.setdefault(item.collection, []).extend(item.points)
+        if by_collection:
             try:
                 with timed(self.stats, "upsert"):
-                    self.index.upsert(points)
+                    for collection, points in by_collection.items():
+                        self.index.view(collection).upsert(points)
             except Exception as exc:
                 # Every message with points waits for this upsert: they all retry (or crash) together.
                 return [
@@ -262,9 +292,11 @@ class IndexerHandler:
         except Exception as exc:
             return exc
 
-    def _store_artifacts(self, item: _Prepared | BaseException) -> _Indexed:
+    def _store_artifacts(self, item: _Prepared | _SendBack | BaseException) -> _Indexed:
         if isinstance(item, BaseException):
             raise item  # a failure of an earlier step of this message, passed through
+        if isinstance(item, _SendBack):
+            return _Indexed(outcome=item.outcome, points=[])
         parsed = item.parsed
         ingest = parsed.ingest
         tenant = ingest.tenant_id
@@ -300,17 +332,18 @@ class IndexerHandler:
                 counters={"faces_processed": len(item.kept), "faces_dup_skipped": dup_skipped},
             ),
             points=points,
+            collection=item.collection,
         )
 
-    def _prepare(self, message: StreamMessage) -> _Prepared:
+    def _prepare(self, message: StreamMessage) -> _Prepared | _SendBack:
         parsed = parse_message(EmbeddedMessage, message.payload)
         model = parsed.model
-        if model.pack != self.pack.name or model.dim != self.pack.dim:
-            # Vectors of another pack are not comparable with this collection's, even at the same size.
+        pack = PACKS.get(model.pack)
+        if pack is None or model.dim != pack.dim:
             raise PermanentError(
                 "model_pack_mismatch",
-                f"message embedded with pack {model.pack!r} ({model.dim}-d); this indexer serves "
-                f"{self.pack.name!r} ({self.pack.dim}-d) into collection {self.settings.qdrant_collection!r}",
+                f"message embedded with pack {model.pack!r} ({model.dim}-d), which is not a known pack "
+                f"of that size (known: {', '.join(f'{p.name} {p.dim}-d' for p in PACKS.values())})",
             )
         indexes = [face.index for face in parsed.faces]
         if len(set(indexes)) != len(indexes):
@@ -318,7 +351,40 @@ class IndexerHandler:
         vectors = [decode_embedding(face, model.dim) for face in parsed.faces]
         crops = [decode_crop(face) for face in parsed.faces]
         thumbs = [thumbnail_jpeg(crop) for crop in crops]  # also proves every crop decodes
-        return _Prepared(message, parsed, vectors, crops, thumbs)
+        collection = self.router.collection_for(parsed.ingest.tenant_id, pack)
+        if collection is None:
+            return self._send_back(parsed)
+        return _Prepared(message, parsed, collection, vectors, crops, thumbs)
+
+    def _send_back(self, parsed: EmbeddedMessage) -> _SendBack:
+        """The message to the embedder again, without its vectors: the tenant uses another pack now."""
+        tenant = parsed.ingest.tenant_id
+        searched = self.router.route(tenant).pack
+        if parsed.reembed_hops >= MAX_REEMBED_HOPS:
+            raise PermanentError(
+                "model_pack_mismatch",
+                f"embedded with pack {parsed.model.pack!r} again after {parsed.reembed_hops} returns to the "
+                f"embedder; tenant {tenant!r} searches with {searched.name if searched else '?'!r} and this "
+                f"indexer serves {self.pack.name!r}: is an embedder of an old pack still running?",
+            )
+        detector_pack = (parsed.model.model_extra or {}).get("detector_pack") or parsed.model.pack
+        again = DetectedMessage(
+            ingest=parsed.ingest,
+            source=parsed.source,
+            image=parsed.image,
+            model={"pack": detector_pack, "detector": parsed.model.detector},
+            faces=[DetectedFace(**face.model_dump(exclude={"embedding_b64"})) for face in parsed.faces],
+            rejected=parsed.rejected,
+            timings_ms=parsed.timings_ms,
+            reembed_hops=parsed.reembed_hops + 1,
+        )
+        log.info(
+            "Image %s of tenant %s was embedded with pack %s; it searches with %s: sent back to the embedder",
+            parsed.ingest.image_sha256, tenant, parsed.model.pack, searched.name if searched else "?",
+        )
+        rejected = len(parsed.rejected)
+        summary = {"faces_total": len(parsed.faces) + rejected, "accepted": 0, "rejected": rejected}
+        return _SendBack(Outcome(publish=[Publish(self.settings.detected_stream, again)], summary=summary))
 
     def _payload(
         self, parsed: EmbeddedMessage, face: EmbeddedFace, keys: ArtifactKeys, created_at: str
