@@ -26,6 +26,7 @@ import redis
 from facepipe.core.settings import Settings
 from facepipe.core.tenancy import validate_tenant_id
 from facepipe.store.dedup import DedupCache
+from facepipe.store.pack_migration import MigrationRecords
 from facepipe.store.storage import ObjectStore, image_prefix, tenant_prefix
 from facepipe.store.vectors import VectorIndex
 
@@ -132,6 +133,7 @@ def purge_tenant(
     try:
         points, artifacts, raw = _delete_everywhere(settings, clients, tenant, None, tenant_prefix(tenant))
         dedup_keys = DedupCache(clients.redis, settings).flush(tenant)
+        MigrationRecords(clients.redis, settings.qdrant_collection).forget(tenant)
     finally:
         clients.close()
     return DeletionReport(tenant, None, points, artifacts, raw, dedup_keys)
