@@ -149,7 +149,8 @@ def test_aliases_switch_atomically_and_resolve_like_collection_names(client: Qdr
         )
 
     switch("pack_a")
-    assert [(a.alias_name, a.collection_name) for a in client.get_aliases().aliases] == [("faces@t", "pack_a")]
+    aliases = client.get_aliases().aliases
+    assert [(a.alias_name, a.collection_name) for a in aliases] == [("faces@t", "pack_a")]
     assert client.count("faces@t", exact=True).count == 0
     switch("pack_b")
     assert [a.collection_name for a in client.get_aliases().aliases] == ["pack_b"]

@@ -137,9 +137,6 @@ class MigrationRecords:
         encoded["updated_at"] = now_iso()
         self.redis.hset(self.key(tenant), mapping=encoded)
 
-    def add_skipped(self, tenant: str, count: int) -> None:
-        self.redis.hincrby(self.key(tenant), "skipped", count)
-
     def note_active(self, tenant: str, pack: str) -> bool:
         """Record the pack a tenant searches with when nothing is recorded yet; True if it was new."""
         return bool(self.redis.hsetnx(self.key(tenant), "active", pack))

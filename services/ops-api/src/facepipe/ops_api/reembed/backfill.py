@@ -105,7 +105,8 @@ class Reembedder:
         self._lock: TenantLock | None = None
         self._offsets: dict[str, str] = {}  # this run's resume points (it alone writes them: the lock)
         self._embedded = 0
-        self._skipped = 0
+        self._skipped: set[str] = set()  # faces without a crop: each pass would meet them again
+        self._skipped_before = 0  # what a killed earlier run of this migration had counted
         self._started = time.monotonic()
 
     # --- the run -------------------------------------------------------------------------
@@ -126,7 +127,7 @@ class Reembedder:
                 raise
         migrated = self.index.view(self.index.pack_collection(self.pack)).count(self.tenant)
         return ReembedReport(
-            self.tenant, self.pack.name, action, migrated, self._embedded, self._skipped,
+            self.tenant, self.pack.name, action, migrated, self._embedded, len(self._skipped),
             time.monotonic() - self._started,
         )
 
@@ -148,6 +149,7 @@ class Reembedder:
         target = self.index.ensure_pack_collection(self.pack)
         resuming = state.target == self.pack.name and state.phase == BACKFILLING
         self._offsets = dict(state.offsets) if resuming else {}
+        self._skipped_before = state.skipped if resuming else 0
         log.info(
             "tenant %s: %s pack %s -> %s (%s to %s)", self.tenant, "resuming" if resuming else "migrating",
             _name(route.pack), self.pack.name, route.collection, target,
@@ -203,13 +205,13 @@ class Reembedder:
         while True:
             self._renew()
             hits, next_offset = origin.scroll_page(self.tenant, self.options.page, offset)
-            present = destination.existing_ids(hit.id for hit in hits)
+            present = destination.existing_ids(hit.id for hit in hits) | self._skipped
             points, skipped = self.crops.points([hit for hit in hits if hit.id not in present])
             destination.upsert(points)  # durable before the resume point moves past these faces
             self._embedded += len(points)
             if skipped:
-                self._skipped += skipped
-                self.records.add_skipped(self.tenant, skipped)
+                self._skipped.update(skipped)
+                self.records.update(self.tenant, skipped=max(self._skipped_before, len(self._skipped)))
             if next_offset is not None:
                 self._offsets[source] = str(next_offset)
                 self.records.update(self.tenant, offsets=self._offsets)

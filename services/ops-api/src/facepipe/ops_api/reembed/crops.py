@@ -51,8 +51,8 @@ class CropEmbedder:
         if not self.embedder.loaded:
             self.embedder.load()
 
-    def points(self, hits: Sequence[SearchHit]) -> tuple[list[FacePoint], int]:
-        """The hits as points of this pack, and how many had no crop left (deleted meanwhile)."""
+    def points(self, hits: Sequence[SearchHit]) -> tuple[list[FacePoint], list[str]]:
+        """The hits as points of this pack, and the ids of those with no crop left (deleted meanwhile)."""
         crops = map_concurrently(self._crop, hits, self.threads)
         kept = [(hit, crop) for hit, crop in zip(hits, crops, strict=True) if crop is not None]
         images = [crop for _hit, crop in kept]
@@ -71,7 +71,7 @@ class CropEmbedder:
             )
             for (hit, _crop), vector in zip(kept, vectors, strict=True)
         ]
-        return points, len(hits) - len(kept)
+        return points, [hit.id for hit, crop in zip(hits, crops, strict=True) if crop is None]
 
     def _crop(self, hit: SearchHit) -> np.ndarray | None:
         bucket, key = crop_location(self.settings, hit.payload)
