@@ -5,8 +5,11 @@ The photos are ../shared/data/faces (MANIFEST.json: who is in each single-person
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Sequence
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ import numpy as np
 import redis
 
 from facepipe.cli.ingest import ingest_paths
+from facepipe.cli.localservers import free_port, wait_for_port
 from facepipe.core.settings import Settings
 from facepipe.core.worker import Worker
 from facepipe.detector.handler import DetectorHandler
@@ -87,3 +91,17 @@ def same_person_first(ranked: Sequence[str], person: Sequence[Path], group_shas:
 
 def group_photos(manifest: dict[str, dict], faces_dir: Path) -> set[str]:
     return {sha_of(faces_dir / name) for name, photo in manifest.items() if not photo["identity"]}
+
+
+@contextlib.contextmanager
+def qdrant_server(path: Path) -> Iterator[str]:
+    """A Qdrant server for the test (the REST stand-in, its own process, data in ``path``); its URL."""
+    port = free_port()
+    command = [sys.executable, "-m", "facepipe.sim.qdrant_rest", "--path", str(path), "--port", str(port)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, timeout=60, proc=proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 import redis
-from packkit import index_photos
+from packkit import index_photos, qdrant_server
 
-from facepipe.cli.localservers import free_port, wait_for_port
+from facepipe.cli.localservers import free_port
 from facepipe.core.settings import Settings, load_settings
 from facepipe.store.pack_migration import MigrationRecords, MigrationState
 from facepipe.store.storage import ObjectStore
@@ -40,15 +40,8 @@ def vector_store(kind: str, tmp_path: Path) -> Iterator[dict[str, str]]:
     if kind == "edge":
         yield {"QDRANT_URL": "embedded", "QDRANT_PATH": str(tmp_path / "qdrant")}
         return
-    port = free_port()
-    command = [sys.executable, "-m", "facepipe.sim.qdrant_rest", "--path", str(tmp_path / "server"), "--port"]
-    proc = subprocess.Popen([*command, str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    try:
-        wait_for_port(port, timeout=60, proc=proc)
-        yield {"QDRANT_URL": f"http://127.0.0.1:{port}"}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+    with qdrant_server(tmp_path / "server") as url:
+        yield {"QDRANT_URL": url}
 
 
 def record(client: redis.Redis, settings: Settings) -> MigrationState | None:

@@ -30,7 +30,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import redis
@@ -95,7 +95,11 @@ class Reembedder:
         self.tenant = tenant
         self.pack = get_pack(pack)
         self.index = index
-        self.options = options or ReembedOptions()
+        options = options or ReembedOptions()
+        if options.max_faces_per_s > 0:
+            # About a second of work per page: the load stays even instead of bursts and long pauses.
+            options = replace(options, page=max(1, min(options.page, int(options.max_faces_per_s))))
+        self.options = options
         self.records = MigrationRecords(redis_client, index.base)
         self.crops = CropEmbedder(
             settings, self.pack, store, batch=self.options.batch, threads=self.options.fetch_threads,

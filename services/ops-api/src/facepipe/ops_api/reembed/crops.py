@@ -10,6 +10,7 @@ found the face, as when the embedder embeds a crop another pack's detector made)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,6 @@ import numpy as np
 from facepipe.core.errors import PermanentError
 from facepipe.core.packs import ModelPack
 from facepipe.core.settings import Settings
-from facepipe.core.worker import map_concurrently
 from facepipe.store.storage import ObjectStore, artifact_keys
 from facepipe.store.vectors import FacePoint, SearchHit
 from facepipe.vision.imaging import CROP_SIZE, decode_jpeg
@@ -53,7 +53,8 @@ class CropEmbedder:
 
     def points(self, hits: Sequence[SearchHit]) -> tuple[list[FacePoint], list[str]]:
         """The hits as points of this pack, and the ids of those with no crop left (deleted meanwhile)."""
-        crops = map_concurrently(self._crop, hits, self.threads)
+        with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="crops") as pool:
+            crops = list(pool.map(self._crop, hits))  # S3 reads wait on the network: in parallel
         kept = [(hit, crop) for hit, crop in zip(hits, crops, strict=True) if crop is not None]
         images = [crop for _hit, crop in kept]
         vectors = [
