@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench.common import load_average, machine, rounded
 
-FIGURES = ("pipeline", "embed", "stages", "dedup", "search", "options")
+FIGURES = ("pipeline", "embed", "stages", "dedup", "search", "options", "reembed")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 log = logging.getLogger("bench")
 
@@ -48,6 +48,8 @@ class Plan:
     search_queries: tuple[int, ...]
     option_images: int
     option_repeats: int
+    reembed_faces: int
+    reembed_repeats: int
     profile: bool
 
 
@@ -72,6 +74,8 @@ FULL = Plan(
     search_queries=(200, 200, 100),
     option_images=40,
     option_repeats=3,
+    reembed_faces=2000,
+    reembed_repeats=3,
     profile=True,
 )
 QUICK = Plan(
@@ -95,6 +99,8 @@ QUICK = Plan(
     search_queries=(30, 30),
     option_images=10,
     option_repeats=1,
+    reembed_faces=300,
+    reembed_repeats=2,
     profile=True,
 )
 # The smallest run that still exercises every figure (tests/bench/test_bench_smoke.py).
@@ -119,6 +125,8 @@ SMOKE = Plan(
     search_queries=(5, 3),
     option_images=4,
     option_repeats=1,
+    reembed_faces=40,
+    reembed_repeats=1,
     profile=True,
 )
 GPU_STAGE_BATCHES = (1, 32, 64)
@@ -215,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         "dedup": lambda: figures.dedup(plan),
         "search": lambda: figures.search(plan),
         "options": lambda: figures.options(plan, args),
+        "reembed": lambda: figures.reembed(plan, args),
     }
     timings: dict[str, float] = {}
     for name in only:
