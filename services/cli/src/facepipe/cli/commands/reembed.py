@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
 from facepipe.cli.commands.common import Subparsers, add_api_option
 from facepipe.cli.connect import OpsApiClient, Target, resolve
@@ -129,7 +129,7 @@ def _here(target: Target, args: argparse.Namespace, pack: str, options: Any) -> 
 @contextmanager
 def _bar(quiet: bool) -> Iterator[tuple[Progress, TaskID]]:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("faces"))
-    with Progress(*columns, TimeElapsedColumn(), console=console, disable=quiet) as progress:
+    with Progress(*columns, console=console, disable=quiet) as progress:
         yield progress, progress.add_task("starting", total=None)
 
 

@@ -112,6 +112,8 @@ class Reembedder:
         self._skipped: set[str] = set()  # faces without a crop: each pass would meet them again
         self._skipped_before = 0  # what a killed earlier run of this migration had counted
         self._started = time.monotonic()
+        self._syncing_s = 0.0  # time spent reading, embedding and writing (the rate's denominator)
+        self._page_started = time.monotonic()
 
     # --- the run -------------------------------------------------------------------------
 
@@ -206,6 +208,7 @@ class Reembedder:
 
     def _sync(self, source: str, target: str, active: str, offset: str | None) -> None:
         origin, destination = self.index.view(source), self.index.view(target)
+        self._page_started = time.monotonic()
         while True:
             self._renew()
             hits, next_offset = origin.scroll_page(self.tenant, self.options.page, offset)
@@ -219,26 +222,29 @@ class Reembedder:
             if next_offset is not None:
                 self._offsets[source] = str(next_offset)
                 self.records.update(self.tenant, offsets=self._offsets)
-            self._report(active, target)
             self._throttle()
+            now = time.monotonic()
+            self._syncing_s += now - self._page_started
+            self._page_started = now
+            self._report(active, target)
             if next_offset is None:
                 return
             offset = str(next_offset)
 
     def _report(self, active: str, target: str) -> None:
-        elapsed = time.monotonic() - self._started
+        rate = self._embedded / self._syncing_s if self._syncing_s > 0 else 0.0
         self.records.update(
             self.tenant,
             migrated=self.index.view(target).count(self.tenant),
             total=self.index.view(active).count(self.tenant),
-            faces_per_s=round(self._embedded / elapsed, 2) if elapsed > 0 else 0.0,
+            faces_per_s=round(rate, 2),
         )
         self.progress(self.records.load(self.tenant) or MigrationState(self.tenant))
 
     def _throttle(self) -> None:
         rate = self.options.max_faces_per_s
         if rate > 0:
-            self._wait(self._embedded / rate - (time.monotonic() - self._started))
+            self._wait(self._embedded / rate - (self._syncing_s + time.monotonic() - self._page_started))
 
     def _wait(self, seconds: float) -> None:
         """Sleep, renewing the tenant lock so it outlives the wait."""
