@@ -253,3 +253,26 @@ def test_one_run_per_tenant_and_a_pack_without_files_changes_nothing(world: Worl
         no_files.run()
     assert world.index.route(TENANT).pack.name == BUFFALO  # type: ignore[union-attr]
     assert world.collection(SFACE).vector_size() is None and world.record().target == ""
+
+
+def test_a_run_killed_between_recording_the_switch_and_making_it_switches_on_the_next_run(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.index_photos(world.photos)
+
+    def killed(tenant: str, collection: str) -> None:
+        # A process dying at exactly this point cannot be arranged from outside: the switch is
+        # replaced by a crash here, and only here.
+        raise KeyboardInterrupt("killed between the record and the alias")
+
+    monkeypatch.setattr(world.index, "set_route", killed)
+    with pytest.raises(KeyboardInterrupt):
+        world.run(SFACE)
+    assert world.record().phase == "switched" and world.index.route(TENANT).pack.name == BUFFALO  # type: ignore[union-attr]
+    monkeypatch.undo()
+
+    report = world.run(SFACE)
+    assert (report.action, report.embedded) == ("migrated", 0)  # every face was in already
+    assert world.index.route(TENANT).pack.name == SFACE  # type: ignore[union-attr]
+    record = world.record()
+    assert record.phase == "complete" and [kept.pack for kept in record.previous] == [BUFFALO]

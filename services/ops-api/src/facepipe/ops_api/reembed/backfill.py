@@ -172,12 +172,14 @@ class Reembedder:
             self._sync(source, target, route.collection, self._offsets.get(source))
         for source in sources:  # catch-up: what the old pods indexed meanwhile
             self._sync(source, target, route.collection, None)
-        self.index.set_route(self.tenant, target)
         kept = [r for r in state.previous if r.collection not in (route.collection, target)]
         until = (datetime.now(tz=UTC) + timedelta(hours=self.options.retain_hours)).strftime(ISO_FORMAT)
         if route.collection != target:
             kept.append(Retained(_name(route.pack), route.collection, until))
+        # The record first: killed between the two steps, a new run finds the alias unmoved and
+        # switches again (its passes find every face there); killed after both, it settles.
         self.records.update(self.tenant, active=self.pack.name, phase=SWITCHED, previous=kept, offsets={})
+        self.index.set_route(self.tenant, target)
         log.info("tenant %s now searches %s (pack %s)", self.tenant, target, self.pack.name)
         for abandoned in sources[1:]:
             self._remove_tenant(abandoned)
@@ -185,11 +187,13 @@ class Reembedder:
         self._settle(state, self.index.route(self.tenant))
 
     def _settle(self, state: MigrationState, route: Route) -> None:
-        """After the switch: wait out other processes' alias caches, then a last catch-up."""
+        """After the switch: wait out other processes' alias caches, then a last catch-up.
+
+        Only from the collection just left (the last one kept): a stale indexer wrote there."""
         self._wait(self.options.settle_s)
-        for kept in state.previous:
-            if kept.collection != route.collection:
-                self._sync(kept.collection, route.collection, route.collection, None)
+        left = state.previous[-1].collection if state.previous else None
+        if left is not None and left != route.collection:
+            self._sync(left, route.collection, route.collection, None)
         self.records.update(self.tenant, phase=COMPLETE, target="", finished_at=now_iso())
         self._report(route.collection, route.collection)
 
@@ -213,7 +217,7 @@ class Reembedder:
             self._renew()
             hits, next_offset = origin.scroll_page(self.tenant, self.options.page, offset)
             present = destination.existing_ids(hit.id for hit in hits) | self._skipped
-            points, skipped = self.crops.points([hit for hit in hits if hit.id not in present])
+            points, skipped = self.crops.points([hit for hit in hits if hit.id not in present], self._renew)
             destination.upsert(points)  # durable before the resume point moves past these faces
             self._embedded += len(points)
             if skipped:

@@ -9,7 +9,7 @@ found the face, as when the embedder embeds a crop another pack's detector made)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -51,17 +51,20 @@ class CropEmbedder:
         if not self.embedder.loaded:
             self.embedder.load()
 
-    def points(self, hits: Sequence[SearchHit]) -> tuple[list[FacePoint], list[str]]:
-        """The hits as points of this pack, and the ids of those with no crop left (deleted meanwhile)."""
+    def points(
+        self, hits: Sequence[SearchHit], tick: Callable[[], None] = lambda: None
+    ) -> tuple[list[FacePoint], list[str]]:
+        """The hits as points of this pack, and the ids of those with no crop left (deleted meanwhile).
+
+        ``tick`` runs after each inference call (the backfill renews its lock there)."""
         with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="crops") as pool:
             crops = list(pool.map(self._crop, hits))  # S3 reads wait on the network: in parallel
         kept = [(hit, crop) for hit, crop in zip(hits, crops, strict=True) if crop is not None]
         images = [crop for _hit, crop in kept]
-        vectors = [
-            vector
-            for start in range(0, len(images), self.batch)
-            for vector in self.embedder.embed(images[start : start + self.batch])
-        ]
+        vectors: list[np.ndarray] = []
+        for start in range(0, len(images), self.batch):
+            vectors.extend(self.embedder.embed(images[start : start + self.batch]))
+            tick()
         points = [
             FacePoint(
                 hit.payload["tenant_id"],
