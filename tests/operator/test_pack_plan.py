@@ -20,7 +20,7 @@ from facepipe.operator.packs import (
     plan_packs,
 )
 from facepipe.operator.spec import parse_spec
-from facepipe.store.pack_migration import MigrationState
+from facepipe.store.pack_migration import MigrationState, Retained
 
 OWNER = PipelineRef("acme", "tenants", "uid-1")
 A, B = "buffalo_sc", "opencv_yunet_sface"
@@ -123,6 +123,17 @@ def test_a_failed_job_is_reported_with_its_reason() -> None:
     }
     assert job_failure(failed) == "BackoffLimitExceeded: too many"
     assert job_failure({"status": {"active": 1}}) is None and job_failure(None) is None
-    plan = PackPlan(B, A, A, job=True, record=state(A))
+    plan = PackPlan(B, A, A, migrating=True, record=state(A))
     assert pack_status(plan, "acme-pack-1", job_failure(failed))["migration"]["phase"] == "Failed"
     assert pack_condition(plan, job_failure(failed))[:2] == (False, "Failed")
+
+
+def test_an_expired_collection_kept_for_rollback_brings_the_job_back_once() -> None:
+    kept = [Retained(A, "faces_v1_buffalo_sc_v1", "2026-01-01T00:00:00Z")]  # long past
+    done = MigrationState("acme", active=B, phase="complete", previous=kept)
+    plan = plan_packs(B, done)
+    assert (plan.job, plan.migrating, plan.deployed) == (True, False, B)
+    assert pack_condition(plan, None)[0] is True  # a cleanup is no migration
+    assert pack_status(plan, "acme-pack-1", None)["migration"]["phase"] == "Complete"
+    kept = [Retained(A, "faces_v1_buffalo_sc_v1", "2999-01-01T00:00:00Z")]
+    assert plan_packs(B, MigrationState("acme", active=B, phase="complete", previous=kept)).job is False

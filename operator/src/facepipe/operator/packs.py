@@ -16,6 +16,9 @@ its progress, written by the indexer and by the backfill) and the backfill Job's
 - The Job switches the tenant's searches when it is complete. Changing the spec back before
   that gives a Job for the old pack, which rolls the migration back (the other Job is
   deleted: its pod stops). A finished Job is deleted once the record shows the result.
+- When a collection kept for rollback is past ``models.migration.retainHours``, the same Job
+  runs once more for the pack in use: it finds nothing to re-embed and removes the tenant's
+  faces from the expired collection.
 - The Job's name hashes everything its pod template holds, so a changed Job is a new Job
   (a Job's template cannot be changed); ``spec.restartAt`` retries a failed one.
 """
@@ -75,13 +78,19 @@ class PackPlan:
     desired: str  # spec.models.pack
     active: str  # the pack the tenant searches with
     deployed: str  # MODEL_PACK the Deployments get
-    job: bool  # a backfill Job for ``desired`` is wanted
+    migrating: bool  # the tenant is not (yet) where the spec wants it
     record: MigrationState | None
+    cleanup: bool = False  # a collection kept for rollback has expired
+
+    @property
+    def job(self) -> bool:
+        """A backfill Job for ``desired`` is wanted."""
+        return self.migrating or self.cleanup
 
     @property
     def waiting_for_models(self) -> bool:
         """The Job runs, but has not loaded the new pack yet (the Deployments wait for it)."""
-        return self.job and self.deployed != self.desired
+        return self.migrating and self.deployed != self.desired
 
 
 def plan_packs(desired: str, record: MigrationState | None) -> PackPlan:
@@ -89,7 +98,9 @@ def plan_packs(desired: str, record: MigrationState | None) -> PackPlan:
     running = record is not None and record.running
     loaded = record is not None and record.target == desired and record.phase in (BACKFILLING, SWITCHED)
     deployed = desired if active == desired or loaded else active
-    return PackPlan(desired, active, deployed, job=active != desired or running, record=record)
+    migrating = active != desired or running
+    expired = record is not None and any(kept.expired() for kept in record.previous)
+    return PackPlan(desired, active, deployed, migrating, record, cleanup=expired and not migrating)
 
 
 def deployed_spec(spec: PipelineSpec, pack: str) -> PipelineSpec:
@@ -154,13 +165,13 @@ def pack_status(plan: PackPlan, job_name: str | None, failure: str | None) -> di
     """``status.models``: the pack searched, the pack asked for, and the migration's progress."""
     out: dict[str, Any] = {"pack": plan.active, "desiredPack": plan.desired, "deployedPack": plan.deployed}
     record = plan.record if plan.record is not None else MigrationState("")
-    if not (plan.job or record.target or record.phase):
+    if not (plan.migrating or record.target or record.phase):
         return out  # no migration, now or before
     migration: dict[str, Any] = {
         "phase": migration_phase(plan, failure),
         "toPack": record.target or plan.desired,
     }
-    if plan.job:
+    if plan.migrating:
         migration["fromPack"] = plan.active
     if record.phase:  # the backfill has reported
         migration.update(migrated=record.migrated, total=record.total, skipped=record.skipped)
@@ -185,7 +196,7 @@ def migration_phase(plan: PackPlan, failure: str | None) -> str:
     record = plan.record
     if record is not None and record.running:
         return _PHASES[record.phase]
-    if plan.job:
+    if plan.migrating:
         return "Pending"  # the Job was created; its pod has not reported yet
     return "RolledBack" if record is not None and record.phase == "rolled_back" else "Complete"
 
@@ -195,7 +206,7 @@ def pack_condition(plan: PackPlan, failure: str | None) -> tuple[bool, str, str]
     if failure:
         message = f"the backfill to {plan.desired} failed ({failure}); searches stay on {plan.active}"
         return False, "Failed", message
-    if not plan.job:
+    if not plan.migrating:
         return True, "Complete", f"searches use pack {plan.active}, the one the spec asks for"
     phase = migration_phase(plan, None)
     record = plan.record

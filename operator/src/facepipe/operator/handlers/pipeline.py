@@ -126,7 +126,7 @@ def _plan_packs(
         phase = (models.get("migration") or {}).get("phase")
         job = phase not in (None, "Complete", "RolledBack")
         active, deployed = models.get("pack", spec.models.pack), models.get("deployedPack", spec.models.pack)
-        return PackPlan(spec.models.pack, active, deployed, job=job, record=None)
+        return PackPlan(spec.models.pack, active, deployed, migrating=job, record=None)
     return plan_packs(spec.models.pack, record)
 
 
