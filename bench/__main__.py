@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench.common import load_average, machine, rounded
 
-FIGURES = ("pipeline", "embed", "stages", "dedup", "search", "options", "reembed")
+FIGURES = ("pipeline", "memory", "embed", "stages", "dedup", "search", "options", "reembed")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 log = logging.getLogger("bench")
 
@@ -48,6 +48,7 @@ class Plan:
     search_queries: tuple[int, ...]
     option_images: int
     option_repeats: int
+    memory_images: int
     reembed_faces: int
     reembed_repeats: int
     profile: bool
@@ -74,6 +75,7 @@ FULL = Plan(
     search_queries=(200, 200, 100),
     option_images=40,
     option_repeats=3,
+    memory_images=334,  # three runs: about 1,000 images through the pipeline
     reembed_faces=2000,
     reembed_repeats=3,
     profile=True,
@@ -99,6 +101,7 @@ QUICK = Plan(
     search_queries=(30, 30),
     option_images=10,
     option_repeats=1,
+    memory_images=12,
     reembed_faces=300,
     reembed_repeats=2,
     profile=True,
@@ -125,6 +128,7 @@ SMOKE = Plan(
     search_queries=(5, 3),
     option_images=4,
     option_repeats=1,
+    memory_images=3,
     reembed_faces=40,
     reembed_repeats=1,
     profile=True,
@@ -214,10 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         "thread_budget": args.threads,
         "plan": asdict(plan),
     }
-    from bench import figures
+    from bench import figures, memory_bench
 
     steps: dict[str, Callable[[], dict[str, object]]] = {
         "pipeline": lambda: figures.pipeline(plan, args),
+        "memory": lambda: memory_bench.redis_memory(plan, args),
         "embed": lambda: figures.embed_batch(plan, args),
         "stages": lambda: figures.stages(plan, args),
         "dedup": lambda: figures.dedup(plan),

@@ -55,6 +55,17 @@ def _headline(r: dict[str, Any]) -> list[str]:
             f"pipeline {p['cpu_ms_per_image']} ms (services + Redis + SeaweedFS) | >= 0.85 | "
             f"{_verdict('pipeline_vs_bare_cpu_ratio', value)} |"
         )
+    if "redis_memory_growth_bytes_per_image" in r:
+        m = r["redis_memory"]
+        after = m["after_each_run"]
+        rows.append(
+            f"| redis_memory_growth_bytes_per_image | {r['redis_memory_growth_bytes_per_image']:,.1f} | "
+            f"Redis memory besides the dedup cache, {m['runs']} runs of {m['images_per_run']} images: "
+            f"{', '.join(_num(s['used_bytes'] - s['dedup_bytes'], 0) for s in after)} B; streams hold "
+            f"{', '.join(str(s['stream_entries']) for s in after)} entries after each run (finished "
+            f"entries trimmed); the dedup cache grows {m['dedup_growth_bytes_per_image']:,.0f} B per image "
+            f"until DEDUP_TTL_SECONDS | flat | |"
+        )
     if "embed_batch_speedup" in r:
         e = r["embed_batch"]
         big = str(e["speedup_batch"])

@@ -275,7 +275,8 @@ def queues() -> board.Dashboard:
                 ),
                 graph(
                     "Stream length",
-                    "XLEN: entries kept in each stream, processed or not.",
+                    "XLEN: what is left to do, plus finished entries kept (behind a pending one, "
+                    "or for STREAM_RETENTION_MS). Workers trim the rest.",
                     gauge_query("max", "tenant, stream", "facepipe_stream_length"),
                 ),
                 graph(

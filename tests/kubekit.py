@@ -113,7 +113,12 @@ def code_reads(component: str) -> frozenset[str]:
 # Reads the import scan sees that the component never makes: the embedder imports
 # facepipe.vision.imaging for decode_jpeg and facepipe.vision.models for create_embedder,
 # whose modules also hold the whole-image limits, the quality gates and create_detector.
-SCAN_OVERREACH: dict[str, frozenset[str]] = {"embedder": frozenset(DETECTION_AND_QUALITY)}
+# ops-api builds its dedup cache with DedupConfig.from_settings, which also reads the claim
+# TTL; only the indexer claims faces.
+SCAN_OVERREACH: dict[str, frozenset[str]] = {
+    "embedder": frozenset(DETECTION_AND_QUALITY),
+    "ops-api": frozenset({"DEDUP_CLAIM_TTL_SECONDS"}),
+}
 
 
 def component_reads(component: str) -> frozenset[str]:

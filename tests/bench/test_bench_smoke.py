@@ -80,6 +80,18 @@ def test_every_headline_key_is_written_with_a_sane_value(smoke_run: tuple[dict, 
 
 
 @pytest.mark.slow
+def test_redis_memory_is_measured_and_the_streams_are_trimmed(smoke_run: tuple[dict, str, Path]) -> None:
+    results, _stdout, out = smoke_run
+    memory = results["redis_memory"]
+    assert len(memory["after_each_run"]) == memory["runs"] == 3
+    for snapshot in memory["after_each_run"]:
+        assert snapshot["stream_entries"] == 0  # every finished entry trimmed
+        assert 0 < snapshot["dedup_bytes"] < snapshot["used_bytes"]
+    assert isinstance(results["redis_memory_growth_bytes_per_image"], int | float)
+    assert "redis_memory_growth_bytes_per_image" in (out / "latest.md").read_text()
+
+
+@pytest.mark.slow
 def test_the_pipeline_run_finished_every_image(smoke_run: tuple[dict, str, Path]) -> None:
     results, _stdout, out = smoke_run
     pipeline = results["pipeline"]

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for leftovers
 
 from facepipe.core.packs import get_pack
 from facepipe.core.settings import Settings, load_settings

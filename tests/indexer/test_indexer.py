@@ -377,7 +377,7 @@ def test_a_message_the_dedup_refuses_does_not_fail_the_rest_of_its_batch(
     # one message of a batch (tenant "refused") cannot be produced through the stream otherwise.
     from facepipe.core.errors import PermanentError
 
-    real_batch = DedupCache.check_and_remember_batch
+    real_batch = DedupCache.check_and_claim_batch
 
     def batch(self: DedupCache, messages: list) -> list:
         if any(tenant == "refused" for tenant, _faces in messages):
@@ -386,7 +386,7 @@ def test_a_message_the_dedup_refuses_does_not_fail_the_rest_of_its_batch(
             raise PermanentError("invalid_fields", "a face the dedup cannot key")  # ...then that message
         return real_batch(self, messages)
 
-    monkeypatch.setattr(DedupCache, "check_and_remember_batch", batch)
+    monkeypatch.setattr(DedupCache, "check_and_claim_batch", batch)
     publish(make_message("demo", SHA_A, FACES[:1]))
     refused = publish(make_message("refused", SHA_B, FACES[1:]))
     publish(make_message("demo", SHA_B, [(0, "fedcba9876543210", 7)]))

@@ -134,6 +134,10 @@ BEYOND_SCHEMA = {
         },
         "kedaAuthenticationRef",
     ),
+    "one bucket for two roles": (
+        {"storage": {"endpoint": "minio:9000", "buckets": {"crops": "shared", "thumbs": "shared"}}},
+        "BUCKET_CROPS and BUCKET_THUMBS are both 'shared'",
+    ),
     "ops-api cpu scaling without a cpu request": (
         {"components": {"opsApi": {"autoscaling": {"enabled": True}}}},
         "resources.requests.cpu",

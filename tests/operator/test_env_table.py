@@ -8,9 +8,6 @@ from kubekit import SCAN_OVERREACH, code_reads, component_reads
 from facepipe.operator.constants import COMPONENTS
 from facepipe.operator.envmap import PER_COMPONENT, READERS, primary_env_names, reads
 
-# Settings no code reads yet (documented as reserved); the table still names a reader.
-RESERVED = {"EMBED_MAX_WAIT_MS"}
-
 
 @pytest.mark.parametrize("component", COMPONENTS)
 def test_every_setting_the_code_reads_reaches_the_component(component: str) -> None:
@@ -25,7 +22,7 @@ def test_no_component_gets_a_setting_its_code_never_reads(component: str) -> Non
     """Extra readers roll pods for nothing (a maxHamming change must not restart the detector)."""
     code = code_reads(component)
     extra = sorted(name for name, who in READERS.items() if component in who and name not in code)
-    assert [name for name in extra if name not in RESERVED] == []
+    assert extra == []
 
 
 def test_overreach_list_is_current() -> None:

@@ -327,6 +327,21 @@ def test_local_endpoint_serves_what_facepipe_up_set(
     assert client.get("/local").json()["settings"]["redis_url"] == "redis://x"
 
 
+def test_local_endpoint_hands_out_credentials_only_with_the_token(
+    make_client: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = {"mode": "local", "settings": {"redis_url": "redis://x", "minio_secret_key": "hush"}}
+    monkeypatch.setenv("FACEPIPE_LOCAL_INFO", json.dumps(secret))
+    client = make_client(ops_api_token="s3cret")
+    missing = client.get("/local")
+    assert (missing.status_code, missing.json()["error"]) == (401, "unauthorized")
+    assert "hush" not in missing.text
+    wrong = client.get("/local", headers={"Authorization": "Bearer nope"})
+    assert (wrong.status_code, wrong.json()["error"]) == (403, "forbidden")
+    right = client.get("/local", headers={"Authorization": "Bearer s3cret"})
+    assert right.json()["settings"]["minio_secret_key"] == "hush"
+
+
 def test_vector_index_is_shared_when_injected(settings: Settings) -> None:
     from facepipe.ops_api.backend import OpsBackend
 

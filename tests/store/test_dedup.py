@@ -7,16 +7,14 @@ flips spread over all chunks) are found, and pairs one bit beyond are not.
 
 from __future__ import annotations
 
-import json
 import random
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import redis
+from dedupkit import A, B, between_read_and_commit, flip, race, remember, remember_message, skips
 
 from facepipe.cli.localservers import start_redis
 from facepipe.core.errors import PermanentError
@@ -26,7 +24,6 @@ from facepipe.store.dedup import (
     NOT_DUPLICATE,
     DedupCache,
     DedupResult,
-    Face,
     Owner,
     hamming,
     lookup_buckets,
@@ -36,61 +33,6 @@ from facepipe.store.dedup import (
 )
 from facepipe.store.dedup.config import OPTIMISTIC_ATTEMPTS
 from facepipe.store.dedup.optimistic import TenantBatch
-
-A = Owner("a" * 64, 0)
-B = Owner("b" * 64, 0)
-
-
-def cache_factory(redis_client: redis.Redis, redis_url: str, **tuning: int) -> Callable[..., DedupCache]:
-    def make(enabled: bool = True, max_hamming: int = 8, ttl: int = 3600, **more: int) -> DedupCache:
-        settings = load_settings(
-            redis_url=redis_url,
-            enable_global_dedup=enabled,
-            dedup_max_hamming=max_hamming,
-            dedup_ttl_seconds=ttl,
-        )
-        return DedupCache(redis_client, settings, **tuning, **more)
-
-    return make
-
-
-@pytest.fixture(params=["optimistic", "script"])
-def make_cache(
-    request: pytest.FixtureRequest, redis_client: redis.Redis, redis_url: str
-) -> Callable[..., DedupCache]:
-    """Caches of both paths: read-decide-commit (the default), and the all-in-Redis script
-    that a tenant written to too often for optimistic commits falls back to."""
-    if request.param == "script":
-        return cache_factory(redis_client, redis_url, optimistic_attempts=0)
-    return cache_factory(redis_client, redis_url)
-
-
-@pytest.fixture
-def optimistic_cache(redis_client: redis.Redis, redis_url: str) -> Callable[..., DedupCache]:
-    return cache_factory(redis_client, redis_url)
-
-
-def remember(cache: DedupCache, tenant: str, phash: str, owner: Owner) -> DedupResult:
-    """The batch call with one message of one face."""
-    return cache.check_and_remember_batch([(tenant, [(phash, owner)])])[0][0]
-
-
-def remember_message(cache: DedupCache, tenant: str, faces: list[Face]) -> list[DedupResult]:
-    """The batch call with one message."""
-    return cache.check_and_remember_batch([(tenant, faces)])[0]
-
-
-def skips(cache: DedupCache, tenant: str, phash: str, owner: Owner | None = None) -> bool:
-    """The read-only lookup's answer."""
-    return cache.lookup(tenant, phash, owner).is_duplicate
-
-
-def flip(phash: str, bits: list[int]) -> str:
-    value = int(phash, 16)
-    for bit in bits:
-        value ^= 1 << (HASH_BITS - 1 - bit)
-    return f"{value:016x}"
-
 
 # --- the Phase 3 test names ----------------------------------------------------------------
 
@@ -406,26 +348,7 @@ def test_two_processes_racing_the_same_hashes_remember_each_exactly_once(
 ) -> None:
     rng = random.Random(7)
     hashes = [f"{rng.getrandbits(64):016x}" for _ in range(300)]
-    racers = [
-        subprocess.Popen(
-            [sys.executable, "-c", _RACER, redis_url, name, json.dumps(hashes)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name in ("racer-one", "racer-two")
-    ]
-    deadline = time.monotonic() + 60
-    while redis_client.execute_command("CLIENT", "LIST").count("cmd=blpop") < 2:
-        assert time.monotonic() < deadline, "racers did not start"
-        assert all(r.poll() is None for r in racers), [r.communicate() for r in racers]
-        time.sleep(0.05)
-    redis_client.rpush("race:go", "go", "go")
-    outputs = []
-    for racer in racers:
-        out, err = racer.communicate(timeout=120)
-        assert racer.returncode == 0, err
-        outputs.append(json.loads(out))
+    outputs = race(_RACER, redis_url, redis_client, ("racer-one", "racer-two"), hashes)
     for i, phash in enumerate(hashes):
         winners = [won[i] for won in outputs if won[i] is not None]
         assert winners == [phash], f"hash {i}: {len(winners)} processes remembered it"
@@ -434,23 +357,6 @@ def test_two_processes_racing_the_same_hashes_remember_each_exactly_once(
 
 
 # --- the optimistic path's commit -----------------------------------------------------------------
-
-
-def between_read_and_commit(
-    cache: DedupCache, monkeypatch: pytest.MonkeyPatch, write: Callable[[int], None]
-) -> list[int]:
-    """Run ``write(read_number)`` after each read of ``cache``, before it decides and commits
-    (where another replica's write lands). Returns the list of reads, filled as they happen."""
-    decided = cache._optimistic.decide
-    reads: list[int] = []
-
-    def racing(*args: object) -> object:
-        write(len(reads))
-        reads.append(len(reads))
-        return decided(*args)
-
-    monkeypatch.setattr(cache._optimistic, "decide", racing)
-    return reads
 
 
 def test_a_write_between_the_read_and_the_commit_is_not_missed(

@@ -44,6 +44,7 @@ WORKER_LOOP: Final = (
     "MAX_WORKER_CONCURRENCY",
     "METRICS_PORT",
     "WORKER_STALL_SECONDS",
+    "STREAM_RETENTION_MS",
 )
 DETECTION_AND_QUALITY: Final = (
     "DET_SIZE",
@@ -74,6 +75,8 @@ _GROUPS: Final[list[tuple[frozenset[Component], tuple[str, ...]]]] = [
     (_WORKERS, WORKER_LOOP),
     # Dedup: the indexer commits, ops-api reports, checks and flushes.
     (frozenset({"indexer", "ops-api"}), ("ENABLE_GLOBAL_DEDUP", "DEDUP_TTL_SECONDS", "DEDUP_MAX_HAMMING")),
+    # Only the indexer claims faces while it indexes them.
+    (frozenset({"indexer"}), ("DEDUP_CLAIM_TTL_SECONDS",)),
     # Object storage: the detector downloads, the indexer stores artifacts, ops-api serves/deletes.
     (
         frozenset({"detector", "indexer", "ops-api"}),
@@ -230,7 +233,10 @@ def _invalid_values(env: Mapping[str, str]) -> list[str]:
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
-            name = str(error["loc"][0]) if error["loc"] else "?"
+            if not error["loc"]:  # a check of several settings together names them itself
+                lines.append(str(error["msg"]).removeprefix("Value error, "))
+                continue
+            name = str(error["loc"][0])
             lines.append(f"{name}={error.get('input')!r} is invalid: {error['msg']}")
         return lines
     return []

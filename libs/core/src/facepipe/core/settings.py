@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -95,6 +95,14 @@ class Settings(BaseSettings):
         validation_alias=_env("DEDUP_MAX_HAMMING", "GLOBAL_DEDUP_MAX_HAMMING"),
         description="largest Hamming distance between 64-bit pHashes counted as duplicate",
     )
+    dedup_claim_ttl_seconds: int = Field(
+        120,
+        ge=1,
+        le=24 * 3600,
+        validation_alias=_env("DEDUP_CLAIM_TTL_SECONDS"),
+        description="how long a face being indexed holds its pHash before it is confirmed "
+        "(an indexer that dies mid-message leaves nothing behind after this)",
+    )
 
     # --- Worker (Phase 3) ---
     max_worker_concurrency: int = Field(
@@ -128,7 +136,7 @@ class Settings(BaseSettings):
         ge=100,
         le=86_400_000,
         validation_alias=_env("CLAIM_IDLE_MS"),
-        description="pending entries idle this long are reclaimed from dead consumers (XAUTOCLAIM)",
+        description="pending entries idle this long are reclaimed from dead consumers (XCLAIM)",
     )
     max_deliveries: int = Field(
         5,
@@ -164,6 +172,14 @@ class Settings(BaseSettings):
         le=86_400,
         validation_alias=_env("WORKER_STALL_SECONDS"),
         description="a worker loop that has not come round for this long answers 503 on /healthz (restart)",
+    )
+    stream_retention_ms: int = Field(
+        0,
+        ge=-1,
+        le=30 * 24 * 3600 * 1000,
+        validation_alias=_env("STREAM_RETENTION_MS"),
+        description="acked entries younger than this stay in a pipeline stream (for inspection); "
+        "older ones are trimmed. 0: trimmed once acked; -1: never trimmed",
     )
 
     # --- Object storage (Phase 3: MinIO API) ---
@@ -276,7 +292,8 @@ class Settings(BaseSettings):
         ge=0,
         le=10_000,
         validation_alias=_env("EMBED_MAX_WAIT_MS"),
-        description="reserved: the embedder never holds a lone message back (embeds what one read returns)",
+        description="longest wait for more faces when a read brings fewer than EMBED_BATCH_SIZE; "
+        "0: embed what one read returns at once",
     )
 
     # --- Quality gates (detector) ---
@@ -361,6 +378,25 @@ class Settings(BaseSettings):
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    @model_validator(mode="after")
+    def _distinct_buckets(self) -> Settings:
+        # One bucket for two roles would overwrite objects (crops == thumbs: every crop replaced
+        # by its thumbnail) and make deletion of one role's prefix delete the other's.
+        seen: dict[str, str] = {}
+        for env_name, bucket in (
+            ("BUCKET_RAW", self.bucket_raw),
+            ("BUCKET_CROPS", self.bucket_crops),
+            ("BUCKET_THUMBS", self.bucket_thumbs),
+            ("BUCKET_METADATA", self.bucket_metadata),
+        ):
+            if bucket in seen:
+                raise ValueError(
+                    f"{seen[bucket]} and {env_name} are both {bucket!r}: the four buckets must be distinct "
+                    "(one bucket for two roles would overwrite or delete the other's objects)"
+                )
+            seen[bucket] = env_name
+        return self
+
     # --- derived names ---
     @property
     def ingest_stream(self) -> str:
@@ -406,7 +442,9 @@ def _env_is_set(name: str) -> bool:
 
 
 def _describe(error: dict) -> str:
-    loc = str(error["loc"][0]) if error["loc"] else "?"
+    if not error["loc"]:  # a check of several settings together: its message names them
+        return str(error["msg"]).removeprefix("Value error, ")
+    loc = str(error["loc"][0])
     info = None
     env_name = loc.upper()
     for name, field_info in Settings.model_fields.items():

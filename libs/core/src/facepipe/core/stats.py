@@ -55,8 +55,10 @@ class Stats:
     ) -> None:
         """Add ``n`` to ``counter`` globally and, with ``tenant``, to that tenant's counters.
 
-        ``pipeline``: queue the writes on it (the caller executes) instead of sending now.
-        ``reason``: label for the Prometheus mirror of ``faces_rejected`` / ``worker_msgs_dlq``.
+        ``pipeline``: queue the writes on it (the caller executes) instead of sending now; the
+        Prometheus mirror is then the caller's to move (:meth:`mirror`) once the writes ran, so a
+        MULTI that is retried or never runs moves nothing.
+        ``reason``: label for the Prometheus mirror of ``faces_rejected``.
         """
         if counter not in COUNTERS:
             raise ValueError(f"unknown counter {counter!r}; known: {', '.join(COUNTERS)}")
@@ -70,7 +72,7 @@ class Stats:
             target.hincrby(self.counters_key(scope), counter, int(n))
         if pipeline is None:
             target.execute()
-        self._mirror_counter(counter, n, reason)
+            self.mirror(counter, n, reason)
 
     def record_timing(
         self,
@@ -112,12 +114,11 @@ class Stats:
             timings[name] = {"count": count, "total": total, "avg": round(total / count, 3) if count else 0.0}
         return {"counters": snapshot_counters, "timings_ms": timings}
 
-    def _mirror_counter(self, counter: str, n: int, reason: str | None) -> None:
-        # The worker runtime owns worker_msgs_* in Prometheus (it knows stage and
-        # reason); only the face counters are mirrored here.
-        if counter == "faces_processed":
-            metrics.FACES_PROCESSED.labels(stage=self.stage).inc(n)
-        elif counter == "faces_rejected":
+    def mirror(self, counter: str, n: int, reason: str | None = None) -> None:
+        """Add a counter write that has run to this process's Prometheus metrics."""
+        # The worker runtime owns worker_msgs_* in Prometheus (it knows stage and reason), and
+        # facepipe_faces_processed_total{stage} (faces each stage accepted, counted at its ack).
+        if counter == "faces_rejected":
             metrics.FACES_REJECTED.labels(reason=reason or "unspecified").inc(n)
         elif counter == "faces_dup_skipped":
             metrics.FACES_DUP_SKIPPED.inc(n)

@@ -42,9 +42,14 @@ class Target:
 
 
 def fetch_local_info(api: str, timeout_s: float = 3.0) -> dict[str, Any] | None:
-    """The /local document of a `facepipe up` ops-api, or None (nothing answers, or not local mode)."""
+    """The /local document of a `facepipe up` ops-api, or None (nothing answers, or not local mode).
+
+    It holds the stack's credentials: an ops-api with OPS_API_TOKEN set hands it out only with
+    the token, which is read from this process's OPS_API_TOKEN too."""
+    token = os.environ.get("OPS_API_TOKEN", "")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        response = httpx.get(f"{api.rstrip('/')}/local", timeout=timeout_s)
+        response = httpx.get(f"{api.rstrip('/')}/local", timeout=timeout_s, headers=headers)
     except httpx.HTTPError:
         return None
     if response.status_code != 200:

@@ -1,4 +1,6 @@
-"""Every error the ops-api returns is JSON: ``{"error": slug, "message": sentence, "status": code}``.
+"""Every error the ops-api returns is JSON: ``{"error": slug, "message": sentence, "status": code}``
+(plus ``dependency`` — ``redis``, ``s3`` or ``vector_store`` — when one failed: 503
+``dependency_unavailable`` while it is down).
 
 Routes raise :class:`ApiProblem`; :data:`EXCEPTION_HANDLERS` maps each exception type the app
 answers to the function that turns it into that JSON (one place to change how errors look).
@@ -11,14 +13,20 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from facepipe.core.errors import TransientError, is_transient
+
+log = logging.getLogger("facepipe.ops_api")
 
 # Room for the multipart framing and the small form fields around the file itself;
 # the file's own size is checked exactly against MAX_UPLOAD_BYTES by the endpoint.
@@ -89,15 +97,71 @@ async def _http_exception(_request: Request, exc: StarletteHTTPException) -> Res
     return error_response(exc.status_code, slug, message, getattr(exc, "headers", None))
 
 
+# The dependencies the ops-api calls, by the top-level module of the client library whose
+# exception (or an exception it caused) reached the app.
+DEPENDENCIES = {"redis": "redis", "minio": "s3", "urllib3": "s3", "qdrant_client": "vector_store",
+                "httpx": "vector_store"}
+DEPENDENCY_NAMES = {"redis": "Redis", "s3": "S3", "vector_store": "the vector store"}
+RETRY_AFTER_S = "5"
+
+
+def failing_dependency(exc: BaseException) -> str | None:
+    """``redis``, ``s3`` or ``vector_store``: the dependency an exception comes from (through its
+    causes), or None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        dependency = DEPENDENCIES.get(type(current).__module__.split(".")[0])
+        if dependency is not None:
+            return dependency
+        current = current.__cause__ or current.__context__
+    return None
+
+
+async def _dependency_error(_request: Request, exc: Exception) -> Response:
+    """A dependency failed: 503 ``dependency_unavailable`` naming it when it is down or overloaded
+    (worth retrying: ``Retry-After``), else 500 ``dependency_error``."""
+    dependency = failing_dependency(exc) or "unknown"
+    name = DEPENDENCY_NAMES.get(dependency, "a dependency")
+    if is_transient(exc):
+        log.warning("%s unavailable: %s", name, exc)
+        return error_response(
+            503,
+            "dependency_unavailable",
+            f"{name} is unavailable, try again shortly: {exc}",
+            {"Retry-After": RETRY_AFTER_S},
+            dependency=dependency,
+        )
+    log.error("%s refused the request: %s", name, exc)
+    message = f"{name} refused the request: {exc}"
+    return error_response(500, "dependency_error", message, dependency=dependency)
+
+
+async def _unexpected(_request: Request, exc: Exception) -> Response:
+    """Anything else: a bug. JSON like every other error; the traceback goes to the log."""
+    log.error("unexpected error", exc_info=exc)
+    dependency = failing_dependency(exc)
+    extra = {"dependency": dependency} if dependency else {}
+    return error_response(
+        500, "internal_error", f"unexpected {type(exc).__name__}; see the ops-api log", **extra
+    )
+
+
 # Each handler takes the exception type it is registered for.
 ExceptionHandler = Callable[[Request, Any], Awaitable[Response]]
 
-# Which exception becomes which JSON error. An exception type missing here is answered by
-# Starlette's own handling (a plain-text 500 for an unexpected exception).
+# Which exception becomes which JSON error: every error the ops-api answers is JSON with a
+# stable ``error`` code. Dependency failures are answered where they are raised (Redis's own
+# errors; S3 and vector store failures arrive as TransientError, see storage and vectors);
+# ``Exception`` is the last resort (Starlette re-raises it afterwards, so the server logs it).
 EXCEPTION_HANDLERS: dict[type[Exception], ExceptionHandler] = {
     ApiProblem: _problem,
     RequestValidationError: _invalid_request,
     StarletteHTTPException: _http_exception,
+    redis.exceptions.RedisError: _dependency_error,
+    TransientError: _dependency_error,
+    Exception: _unexpected,
 }
 
 

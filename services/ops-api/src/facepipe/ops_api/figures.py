@@ -50,3 +50,10 @@ def update_dedup_gauges(backend: OpsBackend) -> None:
     dedup = dedup_stats(backend)
     metrics.DEDUP_KEYS.set(dedup.get("keys", 0))
     metrics.DEDUP_MEMORY_BYTES.set(dedup.get("memory_bytes", 0))
+
+
+def clear_redis_gauges() -> None:
+    """Drop the stream figures read from Redis (while it is unreachable: no stale backlog)."""
+    for gauge in (metrics.STREAM_LENGTH, metrics.DLQ_LENGTH, metrics.STREAM_LAG, metrics.STREAM_PENDING,
+                  metrics.STREAM_CONSUMERS):
+        gauge.clear()

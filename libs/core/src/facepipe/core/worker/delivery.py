@@ -43,8 +43,10 @@ class Delivery:
         backoff: Backoff,
         outages: OutageTracker,
         log: logging.Logger,
+        on_finished: Callable[[], None] = lambda: None,  # an entry was acked (or dead-lettered)
     ) -> None:
         self.consumer = consumer
+        self.on_finished = on_finished
         self.redis = consumer.client
         self.stream = consumer.stream
         self.dlq = dlq_stream(consumer.stream)
@@ -60,6 +62,7 @@ class Delivery:
         tenant = message.tenant_id
         try:
             entries = [(out.stream, _encode_payload(out.payload), out.maxlen) for out in outcome.publish]
+            counts = outcome.counter_writes()
         except (TypeError, ValueError) as exc:
             self.crashed(message, exc)
             return
@@ -67,16 +70,20 @@ class Delivery:
         def queue(pipe: Any) -> None:
             for stream, encoded, maxlen in entries:
                 pipe.xadd(stream, {"message": encoded}, maxlen=maxlen, approximate=maxlen is not None)
-            for counter, n in outcome.counters.items():
-                self.stats.incr(counter, n, tenant, pipeline=pipe)
+            for counter, n, reason in counts:
+                self.stats.incr(counter, n, tenant, pipeline=pipe, reason=reason)
             if self.completes_pipeline:
                 self.stats.incr("worker_msgs_acked", 1, tenant, pipeline=pipe)
 
         if not self._commit(message.id, queue):
             return
+        # Prometheus follows the MULTI that ran (and only once, however often it was queued).
+        for counter, n, reason in counts:
+            self.stats.mirror(counter, n, reason)
+        summary = {key: int(outcome.summary.get(key, 0)) for key in SUMMARY_KEYS}
+        metrics.FACES_PROCESSED.labels(stage=self.stage).inc(summary["accepted"])
         metrics.WORKER_MSGS_ACKED.labels(stage=self.stage).inc()
         metrics.MESSAGE_DURATION.labels(stage=self.stage).observe(time.monotonic() - started)
-        summary = {key: int(outcome.summary.get(key, 0)) for key in SUMMARY_KEYS}
         self.log.info(
             "Successfully processed message %s: faces_total=%d, accepted=%d, rejected=%d, dup_skipped=%d",
             message.id,
@@ -156,6 +163,7 @@ class Delivery:
                 pipe.xack(self.stream, self.consumer.group, entry_id)
                 results = pipe.execute()
                 self.outages.recovered()
+                self.on_finished()
                 if results and results[-1] == 0:
                     self.log.warning(
                         "Message %s had already been acked by another consumer: it was reclaimed while "

@@ -29,8 +29,16 @@ from facepipe.core.worker.connection import (
     worker_redis,
 )
 from facepipe.core.worker.delivery import Delivery
-from facepipe.core.worker.messages import Outcome, RawEntry, StageHandler, StreamMessage, decode_entry
+from facepipe.core.worker.messages import (
+    FillsBatches,
+    Outcome,
+    RawEntry,
+    StageHandler,
+    StreamMessage,
+    decode_entry,
+)
 from facepipe.core.worker.reading import Reader
+from facepipe.core.worker.trimming import StreamTrimmer
 
 DISABLED_LINE = "Queue worker disabled (ENABLE_QUEUE_WORKER=false): not consuming, exiting"
 
@@ -63,9 +71,11 @@ class Worker:
         self.log = logging.getLogger(f"facepipe.worker.{handler.name}")
         self._stop = threading.Event()
         self._signals = 0
+        self._reclaim_first = False  # a (re)started consumer reads new entries first: _next_entries
         self._backoff = Backoff(settings.retry_backoff_initial_s, settings.retry_backoff_max_s, self._stop)
         self._outages = OutageTracker(settings.redis_url, self._backoff, self.log)
         group_consumer = GroupConsumer(self.redis, self.stream, self.group, self.consumer)
+        self._trimmer = StreamTrimmer(self.redis, self.stream, settings.stream_retention_ms, self.log)
         self._delivery = Delivery(
             group_consumer,
             self.stats,
@@ -74,6 +84,7 @@ class Worker:
             backoff=self._backoff,
             outages=self._outages,
             log=self.log,
+            on_finished=self._trimmer.finished,
         )
         self._reader = Reader(
             group_consumer,
@@ -168,13 +179,31 @@ class Worker:
             self.log.info("Created consumer group %s on %s", self.group, self.stream)
 
     # ------------------------------------------------------------------ loop
+    def _next_entries(self) -> tuple[list[RawEntry], bool]:
+        """Reclaiming and reading new entries take turns at going first, new entries first.
+
+        Always reclaiming first would let one entry that crashes the process hold the stream
+        back: each restarted consumer would reclaim it (idle again by then) before reading
+        anything new, for MAX_DELIVERIES restarts. Reading first on every start makes each
+        restart move the stream on by a batch; taking turns afterwards keeps a busy stream
+        from starving the reclaim of dead consumers' entries.
+
+        Returns the entries, and whether they are new (a batch that may be filled up).
+        """
+        reclaim_first, self._reclaim_first = self._reclaim_first, not self._reclaim_first
+        if reclaim_first:
+            entries = self._reader.reclaim()
+            if entries or self._stop.is_set():
+                return entries, False
+            return self._reader.read_new(), True
+        entries = self._reader.read_new()
+        return (entries, True) if entries else (self._reader.reclaim(), False)
+
     def _iteration(self) -> bool:
         """Reclaim or read one batch and handle it; False when Redis failed before a batch was read."""
         metrics.heartbeat()
         try:
-            entries = self._reader.reclaim()
-            if not entries and not self._stop.is_set():
-                entries = self._reader.read_new()
+            entries, new = self._next_entries()
             self._outages.recovered()
         except REDIS_OUTAGE as exc:
             self._outages.failed(exc)
@@ -194,20 +223,47 @@ class Worker:
             return False
         if entries:
             try:
-                self._handle(entries)
+                self._handle(entries, new)
             except Exception:  # a bug here must not kill the worker; the entries stay pending
                 self.log.exception("Unexpected error handling %d entries; left pending", len(entries))
+        self._trimmer.after_iteration(busy=bool(entries))
         return True
 
-    def _handle(self, entries: list[RawEntry]) -> None:
+    def _handle(self, entries: list[RawEntry], new: bool) -> None:
+        messages = self._decoded(entries)
+        if new and messages:
+            messages = self._filled(messages)
+        if messages:
+            self._process(messages)
+
+    def _decoded(self, entries: list[RawEntry]) -> list[StreamMessage]:
+        """The entries that decode; the others are dead-lettered."""
         messages: list[StreamMessage] = []
         for entry in entries:
             try:
                 messages.append(decode_entry(entry, self.stream, self.handler.required_fields))
             except PermanentError as error:
                 self._delivery.dead_letter(*entry, error)
-        if messages:
-            self._process(messages)
+        return messages
+
+    def _filled(self, messages: list[StreamMessage]) -> list[StreamMessage]:
+        """``messages`` and what arrives within the handler's fill wait, until the batch is full."""
+        handler = self.handler
+        if not isinstance(handler, FillsBatches) or handler.fill_wait_ms <= 0:
+            return messages
+        deadline = time.monotonic() + handler.fill_wait_ms / 1000.0
+        while len(messages) < self.batch_size and not handler.batch_is_full(messages):
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms < 1 or self._stop.is_set():
+                break
+            try:
+                more = self._reader.read_new(count=self.batch_size - len(messages), block_ms=left_ms)
+            except (redis.RedisError, OSError):
+                break  # process what is in hand; the next read meets the outage
+            if not more:
+                break
+            messages += self._decoded(more)
+        return messages
 
     def _process(self, messages: list[StreamMessage]) -> None:
         """Run the handler on ``messages`` until each is acked, dead-lettered, crashed or we stop."""

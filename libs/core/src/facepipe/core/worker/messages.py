@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -49,15 +49,25 @@ class Publish:
 class Outcome:
     """What a handler did with one message.
 
-    ``summary`` is logged (faces_total, accepted, rejected, dup_skipped); ``counters``
-    are runbook stats counters (``faces_processed``, ``faces_rejected``,
-    ``faces_dup_skipped``) added in the same MULTI as the ack, globally and for the
-    message's tenant.
+    ``summary`` is logged (faces_total, accepted, rejected, dup_skipped; ``accepted`` is also
+    this stage's ``facepipe_faces_processed_total``); ``counters`` are runbook stats counters
+    (``faces_processed``, ``faces_rejected``, ``faces_dup_skipped``) added in the same MULTI as
+    the ack, globally and for the message's tenant: a number, or a number per reason (the
+    Prometheus ``reason`` label), e.g. ``{"faces_rejected": {"blurry": 2}}``. A handler never
+    writes a counter itself: only an ack moves one, so a redelivery never counts twice.
     """
 
     publish: list[Publish] = field(default_factory=list)
     summary: dict[str, int] = field(default_factory=dict)
-    counters: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, int | dict[str, int]] = field(default_factory=dict)
+
+    def counter_writes(self) -> list[tuple[str, int, str | None]]:
+        """``(counter, n, reason)`` for every non-zero count."""
+        writes: list[tuple[str, int, str | None]] = []
+        for counter, value in self.counters.items():
+            split = value if isinstance(value, dict) else {None: value}
+            writes += [(counter, int(n), reason) for reason, n in split.items() if n]
+        return writes
 
 
 class StageHandler(Protocol):
@@ -73,6 +83,20 @@ class StageHandler(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class FillsBatches(Protocol):
+    """What a :class:`StageHandler` adds to have the loop wait a little for a fuller batch.
+
+    When a read brings entries and ``batch_is_full`` says no, the loop reads again (blocking
+    at most what is left of ``fill_wait_ms``) until it is full, the batch size is reached or the
+    time is up; 0 never waits. Entries it reclaims are never held back to fill up.
+    """
+
+    fill_wait_ms: int
+
+    def batch_is_full(self, messages: list[StreamMessage]) -> bool: ...
 
 
 def decode_entry(entry: RawEntry, stream: str, required_fields: Sequence[str]) -> StreamMessage:

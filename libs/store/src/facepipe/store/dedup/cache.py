@@ -104,23 +104,67 @@ class DedupCache:
         threshold). A tenant whose commit was refused is read again; after OPTIMISTIC_ATTEMPTS,
         its messages are decided inside Redis, one script call each. Disabled: nothing is read or
         written, and nothing is a duplicate. A bad tenant id raises PermanentError, a bad pHash
-        or owner ValueError, before anything is written.
+        or owner ValueError, before anything is written. A face near only faces others have
+        claimed is ``pending`` (see :meth:`check_and_claim_batch`).
         """
+        return self._check(messages, Mode.REMEMBER)
+
+    def check_and_claim_batch(self, messages: Sequence[Message]) -> list[list[DedupResult]]:
+        """:meth:`check_and_remember_batch` for faces that are about to be indexed: their entries are
+        only *claims* until :meth:`confirm` (the faces are indexed) or :meth:`release` (they will
+        not be), and a claim that is neither expires after DEDUP_CLAIM_TTL_SECONDS. So a face whose
+        message never reaches the index leaves nothing that could hide it later.
+
+        A claim decides nothing about other faces yet: a face near only claimed faces of other
+        owners is ``pending`` (neither skipped nor remembered: check it again once they are
+        confirmed or released), and so is a face near an earlier face of another message of the
+        same call. A face near a confirmed face of another owner is a duplicate, as ever.
+        """
+        return self._check(messages, Mode.CLAIM)
+
+    def _check(self, messages: Sequence[Message], mode: Mode) -> list[list[DedupResult]]:
         if not self.enabled:
             return [[NOT_DUPLICATE for _ in faces] for _, faces in messages]
-        groups = self._by_tenant(messages)
+        groups = self._by_tenant(messages, claim=mode is Mode.CLAIM)
         outcomes = self._optimistic.run([batch for batch, _ in groups], remember=True)
         results: list[list[DedupResult]] = [[] for _ in messages]
         for (batch, members), outcome in zip(groups, outcomes, strict=True):
             for number, faces in members:
                 if outcome is None:  # the tenant kept changing under us: decide inside Redis
-                    results[number] = self._scripted.run(Mode.REMEMBER, batch.prefix, faces)
+                    results[number] = self._scripted.run(mode, batch.prefix, faces)
                 else:
                     results[number], outcome = outcome[: len(faces)], outcome[len(faces) :]
                 _log_duplicates(faces, results[number])
         return results
 
-    def _by_tenant(self, messages: Sequence[Message]) -> list[tuple[TenantBatch, _Members]]:
+    def confirm(self, messages: Sequence[Message]) -> int:
+        """The claimed faces are indexed: their entries now suppress near-duplicates for
+        DEDUP_TTL_SECONDS. A claim that is gone (expired, released, forgotten by a deletion) is
+        not brought back. Returns how many faces hold a confirmed entry of their owner."""
+        if not self.enabled:
+            return 0
+        args: list[str | int] = [self.config.ttl_ms]
+        for tenant_id, faces in messages:
+            prefix = tenant_prefix(tenant_id)
+            for value, owner in _checked(faces):
+                args += [prefix, value, owner.token]
+        return int(self._scripts.confirm(keys=[], args=args)) if len(args) > 1 else 0
+
+    def release(self, messages: Sequence[Message]) -> int:
+        """The claimed faces will not be indexed (their message failed): drop their claims, so
+        nothing of them can hide a face. Entries that are not these exact claims stay."""
+        if not self.enabled:
+            return 0
+        released = 0
+        for tenant_id, faces in messages:
+            checked = _checked(faces)
+            if checked:
+                released += self._forget(tenant_id, [(v, o.token) for v, o in checked], mode="release")
+        return released
+
+    def _by_tenant(
+        self, messages: Sequence[Message], claim: bool = False
+    ) -> list[tuple[TenantBatch, _Members]]:
         """One batch per tenant, of its messages' faces in order (a later message sees the earlier),
         with those messages: (number, checked faces). Messages without faces take no part."""
         numbers: dict[str, list[int]] = {}
@@ -131,7 +175,8 @@ class DedupCache:
         for tenant_id, members in numbers.items():
             prefix = tenant_prefix(tenant_id)
             checked = [(number, _checked(messages[number][1])) for number in members]
-            batch = TenantBatch.of(prefix, [face for _, faces in checked for face in faces], self.config)
+            in_order = [face for _, faces in checked for face in faces]
+            batch = TenantBatch.of(prefix, in_order, self.config, claim=claim)
             groups.append((batch, checked))
         return groups
 
@@ -157,24 +202,27 @@ class DedupCache:
         """Drop one remembered hash (only if it is ``owner``'s face, any event, when given); 0 or 1."""
         value = normalize_phash(phash)
         want = owner.checked().face_token if owner is not None else ""
-        return self._forget(tenant_id, [value], want)
+        return self._forget(tenant_id, [(value, want)])
 
     def forget_image(self, tenant_id: str, image_sha256: str) -> int:
-        """Drop every hash remembered for one image of a tenant; returns how many."""
+        """Drop every hash remembered (or claimed) for one image of a tenant, with its bucket
+        records and write-log entries; returns how many owner entries were deleted."""
         sha = Owner(image_sha256, 0).checked().image_sha256
         image_key = tenant_prefix(tenant_id) + image_set(sha)
         hashes = sorted(text(h) for h in self.redis.smembers(image_key))
-        removed = self._forget(tenant_id, hashes, f"{sha}:") if hashes else 0
+        removed = self._forget(tenant_id, [(h, f"{sha}:") for h in hashes]) if hashes else 0
         self.redis.delete(image_key)
         return removed
 
-    def _forget(self, tenant_id: str, hashes: Iterable[str], want: str) -> int:
-        args: list[str | int] = [tenant_prefix(tenant_id), self.config.near_key, want]
-        for value in hashes:
+    def _forget(self, tenant_id: str, hashes: Iterable[tuple[str, str]], mode: str = "owner") -> int:
+        """lua/forget.lua on (hash, wanted owner) pairs: ``owner`` forgets a hash owned by a token
+        starting with the wanted one (or by nobody), ``release`` only the exact claim."""
+        args: list[str | int] = [tenant_prefix(tenant_id), self.config.near_key, mode]
+        for value, want in hashes:
             # The buckets of the current layout; an older layout's hash expires on its own, and its
             # records without an owner entry never match.
             buckets = self.config.own(value)
-            args += [value, len(buckets), *buckets]
+            args += [value, want, len(buckets), *buckets]
         return int(self._scripts.forget(keys=[], args=args))
 
     def _scan_keys(self, tenant_id: str | None) -> Iterable[bytes | str]:
@@ -231,6 +279,8 @@ def _checked(faces: Sequence[Face]) -> list[Face]:
 
 def _log_duplicates(faces: Sequence[Face], results: Sequence[DedupResult]) -> None:
     for (phash, owner), result in zip(faces, results, strict=True):
+        if result.pending:
+            log.debug("face %s waits for the claim of %s", owner.token, result.matched_owner)
         if result.is_duplicate:
             log.info("Face %s is near-duplicate (pHash: %s), skipping", owner.face_index, phash)
             log.debug(

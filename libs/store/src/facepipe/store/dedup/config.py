@@ -4,7 +4,8 @@ Keys (all under ``dedup:``, every one scoped by a validated tenant id):
 
 * ``dedup:t:<tenant>:owner:<hash>`` STRING ``<image_sha256>:<face_index>:<event>`` with the TTL:
   the owner of a hash (see :class:`~facepipe.store.dedup.results.Owner`), the exact-match index,
-  and the authority on whether a hash is remembered at all;
+  and the authority on whether a hash is remembered at all; ``?<image_sha256>:...`` with
+  DEDUP_CLAIM_TTL_SECONDS while it is only claimed (its face is being indexed);
 * ``dedup:t:<tenant>:near:m<m>`` HASH: field ``c<i>:<chunk hex>`` = the bucket of chunk ``i``,
   12-byte records (hash, 8 bytes big-endian; expiry, 4 bytes, unix seconds); field ``seq`` =
   the tenant's write sequence, field ``log`` = its latest writes; ``dedup:t:<tenant>:near:all``
@@ -49,6 +50,7 @@ class CacheConfig:
     enabled: bool
     max_hamming: int
     ttl_ms: int
+    claim_ttl_ms: int = 120_000  # how long a claim (a face being indexed) lives unconfirmed
     optimistic_attempts: int = OPTIMISTIC_ATTEMPTS
     write_log_entries: int = WRITE_LOG_ENTRIES
     layout: Layout = field(init=False)
@@ -62,6 +64,7 @@ class CacheConfig:
             enabled=settings.enable_global_dedup,
             max_hamming=settings.dedup_max_hamming,
             ttl_ms=settings.dedup_ttl_seconds * 1000,
+            claim_ttl_ms=settings.dedup_claim_ttl_seconds * 1000,
             **tuning,
         )
 

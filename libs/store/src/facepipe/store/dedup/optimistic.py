@@ -20,7 +20,7 @@ from redis.commands.core import Script
 
 from facepipe.store.dedup.config import CacheConfig, image_set, owner_key
 from facepipe.store.dedup.records import appended, record, stored_hashes, text
-from facepipe.store.dedup.results import NOT_DUPLICATE, DedupResult, Face, Owner
+from facepipe.store.dedup.results import CLAIM_MARK, NOT_DUPLICATE, DedupResult, Face, Owner, owner_value
 
 
 @dataclass
@@ -32,6 +32,9 @@ class TenantBatch:
     faces: list[Face]  # normalized pHash, checked owner
     lookups: list[list[str]]  # per face, the buckets to read (its own first)
     fields: list[str]  # every bucket of the batch, once
+    # Remember new faces as claims (being indexed); an earlier face of another message then only
+    # makes a later one pending, since that message may not be indexed after all.
+    claim: bool = False
     seq: str = "0"
     buckets: dict[str, bytes] = field(default_factory=dict)
     owners: list[str] = field(default_factory=list)  # per face, the owner token of its own hash
@@ -40,11 +43,11 @@ class TenantBatch:
     writes: list[Face] = field(default_factory=list)  # the faces to remember
 
     @classmethod
-    def of(cls, prefix: str, faces: list[Face], config: CacheConfig) -> TenantBatch:
+    def of(cls, prefix: str, faces: list[Face], config: CacheConfig, claim: bool = False) -> TenantBatch:
         """``faces`` already normalized and checked."""
         lookups = [config.lookups(value) for value, _ in faces]
         fields = list(dict.fromkeys(bucket for face in lookups for bucket in face))
-        return cls(prefix, faces, lookups, fields)
+        return cls(prefix, faces, lookups, fields, claim)
 
 
 class OptimisticCheck:
@@ -127,14 +130,18 @@ class OptimisticCheck:
         """The outcome per face, in order, and the faces to remember (what the script would do)."""
         results: list[DedupResult] = []
         remembered: list[Face] = []
+        writes: list[Face] = []
         for (value, owner), current, near in zip(batch.faces, batch.owners, batch.candidates, strict=True):
-            match = self._match(batch.prefix, value, owner, current, near, remembered, candidate_owners)
+            match = self._match(
+                batch.prefix, value, owner, current, near, remembered, candidate_owners, batch.claim
+            )
+            results.append(match or NOT_DUPLICATE)
             if match is None:
-                results.append(NOT_DUPLICATE)
                 remembered.append((value, owner))
-            else:
-                results.append(match)
-        return results, remembered
+                # A claim never downgrades this owner's confirmed entry (a redelivery of an indexed face).
+                if not (batch.claim and current == owner.token):
+                    writes.append((value, owner))
+        return results, writes
 
     def _match(
         self,
@@ -145,34 +152,50 @@ class OptimisticCheck:
         near: list[tuple[int, int]],
         remembered: list[Face],
         candidate_owners: dict[str, str],
+        claim: bool,
     ) -> DedupResult | None:
-        """The nearest face of another owner within the threshold: the hash's own entry, an
-        earlier face of this batch (remembered before this one is checked), or a stored one."""
+        """The nearest remembered face of another owner within the threshold (a duplicate), else
+        the nearest claimed one (pending), else None: the hash's own entry, an earlier face of
+        this batch (remembered before this one is checked), or a stored one."""
         token = owner.token
-        if current and current != token:
-            return DedupResult(True, Owner.parse(current), value, 0)
         query = int(value, 16)
-        pending = [((int(v, 16) ^ query).bit_count(), int(v, 16), o.token) for v, o in remembered]
-        stored = [(d, h, candidate_owners.get(owner_key(prefix, f"{h:016x}"), "")) for d, h in near]
-        for distance, other, other_token in sorted(pending + stored):
-            if distance <= self.config.max_hamming and other_token and other_token != token:
-                return DedupResult(True, Owner.parse(other_token), f"{other:016x}", distance)
-        return None
+        # (distance, hash, owner token, only claimed)
+        found = [(0, query, *owner_value(current))] if current else []
+        # An earlier face of this call is only claimed, in a claiming call, until it is indexed.
+        found += [((int(v, 16) ^ query).bit_count(), int(v, 16), o.token, claim) for v, o in remembered]
+        for distance, other in near:
+            stored = candidate_owners.get(owner_key(prefix, f"{other:016x}"), "")
+            if stored:
+                found.append((distance, other, *owner_value(stored)))
+        pending: DedupResult | None = None
+        for distance, other, other_token, claimed in sorted(found):
+            if distance > self.config.max_hamming or other_token == token:
+                continue
+            other_owner = Owner.parse(other_token)
+            # A face of the same message is indexed (or fails) together with this one: decided.
+            decided = not claimed or other_owner.same_message(owner)
+            matched = DedupResult(decided, other_owner, f"{other:016x}", distance, not decided)
+            if decided:
+                return matched
+            pending = pending or matched
+        return pending
 
     def commit(self, batches: Sequence[TenantBatch], now_s: int) -> list[bool]:
-        """Remember each batch's new faces unless a write since its read may change its decisions;
-        one script call for all of them. Returns per batch whether it was written."""
+        """Remember each batch's new faces (as claims for a claiming batch) unless a write since its
+        read may change its decisions; one script call for all of them. Returns per batch whether
+        it was written."""
         config = self.config
         expiry = (now_s * 1000 + config.ttl_ms + 999) // 1000
         args: list[str | int | bytes] = [
             config.ttl_ms, config.near_key, config.max_hamming, config.write_log_entries, len(batches)
         ]
         for batch in batches:
-            args += [batch.prefix, batch.seq, len(batch.writes)]
+            owner_ttl, mark = (config.claim_ttl_ms, CLAIM_MARK) if batch.claim else (config.ttl_ms, "")
+            args += [batch.prefix, batch.seq, owner_ttl, len(batch.writes)]
             values: dict[str, bytes] = {}
             for value, owner in batch.writes:
                 buckets = config.own(value)
-                args += [value, owner.token, image_set(owner.image_sha256), len(buckets), *buckets]
+                args += [value, mark + owner.token, image_set(owner.image_sha256), len(buckets), *buckets]
                 for bucket in buckets:
                     current = values.get(bucket, batch.buckets.get(bucket, b""))
                     values[bucket] = appended(current, record(value, expiry), now_s)

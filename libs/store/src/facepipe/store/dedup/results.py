@@ -34,6 +34,11 @@ class Owner(NamedTuple):
         """The token's prefix common to every event of this face."""
         return f"{self.image_sha256}:{self.face_index}:"
 
+    def same_message(self, other: Owner) -> bool:
+        """Whether ``other`` is a face of the same image brought by the same ingest event: the
+        faces of one message, indexed together (or not at all)."""
+        return (self.image_sha256, self.event) == (other.image_sha256, other.event)
+
     @classmethod
     def parse(cls, token: str) -> Owner:
         sha, index, event = [*token.split(":", 2), ""][:3]
@@ -57,12 +62,28 @@ Face = tuple[str, Owner]
 
 @dataclass(frozen=True)
 class DedupResult:
-    """Outcome for one face: a duplicate of ``matched_owner`` (whose hash is ``matched_phash``)."""
+    """Outcome for one face: a duplicate of ``matched_owner`` (whose hash is ``matched_phash``).
+
+    ``pending``: not decided yet. The face is within the threshold only of faces another owner
+    has claimed and not yet confirmed (they are being indexed; see ``check_and_claim_batch``).
+    It is neither skipped nor remembered; ``matched_owner`` is the nearest claimant.
+    """
 
     is_duplicate: bool
     matched_owner: Owner | None = None
     matched_phash: str | None = None
     distance: int | None = None
+    pending: bool = False
 
 
 NOT_DUPLICATE = DedupResult(False)
+
+# An owner entry's value is the owner's token; a claim (a face being indexed) carries this mark.
+CLAIM_MARK = "?"
+
+
+def owner_value(token: str) -> tuple[str, bool]:
+    """An owner entry's value as (owner token, whether it is only a claim)."""
+    if token.startswith(CLAIM_MARK):
+        return token[len(CLAIM_MARK) :], True
+    return token, False

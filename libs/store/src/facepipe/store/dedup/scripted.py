@@ -19,6 +19,7 @@ from facepipe.store.dedup.results import NOT_DUPLICATE, DedupResult, Face, Owner
 class Mode(StrEnum):
     CHECK = "check"  # read only
     REMEMBER = "remember"  # remember every face that is not a duplicate
+    CLAIM = "claim"  # remember them as claims (faces being indexed)
 
 
 class ScriptedCheck:
@@ -34,7 +35,7 @@ class ScriptedCheck:
         config = self.config
         args: list[str | int] = [
             str(mode), prefix, config.near_key, config.ttl_ms, config.max_hamming, len(faces),
-            config.write_log_entries,
+            config.write_log_entries, config.claim_ttl_ms,
         ]
         for value, owner in faces:
             lookups = config.lookups(value)
@@ -44,10 +45,12 @@ class ScriptedCheck:
 
 
 def _results(raw: list) -> list[DedupResult]:
+    """Per face {code (0 new, 1 duplicate, 2 pending), owner token, matched hash, distance}."""
     results = []
-    for is_dup, owner_token, matched, distance in raw:
-        if int(is_dup):
-            results.append(DedupResult(True, Owner.parse(text(owner_token)), text(matched), int(distance)))
-        else:
+    for code, owner_token, matched, distance in raw:
+        if int(code) == 0:
             results.append(NOT_DUPLICATE)
+            continue
+        duplicate, owner = int(code) == 1, Owner.parse(text(owner_token))
+        results.append(DedupResult(duplicate, owner, text(matched), int(distance), pending=not duplicate))
     return results

@@ -21,7 +21,7 @@ def lua_source(name: str) -> str:
     return "\n".join(folder.joinpath(f"{part}.lua").read_text(encoding="utf-8") for part in (SHARED, name))
 
 
-SOURCES = {name: lua_source(name) for name in ("check_and_remember", "commit", "forget")}
+SOURCES = {name: lua_source(name) for name in ("check_and_remember", "commit", "confirm", "forget")}
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,8 @@ class Scripts:
 
     check_and_remember: Script  # the whole decision inside Redis (the fallback and read-only path)
     commit: Script  # the optimistic path's commit
-    forget: Script
+    confirm: Script  # claims of indexed faces become confirmed entries
+    forget: Script  # forgetting hashes (deletion), and releasing claims
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:

@@ -16,6 +16,7 @@ import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
+from facepipe.core.errors import TransientError, is_transient
 from facepipe.core.settings import Settings
 from facepipe.store.vectors.base import (
     REMOTE_TIMEOUT_S,
@@ -64,10 +65,17 @@ class ServerVectorIndex(VectorIndex):
         self._lock = threading.RLock() if client is not None else None
 
     def _run(self, fn: Callable[[], T]) -> T:
-        if self._lock is None:
-            return fn()
-        with self._lock:
-            return fn()
+        """One client call; a server that is unreachable or failing (5xx, timeouts) raises
+        TransientError naming the vector store (the ops-api answers 503 with it)."""
+        try:
+            if self._lock is None:
+                return fn()
+            with self._lock:
+                return fn()
+        except Exception as exc:
+            if is_transient(exc) and not isinstance(exc, TransientError):
+                raise TransientError(f"vector store ({self.settings.qdrant_url}) unavailable: {exc}") from exc
+            raise
 
     def _vector_params(self, name: str) -> VectorParams | None:
         if not self._run(lambda: self.client.collection_exists(name)):

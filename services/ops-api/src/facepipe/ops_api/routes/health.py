@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
+import redis
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from facepipe.core import metrics
+from facepipe.core.errors import TransientError
 from facepipe.ops_api.dependencies import AppSettings, Backend, Readiness, checked_tenant
-from facepipe.ops_api.figures import dedup_stats, update_dedup_gauges, update_stream_gauges
+from facepipe.ops_api.figures import (
+    clear_redis_gauges,
+    dedup_stats,
+    update_dedup_gauges,
+    update_stream_gauges,
+)
 from facepipe.ops_api.routes.local import local_mode
+
+log = logging.getLogger("facepipe.ops_api")
 
 router = APIRouter()
 
@@ -61,6 +71,13 @@ def stats(backend: Backend, tenant_id: Annotated[str | None, Query()] = None) ->
 
 @router.get("/metrics", summary="Prometheus metrics, including stream length, lag and pending")
 def prometheus(backend: Backend) -> Response:
-    update_stream_gauges(backend)
-    update_dedup_gauges(backend)
+    try:
+        update_stream_gauges(backend)
+        update_dedup_gauges(backend)
+    except (redis.RedisError, TransientError) as exc:
+        # Still serve what this process knows (readiness, its own counters): a failed scrape
+        # would read as the ops-api being down. The Redis figures go, so that no autoscaler
+        # acts on a backlog that is no longer measured.
+        log.warning("/metrics without the stream and dedup figures: Redis unavailable: %s", exc)
+        clear_redis_gauges()
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

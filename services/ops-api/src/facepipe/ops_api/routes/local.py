@@ -7,9 +7,10 @@ import json
 import os
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from facepipe.ops_api.api_errors import ApiProblem
+from facepipe.ops_api.dependencies import require_token
 
 # Set by `facepipe up` in the environment of the ops-api it starts.
 LOCAL_INFO_ENV = "FACEPIPE_LOCAL_INFO"
@@ -21,7 +22,12 @@ def local_mode() -> bool:
     return bool(os.environ.get(LOCAL_INFO_ENV))
 
 
-@router.get("/local", summary="Local mode only: where this stack's Redis and S3 are (for the CLI)")
+# It hands out the S3 secret key and the Redis URL: guarded by the token like mutating routes.
+@router.get(
+    "/local",
+    summary="Local mode only: where this stack's Redis and S3 are (for the CLI)",
+    dependencies=[Depends(require_token)],
+)
 def local() -> dict[str, Any]:
     raw = os.environ.get(LOCAL_INFO_ENV)
     if not raw:

@@ -48,9 +48,9 @@ def _read_upload(image: UploadFile, max_bytes: int) -> bytes:
 
 
 def _upload_problem(name: str, exc: PermanentError) -> ApiProblem:
-    if exc.reason == "image_too_large":
+    if exc.reason in {"image_too_large", "too_many_pixels"}:
         return ApiProblem(413, exc.reason, f"{name}: {exc.message}")
-    if exc.reason == "undecodable_image":
+    if exc.reason in {"not_an_image", "corrupt_image"}:
         # Pillow's own wording names internal objects; say what the user needs to know.
         return ApiProblem(415, exc.reason, f"{name} is not a readable image: upload a JPEG, PNG or WebP file")
     if exc.reason == "unsupported_image_format":

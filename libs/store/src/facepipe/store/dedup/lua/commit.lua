@@ -1,6 +1,7 @@
 -- The optimistic path's commit, for several tenants at once. ARGV: ttl_ms, layout hash suffix,
 -- max_hamming, log entries kept, group count, then per group (one tenant): key prefix, the
--- tenant's sequence as read, face count, and per face: hash, owner token, image-set suffix, n_own,
+-- tenant's sequence as read, its owner keys' ttl_ms (a claim's is shorter), face count, and per
+-- face: hash, owner value (a claim is marked with '?'), image-set suffix, n_own,
 -- own buckets; then the own buckets' new values as the caller computed them from its read (count,
 -- then field, value pairs). A group is written when its tenant's sequence is unchanged (with the
 -- caller's values), or when every write logged since the read is farther than max_hamming from
@@ -14,9 +15,10 @@ local expiry_s = math.ceil((now_s * 1000 + math.floor(tonumber(t[2]) / 1000) + t
 local written = {}
 local i = 6
 for g = 1, tonumber(ARGV[5]) do
-  local prefix, seq_read, nfaces = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local prefix, seq_read = ARGV[i], tonumber(ARGV[i + 1])
+  local owner_ttl, nfaces = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
   local near = prefix .. suffix
-  i = i + 3
+  i = i + 4
   local faces = {}
   for f = 1, nfaces do
     local hash = ARGV[i]
@@ -57,7 +59,7 @@ for g = 1, tonumber(ARGV[5]) do
         end
       end
     end
-    remember(prefix, near, faces, state, fields, values, ttl, keep)
+    remember(prefix, near, faces, state, fields, values, ttl, keep, owner_ttl)
   end
   written[g] = ok and 1 or 0
 end

@@ -76,14 +76,31 @@ local function changed_since(log, seq_read, faces, maxd)
   end
   return false
 end
--- Remember faces of one tenant: each face's owner key and image set, the buckets' new values
--- (fields[j] -> values[j]), and one more write in the tenant's sequence and log, read as state
--- ({seq, log}). A face is {hash high, hash low, hash hex, owner token, image-set key}.
-local function remember(prefix, near, faces, state, fields, values, ttl, keep)
+-- The log without the entries of hash (hi, lo), for forgetting it ('' if none is left).
+local function log_without(log, hi, lo)
+  local kept = {}
+  for pos = 1, #log - LOG_RECORD + 1, LOG_RECORD do
+    local _, chi, clo = struct.unpack('>I6I4I4', log, pos)
+    if chi ~= hi or clo ~= lo then kept[#kept + 1] = string.sub(log, pos, pos + LOG_RECORD - 1) end
+  end
+  return table.concat(kept)
+end
+-- An owner key's value: the owner token, marked with a leading '?' while it is only a claim (the
+-- face is being indexed; confirm.lua drops the mark once it is). Returns the token and whether it
+-- is a claim.
+local function owner_of(value)
+  if string.byte(value, 1) == 63 then return string.sub(value, 2), true end
+  return value, false
+end
+-- Remember faces of one tenant: each face's owner key (for owner_ttl ms) and image set, the
+-- buckets' new values (fields[j] -> values[j]), and one more write in the tenant's sequence and
+-- log, read as state ({seq, log}). A face is {hash high, hash low, hash hex, owner value (a claim
+-- is marked), image-set key}.
+local function remember(prefix, near, faces, state, fields, values, ttl, keep, owner_ttl)
   local seq = tonumber(state[1] or '0') + 1
   local expiring = {}
   for _, face in ipairs(faces) do
-    redis.call('SET', prefix .. 'owner:' .. face[3], face[4], 'PX', ttl)
+    redis.call('SET', prefix .. 'owner:' .. face[3], face[4], 'PX', owner_ttl)
     redis.call('SADD', face[5], face[3])
     if not expiring[face[5]] then
       expiring[face[5]] = true
