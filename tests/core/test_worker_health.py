@@ -66,3 +66,19 @@ def test_readyz_waits_for_the_handler_setup(harness: Harness) -> None:
     code, text = probe(port, READY_PATH)
     assert code == 503 and "starting" in text
     worker.kill()
+
+
+def test_a_started_worker_exports_its_counters_at_zero(harness: Harness) -> None:
+    """A series born at 1 loses that increment to rate(): the stage's counters exist before any message."""
+    port = free_port()
+    worker = harness.start(METRICS_PORT=str(port))
+    wait_until(lambda: probe(port, READY_PATH)[0] == 200, what=f"ready; log:\n{worker.log()[-2000:]}")
+    text = probe(port, "/metrics")[1]
+    for name in (
+        "facepipe_worker_msgs_acked_total",
+        "facepipe_worker_transient_errors_total",
+        "facepipe_worker_redeliveries_total",
+        "facepipe_faces_processed_total",
+    ):
+        assert any(line.startswith(name + "{") and line.endswith(" 0.0") for line in text.splitlines()), name
+    worker.kill()

@@ -128,7 +128,7 @@ class Worker:
             self.log.info("Stream: %s", self.stream)
             self.log.info("Group: %s", self.group)
             self.log.info("Batch size: %d", self.batch_size)
-            metrics.WORKER_INFLIGHT.labels(stage=self.stage).set(0)
+            metrics.start_stage_series(self.stage)
             self.log.info("Worker started, waiting for messages...")
             metrics.mark_ready()
             while not self._stop.is_set():
