@@ -8,7 +8,7 @@ search whose answer is checked.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from facepipe.ops_api.backend import OpsBackend
 from facepipe.ops_api.reembed.backfill import Reembedder, ReembedReport
 from facepipe.ops_api.reembed.options import ReembedOptions
 from facepipe.ops_api.search import SearchModels
+from facepipe.store.deletion import delete_image
 from facepipe.store.pack_migration import LockHeldError, MigrationRecords, MigrationState
 from facepipe.store.storage import ObjectStore, artifact_keys
 from facepipe.store.vectors import VectorIndex
@@ -219,6 +220,45 @@ def test_a_face_whose_crop_is_gone_is_skipped_and_counted(world: World) -> None:
     report = world.run(SFACE)
     assert report.skipped == 1 and world.record().skipped == 1
     assert report.migrated == world.collection(BUFFALO).count(TENANT) - 1
+
+
+class DeletingEmbedder:
+    """The real recognizer; its first inference call runs ``deletion`` first (the race: an image
+    deleted after the backfill fetched its crops and before it writes their new vectors)."""
+
+    def __init__(self, embedder: Any, deletion: Callable[[], None]) -> None:
+        self.embedder, self.deletion = embedder, deletion
+        self.deleted = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.embedder, name)
+
+    def embed(self, crops: Any) -> Any:
+        if not self.deleted:
+            self.deleted = True
+            self.deletion()
+        return self.embedder.embed(crops)
+
+
+def test_an_image_deleted_while_its_crops_are_embedded_does_not_come_back(world: World) -> None:
+    world.index_photos(world.photos)
+    old = world.collection(BUFFALO)
+    [first, *_] = old.scroll_page(TENANT, 4, None)[0]  # in the first page: its crop is fetched first
+    image = first.payload["image_sha256"]
+    clients = {"redis_client": world.client, "store": world.store, "index": world.index}
+    embedder = DeletingEmbedder(
+        world.packs[SFACE].embedder, lambda: delete_image(world.settings, TENANT, image, **clients)
+    )
+    before = old.count(TENANT)
+    report = Reembedder(
+        world.settings, TENANT, SFACE, index=world.index, store=world.store, redis_client=world.client,
+        options=ReembedOptions(settle_s=0.5, page=4, batch=3), embedder=embedder,  # type: ignore[arg-type]
+    ).run()
+    assert embedder.deleted and report.action == "migrated"
+    new = world.collection(SFACE)
+    assert [hit.id for hit in new.scroll(TENANT, image_sha256=image)] == []
+    assert [hit.id for hit in old.scroll(TENANT, image_sha256=image)] == []
+    assert report.migrated == new.count(TENANT) == old.count(TENANT) < before
 
 
 def test_the_old_collection_is_kept_until_its_retention_or_a_cleanup(world: World) -> None:

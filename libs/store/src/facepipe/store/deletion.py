@@ -4,7 +4,8 @@ What is deleted, in this order (search stops returning the faces first):
 
 1. the Qdrant points in every collection of the family (every model pack's, including one
    kept for rollback after a pack change; their payloads are read first: they name the raw
-   image's bucket/key), and for a tenant its alias;
+   image's bucket/key), and for a tenant its alias; once more after step 2, for a model-pack
+   backfill that was embedding the image's crops meanwhile;
 2. the artifacts: crops, thumbnails and metadata JSON under ``<tenant>/<sha[:2]>/<sha>/``
    (or ``<tenant>/`` for a tenant), the raw image(s) under the same prefix in the raw bucket
    (where ``facepipe ingest`` puts them) and the raw objects the points name in the raw bucket
@@ -101,6 +102,13 @@ def _delete_everywhere(
         if key.startswith(own) and not key.startswith(prefix) and store.exists(settings.bucket_raw, key):
             store.delete(settings.bucket_raw, key)
             raw += 1
+    # Once more: a model-pack backfill that fetched a crop before the artifacts went may have
+    # written the face into its new collection since the first pass (it takes back what it
+    # writes after this one: its source point and crop are gone by then).
+    if image_sha256 is None:
+        points += clients.index.delete_tenant(tenant)
+    else:
+        points += clients.index.delete_image(tenant, image_sha256)
     return points, artifacts, raw
 
 

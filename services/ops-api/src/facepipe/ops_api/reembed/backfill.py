@@ -53,7 +53,7 @@ from facepipe.store.pack_migration import (
     now_iso,
 )
 from facepipe.store.storage import ObjectStore
-from facepipe.store.vectors import VectorIndex
+from facepipe.store.vectors import FacePoint, VectorIndex
 from facepipe.store.vectors.base import Route
 from facepipe.vision.models import FaceEmbedder
 
@@ -219,6 +219,7 @@ class Reembedder:
             present = destination.existing_ids(hit.id for hit in hits) | self._skipped
             points, skipped = self.crops.points([hit for hit in hits if hit.id not in present], self._renew)
             destination.upsert(points)  # durable before the resume point moves past these faces
+            self._unwrite_deleted(origin, destination, points)
             self._embedded += len(points)
             if skipped:
                 self._skipped.update(skipped)
@@ -234,6 +235,25 @@ class Reembedder:
             if next_offset is None:
                 return
             offset = str(next_offset)
+
+    def _unwrite_deleted(
+        self, origin: VectorIndex, destination: VectorIndex, points: list[FacePoint]
+    ) -> None:
+        """Take back the faces whose image was deleted while this page was embedded.
+
+        A deletion removes the points of every collection, then the crops, then the points once
+        more (:mod:`facepipe.store.deletion`). Written after that last pass, a face would come
+        back; but then its source point and its crop are already gone, which this check sees.
+        (A face whose crop is there again was ingested anew: it stays.)"""
+        if not points:
+            return
+        present = origin.existing_ids(point.id for point in points)
+        for image in sorted({point.image_sha256 for point in points if point.id not in present}):
+            faces = [point for point in points if point.image_sha256 == image]
+            if not any(self.crops.exists(point) for point in faces):
+                removed = destination.delete_image(self.tenant, image)
+                log.info("tenant %s: image %s was deleted during the backfill: %d point(s) taken back",
+                         self.tenant, image, removed)
 
     def _report(self, active: str, target: str) -> None:
         rate = self._embedded / self._syncing_s if self._syncing_s > 0 else 0.0

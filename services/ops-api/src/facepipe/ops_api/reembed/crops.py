@@ -77,6 +77,10 @@ class CropEmbedder:
         ]
         return points, [hit.id for hit, crop in zip(hits, crops, strict=True) if crop is None]
 
+    def exists(self, point: FacePoint) -> bool:
+        """Whether the face's crop is (still) stored."""
+        return self.store.exists(*crop_location(self.settings, point.full_payload()))
+
     def _crop(self, hit: SearchHit) -> np.ndarray | None:
         bucket, key = crop_location(self.settings, hit.payload)
         try:
