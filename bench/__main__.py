@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench.common import load_average, machine, rounded
 
-FIGURES = ("pipeline", "memory", "embed", "stages", "dedup", "search", "options")
+FIGURES = ("pipeline", "memory", "embed", "stages", "dedup", "search", "options", "reembed")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 log = logging.getLogger("bench")
 
@@ -49,6 +49,8 @@ class Plan:
     option_images: int
     option_repeats: int
     memory_images: int
+    reembed_faces: int
+    reembed_repeats: int
     profile: bool
 
 
@@ -74,6 +76,8 @@ FULL = Plan(
     option_images=40,
     option_repeats=3,
     memory_images=334,  # three runs: about 1,000 images through the pipeline
+    reembed_faces=2000,
+    reembed_repeats=3,
     profile=True,
 )
 QUICK = Plan(
@@ -98,6 +102,8 @@ QUICK = Plan(
     option_images=10,
     option_repeats=1,
     memory_images=12,
+    reembed_faces=300,
+    reembed_repeats=2,
     profile=True,
 )
 # The smallest run that still exercises every figure (tests/bench/test_bench_smoke.py).
@@ -123,6 +129,8 @@ SMOKE = Plan(
     option_images=4,
     option_repeats=1,
     memory_images=3,
+    reembed_faces=40,
+    reembed_repeats=1,
     profile=True,
 )
 GPU_STAGE_BATCHES = (1, 32, 64)
@@ -220,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         "dedup": lambda: figures.dedup(plan),
         "search": lambda: figures.search(plan),
         "options": lambda: figures.options(plan, args),
+        "reembed": lambda: figures.reembed(plan, args),
     }
     timings: dict[str, float] = {}
     for name in only:

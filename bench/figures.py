@@ -1,4 +1,4 @@
-"""The five figures of ``python -m bench``; each returns the keys it adds to latest.json."""
+"""The figures of ``python -m bench``; each returns the keys it adds to latest.json."""
 
 from __future__ import annotations
 
@@ -446,3 +446,17 @@ def options(plan: Plan, args: argparse.Namespace) -> dict[str, object]:
             ),
         }
     }
+
+
+# --- 6. the model-pack backfill beside the embedder -------------------------------------------------
+
+
+def reembed(plan: Plan, args: argparse.Namespace) -> dict[str, object]:
+    from bench.reembed_bench import reembed_figure
+
+    settings = model_settings(args.pack, args.device, args.threads)
+    detector, embedder = load_models(settings)
+    crops = face_crops(detector, build_image_set(min(plan.images, 40)), ImageLimits.from_settings(settings),
+                       plan.reembed_faces)
+    source = "opencv_yunet_sface" if args.pack != "opencv_yunet_sface" else "buffalo_sc"
+    return reembed_figure(embedder, crops, source, plan.reembed_repeats)

@@ -89,6 +89,15 @@ def _headline(r: dict[str, Any]) -> list[str]:
             f"machine's cores reached {d['clients_checks_per_s']:,.0f}/s (client-bound) | >= 20,000 | "
             f"{_verdict('dedup_checks_per_s', value)} |"
         )
+    if "reembed_faces_per_s" in r:
+        e = r["reembed"]
+        value, alone = r["reembed_faces_per_s"], e["embedder_faces_per_s"]
+        rows.append(
+            f"| reembed_faces_per_s | {value:,.1f} | model-pack backfill of {e['faces']:,} stored faces "
+            f"({e['source_pack']} -> {e['pack']}: S3 crops, embedding, upserts into {e['store']}, switch) "
+            f"vs the embedder alone on the same crops: {alone:,.1f} faces/s (batch {e['batch']}), "
+            f"{e['share_of_embedder_rate']:.0%} of it | - | |"
+        )
     if "search" in r:
         rows += _search_rows(r)
     if "status" in r.get("gpu", {}):

@@ -48,8 +48,11 @@ def test_every_headline_key_is_written_with_a_sane_value(smoke_run: tuple[dict, 
         "pipeline_vs_bare_cpu_ratio",
         "embed_batch_speedup",
         "dedup_checks_per_s",
+        "reembed_faces_per_s",
     ):
         assert _positive(results[key]), (key, results[key])
+    assert results["reembed"]["faces"] == results["plan"]["reembed_faces"]  # every face re-embedded
+    assert _positive(results["reembed"]["embedder_faces_per_s"])
     assert set(results["search_latency_ms"]) == {"500", "2000"}
     for latency in results["search_latency_ms"].values():
         assert 0 < latency["p50"] <= latency["p99"]
@@ -66,7 +69,13 @@ def test_every_headline_key_is_written_with_a_sane_value(smoke_run: tuple[dict, 
     assert results["gpu"]["status"].startswith("pending")
     table = (out / "latest.md").read_text()
     assert table in stdout  # printed as well as written
-    for key in ("pipeline_vs_bare_ratio", "embed_batch_speedup", "dedup_checks_per_s", "search_p99_ms_2k"):
+    for key in (
+        "pipeline_vs_bare_ratio",
+        "embed_batch_speedup",
+        "dedup_checks_per_s",
+        "search_p99_ms_2k",
+        "reembed_faces_per_s",
+    ):
         assert key in table
 
 

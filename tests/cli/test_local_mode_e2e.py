@@ -14,139 +14,23 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psutil
 import pytest
-import redis
+from localstack import Stack, running_stack, stack_env
 
-from facepipe.cli.localservers import free_port
-from facepipe.core.settings import Settings, load_settings
 from facepipe.store.storage import ObjectStore, image_prefix
 
 pytestmark = pytest.mark.slow
-
-# Variables of a developer's shell that would point the stack elsewhere.
-_SCRUBBED = (
-    "REDIS_",
-    "MINIO_",
-    "QDRANT_",
-    "BUCKET_",
-    "OPS_API_",
-    "FACEPIPE_",
-    "FACE_",
-    "DEDUP_",
-    "GLOBAL_DEDUP",
-    "ENABLE_",
-    "WORKER_",
-    "MODEL_PACK",
-    "DETECTED_STREAM",
-    "EMBEDDED_STREAM",
-)
-
-
-@dataclass
-class Stack:
-    api: str
-    proc: subprocess.Popen
-    env: dict[str, str]
-    data_dir: Path
-    local: dict[str, Any]
-
-    @property
-    def settings(self) -> Settings:
-        return load_settings(**self.local["settings"])
-
-    def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.local["settings"]["redis_url"], decode_responses=True)
-
-    def cli(self, *args: str, expect: int = 0, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "facepipe.cli", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        assert result.returncode == expect, (
-            f"facepipe {' '.join(args)} -> {result.returncode}\n"
-            f"stdout: {result.stdout[-3000:]}\nstderr: {result.stderr[-3000:]}"
-        )
-        return result
-
-    def cli_json(self, *args: str, expect: int = 0) -> Any:
-        return json.loads(self.cli(*args, "--json", expect=expect).stdout)
-
-    def log(self) -> str:
-        return (self.data_dir / "up.log").read_text(errors="replace")
-
-
-def _wait_ready(api: str, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "facepipe up exited during start-up"
-        try:
-            if httpx.get(f"{api}/ready", timeout=10).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{api}/ready not 200 within {timeout}s")
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Stack]:
     data_dir = tmp_path_factory.mktemp("facepipe-up")
-    port = free_port()
-    api = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED)}
-    env.update(
-        {
-            "MODELS_DIR": str(models_dir),
-            "INFERENCE_DEVICE": "cpu",
-            "ORT_INTRA_OP_THREADS": "1",
-            "FACEPIPE_API": api,
-            "PYTHONUNBUFFERED": "1",
-            "READ_BLOCK_MS": "500",
-        }
-    )
-    with open(data_dir / "up.log", "wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "facepipe.cli",
-                "up",
-                "--data-dir",
-                str(data_dir / "stack"),
-                "--port",
-                str(port),
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        _wait_ready(api, proc, timeout=240)
-        local = httpx.get(f"{api}/local", timeout=10).json()
-        yield Stack(api, proc, env, data_dir, local)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        # Servers live in their own sessions: make sure none outlives the test.
-        for server in (proc_info := locals().get("local", {})).get("servers", {}).values():
-            if server.get("pid") and psutil.pid_exists(server["pid"]):
-                os.killpg(server["pid"], signal.SIGKILL)
-        del proc_info
+    with running_stack(data_dir, stack_env(models_dir)) as running:
+        yield running
 
 
 def _identity(faces_manifest: dict[str, dict], url: str) -> str | None:

@@ -137,13 +137,15 @@ def test_make_phase3_ensure_creates_groups_buckets_and_collection_once(
         groups = [g["name"] for g in redis_client.xinfo_groups(stream)]
         assert groups == [settings.redis_group_name]
     assert f"created {', '.join(ObjectStore(settings).buckets)}" in first
-    assert f"Qdrant collection {settings.qdrant_collection} (512-d): created" in first
+    # MODEL_PACK's collection of the family QDRANT_COLLECTION (docs/models.md, "Changing the model pack")
+    collection = f"{settings.qdrant_collection}_{settings.model_pack}_v1"
+    assert f"Qdrant collection {collection} (512-d): created" in first
     store = ObjectStore(settings)
     assert all(store.client.bucket_exists(bucket) for bucket in store.buckets)
 
     again = _run(ensure, pipeline_env).stdout  # idempotent: everything is there already
     assert "created" not in again
-    assert "all exist" in again and f"Qdrant collection {settings.qdrant_collection} (512-d): exists" in again
+    assert "all exist" in again and f"Qdrant collection {collection} (512-d): exists" in again
 
 
 def test_no_make_target_runs_a_library_module_as_a_command() -> None:

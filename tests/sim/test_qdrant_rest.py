@@ -119,14 +119,55 @@ def test_acknowledged_points_survive_kill9_and_a_second_server_is_refused(tmp_pa
 
 def test_an_endpoint_it_does_not_serve_is_an_explicit_error(stand_in: StandIn, client: QdrantClient) -> None:
     with pytest.raises(UnexpectedResponse) as refused:
-        client.retrieve("faces", [1])
+        client.facet("faces", "tenant_id")
     assert refused.value.status_code == 501
-    assert "does not serve POST /collections/faces/points" in refused.value.content.decode()
+    assert "does not serve POST /collections/faces/facet" in refused.value.content.decode()
     answer = httpx.post(
         f"{stand_in.url}/collections/faces/points/search", json={"vector": [0.0] * DIM, "limit": 1}
     )
     assert answer.status_code == 501 and "Not implemented" in answer.json()["status"]["error"]
-    assert httpx.get(f"{stand_in.url}/collections").status_code == 501
+    assert httpx.get(f"{stand_in.url}/cluster").status_code == 501
+    with pytest.raises(UnexpectedResponse) as partial:
+        client.retrieve("faces", [1])  # with payloads: the stand-in only answers which ids exist
+    assert partial.value.status_code == 400 and "retrieves ids only" in partial.value.content.decode()
+
+
+def test_aliases_switch_atomically_and_resolve_like_collection_names(client: QdrantClient) -> None:
+    """The alias endpoints the model-pack migration uses, through qdrant-client's own calls."""
+    for name in ("pack_a", "pack_b"):
+        client.create_collection(name, vectors_config=qm.VectorParams(size=DIM, distance=qm.Distance.COSINE))
+    client.upsert("pack_b", points(3), wait=True)
+
+    def switch(target: str) -> None:
+        client.update_collection_aliases(
+            change_aliases_operations=[
+                qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name="faces@t")),
+                qm.CreateAliasOperation(
+                    create_alias=qm.CreateAlias(collection_name=target, alias_name="faces@t")
+                ),
+            ]
+        )
+
+    switch("pack_a")
+    aliases = client.get_aliases().aliases
+    assert [(a.alias_name, a.collection_name) for a in aliases] == [("faces@t", "pack_a")]
+    assert client.count("faces@t", exact=True).count == 0
+    switch("pack_b")
+    assert [a.collection_name for a in client.get_aliases().aliases] == ["pack_b"]
+    assert client.count("faces@t", exact=True).count == 3  # an alias is usable wherever a name is
+    assert [a.alias_name for a in client.get_collection_aliases("pack_b").aliases] == ["faces@t"]
+    assert {"pack_a", "pack_b"} <= {c.name for c in client.get_collections().collections}
+    found = client.retrieve("pack_b", [0, 1, 99], with_payload=False, with_vectors=False)
+    assert sorted(record.id for record in found) == [0, 1]
+    with pytest.raises(UnexpectedResponse) as missing:
+        client.update_collection_aliases(
+            change_aliases_operations=[
+                qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name="nope", alias_name="x"))
+            ]
+        )
+    assert missing.value.status_code == 404
+    client.delete_collection("pack_b")  # its aliases go with it, as in Qdrant
+    assert client.get_aliases().aliases == []
 
 
 @pytest.mark.parametrize(

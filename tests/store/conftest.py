@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -10,9 +10,29 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for dedupkit, vectorkit
 
 from dedupkit import cache_factory
+from qdrantkit import rest_stand_in
+from vectorkit import KINDS, Backend, make_backend
 
 from facepipe.core.settings import Settings, load_settings
 from facepipe.store.dedup import DedupCache
+from facepipe.store.vectors import VectorIndex
+
+
+@pytest.fixture(params=KINDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Each vector index backend in turn (tests/store/vectorkit.py), on fresh storage."""
+    if request.param == "server-rest":
+        with rest_stand_in(tmp_path / "stand-in") as url:
+            yield make_backend("server-rest", tmp_path, url)
+    else:
+        yield make_backend(request.param, tmp_path)
+
+
+@pytest.fixture
+def index(backend: Backend) -> Iterator[VectorIndex]:
+    vectors = backend.open()
+    yield vectors
+    vectors.close()
 
 
 @pytest.fixture

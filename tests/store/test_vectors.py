@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from qdrantkit import rest_stand_in
 from vectorkit import DIM, FACES_PER_BATCH, KINDS, Backend, Holder, make_backend, unit
 
 from facepipe.core.errors import PermanentError
@@ -25,22 +24,6 @@ from facepipe.store.vectors import (
     VectorIndex,
     point_id,
 )
-
-
-@pytest.fixture(params=KINDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    if request.param == "server-rest":
-        with rest_stand_in(tmp_path / "stand-in") as url:
-            yield make_backend("server-rest", tmp_path, url)
-    else:
-        yield make_backend(request.param, tmp_path)
-
-
-@pytest.fixture
-def index(backend: Backend) -> Iterator[VectorIndex]:
-    vectors = backend.open()
-    yield vectors
-    vectors.close()
 
 
 def face(tenant: str, sha: str, number: int, vector: np.ndarray, site: str = "example.com") -> FacePoint:

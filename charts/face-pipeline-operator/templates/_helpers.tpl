@@ -114,6 +114,10 @@ in the cluster-wide ClusterRole (see rbac.secretNamespaces).
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+# A change of spec.models.pack runs a backfill Job (re-embeds the tenant's stored faces).
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
 # deletionPolicy Purge waits until the tenant's pods are gone before deleting its data.
 - apiGroups: [""]
   resources: ["pods"]

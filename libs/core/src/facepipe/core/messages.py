@@ -161,6 +161,11 @@ class RejectedFace(BaseModel):
     reason: str
 
 
+# How often the indexer may send one image back to the embedder because its vectors came from
+# a pack the tenant no longer uses (a rollout in progress); then it is a poison pill.
+MAX_REEMBED_HOPS = 3
+
+
 class DetectedMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -172,6 +177,8 @@ class DetectedMessage(BaseModel):
     faces: list[DetectedFace] = Field(default_factory=list)
     rejected: list[RejectedFace] = Field(default_factory=list)
     timings_ms: dict[str, FiniteFloat] = Field(default_factory=dict)
+    # Times the indexer sent this image back to be embedded again (another pack's vectors).
+    reembed_hops: int = Field(0, ge=0, le=MAX_REEMBED_HOPS, exclude_if=lambda hops: hops == 0)
 
 
 class EmbeddedMessage(DetectedMessage):

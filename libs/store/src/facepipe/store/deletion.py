@@ -2,7 +2,10 @@
 
 What is deleted, in this order (search stops returning the faces first):
 
-1. the Qdrant points (their payloads are read first: they name the raw image's bucket/key);
+1. the Qdrant points in every collection of the family (every model pack's, including one
+   kept for rollback after a pack change; their payloads are read first: they name the raw
+   image's bucket/key), and for a tenant its alias; once more after step 2, for a model-pack
+   backfill that was embedding the image's crops meanwhile;
 2. the artifacts: crops, thumbnails and metadata JSON under ``<tenant>/<sha[:2]>/<sha>/``
    (or ``<tenant>/`` for a tenant), the raw image(s) under the same prefix in the raw bucket
    (where ``facepipe ingest`` puts them) and the raw objects the points name in the raw bucket
@@ -27,6 +30,7 @@ from facepipe.core.settings import Settings
 from facepipe.core.stats import Stats
 from facepipe.core.tenancy import validate_tenant_id
 from facepipe.store.dedup import DedupCache
+from facepipe.store.pack_migration import MigrationRecords
 from facepipe.store.storage import ObjectStore, image_prefix, tenant_prefix
 from facepipe.store.stream_entries import delete_entries
 from facepipe.store.vectors import VectorIndex
@@ -36,7 +40,7 @@ from facepipe.store.vectors import VectorIndex
 class DeletionReport:
     tenant_id: str
     image_sha256: str | None  # None: the whole tenant
-    points: int  # Qdrant points removed
+    points: int  # Qdrant points removed (a face in two packs' collections counts twice)
     artifacts: int  # crop, thumbnail and metadata objects removed
     raw_objects: int  # raw images removed
     dedup_entries: int  # image: remembered pHashes forgotten; tenant: dedup keys removed
@@ -70,8 +74,6 @@ class _Clients:
 def _raw_keys(settings: Settings, index: VectorIndex, tenant: str, image_sha256: str | None) -> set[str]:
     """Raw-bucket keys named by the points' ``source`` (a producer's own key layout)."""
     keys: set[str] = set()
-    if index.vector_size() is None:
-        return keys
     for hit in index.scroll(tenant, image_sha256=image_sha256):
         source = hit.payload.get("source") or {}
         if source.get("bucket") == settings.bucket_raw and source.get("key"):
@@ -83,10 +85,10 @@ def _delete_everywhere(
     settings: Settings, clients: _Clients, tenant: str, image_sha256: str | None, prefix: str
 ) -> tuple[int, int, int]:
     raw_keys = _raw_keys(settings, clients.index, tenant, image_sha256)
-    if clients.index.vector_size() is None:
-        points = 0
-    elif image_sha256 is None:
+    # Every collection of the family: a face may be in an old pack's collection kept for rollback.
+    if image_sha256 is None:
         points = clients.index.delete_tenant(tenant)
+        clients.index.forget_route(tenant)
     else:
         points = clients.index.delete_image(tenant, image_sha256)
     store = clients.store
@@ -100,6 +102,13 @@ def _delete_everywhere(
         if key.startswith(own) and not key.startswith(prefix) and store.exists(settings.bucket_raw, key):
             store.delete(settings.bucket_raw, key)
             raw += 1
+    # Once more: a model-pack backfill that fetched a crop before the artifacts went may have
+    # written the face into its new collection since the first pass (it takes back what it
+    # writes after this one: its source point and crop are gone by then).
+    if image_sha256 is None:
+        points += clients.index.delete_tenant(tenant)
+    else:
+        points += clients.index.delete_image(tenant, image_sha256)
     return points, artifacts, raw
 
 
@@ -139,6 +148,7 @@ def purge_tenant(
     try:
         points, artifacts, raw = _delete_everywhere(settings, clients, tenant, None, tenant_prefix(tenant))
         dedup_keys = DedupCache(clients.redis, settings).flush(tenant)
+        MigrationRecords(clients.redis, settings.qdrant_collection).forget(tenant)
         entries = delete_entries(clients.redis, settings.pipeline_streams, tenant)
         stats_keys = _delete_tenant_stats(clients.redis, tenant)
     finally:

@@ -1,7 +1,7 @@
 """Create the S3 buckets and the vector collection (``facepipe ensure``, ``make phase3-ensure``).
 
-Idempotent: what exists is left alone. The collection's vector size is the model pack's
-(MODEL_PACK); an existing collection of another size is reported, not touched.
+Idempotent: what exists is left alone. The collection is MODEL_PACK's collection of the
+family QDRANT_COLLECTION (``<collection>_<pack>_v<version>``, sized for the pack).
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ def ensure_storage_and_collection(settings: Settings, index: VectorIndex | None 
     """Create the four buckets and the collection (with its payload indexes) when missing."""
     store = ObjectStore(settings)
     created = store.ensure_buckets()
-    dim = get_pack(settings.model_pack).dim
+    pack = get_pack(settings.model_pack)
     vectors = index if index is not None else VectorIndex(settings)
     try:
-        made = vectors.ensure_collection(dim)
+        collection = vectors.view(vectors.pack_collection(pack))
+        made = collection.ensure_collection(pack.dim)
     finally:
         if index is None:
             vectors.close()
-    return EnsureReport(store.buckets, tuple(created), settings.qdrant_collection, dim, made)
+    return EnsureReport(store.buckets, tuple(created), collection.collection, pack.dim, made)

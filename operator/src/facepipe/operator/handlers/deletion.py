@@ -4,9 +4,9 @@ In this order because a pod still running could re-create what the purge deleted
 embedded message in flight re-indexes its faces, an ingest entry still queued uploads its
 crops again). The operator
 
-1. deletes the pipeline's autoscalers (they would scale the Deployments back up) and scales
-   its Deployments to zero (the resync never undoes it: a FacePipeline being deleted is not
-   reconciled);
+1. deletes the pipeline's autoscalers (they would scale the Deployments back up) and a
+   model-pack backfill Job (it would write vectors), and scales its Deployments to zero (the
+   resync never undoes it: a FacePipeline being deleted is not reconciled);
 2. waits, retrying every PURGE_POLL_SECONDS, until no Pod of the pipeline is left (on a real
    cluster that is their terminationGracePeriodSeconds: workers finish and ack their batch);
 3. deletes the tenant's stream data (facepipe.operator.stream_purge) and then its vectors,
@@ -29,7 +29,7 @@ from facepipe.operator.builders import stream_names
 from facepipe.operator.constants import LABEL_INSTANCE, LABEL_MANAGED_BY, OPERATOR_NAME
 from facepipe.operator.handlers.pipeline import SecretValueError, tenant_settings, write_status
 from facepipe.operator.handlers.runtime import PURGE_POLL_SECONDS, PURGE_RETRY_SECONDS, RUNTIME
-from facepipe.operator.kube import DEPLOYMENT, HPA, POD, SCALED_OBJECT, KubeApi, KubeApiError
+from facepipe.operator.kube import DEPLOYMENT, HPA, JOB, POD, SCALED_OBJECT, KubeApi, KubeApiError
 from facepipe.operator.purge import PurgeUnavailable
 from facepipe.operator.spec import SpecError, parse_spec
 from facepipe.operator.status import Observation
@@ -43,8 +43,8 @@ def purge_requested(spec: dict[str, Any], **_: Any) -> bool:
 
 
 def stop_pods(api: KubeApi, namespace: str, name: str, uid: str) -> list[str]:
-    """Remove the autoscalers, scale every Deployment to zero; the names of the pods still there."""
-    for kind in (HPA, SCALED_OBJECT):
+    """Remove the autoscalers and a backfill Job, scale every Deployment to zero; the pods still there."""
+    for kind in (HPA, SCALED_OBJECT, JOB):
         for scaler in owned_children(api, kind, namespace, name, uid):
             api.delete(kind, namespace, scaler["metadata"]["name"])
     for deployment in owned_children(api, DEPLOYMENT, namespace, name, uid):

@@ -18,6 +18,16 @@ from facepipe.operator.consumers import prune_at
 from facepipe.operator.handlers import runtime
 from facepipe.operator.handlers.runtime import RUNTIME
 from facepipe.operator.kube import FACE_PIPELINE, SECRET, KubeApi, KubeApiError
+from facepipe.operator.packs import (
+    PackPlan,
+    build_reembed_job,
+    deployed_spec,
+    job_failure,
+    pack_condition,
+    pack_status,
+    plan_packs,
+    read_record,
+)
 from facepipe.operator.purge import settings_from_env
 from facepipe.operator.spec import PipelineSpec, SpecError, parse_spec
 from facepipe.operator.status import (
@@ -102,6 +112,24 @@ def _read_streams(
     return [figure.as_status() for figure in figures], None
 
 
+def _plan_packs(
+    api: KubeApi, namespace: str, spec: PipelineSpec, previous: dict[str, Any], logger: Logger
+) -> PackPlan:
+    """What the tenant's migration record says about packs; the last status's word when Redis is away."""
+    try:
+        record = read_record(redis_url(api, namespace, spec), spec.vectorDb.collection, spec.tenantId)
+    except (SecretValueError, redis.RedisError, OSError) as exc:
+        logger.warning("cannot read the model-pack record of tenant %s: %s", spec.tenantId, exc)
+        models = previous.get("models") or {}
+        if models.get("desiredPack") != spec.models.pack:
+            return plan_packs(spec.models.pack, None)
+        phase = (models.get("migration") or {}).get("phase")
+        job = phase not in (None, "Complete", "RolledBack")
+        active, deployed = models.get("pack", spec.models.pack), models.get("deployedPack", spec.models.pack)
+        return PackPlan(spec.models.pack, active, deployed, migrating=job, record=None)
+    return plan_packs(spec.models.pack, record)
+
+
 def _stream_conflict(api: KubeApi, body: dict[str, Any], spec: PipelineSpec) -> str | None:
     def url_of(namespace: str, other: PipelineSpec) -> str | None:
         try:
@@ -147,10 +175,16 @@ def reconcile(
             write_status(api, namespace, name, obs, previous)
             return obs
         owner = PipelineRef(name, namespace, uid)
+        packs = _plan_packs(api, namespace, spec, previous, logger)
+        deployed = deployed_spec(spec, packs.deployed)  # the old pack until the new one is loaded
+        children = build_children(owner, deployed)
+        job = build_reembed_job(owner, deployed, packs) if packs.job else None
+        if job is not None:
+            children.append(job)
         apply_error = None
         result = ApplyResult()
         try:
-            result = apply_children(api, namespace, name, uid, build_children(owner, spec))
+            result = apply_children(api, namespace, name, uid, children)
         except KubeApiError as exc:
             if exc.status >= 500 or exc.status == 429:
                 raise  # the API server's trouble: Kopf retries with backoff
@@ -171,6 +205,8 @@ def reconcile(
         streams_error = None
         if read_streams:
             streams, streams_error = _read_streams(api, namespace, spec, logger)
+        job_name = job["metadata"]["name"] if job is not None else None
+        failure = job_failure(result.live.get(f"Job/{job_name}")) if job_name else None
         obs = Observation(
             generation=generation,
             apply_error=apply_error,
@@ -180,6 +216,9 @@ def reconcile(
             streams=streams,
             streams_error=streams_error,
             streams_read=read_streams,
+            models=pack_status(packs, job_name, failure),
+            pack_condition=pack_condition(packs, failure),
+            pack_failure=f"model-pack backfill Job {job_name}: {failure}" if failure else None,
         )
         write_status(api, namespace, name, obs, previous)
         return obs

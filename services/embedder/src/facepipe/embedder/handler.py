@@ -143,6 +143,7 @@ class EmbedderHandler:
             faces=faces,
             rejected=parsed.rejected,
             timings_ms={**parsed.timings_ms, "embedding": round(item.embedding_ms, 2)},
+            reembed_hops=parsed.reembed_hops,
         )
         return Outcome(
             publish=[Publish(self.settings.embedded_stream, embedded)],

@@ -10,7 +10,9 @@ Order of effects for one message, and why it is safe to crash anywhere:
    index, ingest event: see :func:`~facepipe.indexer.claims.ingest_event_id`). A face near a
    face another message only claimed waits for it (:mod:`facepipe.indexer.claims`);
 3. crop, thumbnail and metadata JSON to S3 at deterministic keys;
-4. one Qdrant upsert for the faces of the whole batch (point id = UUIDv5 of tenant, image, face);
+4. one Qdrant upsert per collection for the faces of the whole batch (point id = UUIDv5 of
+   tenant, image, face): the vectors of each model pack go to that pack's collection
+   (:mod:`facepipe.store.pack_routing`);
 5. the claims of the messages that were indexed are confirmed, those of the others released;
 6. the worker acks.
 
@@ -19,6 +21,10 @@ claims owned by itself, so they are not duplicates, and 3-5 simply run again (ov
 same keys and points); if it is never redelivered in time, the claims expire
 (DEDUP_CLAIM_TTL_SECONDS). A message that fails for good (dead-lettered) releases its claims,
 so re-ingesting its image later indexes its faces. Nothing is lost and nothing is doubled.
+
+A message whose vectors come from a pack the tenant no longer uses (nor this indexer) is
+sent back to the embedder instead (published to the detected stream without its
+embeddings): nothing of it is stored or claimed, and it returns embedded with the current pack.
 """
 
 from __future__ import annotations
@@ -32,12 +38,18 @@ import numpy as np
 import redis
 
 from facepipe.core.errors import PermanentError
-from facepipe.core.messages import EmbeddedMessage, parse_message
+from facepipe.core.messages import (
+    MAX_REEMBED_HOPS,
+    DetectedFace,
+    DetectedMessage,
+    EmbeddedMessage,
+    parse_message,
+)
 from facepipe.core.metrics import timed
-from facepipe.core.packs import get_pack
+from facepipe.core.packs import PACKS, get_pack
 from facepipe.core.settings import Settings
 from facepipe.core.stats import Stats
-from facepipe.core.worker import Outcome, StreamMessage, map_concurrently, worker_redis
+from facepipe.core.worker import Outcome, Publish, StreamMessage, map_concurrently, worker_redis
 from facepipe.indexer.artifacts import (
     decode_crop,
     decode_embedding,
@@ -47,6 +59,8 @@ from facepipe.indexer.artifacts import (
 )
 from facepipe.indexer.claims import Claimed, ClaimPending, ingest_event_id, rounds
 from facepipe.store.dedup import DedupCache, DedupResult, Message, Owner
+from facepipe.store.pack_migration import MigrationRecords
+from facepipe.store.pack_routing import PackRouter
 from facepipe.store.storage import ObjectStore, artifact_keys
 from facepipe.store.vectors import FacePoint, VectorIndex
 
@@ -61,6 +75,7 @@ class _Prepared:
 
     message: StreamMessage
     parsed: EmbeddedMessage
+    collection: str  # where its pack's vectors go for its tenant
     vectors: list[np.ndarray]
     crops: list[bytes]
     thumbs: list[bytes]
@@ -71,6 +86,13 @@ class _Prepared:
         ingest = self.parsed.ingest
         event = ingest_event_id(self.message)
         return [(f.phash, Owner(ingest.image_sha256, f.index, event)) for f in self.parsed.faces]
+
+
+@dataclass
+class _SendBack:
+    """A message to embed again with the current pack: no dedup, no artifacts, no points."""
+
+    outcome: Outcome
 
 
 class IndexerHandler:
@@ -106,12 +128,14 @@ class IndexerHandler:
         self.store.ensure_buckets()
         if self._index is None:
             self._index = VectorIndex(self.settings)
-        self.index.ensure_collection(self.pack.dim)
+        records = MigrationRecords(self.redis, self.settings.qdrant_collection)
+        self.router = PackRouter(self.index, self.pack, records)
+        collection = self.router.own_collection()
         self.dedup = DedupCache(self.redis, self.settings)
         self.stats = Stats(self.redis, stage=self.name)
         log.info(
             "Indexer ready: collection %s (%d-d, pack %s), dedup %s (max Hamming %d, TTL %ds)",
-            self.settings.qdrant_collection,
+            collection,
             self.pack.dim,
             self.pack.name,
             "on" if self.dedup.enabled else "off",
@@ -150,7 +174,7 @@ class IndexerHandler:
         results: dict[_Prepared, Outcome | BaseException] = self._claim(items)
         indexed, not_indexed = self._index_in_rounds([item for item in items if item.claimed], results)
         results.update(self._settle(indexed, not_indexed))
-        return [results[item] if isinstance(item, _Prepared) else item for item in prepared]
+        return [_result(item, results) for item in prepared]
 
     def _index_in_rounds(
         self, items: list[_Prepared], results: dict[_Prepared, Outcome | BaseException]
@@ -208,12 +232,15 @@ class IndexerHandler:
         """Store the items' artifacts, then one upsert for all their points."""
         limit = self.settings.max_worker_concurrency
         staged = map_concurrently(self._store_artifacts, items, limit, return_exceptions=True)
-        points = [point for item, out in zip(items, staged, strict=True) if isinstance(out, Outcome)
-                  for point in item.points]
-        if points:
+        by_collection: dict[str, list[FacePoint]] = {}
+        for item, out in zip(items, staged, strict=True):
+            if isinstance(out, Outcome) and item.points:
+                by_collection.setdefault(item.collection, []).extend(item.points)
+        if by_collection:
             try:
                 with timed(self.stats, "upsert"):
-                    self.index.upsert(points)
+                    for collection, points in by_collection.items():
+                        self.index.view(collection).upsert(points)
             except Exception as exc:
                 # Every message with points waits for this upsert: they all retry (or crash) together.
                 return [exc if isinstance(out, Outcome) and item.points else out
@@ -278,15 +305,15 @@ class IndexerHandler:
             counters={"faces_processed": kept, "faces_dup_skipped": skipped},
         )
 
-    def _prepare(self, message: StreamMessage) -> _Prepared:
+    def _prepare(self, message: StreamMessage) -> _Prepared | _SendBack:
         parsed = parse_message(EmbeddedMessage, message.payload)
         model = parsed.model
-        if model.pack != self.pack.name or model.dim != self.pack.dim:
-            # Vectors of another pack are not comparable with this collection's, even at the same size.
+        pack = PACKS.get(model.pack)
+        if pack is None or model.dim != pack.dim:
             raise PermanentError(
                 "model_pack_mismatch",
-                f"message embedded with pack {model.pack!r} ({model.dim}-d); this indexer serves "
-                f"{self.pack.name!r} ({self.pack.dim}-d) into collection {self.settings.qdrant_collection!r}",
+                f"message embedded with pack {model.pack!r} ({model.dim}-d), which is not a known pack "
+                f"of that size (known: {', '.join(f'{p.name} {p.dim}-d' for p in PACKS.values())})",
             )
         indexes = [face.index for face in parsed.faces]
         if len(set(indexes)) != len(indexes):
@@ -294,7 +321,48 @@ class IndexerHandler:
         vectors = [decode_embedding(face, model.dim) for face in parsed.faces]
         crops = [decode_crop(face) for face in parsed.faces]
         thumbs = [thumbnail_jpeg(crop) for crop in crops]  # also proves every crop decodes
-        return _Prepared(message, parsed, vectors, crops, thumbs)
+        collection = self.router.collection_for(parsed.ingest.tenant_id, pack)
+        if collection is None:
+            return self._send_back(parsed)
+        return _Prepared(message, parsed, collection, vectors, crops, thumbs)
+
+    def _send_back(self, parsed: EmbeddedMessage) -> _SendBack:
+        """The message to the embedder again, without its vectors: the tenant uses another pack now."""
+        tenant = parsed.ingest.tenant_id
+        searched = self.router.route(tenant).pack
+        if parsed.reembed_hops >= MAX_REEMBED_HOPS:
+            raise PermanentError(
+                "model_pack_mismatch",
+                f"embedded with pack {parsed.model.pack!r} again after {parsed.reembed_hops} returns to the "
+                f"embedder; tenant {tenant!r} searches with {searched.name if searched else '?'!r} and this "
+                f"indexer serves {self.pack.name!r}: is an embedder of an old pack still running?",
+            )
+        detector_pack = (parsed.model.model_extra or {}).get("detector_pack") or parsed.model.pack
+        again = DetectedMessage(
+            ingest=parsed.ingest,
+            source=parsed.source,
+            image=parsed.image,
+            model={"pack": detector_pack, "detector": parsed.model.detector},
+            faces=[DetectedFace(**face.model_dump(exclude={"embedding_b64"})) for face in parsed.faces],
+            rejected=parsed.rejected,
+            timings_ms=parsed.timings_ms,
+            reembed_hops=parsed.reembed_hops + 1,
+        )
+        log.info(
+            "Image %s of tenant %s was embedded with pack %s; it searches with %s: sent back to the embedder",
+            parsed.ingest.image_sha256, tenant, parsed.model.pack, searched.name if searched else "?",
+        )
+        rejected = len(parsed.rejected)
+        summary = {"faces_total": len(parsed.faces) + rejected, "accepted": 0, "rejected": rejected}
+        return _SendBack(Outcome(publish=[Publish(self.settings.detected_stream, again)], summary=summary))
+
+
+def _result(
+    item: _Prepared | _SendBack | BaseException, results: dict[_Prepared, Outcome | BaseException]
+) -> Outcome | BaseException:
+    if isinstance(item, _Prepared):
+        return results[item]
+    return item.outcome if isinstance(item, _SendBack) else item
 
 
 def _waits(item: _Prepared) -> ClaimPending:

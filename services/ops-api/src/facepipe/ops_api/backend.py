@@ -51,6 +51,10 @@ class OpsBackend:
         self._index = index
         self._owns_index = index is None
         self._models: SearchModels | None = models
+        # Other packs' models, loaded when a tenant searched with them (a migration not switched yet).
+        self._pack_models: dict[str, SearchModels] = {}
+        if models is not None:
+            self._pack_models[models.pack] = models
         self._lock = threading.Lock()
         self.dedup_stats_cache: tuple[float, dict[str, int]] | None = None  # (monotonic time, stats)
 
@@ -72,13 +76,35 @@ class OpsBackend:
                 if self._models is None:
                     from facepipe.ops_api.search import SearchModels
 
-                    self._models = SearchModels.load(self.settings)
+                    self._models = self._pack_models.get(self.settings.model_pack) or SearchModels.load(
+                        self.settings
+                    )
                     log.info("models loaded: pack %s on %s", self.settings.model_pack, self._models.provider)
         return self._models
 
     @property
     def models_loaded(self) -> SearchModels | None:
         return self._models
+
+    def models_for(self, pack: str) -> SearchModels:
+        """The detector and recognizer of ``pack``, loaded on first use and kept."""
+        if pack == self.settings.model_pack:
+            return self.models
+        if pack not in self._pack_models:
+            with self._lock:
+                if pack not in self._pack_models:
+                    from facepipe.ops_api.search import SearchModels
+
+                    self._pack_models[pack] = SearchModels.load(self.settings, pack)
+                    log.info("models of pack %s loaded for tenants still searching with it", pack)
+        return self._pack_models[pack]
+
+    def provide_models(self, models: SearchModels) -> None:
+        """Models loaded elsewhere (tests, the bench), used for their pack from now on."""
+        with self._lock:
+            self._pack_models[models.pack] = models
+            if models.pack == self.settings.model_pack:
+                self._models = models
 
     def close(self) -> None:
         if self._owns_index and self._index is not None:

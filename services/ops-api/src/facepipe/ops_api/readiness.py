@@ -96,9 +96,8 @@ def backend_checks(backend: OpsBackend) -> dict[str, CheckFn]:
             raise RuntimeError(f"buckets missing on {settings.minio_endpoint}: {', '.join(missing)}")
 
     def vector_db() -> None:
-        index = backend.index
-        if index.vector_size() is None:
-            raise RuntimeError(f"collection {settings.qdrant_collection!r} does not exist yet")
+        if not backend.index.family_collections():  # one per model pack (the indexer creates its own)
+            raise RuntimeError(f"no collection of {settings.qdrant_collection!r} exists yet")
 
     def queue() -> None:
         backend.redis.ping()

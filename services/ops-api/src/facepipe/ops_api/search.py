@@ -1,9 +1,14 @@
 """POST /search: find the faces of a query image among one tenant's indexed faces.
 
-The query goes through the same steps as an ingested image (safe decode, the
-MODEL_PACK detector, ArcFace alignment, the MODEL_PACK embedder), then each
-query face is a tenant-filtered nearest-neighbour search: VectorIndex.search
-has no way to cross tenants.
+The query goes through the same steps as an ingested image (safe decode, detector,
+ArcFace alignment, embedder), then each query face is a tenant-filtered
+nearest-neighbour search: VectorIndex.search has no way to cross tenants.
+
+The models are those of the pack the tenant's vectors are from (its route: the collection
+its alias names), which is MODEL_PACK except while a model-pack migration has not switched
+yet: until then the tenant keeps being searched in its old collection with the old pack's
+query embedder. Route and models are read once per request, so a switch in between never
+mixes a vector of one pack with a collection of another.
 """
 
 from __future__ import annotations
@@ -28,12 +33,17 @@ class SearchModels:
     embedder: FaceEmbedder
 
     @classmethod
-    def load(cls, settings: Settings) -> SearchModels:
-        detector = create_detector(settings)
-        embedder = create_embedder(settings)
+    def load(cls, settings: Settings, pack: str | None = None) -> SearchModels:
+        """The detector and embedder of ``pack`` (default MODEL_PACK), loaded."""
+        detector = create_detector(settings, pack)
+        embedder = create_embedder(settings, pack)
         detector.load()
         embedder.load()
         return cls(detector, embedder)
+
+    @property
+    def pack(self) -> str:
+        return self.embedder.pack.name
 
     @property
     def provider(self) -> str:

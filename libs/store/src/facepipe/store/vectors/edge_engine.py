@@ -9,7 +9,10 @@ nothing outside this module touches ``qdrant_edge`` except the filter translatio
 - :class:`EdgeStore` is the folder of collections (``QDRANT_PATH``): ``edge/<name>/``
   per collection, one process at a time (:class:`~facepipe.store.vectors.lock.StoreLock`),
   and a store written by qdrant-client's local mode is migrated on open
-  (:mod:`facepipe.store.vectors.migrate`).
+  (:mod:`facepipe.store.vectors.migrate`). Edge has no aliases, so the store records its
+  own in ``aliases.json`` (alias -> collection), replaced atomically on every change: the
+  pointer lives beside the vectors it points at (a copy of the folder is a consistent
+  backup) and only the process holding the folder's lock can write it.
 - Every update goes through the WAL before it returns, so an acknowledged write survives
   kill -9; the WAL is never disabled (that would also remove Edge's own lock). Segments
   are flushed at most every :data:`FLUSH_INTERVAL_S` so the WAL stays short and a reopen
@@ -24,11 +27,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,6 +46,7 @@ T = TypeVar("T")
 log = logging.getLogger("facepipe.store.vectors")
 
 COLLECTIONS_DIR = "edge"
+ALIASES_FILE = "aliases.json"
 FLUSH_INTERVAL_S = 5.0
 WARMUP_QUERIES = 3
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
@@ -234,6 +239,11 @@ class EdgeCollection:
     def count(self, flt: qe.Filter | None) -> int:
         return int(_call("count", lambda: self.shard.count(qe.CountRequest(exact=True, filter=flt))))
 
+    def retrieve_ids(self, ids: Sequence[str | int]) -> list[str | int]:
+        """The ids among ``ids`` that have a point (no payloads, no vectors read)."""
+        records = _call("retrieve", lambda: self.shard.retrieve(list(ids), False, False))
+        return [record.id for record in records]
+
     # --- lifecycle ---------------------------------------------------------------------------
 
     def warm_up(self) -> None:
@@ -277,19 +287,54 @@ class EdgeCollection:
 
 
 class EdgeStore:
-    """The embedded store's folder: its lock, its collections, and the migration of an old layout."""
+    """The embedded store's folder: its lock, collections and aliases, and the migration of an old layout."""
 
     def __init__(self, root: Path, *, migrate: bool = True) -> None:
         self.root = root
         self._lock = StoreLock(root)
+        self._aliases_lock = threading.Lock()
         try:
             if migrate:
                 from facepipe.store.vectors.migrate import migrate_if_needed
 
                 migrate_if_needed(self)
+            self._aliases = self._load_aliases()
         except BaseException:
             self._lock.release()
             raise
+
+    # --- aliases -------------------------------------------------------------------------------
+
+    def _load_aliases(self) -> dict[str, str]:
+        path = self.root / ALIASES_FILE
+        if not path.is_file():
+            return {}
+        try:
+            aliases = json.loads(path.read_text())
+        except ValueError as exc:
+            raise VectorStoreError(f"{path} is not JSON ({exc}): restore it from a backup") from exc
+        if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
+            raise VectorStoreError(f"{path} must map alias names to collection names")
+        return aliases
+
+    def aliases(self) -> dict[str, str]:
+        with self._aliases_lock:
+            return dict(self._aliases)
+
+    def update_aliases(self, point: Mapping[str, str], remove: Iterable[str]) -> None:
+        """Remove ``remove``, then point each of ``point`` at its collection: one atomic file replace."""
+        with self._aliases_lock:
+            aliases = dict(self._aliases)
+            for alias in remove:
+                aliases.pop(alias, None)
+            for alias, collection in point.items():
+                if not alias or "/" in alias or "\x00" in alias or len(alias) > 255:
+                    raise ValueError(f"alias name {alias!r} is not usable")
+                if not self.exists(collection):
+                    raise VectorStoreError(f"alias {alias!r}: collection {collection!r} does not exist")
+                aliases[alias] = collection
+            _write_atomically(self.root / ALIASES_FILE, json.dumps(aliases, indent=1, sort_keys=True))
+            self._aliases = aliases
 
     def collection_path(self, name: str) -> Path:
         return self.root / COLLECTIONS_DIR / collection_dir_name(name)
@@ -317,11 +362,29 @@ class EdgeStore:
         return EdgeCollection.create(path, dim, distance)
 
     def drop(self, name: str) -> None:
-        """Remove a collection's folder (closed by the caller first)."""
+        """Remove a collection's folder (closed by the caller first) and the aliases naming it."""
+        stale = [alias for alias, target in self.aliases().items() if target == name]
+        if stale:
+            self.update_aliases({}, stale)
         shutil.rmtree(self.collection_path(name), ignore_errors=True)
 
     def close(self) -> None:
         self._lock.release()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``: a reader (or a crash) sees the old file or the new one, never half."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a power cut
+    finally:
+        os.close(directory)
 
 
 def optimize_store(root: Path) -> dict[str, bool]:

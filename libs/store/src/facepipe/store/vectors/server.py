@@ -77,56 +77,48 @@ class ServerVectorIndex(VectorIndex):
                 raise TransientError(f"vector store ({self.settings.qdrant_url}) unavailable: {exc}") from exc
             raise
 
-    def _vector_params(self) -> VectorParams | None:
-        if not self._run(lambda: self.client.collection_exists(self.collection)):
+    def _vector_params(self, name: str) -> VectorParams | None:
+        if not self._run(lambda: self.client.collection_exists(name)):
             return None
-        params = self._run(lambda: self.client.get_collection(self.collection)).config.params.vectors
+        params = self._run(lambda: self.client.get_collection(name)).config.params.vectors
         if not isinstance(params, qm.VectorParams):
             raise CollectionMismatchError(
-                f"collection {self.collection!r} uses named vectors {sorted(params or {})}; "
+                f"collection {name!r} uses named vectors {sorted(params or {})}; "
                 "face-pipeline needs one unnamed cosine vector: set QDRANT_COLLECTION to another name"
             )
         return VectorParams(params.size, params.distance.value.lower())
 
-    def _create_collection(self, dim: int) -> None:
+    def _create_collection(self, name: str, dim: int) -> None:
         self._run(
             lambda: self.client.create_collection(
-                self.collection, vectors_config=qm.VectorParams(size=dim, distance=qm.Distance.COSINE)
+                name, vectors_config=qm.VectorParams(size=dim, distance=qm.Distance.COSINE)
             )
         )
 
-    def _create_keyword_index(self, key: str, is_tenant: bool) -> None:
+    def _create_keyword_index(self, name: str, key: str, is_tenant: bool) -> None:
         schema = qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, is_tenant=is_tenant or None)
         with warnings.catch_warnings():
             # Local mode accepts payload indexes but warns that they do nothing there.
             warnings.simplefilter("ignore", UserWarning)
-            self._run(
-                lambda: self.client.create_payload_index(self.collection, key, field_schema=schema, wait=True)
-            )
+            self._run(lambda: self.client.create_payload_index(name, key, field_schema=schema, wait=True))
 
-    def payload_indexes(self) -> dict[str, str]:
-        schema = self._run(lambda: self.client.get_collection(self.collection)).payload_schema or {}
-        return {name: str(getattr(info.data_type, "value", info.data_type)) for name, info in schema.items()}
+    def _payload_indexes(self, name: str) -> dict[str, str]:
+        schema = self._run(lambda: self.client.get_collection(name)).payload_schema or {}
+        return {key: str(getattr(info.data_type, "value", info.data_type)) for key, info in schema.items()}
 
-    def healthy(self) -> bool:
-        try:
-            return bool(self._run(lambda: self.client.collection_exists(self.collection)))
-        except Exception:
-            return False
-
-    def _upsert(self, ids: list[str], vectors: np.ndarray, payloads: list[dict[str, Any]]) -> None:
+    def _upsert(self, name: str, ids: list[str], vectors: np.ndarray, payloads: list[dict[str, Any]]) -> None:
         structs = [
             qm.PointStruct(id=pid, vector=vector, payload=payload)
             for pid, vector, payload in zip(ids, vectors.tolist(), payloads, strict=True)
         ]
-        self._run(lambda: self.client.upsert(self.collection, points=structs, wait=True))
+        self._run(lambda: self.client.upsert(name, points=structs, wait=True))
 
     def _query(
-        self, vector: np.ndarray, flt: PointFilter, limit: int, score_threshold: float | None
+        self, name: str, vector: np.ndarray, flt: PointFilter, limit: int, score_threshold: float | None
     ) -> list[SearchHit]:
         response = self._run(
             lambda: self.client.query_points(
-                self.collection,
+                name,
                 query=vector.tolist(),
                 query_filter=client_filter(flt),
                 limit=limit,
@@ -137,11 +129,11 @@ class ServerVectorIndex(VectorIndex):
         return [_hit(point, float(point.score)) for point in response.points]
 
     def _scroll_page(
-        self, flt: PointFilter, limit: int, offset: Any, with_vectors: bool
+        self, name: str, flt: PointFilter | None, limit: int, offset: Any, with_vectors: bool
     ) -> tuple[list[SearchHit], Any]:
         records, next_offset = self._run(
             lambda: self.client.scroll(
-                self.collection,
+                name,
                 scroll_filter=client_filter(flt),
                 limit=limit,
                 offset=offset,
@@ -151,16 +143,40 @@ class ServerVectorIndex(VectorIndex):
         )
         return [_hit(record, 0.0) for record in records], next_offset
 
-    def _count(self, flt: PointFilter | None) -> int:
+    def _count(self, name: str, flt: PointFilter | None) -> int:
         return int(
-            self._run(
-                lambda: self.client.count(self.collection, count_filter=client_filter(flt), exact=True)
-            ).count
+            self._run(lambda: self.client.count(name, count_filter=client_filter(flt), exact=True)).count
         )
 
-    def _delete(self, flt: PointFilter) -> None:
+    def _delete(self, name: str, flt: PointFilter) -> None:
         selector = qm.FilterSelector(filter=client_filter(flt))
-        self._run(lambda: self.client.delete(self.collection, points_selector=selector, wait=True))
+        self._run(lambda: self.client.delete(name, points_selector=selector, wait=True))
 
-    def close(self) -> None:
+    def _existing_ids(self, name: str, ids: list[str]) -> set[str]:
+        records = self._run(
+            lambda: self.client.retrieve(name, ids=ids, with_payload=False, with_vectors=False)
+        )
+        return {str(record.id) for record in records}
+
+    def _collection_names(self) -> list[str]:
+        return [c.name for c in self._run(self.client.get_collections).collections]
+
+    def _read_aliases(self) -> dict[str, str]:
+        return {a.alias_name: a.collection_name for a in self._run(self.client.get_aliases).aliases}
+
+    def _write_aliases(self, point: dict[str, str], remove: list[str]) -> None:
+        # Qdrant applies the actions of one request atomically: no reader sees the alias missing.
+        actions: list[qm.DeleteAliasOperation | qm.CreateAliasOperation] = [
+            qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=alias)) for alias in remove
+        ]
+        actions += [
+            qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=target, alias_name=alias))
+            for alias, target in point.items()
+        ]
+        self._run(lambda: self.client.update_collection_aliases(change_aliases_operations=actions))
+
+    def _drop_collection(self, name: str) -> None:
+        self._run(lambda: self.client.delete_collection(name))
+
+    def _close(self) -> None:
         self._run(self.client.close)

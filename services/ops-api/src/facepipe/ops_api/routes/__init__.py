@@ -5,6 +5,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from facepipe.ops_api.routes import deletion, dlq, health, local, search
+from facepipe.ops_api.routes import deletion, dlq, health, local, migrations, search
 
-ROUTERS: tuple[APIRouter, ...] = (health.router, search.router, dlq.router, deletion.router, local.router)
+ROUTERS: tuple[APIRouter, ...] = (
+    health.router,
+    search.router,
+    dlq.router,
+    deletion.router,
+    migrations.router,
+    local.router,
+)

@@ -25,8 +25,11 @@ def search(
 ) -> dict[str, Any]:
     tenant = checked_tenant(tenant_id)
     data = _read_upload(image, settings.max_upload_bytes)
+    route = backend.index.route(tenant)  # read once: the models and the collection must agree
+    models = backend.models_for(route.pack.name if route.pack is not None else settings.model_pack)
+    collection = backend.index.view(route.collection)
     try:
-        return search_image(settings, backend.models, backend.index, data, tenant, top_k, site or None)
+        return search_image(settings, models, collection, data, tenant, top_k, site or None)
     except PermanentError as exc:
         raise _upload_problem(image.filename or "upload", exc) from None
 
