@@ -41,17 +41,17 @@ class Instruction:
 
 @dataclass(frozen=True)
 class ImageRecipe:
-    image: str                                   # repository without tag, as skaffold names it
+    image: str  # repository without tag, as skaffold names it
     dockerfile: Path
     build_args: dict[str, str]
-    copies: list[tuple[list[str], str]]          # build stage COPY sources -> destination
-    sync_commands: list[list[str]]               # the build stage's `uv sync` lines, args filled in
+    copies: list[tuple[list[str], str]]  # build stage COPY sources -> destination
+    sync_commands: list[list[str]]  # the build stage's `uv sync` lines, args filled in
     env: dict[str, str] = field(default_factory=dict)  # final stage ENV
     entrypoint: list[str] = field(default_factory=list)
     cmd: list[str] = field(default_factory=list)
     user: str = ""
     workdir: str = "/"
-    venv_path: str = "/app/.venv"                # where the image keeps its environment
+    venv_path: str = "/app/.venv"  # where the image keeps its environment
 
     @property
     def package(self) -> str:

@@ -49,9 +49,9 @@ from facepipe.sim.qdrant_rest_models import (
     spec_filter,
     with_flag,
 )
-from facepipe.store.vectors.base import VectorStoreError
 from facepipe.store.vectors.edge import edge_filter
 from facepipe.store.vectors.edge_engine import EdgeCollection, EdgeStore, plain_vector
+from facepipe.store.vectors.points import VectorStoreError
 
 log = logging.getLogger("qdrant-stand-in")
 

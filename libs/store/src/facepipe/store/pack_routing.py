@@ -23,7 +23,7 @@ import threading
 from facepipe.core.packs import ModelPack
 from facepipe.store.pack_migration import MigrationRecords
 from facepipe.store.vectors import VectorIndex
-from facepipe.store.vectors.base import Route
+from facepipe.store.vectors.points import Route
 
 
 class PackRouter:

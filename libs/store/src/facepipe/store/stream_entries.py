@@ -69,8 +69,9 @@ def delete_entries(
     for name in [name for pipeline in streams for name in (pipeline, dlq_stream(pipeline))]:
         if not client.exists(name):
             continue
-        doomed = [entry_id for entry_id, fields in _entries(client, name)
-                  if _matches(fields, tenant, image_sha256)]
+        doomed = [
+            entry_id for entry_id, fields in _entries(client, name) if _matches(fields, tenant, image_sha256)
+        ]
         for start in range(0, len(doomed), PAGE):
-            deleted += int(client.xdel(name, *doomed[start:start + PAGE]))
+            deleted += int(client.xdel(name, *doomed[start : start + PAGE]))
     return deleted

@@ -99,8 +99,13 @@ async def _http_exception(_request: Request, exc: StarletteHTTPException) -> Res
 
 # The dependencies the ops-api calls, by the top-level module of the client library whose
 # exception (or an exception it caused) reached the app.
-DEPENDENCIES = {"redis": "redis", "minio": "s3", "urllib3": "s3", "qdrant_client": "vector_store",
-                "httpx": "vector_store"}
+DEPENDENCIES = {
+    "redis": "redis",
+    "minio": "s3",
+    "urllib3": "s3",
+    "qdrant_client": "vector_store",
+    "httpx": "vector_store",
+}
 DEPENDENCY_NAMES = {"redis": "Redis", "s3": "S3", "vector_store": "the vector store"}
 RETRY_AFTER_S = "5"
 

@@ -54,6 +54,11 @@ def update_dedup_gauges(backend: OpsBackend) -> None:
 
 def clear_redis_gauges() -> None:
     """Drop the stream figures read from Redis (while it is unreachable: no stale backlog)."""
-    for gauge in (metrics.STREAM_LENGTH, metrics.DLQ_LENGTH, metrics.STREAM_LAG, metrics.STREAM_PENDING,
-                  metrics.STREAM_CONSUMERS):
+    for gauge in (
+        metrics.STREAM_LENGTH,
+        metrics.DLQ_LENGTH,
+        metrics.STREAM_LAG,
+        metrics.STREAM_PENDING,
+        metrics.STREAM_CONSUMERS,
+    ):
         gauge.clear()

@@ -187,7 +187,11 @@ class OptimisticCheck:
         config = self.config
         expiry = (now_s * 1000 + config.ttl_ms + 999) // 1000
         args: list[str | int | bytes] = [
-            config.ttl_ms, config.near_key, config.max_hamming, config.write_log_entries, len(batches)
+            config.ttl_ms,
+            config.near_key,
+            config.max_hamming,
+            config.write_log_entries,
+            len(batches),
         ]
         for batch in batches:
             owner_ttl, mark = (config.claim_ttl_ms, CLAIM_MARK) if batch.claim else (config.ttl_ms, "")

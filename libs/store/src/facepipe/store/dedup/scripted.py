@@ -34,8 +34,14 @@ class ScriptedCheck:
     def _args(self, mode: Mode, prefix: str, faces: Sequence[Face]) -> list[str | int]:
         config = self.config
         args: list[str | int] = [
-            str(mode), prefix, config.near_key, config.ttl_ms, config.max_hamming, len(faces),
-            config.write_log_entries, config.claim_ttl_ms,
+            str(mode),
+            prefix,
+            config.near_key,
+            config.ttl_ms,
+            config.max_hamming,
+            len(faces),
+            config.write_log_entries,
+            config.claim_ttl_ms,
         ]
         for value, owner in faces:
             lookups = config.lookups(value)

@@ -16,18 +16,17 @@ face_index), so re-indexing a face overwrites its point instead of adding one. F
 are one project-level spec (:class:`PointFilter`) that each backend translates.
 """
 
-from facepipe.store.vectors.base import (
+from facepipe.store.vectors.base import REMOTE_TIMEOUT_S, VectorIndex
+from facepipe.store.vectors.filters import KEYWORD_INDEXES, PointFilter, UnsupportedFilterError
+from facepipe.store.vectors.lock import StoreInUseError
+from facepipe.store.vectors.points import (
     POINT_NAMESPACE,
-    REMOTE_TIMEOUT_S,
     CollectionMismatchError,
     FacePoint,
     SearchHit,
-    VectorIndex,
     VectorStoreError,
     point_id,
 )
-from facepipe.store.vectors.filters import KEYWORD_INDEXES, PointFilter, UnsupportedFilterError
-from facepipe.store.vectors.lock import StoreInUseError
 
 __all__ = [
     "KEYWORD_INDEXES",

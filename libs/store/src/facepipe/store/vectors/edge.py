@@ -17,9 +17,10 @@ import numpy as np
 import qdrant_edge as qe
 
 from facepipe.core.settings import Settings
-from facepipe.store.vectors.base import SearchHit, VectorIndex, VectorParams, VectorStoreError
+from facepipe.store.vectors.base import VectorIndex
 from facepipe.store.vectors.edge_engine import EdgeCollection, EdgeStore, plain_vector
 from facepipe.store.vectors.filters import PointFilter
+from facepipe.store.vectors.points import SearchHit, VectorParams, VectorStoreError
 
 
 def edge_filter(flt: PointFilter | None) -> qe.Filter | None:

@@ -39,8 +39,8 @@ from typing import Any, TypeVar
 import numpy as np
 import qdrant_edge as qe
 
-from facepipe.store.vectors.base import CollectionMismatchError, VectorParams, VectorStoreError
 from facepipe.store.vectors.lock import StoreInUseError, StoreLock, in_use_message
+from facepipe.store.vectors.points import CollectionMismatchError, VectorParams, VectorStoreError
 
 T = TypeVar("T")
 log = logging.getLogger("facepipe.store.vectors")

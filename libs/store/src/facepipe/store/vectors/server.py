@@ -18,14 +18,9 @@ from qdrant_client import models as qm
 
 from facepipe.core.errors import TransientError, is_transient
 from facepipe.core.settings import Settings
-from facepipe.store.vectors.base import (
-    REMOTE_TIMEOUT_S,
-    CollectionMismatchError,
-    SearchHit,
-    VectorIndex,
-    VectorParams,
-)
+from facepipe.store.vectors.base import REMOTE_TIMEOUT_S, VectorIndex
 from facepipe.store.vectors.filters import PointFilter
+from facepipe.store.vectors.points import CollectionMismatchError, SearchHit, VectorParams
 
 T = TypeVar("T")
 

@@ -46,8 +46,13 @@ class ProgressLog:
         self._last, self._phase = now, state.phase
         log.info(
             "tenant %s: %s, %d of %d faces in pack %s's collection (%.1f faces/s, %d without a crop)",
-            state.tenant, state.phase or "-", state.migrated, state.total, state.target or state.active,
-            state.faces_per_s, state.skipped,
+            state.tenant,
+            state.phase or "-",
+            state.migrated,
+            state.total,
+            state.target or state.active,
+            state.faces_per_s,
+            state.skipped,
         )
 
 
@@ -67,8 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with opened(settings) as (index, store, client):
             reembedder = Reembedder(
-                settings, args.tenant, pack, index=index, store=store, redis_client=client,
-                options=options, progress=ProgressLog(),
+                settings,
+                args.tenant,
+                pack,
+                index=index,
+                store=store,
+                redis_client=client,
+                options=options,
+                progress=ProgressLog(),
             )
             if args.cleanup:
                 gone = reembedder.clean_up()
@@ -81,7 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     log.info(
         "tenant %s %s pack %s: %d faces in its collection, %d embedded now (%.1f faces/s), %d without a crop",
-        report.tenant, report.action, report.pack, report.migrated, report.embedded, report.faces_per_s,
+        report.tenant,
+        report.action,
+        report.pack,
+        report.migrated,
+        report.embedded,
+        report.faces_per_s,
         report.skipped,
     )
     return 0

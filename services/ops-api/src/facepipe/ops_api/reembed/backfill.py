@@ -54,10 +54,11 @@ from facepipe.store.pack_migration import (
 )
 from facepipe.store.storage import ObjectStore
 from facepipe.store.vectors import FacePoint, VectorIndex
-from facepipe.store.vectors.base import Route
+from facepipe.store.vectors.points import Route
 from facepipe.vision.models import FaceEmbedder
 
 log = logging.getLogger("facepipe.reembed")
+
 
 @dataclass(frozen=True)
 class ReembedReport:
@@ -102,7 +103,11 @@ class Reembedder:
         self.options = options
         self.records = MigrationRecords(redis_client, index.base)
         self.crops = CropEmbedder(
-            settings, self.pack, store, batch=self.options.batch, threads=self.options.fetch_threads,
+            settings,
+            self.pack,
+            store,
+            batch=self.options.batch,
+            threads=self.options.fetch_threads,
             embedder=embedder,
         )
         self.progress = progress or (lambda _state: None)
@@ -133,7 +138,12 @@ class Reembedder:
                 raise
         migrated = self.index.view(self.index.pack_collection(self.pack)).count(self.tenant)
         return ReembedReport(
-            self.tenant, self.pack.name, action, migrated, self._embedded, len(self._skipped),
+            self.tenant,
+            self.pack.name,
+            action,
+            migrated,
+            self._embedded,
+            len(self._skipped),
             time.monotonic() - self._started,
         )
 
@@ -157,13 +167,25 @@ class Reembedder:
         self._offsets = dict(state.offsets) if resuming else {}
         self._skipped_before = state.skipped if resuming else 0
         log.info(
-            "tenant %s: %s pack %s -> %s (%s to %s)", self.tenant, "resuming" if resuming else "migrating",
-            _name(route.pack), self.pack.name, route.collection, target,
+            "tenant %s: %s pack %s -> %s (%s to %s)",
+            self.tenant,
+            "resuming" if resuming else "migrating",
+            _name(route.pack),
+            self.pack.name,
+            route.collection,
+            target,
         )
         if not resuming:
             self.records.update(
-                self.tenant, active=_name(route.pack), target=self.pack.name, phase=BACKFILLING,
-                started_at=now_iso(), finished_at="", error="", skipped=0, offsets={},
+                self.tenant,
+                active=_name(route.pack),
+                target=self.pack.name,
+                phase=BACKFILLING,
+                started_at=now_iso(),
+                finished_at="",
+                error="",
+                skipped=0,
+                offsets={},
             )
         sources = [route.collection] + [
             name for name in self._holding_tenant() if name not in (route.collection, target)
@@ -199,8 +221,12 @@ class Reembedder:
 
     def _roll_back(self, state: MigrationState, route: Route) -> None:
         abandoned = self.index.pack_collection(get_pack(state.target))
-        log.info("tenant %s: rolling back the migration to %s; it stays on %s", self.tenant, state.target,
-                 self.pack.name)
+        log.info(
+            "tenant %s: rolling back the migration to %s; it stays on %s",
+            self.tenant,
+            state.target,
+            self.pack.name,
+        )
         self.records.update(self.tenant, phase=ROLLING_BACK, error="")
         # Faces the new pack's pods indexed only there: embedded again with this (the active) pack.
         self._sync(abandoned, route.collection, route.collection, None)
@@ -252,8 +278,12 @@ class Reembedder:
             faces = [point for point in points if point.image_sha256 == image]
             if not any(self.crops.exists(point) for point in faces):
                 removed = destination.delete_image(self.tenant, image)
-                log.info("tenant %s: image %s was deleted during the backfill: %d point(s) taken back",
-                         self.tenant, image, removed)
+                log.info(
+                    "tenant %s: image %s was deleted during the backfill: %d point(s) taken back",
+                    self.tenant,
+                    image,
+                    removed,
+                )
 
     def _report(self, active: str, target: str) -> None:
         rate = self._embedded / self._syncing_s if self._syncing_s > 0 else 0.0
@@ -364,6 +394,13 @@ def open_and_run(
     """One :class:`Reembedder` run with the stores of ``settings`` (or the ones given)."""
     with opened(settings, index=index, store=store, redis_client=redis_client) as (vectors, objects, client):
         return Reembedder(
-            settings, tenant, pack, index=vectors, store=objects, redis_client=client,
-            options=options, embedder=embedder, progress=progress,
+            settings,
+            tenant,
+            pack,
+            index=vectors,
+            store=objects,
+            redis_client=client,
+            options=options,
+            embedder=embedder,
+            progress=progress,
         ).run()

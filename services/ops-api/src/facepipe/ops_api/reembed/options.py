@@ -33,15 +33,21 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=32, help="faces per inference call (default 32)")
     p.add_argument("--page", type=int, default=256, help="faces read and held at a time (default 256)")
     p.add_argument(
-        "--max-faces-per-s", type=float, default=0.0,
+        "--max-faces-per-s",
+        type=float,
+        default=0.0,
         help="embed at most this many faces per second, leaving the live pipeline room (default: no limit)",
     )
     p.add_argument(
-        "--retain-hours", type=float, default=DEFAULT_RETAIN_HOURS,
+        "--retain-hours",
+        type=float,
+        default=DEFAULT_RETAIN_HOURS,
         help=f"keep the old pack's faces this long, to change back fast (default {DEFAULT_RETAIN_HOURS:g})",
     )
     p.add_argument(
-        "--settle-s", type=float, default=SETTLE_S,
+        "--settle-s",
+        type=float,
+        default=SETTLE_S,
         help=f"wait after the switch before the last catch-up (default {SETTLE_S:g}, > alias caches)",
     )
     p.add_argument("--cleanup", action="store_true", help="drop the tenant's faces kept for rollback now")
@@ -51,6 +57,9 @@ def options_of(args: argparse.Namespace) -> ReembedOptions:
     if min(args.batch, args.page) < 1 or min(args.max_faces_per_s, args.retain_hours, args.settle_s) < 0:
         raise ValueError("--batch and --page must be at least 1; the rates and durations not negative")
     return ReembedOptions(
-        page=args.page, batch=args.batch, max_faces_per_s=args.max_faces_per_s,
-        retain_hours=args.retain_hours, settle_s=args.settle_s,
+        page=args.page,
+        batch=args.batch,
+        max_faces_per_s=args.max_faces_per_s,
+        retain_hours=args.retain_hours,
+        settle_s=args.settle_s,
     )

@@ -113,15 +113,23 @@ def start_migration(
     if body.pack not in PACKS:
         raise ApiProblem(400, "unknown_pack", f"unknown model pack {body.pack!r}; known: {', '.join(PACKS)}")
     options = ReembedOptions(
-        batch=body.batch, max_faces_per_s=body.max_faces_per_s, retain_hours=body.retain_hours,
+        batch=body.batch,
+        max_faces_per_s=body.max_faces_per_s,
+        retain_hours=body.retain_hours,
         settle_s=body.settle_s,
     )
 
     def work() -> None:
         models = backend.models_for(body.pack)  # the search's loaded recognizer of that pack
         Reembedder(
-            settings, tenant, body.pack, index=backend.index, store=backend.store, redis_client=backend.redis,
-            options=options, embedder=models.embedder,
+            settings,
+            tenant,
+            body.pack,
+            index=backend.index,
+            store=backend.store,
+            redis_client=backend.redis,
+            options=options,
+            embedder=models.embedder,
         ).run()
 
     if not runs.start(tenant, work):
@@ -139,8 +147,13 @@ def clean_up(settings: AppSettings, backend: Backend, tenant_id: str, runs: Runs
     if runs.running(tenant):
         raise ApiProblem(409, "migration_running", f"a backfill of tenant {tenant} runs in this process")
     reembedder = Reembedder(
-        settings, tenant, settings.model_pack, index=backend.index, store=backend.store,
-        redis_client=backend.redis, options=ReembedOptions(lock_wait_s=0.0),
+        settings,
+        tenant,
+        settings.model_pack,
+        index=backend.index,
+        store=backend.store,
+        redis_client=backend.redis,
+        options=ReembedOptions(lock_wait_s=0.0),
     )
     try:
         removed = reembedder.clean_up()
