@@ -8,6 +8,7 @@ from kubekit import SCAN_OVERREACH, code_reads, component_reads
 from facepipe.operator.constants import COMPONENTS
 from facepipe.operator.envmap import PER_COMPONENT, READERS, primary_env_names, reads
 
+
 @pytest.mark.parametrize("component", COMPONENTS)
 def test_every_setting_the_code_reads_reaches_the_component(component: str) -> None:
     """E.g. the indexer checks MODEL_PACK (model_pack_mismatch, the collection's size): its pods need it."""

@@ -288,8 +288,8 @@ def test_tenant_ids_that_try_to_escape_a_prefix_are_refused_everywhere(stack: St
             # An accepted id cannot leave its prefix: no separator, glob or path syntax in it.
             assert not any(ch in tenant for ch in ":*?[]/\\\x00\n ") and ".." not in tenant
             # ...and it sits in its own slot of every key and path, with the separators after it.
-            assert dedup.tenant_prefix(tenant) == f"dedup:t:{tenant}:"
-            assert Stats(client).counters_key(tenant) == f"stats:tenant:{tenant}:counters"
+            assert dedup.tenant_prefix(tenant) == f"dedup:t:{{{tenant}}}:"
+            assert Stats(client).counters_key(tenant) == f"stats:tenant:{{{tenant}}}:counters"
             assert tenant_prefix(tenant) == f"{tenant}/"
             return
         payload = {"image_sha256": "abc", "bucket": settings.bucket_raw, "key": "k.jpg", "tenant_id": tenant}

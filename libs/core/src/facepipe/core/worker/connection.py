@@ -12,6 +12,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from facepipe.core.redisconn import Client, connect_settings
 from facepipe.core.settings import Settings
 from facepipe.core.worker.backoff import Backoff
 
@@ -19,15 +20,15 @@ from facepipe.core.worker.backoff import Backoff
 REDIS_OUTAGE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
-def worker_redis(settings: Settings) -> redis.Redis:
+def worker_redis(settings: Settings) -> Client:
     """The worker's client: str responses, no hidden retries (the loop owns retrying).
 
     redis-py's own retry could resend a MULTI whose reply was lost and duplicate the
     output; the loop instead checks whether the entry is still pending first.
     ``surrogateescape`` keeps a non-UTF-8 payload byte-exact on its way to the DLQ.
     """
-    return redis.Redis.from_url(
-        settings.redis_url,
+    return connect_settings(
+        settings,
         decode_responses=True,
         encoding_errors="surrogateescape",
         socket_timeout=settings.read_block_ms / 1000.0 + 10.0,
