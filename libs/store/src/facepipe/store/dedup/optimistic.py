@@ -87,8 +87,9 @@ class OptimisticCheck:
         pipe = self.redis.pipeline(transaction=False)
         for batch in batches:
             pipe.hmget(batch.prefix + self.config.near_key, ["seq", *batch.fields])  # first: module doc
-            pipe.mget([owner_key(batch.prefix, value) for value, _ in batch.faces])
-        pipe.time()
+            # MGET by name: a cluster pipeline refuses .mget(), though these keys share one slot.
+            pipe.execute_command("MGET", *[owner_key(batch.prefix, value) for value, _ in batch.faces])
+        pipe.execute_command("TIME")  # by name too: a cluster pipeline refuses .time()
         *replies, (seconds, _micros) = pipe.execute()
         for number, batch in enumerate(batches):
             (seq, *values), owners = replies[2 * number], replies[2 * number + 1]
