@@ -31,6 +31,7 @@ from facepipe.cli.commands import (
     ingest,
     publish_test,
     ready,
+    redis_migrate,
     search,
     stats,
     up,
@@ -43,7 +44,10 @@ from facepipe.core.errors import PermanentError, TransientError
 from facepipe.core.settings import ConfigError
 
 # In the order `facepipe -h` lists them.
-COMMANDS = (up, ingest, search, stats, ready, publish_test, ensure, dedup, vectors, dlq, delete, worker, demo)
+COMMANDS = (
+    up, ingest, search, stats, ready, publish_test, ensure, dedup, vectors, dlq, delete, redis_migrate,
+    worker, demo,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
