@@ -83,7 +83,7 @@ def as_cluster_url(url: str) -> str:
 def settings_url(settings: Any) -> str:
     """The settings' Redis URL, as a cluster URL when REDIS_CLUSTER=true says it is one."""
     url = str(settings.redis_url)
-    return as_cluster_url(url) if getattr(settings, "redis_cluster", False) else url
+    return as_cluster_url(url) if settings.redis_cluster else url
 
 
 def connect(url: str, *, cluster: bool = False, **options: Any) -> Client:
@@ -108,7 +108,7 @@ def connect(url: str, *, cluster: bool = False, **options: Any) -> Client:
 
 def connect_settings(settings: Any, **options: Any) -> Client:
     """:func:`connect` on ``settings.redis_url`` (``REDIS_CLUSTER=true`` makes it a cluster)."""
-    return connect(settings.redis_url, cluster=bool(getattr(settings, "redis_cluster", False)), **options)
+    return connect(settings.redis_url, cluster=bool(settings.redis_cluster), **options)
 
 
 def is_cluster(client: object) -> bool:
