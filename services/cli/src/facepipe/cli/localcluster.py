@@ -83,13 +83,21 @@ class LocalRedisCluster:
                     and info.get("cluster_slots_ok") == "16384"
                     and int(info.get("cluster_known_nodes", 0)) >= len(self.nodes)
                     for info in infos
-                ):
+                ) and self._replicas_synced(live):
                     return
                 last = str(infos)
             except redis.RedisError as exc:
                 last = str(exc)
             time.sleep(0.2)
         raise TimeoutError(f"Redis Cluster not healthy within {timeout}s: {last[:500]}")
+
+
+    def _replicas_synced(self, live: list[ServerProcess]) -> bool:
+        links = [self.client(node.port).info("replication") for node in live]
+        replicas = [link for link in links if link.get("role") == "slave"]
+        return len(replicas) >= (self.replicas * self.masters if len(live) == len(self.nodes) else 0) and all(
+            link.get("master_link_status") == "up" for link in replicas
+        )
 
 
 def _cluster_info(client: redis.Redis) -> dict[str, str]:
@@ -106,6 +114,9 @@ def _start_node(data_dir: Path, port: int, persist: bool, node_timeout_ms: int) 
         redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir),
         "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
         "--cluster-node-timeout", str(node_timeout_ms), "--save", "", "--protected-mode", "no",
+        # A replica's first full sync starts at once (the default waits 5 s for more replicas):
+        # until it has synced, it cannot take over from its master.
+        "--repl-diskless-sync-delay", "0",
         "--logfile", str(log_path),
     ]
     if persist:

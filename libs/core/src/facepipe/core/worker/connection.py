@@ -17,7 +17,14 @@ from facepipe.core.settings import Settings
 from facepipe.core.worker.backoff import Backoff
 
 # Errors that mean "Redis is not reachable right now": wait and retry, never give up.
-REDIS_OUTAGE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+# On a Redis Cluster also the time between a master's death and its replica's promotion.
+REDIS_OUTAGE = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterDownError,  # CLUSTERDOWN / MASTERDOWN: the slot has no master yet
+    redis.exceptions.TryAgainError,  # a multi-key command during a slot migration
+    redis.exceptions.RedisClusterException,  # the client cannot rebuild its slot map yet
+)
 
 
 def worker_redis(settings: Settings) -> Client:
