@@ -48,8 +48,14 @@ def test_every_headline_key_is_written_with_a_sane_value(smoke_run: tuple[dict, 
         "pipeline_vs_bare_cpu_ratio",
         "embed_batch_speedup",
         "dedup_checks_per_s",
+        "redis_cluster_speedup_3_masters",
     ):
         assert _positive(results[key]), (key, results[key])
+    cluster = results["redis_cluster"]
+    for kind in ("dedup", "streams"):
+        three = cluster["runs"]["3_masters"][kind]
+        assert len(three["master_cpu_s"]) == 3 and all(_positive(s) for s in three["master_cpu_s"])
+        assert three["operations"] == cluster["runs"]["1_masters"][kind]["operations"] > 0
     assert set(results["search_latency_ms"]) == {"500", "2000"}
     for latency in results["search_latency_ms"].values():
         assert 0 < latency["p50"] <= latency["p99"]
