@@ -135,6 +135,7 @@ def _ensure_models(env: dict[str, str], say: Any) -> None:
 
 _ENV_TO_FIELD = {
     "REDIS_URL": "redis_url",
+    "REDIS_STREAM_NAME": "redis_stream_name",  # a --redis-cluster stack works its tenant's streams
     "MINIO_ENDPOINT": "minio_endpoint",
     "MINIO_ACCESS_KEY": "minio_access_key",
     "MINIO_SECRET_KEY": "minio_secret_key",
