@@ -167,7 +167,7 @@ def test_cluster_delete_and_purge_never_touch_another_tenant(
     stack = Stack(tmp_path, models_dir, REDIS_URL=cluster_url).start()
     try:
         client = connect(cluster_url, decode_responses=True, encoding_errors="surrogateescape")
-        _delete_and_purge_never_touch_another_tenant(stack.settings, client, "5c. tenants on a Redis Cluster")
+        _delete_and_purge_never_touch_another_tenant(stack.settings, client, "5b. tenants on a Redis Cluster")
     finally:
         stack.stop()
 
