@@ -80,6 +80,11 @@ operator-test: install ## the operator's tests (Kopf against the emulator, build
 	$(PY) -m pytest tests/operator $(PYTEST_ARGS)
 
 # --- reliability suite (issue #8) ---
+# --- Redis Cluster (issue #19) ---
+.PHONY: test-cluster
+test-cluster: install models ## every Redis Cluster test (real 3-master clusters; failover with replicas), ~2 min; they run in `make test` too
+	RELIABILITY_SCALE=0.15 $(PY) -m pytest -k cluster tests/core tests/store tests/ops_api tests/operator tests/cli tests/reliability $(PYTEST_ARGS)
+
 .PHONY: reliability
 RELIABILITY_SCALE ?= 1
 reliability: install models ## fault injection at full size: kill -9, outages, SIGTERM, hostile input, tenants, poison pill; prints the figures table (CI runs RELIABILITY_SCALE=0.15 inside `make test`)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench.common import load_average, machine, rounded
 
-FIGURES = ("pipeline", "memory", "embed", "stages", "dedup", "search", "options", "reembed")
+FIGURES = ("pipeline", "memory", "embed", "stages", "dedup", "cluster", "search", "options", "reembed")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 log = logging.getLogger("bench")
 
@@ -44,6 +44,9 @@ class Plan:
     dedup_pairs_per_distance: int
     dedup_pair_attempts: int
     dedup_flip_pairs: int
+    cluster_tenants: int  # Redis Cluster figure: tenants, each with its own streams
+    cluster_dedup_checks: int  # per client process
+    cluster_stream_messages: int  # per tenant
     search_sizes: tuple[int, ...]
     search_queries: tuple[int, ...]
     option_images: int
@@ -71,6 +74,9 @@ FULL = Plan(
     dedup_pairs_per_distance=25,
     dedup_pair_attempts=4000,
     dedup_flip_pairs=100,
+    cluster_tenants=48,
+    cluster_dedup_checks=4000,
+    cluster_stream_messages=400,
     search_sizes=(10_000, 100_000, 1_000_000),
     search_queries=(200, 200, 100),
     option_images=40,
@@ -97,6 +103,9 @@ QUICK = Plan(
     dedup_pairs_per_distance=6,
     dedup_pair_attempts=600,
     dedup_flip_pairs=20,
+    cluster_tenants=48,
+    cluster_dedup_checks=2000,
+    cluster_stream_messages=200,
     search_sizes=(2_000, 10_000),
     search_queries=(30, 30),
     option_images=10,
@@ -124,6 +133,9 @@ SMOKE = Plan(
     dedup_pairs_per_distance=3,
     dedup_pair_attempts=300,
     dedup_flip_pairs=5,
+    cluster_tenants=12,
+    cluster_dedup_checks=200,
+    cluster_stream_messages=20,
     search_sizes=(500, 2_000),
     search_queries=(5, 3),
     option_images=4,
@@ -218,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         "thread_budget": args.threads,
         "plan": asdict(plan),
     }
-    from bench import figures, memory_bench
+    from bench import cluster_bench, figures, memory_bench
 
     steps: dict[str, Callable[[], dict[str, object]]] = {
         "pipeline": lambda: figures.pipeline(plan, args),
@@ -226,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         "embed": lambda: figures.embed_batch(plan, args),
         "stages": lambda: figures.stages(plan, args),
         "dedup": lambda: figures.dedup(plan),
+        "cluster": lambda: cluster_bench.cluster_figures(
+            plan.cluster_tenants, plan.cluster_dedup_checks, plan.cluster_stream_messages
+        ),
         "search": lambda: figures.search(plan),
         "options": lambda: figures.options(plan, args),
         "reembed": lambda: figures.reembed(plan, args),

@@ -9,6 +9,7 @@ GOALS = {
     "pipeline_vs_bare_cpu_ratio": 0.85,
     "embed_batch_speedup": 1.3,
     "dedup_checks_per_s": 20_000,
+    "redis_cluster_speedup_3_masters": 2.5,
 }
 SEARCH_P99_GOALS_MS = {"100k": 10, "1m": 50}
 
@@ -97,6 +98,19 @@ def _headline(r: dict[str, Any]) -> list[str]:
             f"({e['source_pack']} -> {e['pack']}: S3 crops, embedding, upserts into {e['store']}, switch) "
             f"vs the embedder alone on the same crops: {alone:,.1f} faces/s (batch {e['batch']}), "
             f"{e['share_of_embedder_rate']:.0%} of it | - | |"
+        )
+    if "redis_cluster_speedup_3_masters" in r:
+        c = r["redis_cluster"]
+        value = r["redis_cluster_speedup_3_masters"]
+        one, three = c["dedup_checks_per_s"]["1_masters"], c["dedup_checks_per_s"]["3_masters"]
+        streams = c["stream_messages_per_s"]
+        rows.append(
+            f"| redis_cluster_speedup_3_masters | {_num(value)} | dedup capacity with a 3-master Redis "
+            f"Cluster / one Redis ({three:,.0f} vs {one:,.0f} checks/s; capacity = checks / the busiest "
+            f"master's main-thread CPU), {c['tenants']} tenants; pipeline streams "
+            f"{streams['3_masters']:,.0f} vs {streams['1_masters']:,.0f} messages/s "
+            f"({_num(c['streams_speedup_3_masters'])}x) | >= 2.5 | "
+            f"{_verdict('redis_cluster_speedup_3_masters', value)} |"
         )
     if "search" in r:
         rows += _search_rows(r)

@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 import redis
 
+from facepipe.cli.localcluster import LocalRedisCluster, start_redis_cluster
 from facepipe.cli.localservers import ServerProcess, start_redis, start_seaweedfs
+from facepipe.core.redisconn import Client, connect, masters
 
 if TYPE_CHECKING:
     from facepipe.operator.kube import KubeApi
@@ -46,6 +48,32 @@ def redis_url(redis_server: ServerProcess) -> Iterator[str]:
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
+    """A real 3-master Redis Cluster (no replicas) on loopback, for the session."""
+    cluster = start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"), masters=3)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: LocalRedisCluster) -> Iterator[str]:
+    """``redis+cluster://`` of the session cluster, every master flushed after each test."""
+    yield redis_cluster.url
+    client = connect(redis_cluster.url)
+    for master in masters(client):
+        master.flushall()
+    client.close()
+
+
+@pytest.fixture
+def cluster_client(cluster_url: str) -> Iterator[Client]:
+    """A decoding ``RedisCluster`` client of the session cluster."""
+    client = connect(cluster_url, decode_responses=True)
     yield client
     client.close()
 

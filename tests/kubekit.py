@@ -44,6 +44,7 @@ _PROPERTIES = {
     "streams_by_role": {"redis_stream_name", "detected_stream_name", "embedded_stream_name"},
     "qdrant_embedded": {"qdrant_url"},
     "consumer_name": {"redis_consumer_name"},
+    "cluster_mode": {"redis_cluster", "redis_url"},
 }
 
 

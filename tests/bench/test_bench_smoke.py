@@ -49,10 +49,16 @@ def test_every_headline_key_is_written_with_a_sane_value(smoke_run: tuple[dict, 
         "embed_batch_speedup",
         "dedup_checks_per_s",
         "reembed_faces_per_s",
+        "redis_cluster_speedup_3_masters",
     ):
         assert _positive(results[key]), (key, results[key])
     assert results["reembed"]["faces"] == results["plan"]["reembed_faces"]  # every face re-embedded
     assert _positive(results["reembed"]["embedder_faces_per_s"])
+    cluster = results["redis_cluster"]
+    for kind in ("dedup", "streams"):
+        three = cluster["runs"]["3_masters"][kind]
+        assert len(three["master_cpu_s"]) == 3 and all(_positive(s) for s in three["master_cpu_s"])
+        assert three["operations"] == cluster["runs"]["1_masters"][kind]["operations"] > 0
     assert set(results["search_latency_ms"]) == {"500", "2000"}
     for latency in results["search_latency_ms"].values():
         assert 0 < latency["p50"] <= latency["p99"]

@@ -116,7 +116,7 @@ def test_delete_image_removes_points_artifacts_dedup_and_allows_reingest(
     remaining = stack.cli_json("search", str(obama), "--tenant", "delta")["faces"][0]["matches"]
     assert sha not in {m["image_sha256"] for m in remaining}
     assert len(remaining) == 1  # biden is still there
-    assert not stack.redis().exists(f"dedup:t:delta:img:{sha}")
+    assert not stack.redis().exists(f"dedup:t:{{delta}}:img:{sha}")
 
     again = stack.cli_json("ingest", str(obama), "--tenant", "delta", "--wait")
     assert (again["faces_processed"], again["faces_dup_skipped"]) == (1, 0)
@@ -178,12 +178,12 @@ def test_dlq_list_and_replay_of_malformed_and_failed_messages(stack: Stack, face
 def test_dedup_flush_and_ensure_against_the_local_stack(stack: Stack, faces_dir: Path) -> None:
     stack.cli_json("ingest", str(faces_dir / "biden_2.jpg"), "--tenant", "theta", "--wait")
     client = stack.redis()
-    assert list(client.scan_iter("dedup:t:theta:*"))
-    other = len(list(client.scan_iter("dedup:t:alpha:*")))
+    assert list(client.scan_iter("dedup:t:{theta}:*"))
+    other = len(list(client.scan_iter("dedup:t:{alpha}:*")))
     flushed = stack.cli("dedup-flush", "--tenant", "theta").stdout
     assert "dedup keys (tenant theta)" in flushed
-    assert not list(client.scan_iter("dedup:t:theta:*"))
-    assert len(list(client.scan_iter("dedup:t:alpha:*"))) == other  # other tenants untouched
+    assert not list(client.scan_iter("dedup:t:{theta}:*"))
+    assert len(list(client.scan_iter("dedup:t:{alpha}:*"))) == other  # other tenants untouched
 
     ensured = stack.cli("ensure").stdout
     for stream in stack.settings.pipeline_streams:

@@ -78,7 +78,7 @@ def test_two_processes_add_to_one_cluster_wide_view(redis_url: str, redis_client
     assert tenant["timings_ms"]["detection"]["count"] == 0
     assert stats.snapshot("other")["counters"]["faces_processed"] == 0
     assert redis_client.hget("stats:counters", "faces_processed") == "200"
-    assert redis_client.hget("stats:tenant:acme:counters", "faces_processed") == "200"
+    assert redis_client.hget("stats:tenant:{acme}:counters", "faces_processed") == "200"
 
 
 def test_writes_on_a_pipeline_land_only_when_it_executes(redis_client: redis.Redis) -> None:

@@ -27,10 +27,9 @@ import json
 import os
 import time
 
-import redis
-
 from facepipe.core.errors import PermanentError, TransientError
 from facepipe.core.messages import IngestMessage, parse_message
+from facepipe.core.redisconn import connect_settings
 from facepipe.core.settings import Settings
 from facepipe.core.worker import Outcome, Publish, StreamMessage, run_worker_cli
 
@@ -40,7 +39,7 @@ class ToyHandler:
     required_fields = ("image_sha256", "bucket", "key", "tenant_id")
 
     def __init__(self, settings: Settings) -> None:
-        self.redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self.redis = connect_settings(settings, decode_responses=True)  # a Redis Cluster too
         final = os.environ.get("TOY_INPUT") == "final"
         self.input_stream = os.environ.get("TOY_INPUT_STREAM") or (
             settings.pipeline_streams[-1] if final else settings.ingest_stream

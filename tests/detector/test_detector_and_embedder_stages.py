@@ -247,7 +247,7 @@ def test_rejected_faces_are_counted_by_the_ack_once_however_often_the_image_is_p
 
     run_once(settings, DetectorHandler(settings, detector=buffalo_sc.detector))  # the redelivery acks it
     assert redis_client.hget("stats:counters", "faces_rejected") == "2"
-    assert redis_client.hget(f"stats:tenant:{TENANT}:counters", "faces_rejected") == "2"
+    assert redis_client.hget(f"stats:tenant:{{{TENANT}}}:counters", "faces_rejected") == "2"
     assert metric("facepipe_faces_rejected_total", reason="face_too_small") == before + 2
 
 

@@ -136,7 +136,7 @@ def test_purging_a_tenant_leaves_no_byte_of_it_anywhere(indexed: Indexed, redis_
         deleted.needles |= indexed.secrets(photo, VICTIM).needles
         deleted.vectors += indexed.secrets(photo, VICTIM).vectors
     deleted.add("the tenant id", VICTIM)
-    assert redis_client.hget(f"stats:tenant:{VICTIM}:counters", "faces_processed") == "2"
+    assert redis_client.hget(f"stats:tenant:{{{VICTIM}}}:counters", "faces_processed") == "2"
     response = indexed.client.delete(f"/tenants/{VICTIM}")
     assert response.status_code == 200, response.text
     report = response.json()

@@ -130,7 +130,7 @@ def reingest_after_dead_letter(
         ((_id, entry),) = redis_client.xrange(dlq)
         assert (entry["source_id"], entry["reason"]) == (first, "max_deliveries_exceeded")
         # Every delivery claimed the faces and released them when its upsert failed.
-        assert list(redis_client.scan_iter("dedup:t:demo:owner:*")) == []
+        assert list(redis_client.scan_iter("dedup:t:{demo}:owner:*")) == []
 
         index.ensure_pack_collection(pack)  # the collection is back; the same image is ingested again
         again = publish(make_message("demo", SHA, FACES))
@@ -139,7 +139,7 @@ def reingest_after_dead_letter(
     assert counters(redis_client)["faces_dup_skipped"] == 0
     assert counters(redis_client)["faces_processed"] == 2
     for _face_index, phash, _seed in FACES:  # confirmed: the indexed faces suppress duplicates now
-        assert redis_client.get(f"dedup:t:demo:owner:{phash}") == f"{SHA}:{_face_index}:{again}"
+        assert redis_client.get(f"dedup:t:{{demo}}:owner:{phash}") == f"{SHA}:{_face_index}:{again}"
 
 
 @pytest.mark.parametrize("fate", ["confirmed", "released"])

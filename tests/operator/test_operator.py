@@ -693,8 +693,8 @@ def test_purge_deletes_the_tenants_real_data_and_nothing_else(
 
     assert list(store.list_keys(settings.bucket_crops, "gone/")) == []
     assert len(list(store.list_keys(settings.bucket_crops, "kept/"))) == 1
-    assert redis_client.keys("dedup:t:gone:*") == []
-    assert redis_client.keys("dedup:t:kept:*")
+    assert redis_client.keys("dedup:t:{gone}:*") == []
+    assert redis_client.keys("dedup:t:{kept}:*")
     assert redis_client.keys("face-processing-queue:{gone}*") == []  # streams, DLQs, groups: all gone
     assert sorted(redis_client.keys("face-processing-queue:{kept}*")) == [
         "face-processing-queue:{kept}",

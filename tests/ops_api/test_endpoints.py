@@ -129,7 +129,7 @@ def test_stats_has_runbook_shape_and_stream_depth(
 
 
 def test_stats_per_tenant_and_invalid_tenant(client: TestClient, redis_client: redis.Redis) -> None:
-    redis_client.hset("stats:tenant:acme:counters", "faces_processed", 4)
+    redis_client.hset("stats:tenant:{acme}:counters", "faces_processed", 4)
     assert client.get("/stats", params={"tenant_id": "acme"}).json()["counters"]["faces_processed"] == 4
     response = client.get("/stats", params={"tenant_id": "a:b"})
     assert response.status_code == 400

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -28,6 +29,8 @@ from reliabilitykit import Stack, record, scaled, tally
 
 from facepipe.core.errors import PermanentError
 from facepipe.core.messages import IngestMessage, parse_message
+from facepipe.core.redisconn import Client, connect, scan_keys
+from facepipe.core.settings import Settings
 from facepipe.core.stats import Stats
 from facepipe.core.tenancy import is_valid_tenant_id, validate_tenant_id
 from facepipe.store import deletion
@@ -153,11 +156,26 @@ def _unit(rng: np.random.Generator, dim: int) -> np.ndarray:
 
 @pytest.mark.timeout(1200)
 def test_delete_and_purge_never_touch_another_tenant(stack: Stack) -> None:
-    settings = stack.settings
+    _delete_and_purge_never_touch_another_tenant(stack.settings, stack.redis(), "5b. tenants")
+
+
+@pytest.mark.timeout(1200)
+def test_cluster_delete_and_purge_never_touch_another_tenant(
+    tmp_path: Path, models_dir: Path, cluster_url: str
+) -> None:
+    """The same property with Redis a real 3-master Redis Cluster (tenants on different masters)."""
+    stack = Stack(tmp_path, models_dir, REDIS_URL=cluster_url).start()
+    try:
+        client = connect(cluster_url, decode_responses=True, encoding_errors="surrogateescape")
+        _delete_and_purge_never_touch_another_tenant(stack.settings, client, "5b. tenants on a Redis Cluster")
+    finally:
+        stack.stop()
+
+
+def _delete_and_purge_never_touch_another_tenant(settings: Settings, client: Client, label: str) -> None:
     index = VectorIndex(settings)
     index.ensure_collection(512)
     store = ObjectStore(settings)
-    client = stack.redis()
     dedup = DedupCache(client, settings)
     stats = Stats(client, stage="reliability")
     rng = np.random.default_rng(5)
@@ -192,7 +210,7 @@ def test_delete_and_purge_never_touch_another_tenant(stack: Stack) -> None:
         objects = sum(
             1 for bucket in store.buckets for _key in store.list_keys(bucket, tenant_prefix(tenant))
         )
-        dedup_keys = sum(1 for _ in client.scan_iter(match=f"{dedup.tenant_prefix(tenant)}*", count=500))
+        dedup_keys = sum(1 for _ in scan_keys(client, f"{dedup.tenant_prefix(tenant)}*"))
         return (
             index.count(tenant),
             objects,
@@ -244,7 +262,7 @@ def test_delete_and_purge_never_touch_another_tenant(stack: Stack) -> None:
     prop()
     index.close()
     record(
-        "5b. tenants: delete image / purge tenant (property)",
+        f"{label}: delete image / purge tenant (property)",
         checked["examples"] > 0,
         messages=checked["examples"],
         leaks=0,
@@ -288,8 +306,8 @@ def test_tenant_ids_that_try_to_escape_a_prefix_are_refused_everywhere(stack: St
             # An accepted id cannot leave its prefix: no separator, glob or path syntax in it.
             assert not any(ch in tenant for ch in ":*?[]/\\\x00\n ") and ".." not in tenant
             # ...and it sits in its own slot of every key and path, with the separators after it.
-            assert dedup.tenant_prefix(tenant) == f"dedup:t:{tenant}:"
-            assert Stats(client).counters_key(tenant) == f"stats:tenant:{tenant}:counters"
+            assert dedup.tenant_prefix(tenant) == f"dedup:t:{{{tenant}}}:"
+            assert Stats(client).counters_key(tenant) == f"stats:tenant:{{{tenant}}}:counters"
             assert tenant_prefix(tenant) == f"{tenant}/"
             return
         payload = {"image_sha256": "abc", "bucket": settings.bucket_raw, "key": "k.jpg", "tenant_id": tenant}

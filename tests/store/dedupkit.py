@@ -74,8 +74,34 @@ def between_read_and_commit(
     return reads
 
 
+# Two of these race: each remembers ``hashes`` in order under its own name, and prints which it won.
+RACER = r"""
+import json, sys
+from facepipe.core.redisconn import connect
+from facepipe.store.dedup import DedupCache, Owner
+from facepipe.core.settings import load_settings
+
+url, name, hashes = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+client = connect(url, decode_responses=True)  # a Redis Cluster too
+cache = DedupCache(client, load_settings(redis_url=url, dedup_max_hamming=8))
+client.blpop("race:go", timeout=60)  # both processes start together
+won = []
+for i, phash in enumerate(hashes):
+    result = cache.check_and_remember_batch([("race", [(phash, Owner(name, i))])])[0][0]
+    won.append(None if result.is_duplicate else phash)
+    if result.is_duplicate:
+        assert result.matched_owner.image_sha256 != name, result
+print(json.dumps(won))
+"""
+
+
 def race(
-    script: str, redis_url: str, client: redis.Redis, names: tuple[str, str], hashes: list[str]
+    script: str,
+    redis_url: str,
+    client: redis.Redis,
+    names: tuple[str, str],
+    hashes: list[str],
+    watch: redis.Redis | None = None,
 ) -> list[Any]:
     """Run ``script`` (``python -c``, argv: url, name, hashes as JSON) as two processes released at
     the same moment (they BLPOP ``race:go``); their JSON outputs, in ``names`` order."""
@@ -89,7 +115,8 @@ def race(
         for name in names
     ]
     deadline = time.monotonic() + 60
-    while client.execute_command("CLIENT", "LIST").count("cmd=blpop") < 2:
+    # ``watch``: on a cluster, the master serving race:go (where the racers wait).
+    while (watch or client).execute_command("CLIENT", "LIST").count("cmd=blpop") < 2:
         assert time.monotonic() < deadline, "racers did not start"
         assert all(r.poll() is None for r in racers), [r.communicate() for r in racers]
         time.sleep(0.05)

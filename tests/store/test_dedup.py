@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from dedupkit import A, B, between_read_and_commit, flip, race, remember, remember_message, skips
+from dedupkit import RACER, A, B, between_read_and_commit, flip, race, remember, remember_message, skips
 
 from facepipe.cli.localservers import start_redis
 from facepipe.core.errors import PermanentError
@@ -173,7 +173,7 @@ def test_tenants_never_suppress_each_other(
     assert not skips(cache, "tenant-b", "8f373c9c3c9c3c1f", B)
     assert remember(cache, "tenant-b", "8f373c9c3c9c3c1e", B) == NOT_DUPLICATE
     keys = [k.decode() if isinstance(k, bytes) else k for k in redis_client.keys("*")]
-    assert keys and all(k.startswith(("dedup:t:tenant-a:", "dedup:t:tenant-b:")) for k in keys)
+    assert keys and all(k.startswith(("dedup:t:{tenant-a}:", "dedup:t:{tenant-b}:")) for k in keys)
     for bad in ("a:b", "*", "../x", ""):
         with pytest.raises(PermanentError):
             skips(cache, bad, "8f373c9c3c9c3c1e", B)
@@ -247,7 +247,7 @@ def test_entries_expire_after_the_ttl_without_stale_matches(
     shared_bucket = own_buckets(old, cache.layout)[0]
     time.sleep(1.2)
     near = redis.Redis.from_url(redis_url)  # binary records: no decode_responses
-    records = near.hget(f"dedup:t:demo:{cache.near_key}", shared_bucket)
+    records = near.hget(f"dedup:t:{{demo}}:{cache.near_key}", shared_bucket)
     assert any(records[i : i + 8] == bytes.fromhex(old) for i in range(0, len(records), 12))  # still there
     assert not skips(cache, "demo", old, B)
     assert not skips(cache, "demo", flip(old, [0, 20, 40]), B)
@@ -323,24 +323,6 @@ def test_exact_matches_survive_a_threshold_change(make_cache: Callable[..., Dedu
 
 # --- atomicity across processes -----------------------------------------------------------------
 
-_RACER = r"""
-import json, sys
-import redis
-from facepipe.store.dedup import DedupCache, Owner
-from facepipe.core.settings import load_settings
-
-url, name, hashes = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-client = redis.Redis.from_url(url, decode_responses=True)
-cache = DedupCache(client, load_settings(redis_url=url, dedup_max_hamming=8))
-client.blpop("race:go", timeout=60)  # both processes start together
-won = []
-for i, phash in enumerate(hashes):
-    result = cache.check_and_remember_batch([("race", [(phash, Owner(name, i))])])[0][0]
-    won.append(None if result.is_duplicate else phash)
-    if result.is_duplicate:
-        assert result.matched_owner.image_sha256 != name, result
-print(json.dumps(won))
-"""
 
 
 def test_two_processes_racing_the_same_hashes_remember_each_exactly_once(
@@ -348,11 +330,11 @@ def test_two_processes_racing_the_same_hashes_remember_each_exactly_once(
 ) -> None:
     rng = random.Random(7)
     hashes = [f"{rng.getrandbits(64):016x}" for _ in range(300)]
-    outputs = race(_RACER, redis_url, redis_client, ("racer-one", "racer-two"), hashes)
+    outputs = race(RACER, redis_url, redis_client, ("racer-one", "racer-two"), hashes)
     for i, phash in enumerate(hashes):
         winners = [won[i] for won in outputs if won[i] is not None]
         assert winners == [phash], f"hash {i}: {len(winners)} processes remembered it"
-    owners = {redis_client.get(f"dedup:t:race:owner:{h}").split(":")[0] for h in hashes}
+    owners = {redis_client.get(f"dedup:t:{{race}}:owner:{h}").split(":")[0] for h in hashes}
     assert owners <= {"racer-one", "racer-two"}
 
 
@@ -406,7 +388,7 @@ def test_the_write_log_is_cut_between_writes_never_inside_one(
     reads = between_read_and_commit(cache, monkeypatch, rival_writes_three_faces_at_once)
     assert not remember(cache, "demo", "8f373c9c3c9c3c1e", A).is_duplicate
     assert len(reads) == 2  # a log that could miss part of a write refuses; the second read commits
-    log = redis.Redis.from_url(redis_url).hget(f"dedup:t:demo:{cache.near_key}", "log")
+    log = redis.Redis.from_url(redis_url).hget(f"dedup:t:{{demo}}:{cache.near_key}", "log")
     assert len(log) == 14 and log[6:] == bytes.fromhex("8f373c9c3c9c3c1e")  # only our own write
 
 
@@ -457,7 +439,8 @@ def test_a_batch_is_the_messages_one_after_another(
     # What the batch remembered is what one-by-one calls would have remembered.
     assert skips(cache, "acme", "0123456789abcdef", B)
     assert skips(cache, "other", flip(base, [5]), B)
-    assert redis_client.exists(f"dedup:t:acme:owner:{flip(base, [2, 40])}") == 0  # a skipped face isn't kept
+    skipped = flip(base, [2, 40])
+    assert redis_client.exists(f"dedup:t:{{acme}}:owner:{skipped}") == 0  # a skipped face isn't kept
 
 
 def test_a_refused_commit_in_a_batch_only_reruns_that_tenant(
@@ -478,7 +461,7 @@ def test_a_refused_commit_in_a_batch_only_reruns_that_tenant(
     batch = cache.check_and_remember_batch(
         [("acme", [(flip(base, [1, 9]), B)]), ("other", [(base, B)])]
     )
-    assert commits == [["dedup:t:acme:", "dedup:t:other:"]]  # acme re-read, then nothing to commit
+    assert commits == [["dedup:t:{acme}:", "dedup:t:{other}:"]]  # acme re-read, then nothing to commit
     assert (batch[0][0].is_duplicate, batch[0][0].matched_owner) == (True, A)
     assert batch[1] == [NOT_DUPLICATE]
     assert skips(cache, "other", base, A)  # other's commit went through the first time

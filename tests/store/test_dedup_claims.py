@@ -29,7 +29,7 @@ def claim(cache: DedupCache, tenant: str, faces: list[Face]) -> list[DedupResult
 
 
 def owner_entry(client: redis.Redis, tenant: str, phash: str) -> str | None:
-    return client.get(f"dedup:t:{tenant}:owner:{phash}")
+    return client.get(f"dedup:t:{{{tenant}}}:owner:{phash}")
 
 
 def every_byte(client: redis.Redis) -> bytes:
@@ -57,7 +57,7 @@ def test_a_claim_makes_near_faces_wait_until_it_is_confirmed(
     cache = make_cache(max_hamming=8)
     assert claim(cache, "demo", [(BASE, A)]) == [NOT_DUPLICATE]
     assert owner_entry(redis_client, "demo", BASE) == f"?{A.token}"
-    assert 0 < redis_client.pttl(f"dedup:t:demo:owner:{BASE}") <= 120_000
+    assert 0 < redis_client.pttl(f"dedup:t:{{demo}}:owner:{BASE}") <= 120_000
     for phash in (BASE, NEAR):  # the same hash, or a near one: undecided while A is being indexed
         (waiting,) = claim(cache, "demo", [(phash, B)])
         assert (waiting.is_duplicate, waiting.pending, waiting.matched_owner) == (False, True, A)
@@ -66,7 +66,7 @@ def test_a_claim_makes_near_faces_wait_until_it_is_confirmed(
 
     assert cache.confirm([("demo", [(BASE, A)])]) == 1
     assert owner_entry(redis_client, "demo", BASE) == A.token
-    assert redis_client.pttl(f"dedup:t:demo:owner:{BASE}") > 3_000_000  # the full DEDUP_TTL
+    assert redis_client.pttl(f"dedup:t:{{demo}}:owner:{BASE}") > 3_000_000  # the full DEDUP_TTL
     (duplicate,) = claim(cache, "demo", [(NEAR, B)])
     assert (duplicate.is_duplicate, duplicate.matched_owner, duplicate.distance) == (True, A, 2)
     assert cache.confirm([("demo", [(BASE, A)])]) == 1  # confirming twice is harmless

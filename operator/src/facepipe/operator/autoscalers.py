@@ -1,11 +1,13 @@
 """Per autoscaled component an HPA (External metric facepipe_stream_backlog, or CPU for ops-api)
-or a KEDA ScaledObject (redis-streams lagCount on the component's input stream), never both."""
+or a KEDA ScaledObject (redis-streams lagCount on the component's input stream; the
+redis-cluster-streams scaler on a Redis Cluster), never both."""
 
 from __future__ import annotations
 
 from typing import Any
 from urllib.parse import urlparse
 
+from facepipe.core.redisconn import is_cluster_url, seed_nodes
 from facepipe.operator.constants import BACKLOG_METRIC, INPUT_ROLE, Component
 from facepipe.operator.environment import stream_names
 from facepipe.operator.objects import (
@@ -19,24 +21,37 @@ from facepipe.operator.objects import (
 from facepipe.operator.spec import PipelineSpec
 
 
-def keda_redis_address(url: str) -> dict[str, str]:
-    """KEDA redis-streams trigger metadata for a password-less redis:// or rediss:// URL."""
+def keda_redis_address(url: str, *, cluster: bool = False) -> dict[str, str]:
+    """KEDA trigger metadata for a password-less redis:// or rediss:// URL: ``address`` (and
+    ``databaseIndex``) for the redis-streams trigger, or, for a Redis Cluster (``cluster`` or a
+    redis+cluster:// URL), ``addresses`` (every seed node) for the redis-cluster-streams trigger."""
+    cluster = cluster or is_cluster_url(url)
     parsed = urlparse(url)
-    if parsed.scheme not in ("redis", "rediss"):
+    if parsed.scheme not in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
         raise ValueError(f"KEDA needs a TCP Redis address, not a {parsed.scheme}:// URL")
     if parsed.password or parsed.username:
         raise ValueError("redis.url holds credentials; give KEDA them by redis.kedaAuthenticationRef")
-    if not parsed.hostname:
+    nodes = seed_nodes(url)
+    if not parsed.netloc or not nodes:
         raise ValueError("redis.url has no host")
-    metadata = {"address": f"{parsed.hostname}:{parsed.port or 6379}"}
-    database = parsed.path.strip("/")
-    if database:
-        if not database.isdigit():
-            raise ValueError(f"redis.url database {database!r} is not a number")
-        metadata["databaseIndex"] = database
-    if parsed.scheme == "rediss":
+    metadata = {}
+    if cluster:
+        metadata["addresses"] = ",".join(f"{host}:{port}" for host, port in nodes)
+    else:
+        metadata["address"] = f"{parsed.hostname}:{parsed.port or 6379}"
+        database = parsed.path.strip("/")
+        if database:
+            if not database.isdigit():
+                raise ValueError(f"redis.url database {database!r} is not a number")
+            metadata["databaseIndex"] = database
+    if parsed.scheme.startswith("rediss"):
         metadata["enableTLS"] = "true"
     return metadata
+
+
+def keda_trigger_type(spec: PipelineSpec) -> str:
+    """KEDA's scaler: its cluster variant when the CR says the Redis is a Redis Cluster."""
+    return "redis-cluster-streams" if spec.redis.is_cluster else "redis-streams"
 
 
 def _scale_target(owner: PipelineRef, component: Component) -> dict[str, str]:
@@ -111,12 +126,12 @@ def build_scaled_object(owner: PipelineRef, spec: PipelineSpec, component: Compo
             "consumerGroup": spec.redis.groupName,
             "lagCount": str(worker.targetLagPerReplica),
         }
-        trigger: dict[str, Any] = {"type": "redis-streams", "metadata": trigger_metadata}
+        trigger: dict[str, Any] = {"type": keda_trigger_type(spec), "metadata": trigger_metadata}
         if spec.redis.kedaAuthenticationRef:
             trigger["authenticationRef"] = {"name": spec.redis.kedaAuthenticationRef}
         else:
             assert spec.redis.url is not None  # parse_spec guarantees it
-            trigger_metadata.update(keda_redis_address(spec.redis.url))
+            trigger_metadata.update(keda_redis_address(spec.redis.url, cluster=spec.redis.is_cluster))
         triggers = [trigger]
         bounds = (worker.minReplicas, worker.maxReplicas)
     return {

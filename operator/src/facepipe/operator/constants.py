@@ -26,7 +26,7 @@ LABEL_ROLE: Final = f"{GROUP}/role"  # "worker" on detector/embedder/indexer pod
 ANNOTATION_CONFIG_HASH: Final = f"{GROUP}/config-hash"
 # On the CRD: facepipe.operator.crd_check.schema_hash of its schema; the operator expects CRD_SCHEMA_HASH.
 ANNOTATION_SCHEMA_HASH: Final = f"{GROUP}/schema-hash"
-CRD_SCHEMA_HASH: Final = "fb0117296fc482c4"
+CRD_SCHEMA_HASH: Final = "5febc63aacfb7568"
 ANNOTATION_RESTARTED_AT: Final = "kubectl.kubernetes.io/restartedAt"
 
 Component = Literal["detector", "embedder", "indexer", "ops-api"]

@@ -20,6 +20,8 @@ from collections.abc import Iterable
 
 import redis
 
+from facepipe.core.redisconn import connect
+
 # KEYS[1] stream, ARGV[1] group, ARGV[2] minimum idle ms -> names deleted.
 _PRUNE = """
 local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
@@ -55,7 +57,7 @@ def prune_stale_consumers(
 
 def prune_at(redis_url: str, streams: Iterable[str], group: str, idle_seconds: int) -> dict[str, list[str]]:
     """:func:`prune_stale_consumers` on a client of its own (raises redis errors for the caller)."""
-    client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+    client = connect(redis_url, socket_timeout=5, socket_connect_timeout=5)
     try:
         return prune_stale_consumers(client, streams, group, idle_seconds)
     finally:

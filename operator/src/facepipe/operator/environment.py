@@ -40,6 +40,8 @@ def shared_env(spec: PipelineSpec) -> dict[str, str]:
     env: dict[str, str] = {}
     if spec.redis.url is not None:
         env["REDIS_URL"] = spec.redis.url
+    if spec.redis.is_cluster:
+        env["REDIS_CLUSTER"] = "true"
     buckets = spec.storage.buckets
     env.update(
         {

@@ -64,6 +64,7 @@ _GROUPS: Final[list[tuple[frozenset[Component], tuple[str, ...]]]] = [
         ALL,
         (
             "REDIS_URL",
+            "REDIS_CLUSTER",
             "REDIS_STREAM_NAME",
             "REDIS_GROUP_NAME",
             "DETECTED_STREAM_NAME",
@@ -115,6 +116,7 @@ PER_COMPONENT: Final[frozenset[str]] = frozenset({*WORKER_LOOP, "INFERENCE_DEVIC
 # Set from dedicated spec fields (or per pod); spec.settings may not override them.
 MANAGED: Final[dict[str, str]] = {
     "REDIS_URL": "spec.redis.url / urlSecretRef",
+    "REDIS_CLUSTER": "spec.redis.cluster",
     "REDIS_STREAM_NAME": "spec.redis.streamName",
     "REDIS_GROUP_NAME": "spec.redis.groupName",
     "REDIS_CONSUMER_NAME": "spec.redis.consumerNamePrefix (the pod name follows it)",

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from facepipe.core.packs import PACKS
+from facepipe.core.redisconn import hash_tag, is_cluster_url
 from facepipe.core.tenancy import is_valid_tenant_id, tenant_stream_name
 
 
@@ -49,8 +50,10 @@ class RedisUrlSecretRef(_Model):
 
 
 class RedisSpec(_Model):
-    url: str | None = Field(None, pattern=r"^(redis|rediss|unix)://.+")
+    url: str | None = Field(None, pattern=r"^(redis|rediss|unix|redis\+cluster|rediss\+cluster)://.+")
     urlSecretRef: RedisUrlSecretRef | None = None
+    # A Redis Cluster (as a redis+cluster:// url says too): every tenant's keys carry its hash tag.
+    cluster: bool = False
     # None: the tenant's own stream, facepipe.core.tenancy.tenant_stream_name(tenantId).
     streamName: str | None = Field(None, min_length=1)
     groupName: str = Field("pipeline", min_length=1)
@@ -59,6 +62,10 @@ class RedisSpec(_Model):
     # Consumers with nothing pending and idle this long are deleted from the groups by the
     # operator (every pod name adds one; dead pods' would stay forever). 0: never.
     staleConsumerSeconds: int = Field(3600, ge=0)
+
+    @property
+    def is_cluster(self) -> bool:
+        return self.cluster or (self.url is not None and is_cluster_url(self.url))
 
 
 class DedupSpec(_Model):
@@ -264,6 +271,13 @@ def _semantic_problems(spec: PipelineSpec) -> list[str]:
         ]
     if (spec.redis.url is None) == (spec.redis.urlSecretRef is None):
         problems.append("spec.redis: give exactly one of url and urlSecretRef")
+    named = spec.redis.streamName
+    if spec.redis.is_cluster and named is not None and hash_tag(named) != spec.tenantId:
+        tag = "{" + spec.tenantId + "}"
+        problems.append(
+            f"spec.redis.streamName {named!r}: on a Redis Cluster a tenant's streams carry its hash tag "
+            f"{tag} (or leave streamName out: face-processing-queue:{tag})"
+        )
     for key, worker in (
         ("detector", spec.components.detector),
         ("embedder", spec.components.embedder),
@@ -341,7 +355,7 @@ def _keda_redis_problems(spec: PipelineSpec, where: str) -> list[str]:
             "(a TriggerAuthentication giving KEDA the address and password)"
         ]
     try:
-        keda_redis_address(spec.redis.url)
+        keda_redis_address(spec.redis.url, cluster=spec.redis.is_cluster)
     except ValueError as exc:
         return [f"{where}: {exc}"]
     return []

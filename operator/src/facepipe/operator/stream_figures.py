@@ -8,6 +8,7 @@ from typing import Any
 
 import redis
 
+from facepipe.core.redisconn import connect
 from facepipe.core.settings import dlq_stream
 from facepipe.operator.constants import StreamRole
 
@@ -55,7 +56,7 @@ def read_stream_figures(
 
     Raises redis errors (ConnectionError, TimeoutError, ...) for the caller to report.
     """
-    client = redis.Redis.from_url(
+    client = connect(
         redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True
     )
     try:

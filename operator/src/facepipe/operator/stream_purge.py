@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import redis
 
+from facepipe.core.redisconn import connect
 from facepipe.core.settings import dlq_stream
 
 SCAN_BATCH = 500
@@ -67,7 +68,7 @@ def _delete_tenant_entries(client: redis.Redis, stream: str, tenant: str) -> int
 def purge_streams(redis_url: str, streams: Iterable[str], tenant: str, *, whole: bool) -> StreamPurgeReport:
     """Delete the tenant's stream data: the streams themselves (``whole``) or its entries in them."""
     names = [name for stream in streams for name in (stream, dlq_stream(stream))]
-    client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=30)
+    client = connect(redis_url, decode_responses=True, socket_timeout=30)
     try:
         if whole:
             return StreamPurgeReport(streams_deleted=int(client.delete(*names)), entries_deleted=0)

@@ -47,6 +47,10 @@ _REDIS_TRANSIENT = (
     redis.exceptions.BusyLoadingError,
     redis.exceptions.TryAgainError,
     redis.exceptions.ReadOnlyError,  # writing to a replica during a failover
+    # A Redis Cluster between a master's death and its replica's promotion: no node serves the
+    # slot yet (CLUSTERDOWN, MASTERDOWN), or the client cannot rebuild its slot map meanwhile.
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.RedisClusterException,
 )
 
 

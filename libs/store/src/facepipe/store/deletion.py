@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import redis
 
+from facepipe.core.redisconn import connect_settings, scan_keys
 from facepipe.core.settings import Settings
 from facepipe.core.stats import Stats
 from facepipe.core.tenancy import validate_tenant_id
@@ -58,7 +59,7 @@ class _Clients:
         store: ObjectStore | None,
         index: VectorIndex | None,
     ) -> None:
-        self.redis = redis_client if redis_client is not None else redis.Redis.from_url(settings.redis_url)
+        self.redis = redis_client if redis_client is not None else connect_settings(settings)
         self.store = store if store is not None else ObjectStore(settings)
         self.index = index if index is not None else VectorIndex(settings)
         self._own_index = index is None
@@ -157,8 +158,8 @@ def purge_tenant(
 
 
 def _delete_tenant_stats(client: redis.Redis, tenant: str) -> int:
-    """The tenant's own counters and timings (``stats:tenant:<tenant>:*``)."""
-    keys = list(client.scan_iter(match=f"{Stats(client).prefix}:tenant:{tenant}:*", count=1000))
+    """The tenant's own counters and timings (``stats:tenant:{<tenant>}:*``, one slot)."""
+    keys = list(scan_keys(client, Stats(client).tenant_pattern(tenant)))
     return int(client.delete(*keys)) if keys else 0
 
 

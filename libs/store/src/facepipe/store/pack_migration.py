@@ -9,7 +9,8 @@ rest, for everyone who cannot or need not ask the store:
   collection), ``skipped``, ``error``, timestamps: the migration in progress or the last one;
 - ``previous``: the collections kept for rollback after a switch, each until its deadline.
 
-One Redis hash per tenant, ``packs:<QDRANT_COLLECTION>:<tenant>``; every write sets only
+One Redis hash per tenant, ``packs:<QDRANT_COLLECTION>:{<tenant>}`` (the tenant's Redis Cluster
+hash tag, as on every per-tenant key); every write sets only
 the fields it changes, so the indexer's ``active`` and the backfill's progress never
 overwrite each other. :class:`TenantLock` lets one backfill at a time work on a tenant.
 """
@@ -28,6 +29,7 @@ from typing import Any
 
 import redis
 
+from facepipe.core.redisconn import tagged
 from facepipe.core.tenancy import validate_tenant_id
 
 KEY_PREFIX = "packs"
@@ -114,7 +116,7 @@ class MigrationRecords:
         self.base = base
 
     def key(self, tenant: str) -> str:
-        return f"{KEY_PREFIX}:{self.base}:{validate_tenant_id(tenant)}"
+        return f"{KEY_PREFIX}:{self.base}:{tagged(validate_tenant_id(tenant))}"
 
     def load(self, tenant: str) -> MigrationState | None:
         raw = self.redis.hgetall(self.key(tenant))

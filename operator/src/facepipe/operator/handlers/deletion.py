@@ -24,6 +24,7 @@ from typing import Any
 import kopf
 import redis
 
+from facepipe.core.redisconn import settings_url
 from facepipe.operator.apply import owned_children
 from facepipe.operator.builders import stream_names
 from facepipe.operator.constants import LABEL_INSTANCE, LABEL_MANAGED_BY, OPERATOR_NAME
@@ -83,7 +84,7 @@ def on_delete_purge(name: str, namespace: str, uid: str, body: dict[str, Any], l
         # The tenant's own streams (the default) go whole; named ones may be shared: its entries only.
         own_streams = spec.redis.streamName is None
         names = stream_names(spec).values()
-        streams = purge_streams(settings.redis_url, names, spec.tenantId, whole=own_streams)
+        streams = purge_streams(settings_url(settings), names, spec.tenantId, whole=own_streams)
         RUNTIME.get_purger()(settings, spec.tenantId)
     except (
         SpecError,

@@ -9,6 +9,7 @@ from typing import Any
 import kopf
 import redis
 
+from facepipe.core.redisconn import as_cluster_url
 from facepipe.core.settings import Settings
 from facepipe.operator.apply import ApplyResult, apply_children
 from facepipe.operator.builders import PipelineRef, build_children, secret_env, shared_env, stream_names
@@ -67,10 +68,13 @@ def read_secret_value(api: KubeApi, namespace: str, name: str, key: str) -> str:
 
 
 def redis_url(api: KubeApi, namespace: str, spec: PipelineSpec) -> str:
+    """The Redis URL of the CR (a redis+cluster:// one when spec.redis.cluster says so)."""
     if spec.redis.url is not None:
-        return spec.redis.url
-    assert spec.redis.urlSecretRef is not None
-    return read_secret_value(api, namespace, spec.redis.urlSecretRef.name, spec.redis.urlSecretRef.key)
+        url = spec.redis.url
+    else:
+        assert spec.redis.urlSecretRef is not None
+        url = read_secret_value(api, namespace, spec.redis.urlSecretRef.name, spec.redis.urlSecretRef.key)
+    return as_cluster_url(url) if spec.redis.is_cluster else url
 
 
 def tenant_settings(api: KubeApi, namespace: str, spec: PipelineSpec) -> Settings:

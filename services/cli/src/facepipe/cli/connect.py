@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import redis
 
+from facepipe.core.redisconn import connect_settings
 from facepipe.core.settings import Settings, load_settings
 
 DEFAULT_API = "http://127.0.0.1:8001"
@@ -66,7 +67,7 @@ def resolve(api: str | None = None) -> Target:
 
 def pipeline_redis(target: Target) -> redis.Redis:
     """A client of the pipeline's Redis, for the commands that read or write it directly."""
-    return redis.Redis.from_url(target.settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
+    return connect_settings(target.settings, socket_timeout=30, socket_connect_timeout=5)
 
 
 class OpsApiClient:

@@ -31,6 +31,7 @@ from facepipe.cli.commands import (
     ingest,
     publish_test,
     ready,
+    redis_migrate,
     reembed,
     search,
     stats,
@@ -45,7 +46,8 @@ from facepipe.core.settings import ConfigError
 
 # In the order `facepipe -h` lists them.
 COMMANDS = (
-    up, ingest, search, stats, ready, publish_test, ensure, dedup, vectors, reembed, dlq, delete, worker, demo
+    up, ingest, search, stats, ready, publish_test, ensure, dedup, vectors, reembed, dlq, delete,
+    redis_migrate, worker, demo,
 )
 
 

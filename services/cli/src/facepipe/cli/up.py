@@ -40,6 +40,7 @@ from facepipe.cli.localservers import ServerProcess, start_redis, start_seaweedf
 from facepipe.cli.supervisor import ChildSpec, Supervisor
 from facepipe.core.packs import get_pack
 from facepipe.core.settings import ConfigError, load_settings
+from facepipe.core.tenancy import tenant_stream_name
 
 STATE_FILE = "local.json"
 READY_TIMEOUT_S = 240.0
@@ -92,22 +93,25 @@ def _reap_stale_servers(data_dir: Path, say: Any) -> None:
     with contextlib.suppress(ValueError, OSError):
         state = json.loads(state_path.read_text())
         for name, server in (state.get("servers") or {}).items():
-            pid = server.get("pid")
-            if not pid or not server.get("embedded"):
-                continue
-            with contextlib.suppress(OSError):
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                if b"redis-server" in cmdline or b"weed" in cmdline:
-                    say(f"stopping {name} (pid {pid}) left running by an earlier `facepipe up`")
-                    os.killpg(pid, signal.SIGCONT)
-                    os.killpg(pid, signal.SIGTERM)
-                    for _ in range(50):
-                        if not Path(f"/proc/{pid}").exists():
-                            break
-                        time.sleep(0.1)
-                    else:
-                        os.killpg(pid, signal.SIGKILL)
+            for pid in server.get("pids") or [server.get("pid")]:  # pids: a local Redis Cluster's nodes
+                if pid and server.get("embedded"):
+                    _stop_stale(name, pid, say)
     state_path.unlink(missing_ok=True)
+
+
+def _stop_stale(name: str, pid: int, say: Any) -> None:
+    with contextlib.suppress(OSError):
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"redis-server" in cmdline or b"weed" in cmdline:
+            say(f"stopping {name} (pid {pid}) left running by an earlier `facepipe up`")
+            os.killpg(pid, signal.SIGCONT)
+            os.killpg(pid, signal.SIGTERM)
+            for _ in range(50):
+                if not Path(f"/proc/{pid}").exists():
+                    break
+                time.sleep(0.1)
+            else:
+                os.killpg(pid, signal.SIGKILL)
 
 
 def _ensure_models(env: dict[str, str], say: Any) -> None:
@@ -131,6 +135,7 @@ def _ensure_models(env: dict[str, str], say: Any) -> None:
 
 _ENV_TO_FIELD = {
     "REDIS_URL": "redis_url",
+    "REDIS_STREAM_NAME": "redis_stream_name",  # a --redis-cluster stack works its tenant's streams
     "MINIO_ENDPOINT": "minio_endpoint",
     "MINIO_ACCESS_KEY": "minio_access_key",
     "MINIO_SECRET_KEY": "minio_secret_key",
@@ -224,13 +229,15 @@ def run_up(
     port: int = 8001,
     quiet: bool = False,
     console: Console | None = None,
+    redis_cluster: int = 0,
+    cluster_tenant: str = "demo",
 ) -> int:
     console = console or Console(stderr=False, highlight=False)
     printer = _Printer(console, quiet)
     data_dir = data_dir.expanduser()
     try:
         with _locked(data_dir):
-            return _run_locked(data_dir.resolve(), host, port, printer)
+            return _run_locked(data_dir.resolve(), host, port, printer, redis_cluster, cluster_tenant)
     except (UpError, ConfigError) as exc:
         console.print(Text(f"facepipe up: {exc}", style="bold red"), soft_wrap=True)
         return 2
@@ -246,7 +253,32 @@ def _optimize_vector_store(path: Path, say: Callable[[str], None]) -> None:
     say(f"Qdrant  {optimize(path)}")
 
 
-def _run_locked(data_dir: Path, host: str, port: int, printer: _Printer) -> int:
+def _start_redis(
+    data_dir: Path, env: dict[str, str], redis_cluster: int, cluster_tenant: str
+) -> tuple[list[ServerProcess], dict[str, Any]]:
+    """A persistent redis-server, or a local Redis Cluster of ``redis_cluster`` masters whose
+    pipeline streams are ``cluster_tenant``'s (on a cluster each tenant has its own streams)."""
+    if not redis_cluster:
+        server = start_redis(data_dir / "redis", persist=True)
+        env["REDIS_URL"] = server.url
+        return [server], {"url": server.url, "pid": server.proc.pid, "embedded": True}
+    from facepipe.cli.localcluster import start_redis_cluster
+
+    cluster = start_redis_cluster(data_dir / "redis-cluster", masters=redis_cluster, persist=True)
+    env["REDIS_URL"] = cluster.url
+    env.setdefault("REDIS_STREAM_NAME", tenant_stream_name(cluster_tenant))
+    pids = [node.proc.pid for node in cluster.nodes]
+    return cluster.nodes, {"url": cluster.url, "pids": pids, "embedded": True, "cluster": True}
+
+
+def _run_locked(
+    data_dir: Path,
+    host: str,
+    port: int,
+    printer: _Printer,
+    redis_cluster: int = 0,
+    cluster_tenant: str = "demo",
+) -> int:
     say = printer.event
     _check_port_free(host, port)
     _reap_stale_servers(data_dir, say)
@@ -260,14 +292,13 @@ def _run_locked(data_dir: Path, host: str, port: int, printer: _Printer) -> int:
         if "REDIS_URL" in os.environ:
             servers["redis"] = {"url": os.environ["REDIS_URL"], "embedded": False}
         else:
-            redis_server = start_redis(data_dir / "redis", persist=True)
-            started.append(redis_server)
-            env["REDIS_URL"] = redis_server.url
-            servers["redis"] = {"url": redis_server.url, "pid": redis_server.proc.pid, "embedded": True}
-        say(
-            f"Redis   {env['REDIS_URL']}"
-            + (f"  (data in {data_dir / 'redis'})" if "pid" in servers["redis"] else "")
-        )
+            nodes, servers["redis"] = _start_redis(data_dir, env, redis_cluster, cluster_tenant)
+            started.extend(nodes)
+        where = data_dir / ("redis-cluster" if redis_cluster else "redis")
+        say(f"Redis   {env['REDIS_URL']}" + (f"  (data in {where})" if servers["redis"]["embedded"] else ""))
+        if redis_cluster:
+            streams = env["REDIS_STREAM_NAME"]
+            say(f"Redis   a {redis_cluster}-master Redis Cluster; pipeline streams {streams}")
         if "MINIO_ENDPOINT" in os.environ:
             servers["s3"] = {"endpoint": os.environ["MINIO_ENDPOINT"], "embedded": False}
         else:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
+from facepipe.core.redisconn import connect_settings
 from facepipe.core.settings import Settings
 from facepipe.core.stats import Stats
 from facepipe.store.dedup import DedupCache
@@ -39,8 +40,8 @@ class OpsBackend:
         models: SearchModels | None = None,
     ) -> None:
         self.settings = settings
-        self.redis = redis_client or redis.Redis.from_url(
-            settings.redis_url,
+        self.redis = redis_client or connect_settings(
+            settings,
             socket_timeout=REDIS_SOCKET_TIMEOUT_S,
             socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
             health_check_interval=30,

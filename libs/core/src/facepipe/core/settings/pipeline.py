@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
-from urllib.parse import urlparse
 
 from pydantic import Field, field_validator
 
+from facepipe.core.redisconn import check_url, hash_tag, is_cluster_url
 from facepipe.core.settings.common import STREAM_ROLES, SettingsBase, StreamRole, env_names
 
 
@@ -16,7 +16,12 @@ class PipelineSettings(SettingsBase):
     redis_url: str = Field(
         "redis://localhost:6379/0",
         validation_alias=env_names("REDIS_URL"),
-        description="Redis for streams, dedup cache and stats",
+        description="Redis for streams, dedup cache and stats; redis+cluster://h:p[,h:p] for a Redis Cluster",
+    )
+    redis_cluster: bool = Field(
+        False,
+        validation_alias=env_names("REDIS_CLUSTER"),
+        description="true: REDIS_URL is a seed node of a Redis Cluster (as the redis+cluster:// scheme says)",
     )
     redis_stream_name: str = Field(
         "face-processing-queue",
@@ -157,12 +162,28 @@ class PipelineSettings(SettingsBase):
     @field_validator("redis_url")
     @classmethod
     def _redis_url_is_url(cls, value: str) -> str:
-        parsed = urlparse(value)
-        if parsed.scheme not in {"redis", "rediss", "unix"} or not (parsed.netloc or parsed.path):
-            raise ValueError("must be a URL such as redis://host:6379/0 (schemes redis, rediss, unix)")
-        return value
+        return check_url(value)
 
     # --- derived names ---
+    @property
+    def cluster_mode(self) -> bool:
+        """Whether Redis is a Redis Cluster (REDIS_CLUSTER=true or a redis+cluster:// URL)."""
+        return self.redis_cluster or is_cluster_url(self.redis_url)
+
+    def cluster_stream_problem(self) -> str | None:
+        """On a cluster, why the pipeline streams cannot be worked (None when they can): a stage's
+        MULTI (XACK, XADD to the next stream, counters) must stay within one slot, so the three
+        streams carry one hash tag, the tenant's: ``face-processing-queue:{<tenant>}``."""
+        if not self.cluster_mode:
+            return None
+        tags = {hash_tag(stream) for stream in self.pipeline_streams}
+        if None in tags or len(tags) != 1:
+            return (
+                "on a Redis Cluster the pipeline streams must share one tenant hash tag, e.g. "
+                "REDIS_STREAM_NAME=face-processing-queue:{tenant}; got " + ", ".join(self.pipeline_streams)
+            )
+        return None
+
     @property
     def ingest_stream(self) -> str:
         return self.redis_stream_name

@@ -12,22 +12,30 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from facepipe.core.redisconn import Client, connect_settings
 from facepipe.core.settings import Settings
 from facepipe.core.worker.backoff import Backoff
 
 # Errors that mean "Redis is not reachable right now": wait and retry, never give up.
-REDIS_OUTAGE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+# On a Redis Cluster also the time between a master's death and its replica's promotion.
+REDIS_OUTAGE = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterDownError,  # CLUSTERDOWN / MASTERDOWN: the slot has no master yet
+    redis.exceptions.TryAgainError,  # a multi-key command during a slot migration
+    redis.exceptions.RedisClusterException,  # the client cannot rebuild its slot map yet
+)
 
 
-def worker_redis(settings: Settings) -> redis.Redis:
+def worker_redis(settings: Settings) -> Client:
     """The worker's client: str responses, no hidden retries (the loop owns retrying).
 
     redis-py's own retry could resend a MULTI whose reply was lost and duplicate the
     output; the loop instead checks whether the entry is still pending first.
     ``surrogateescape`` keeps a non-UTF-8 payload byte-exact on its way to the DLQ.
     """
-    return redis.Redis.from_url(
-        settings.redis_url,
+    return connect_settings(
+        settings,
         decode_responses=True,
         encoding_errors="surrogateescape",
         socket_timeout=settings.read_block_ms / 1000.0 + 10.0,

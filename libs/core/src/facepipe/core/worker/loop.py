@@ -18,6 +18,7 @@ import redis
 
 from facepipe.core import metrics
 from facepipe.core.errors import PermanentError, is_transient
+from facepipe.core.redisconn import hash_tag, is_cluster
 from facepipe.core.settings import Settings
 from facepipe.core.stats import Stats
 from facepipe.core.worker.backoff import Backoff
@@ -64,7 +65,9 @@ class Worker:
         self.group = settings.redis_group_name
         self.consumer = settings.consumer_name()
         self.stage = handler.name
-        self.stats = Stats(self.redis, stage=handler.name)
+        # On a Redis Cluster the stream's hash tag is its tenant: the ack MULTI stays in its slot.
+        self.slot_tag = hash_tag(self.stream) if is_cluster(self.redis) else None
+        self.stats = Stats(self.redis, stage=handler.name, slot_tag=self.slot_tag)
         # `worker_msgs_acked` in /stats counts messages that finished the whole pipeline,
         # so it is counted where the last stream is consumed (per-stage acks: Prometheus).
         self.completes_pipeline = self.stream == settings.pipeline_streams[-1]
@@ -116,6 +119,10 @@ class Worker:
         if not self.settings.enable_queue_worker:
             self.log.info(DISABLED_LINE)
             return 0
+        problem = self._cluster_problem()
+        if problem is not None:
+            self.log.error("Cannot start: %s", problem)
+            return 2
         previous = self._install_signal_handlers()
         try:
             self.log.info("Starting Redis Streams worker...")
@@ -142,6 +149,13 @@ class Worker:
                 self.redis.close()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+    def _cluster_problem(self) -> str | None:
+        if not is_cluster(self.redis):
+            return None
+        if self.slot_tag is None:
+            return f"on a Redis Cluster the input stream must carry its tenant's hash tag: {self.stream!r}"
+        return self.settings.cluster_stream_problem() if self.settings.cluster_mode else None
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
@@ -241,10 +255,24 @@ class Worker:
         messages: list[StreamMessage] = []
         for entry in entries:
             try:
-                messages.append(decode_entry(entry, self.stream, self.handler.required_fields))
+                message = decode_entry(entry, self.stream, self.handler.required_fields)
+                self._check_slot(message)
+                messages.append(message)
             except PermanentError as error:
                 self._delivery.dead_letter(*entry, error)
         return messages
+
+    def _check_slot(self, message: StreamMessage) -> None:
+        """On a cluster, a message of another tenant than its stream's cannot be worked: its
+        outputs, counters and dedup keys would be in another slot than the ack's MULTI."""
+        tenant = message.tenant_id
+        if self.slot_tag is not None and isinstance(tenant, str) and tenant != self.slot_tag:
+            raise PermanentError(
+                "tenant_stream_mismatch",
+                f"tenant_id {tenant!r} does not match the tenant of stream {self.stream} "
+                f"({self.slot_tag!r}): on a Redis Cluster each tenant has its own streams",
+                fields=("tenant_id",),
+            )
 
     def _filled(self, messages: list[StreamMessage]) -> list[StreamMessage]:
         """``messages`` and what arrives within the handler's fill wait, until the batch is full."""

@@ -7,8 +7,7 @@ import logging
 import weakref
 from collections.abc import Iterable, Sequence
 
-import redis
-
+from facepipe.core.redisconn import Client, binary_twin, is_cluster, pool_identity, scan_keys, slot_of
 from facepipe.core.settings import Settings
 from facepipe.store.dedup.config import (
     KEY_ROOT,
@@ -36,21 +35,19 @@ HEALTH_PROBE_TENANT = "dedup-health-probe"
 # The messages of one tenant batch: (number in the call, checked faces).
 _Members = list[tuple[int, list[Face]]]
 
-_BINARY_CLIENTS: weakref.WeakKeyDictionary[redis.ConnectionPool, redis.Redis] = weakref.WeakKeyDictionary()
+_BINARY_CLIENTS: weakref.WeakKeyDictionary[object, Client] = weakref.WeakKeyDictionary()
 
 
-def binary_client(client: redis.Redis) -> redis.Redis:
-    """``client`` itself, or (when it decodes replies) one on the same server that does not:
+def binary_client(client: Client) -> Client:
+    """``client`` itself, or (when it decodes replies) one on the same server(s) that does not:
     bucket records are binary. One per connection pool, so short-lived caches share it."""
-    pool = client.connection_pool
-    if not pool.connection_kwargs.get("decode_responses"):
+    identity = pool_identity(client)
+    kwargs = client.nodes_manager.connection_kwargs if is_cluster(client) else identity.connection_kwargs
+    if not kwargs.get("decode_responses"):
         return client
-    if pool not in _BINARY_CLIENTS:
-        kwargs = {**pool.connection_kwargs, "decode_responses": False}
-        _BINARY_CLIENTS[pool] = redis.Redis(
-            connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
-        )
-    return _BINARY_CLIENTS[pool]
+    if identity not in _BINARY_CLIENTS:
+        _BINARY_CLIENTS[identity] = binary_twin(client)
+    return _BINARY_CLIENTS[identity]
 
 
 class DedupCache:
@@ -62,7 +59,7 @@ class DedupCache:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         settings: Settings,
         *,
         optimistic_attempts: int = OPTIMISTIC_ATTEMPTS,
@@ -143,12 +140,16 @@ class DedupCache:
         not brought back. Returns how many faces hold a confirmed entry of their owner."""
         if not self.enabled:
             return 0
-        args: list[str | int] = [self.config.ttl_ms]
+        by_slot: dict[int, list[str | int]] = {}  # one script call per slot (all of them on one Redis)
         for tenant_id, faces in messages:
             prefix = tenant_prefix(tenant_id)
             for value, owner in _checked(faces):
-                args += [prefix, value, owner.token]
-        return int(self._scripts.confirm(keys=[], args=args)) if len(args) > 1 else 0
+                by_slot.setdefault(slot_of(self.redis, prefix), [prefix]).extend([prefix, value, owner.token])
+        confirmed = 0
+        for route, *triples in by_slot.values():
+            args = [self.config.ttl_ms, *triples]
+            confirmed += int(self._scripts.confirm(keys=[f"{route}{self.config.near_key}"], args=args))
+        return confirmed
 
     def release(self, messages: Sequence[Message]) -> int:
         """The claimed faces will not be indexed (their message failed): drop their claims, so
@@ -223,11 +224,12 @@ class DedupCache:
             # records without an owner entry never match.
             buckets = self.config.own(value)
             args += [value, want, len(buckets), *buckets]
-        return int(self._scripts.forget(keys=[], args=args))
+        keys = [tenant_prefix(tenant_id) + self.config.near_key]  # the tenant's slot
+        return int(self._scripts.forget(keys=keys, args=args))
 
     def _scan_keys(self, tenant_id: str | None) -> Iterable[bytes | str]:
         pattern = f"{tenant_prefix(tenant_id)}*" if tenant_id is not None else f"{KEY_ROOT}*"
-        return self.redis.scan_iter(match=pattern, count=1000)
+        return scan_keys(self.redis, pattern)
 
     def flush(self, tenant_id: str | None = None) -> int:
         """Delete every dedup key (or one tenant's); returns how many keys were deleted."""

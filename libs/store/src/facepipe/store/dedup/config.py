@@ -1,16 +1,17 @@
 """What every part of the cache agrees on: the settings it runs with and the names of its keys.
 
-Keys (all under ``dedup:``, every one scoped by a validated tenant id):
+Keys (all under ``dedup:``, every one scoped by a validated tenant id in braces: the tenant's
+Redis Cluster hash tag, so that every key a script of one tenant touches is on one slot):
 
-* ``dedup:t:<tenant>:owner:<hash>`` STRING ``<image_sha256>:<face_index>:<event>`` with the TTL:
+* ``dedup:t:{<tenant>}:owner:<hash>`` STRING ``<image_sha256>:<face_index>:<event>`` with the TTL:
   the owner of a hash (see :class:`~facepipe.store.dedup.results.Owner`), the exact-match index,
   and the authority on whether a hash is remembered at all; ``?<image_sha256>:...`` with
   DEDUP_CLAIM_TTL_SECONDS while it is only claimed (its face is being indexed);
-* ``dedup:t:<tenant>:near:m<m>`` HASH: field ``c<i>:<chunk hex>`` = the bucket of chunk ``i``,
+* ``dedup:t:{<tenant>}:near:m<m>`` HASH: field ``c<i>:<chunk hex>`` = the bucket of chunk ``i``,
   12-byte records (hash, 8 bytes big-endian; expiry, 4 bytes, unix seconds); field ``seq`` =
-  the tenant's write sequence, field ``log`` = its latest writes; ``dedup:t:<tenant>:near:all``
+  the tenant's write sequence, field ``log`` = its latest writes; ``dedup:t:{<tenant>}:near:all``
   (one field ``all``) for the scan layout;
-* ``dedup:t:<tenant>:img:<image_sha256>`` SET of the image's remembered hashes (for deletion).
+* ``dedup:t:{<tenant>}:img:<image_sha256>`` SET of the image's remembered hashes (for deletion).
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ WRITE_LOG_ENTRIES = 32
 
 
 def tenant_prefix(tenant_id: str) -> str:
-    """``dedup:t:<tenant>:``, the prefix of every key of one tenant (PermanentError for a bad id)."""
-    return f"{KEY_ROOT}t:{validate_tenant_id(tenant_id)}:"
+    """``dedup:t:{<tenant>}:``, the prefix of every key of one tenant (PermanentError for a bad id).
+
+    Before the cluster layout it was ``dedup:t:<tenant>:``: ``facepipe redis-migrate`` renames those."""
+    return f"{KEY_ROOT}t:{{{validate_tenant_id(tenant_id)}}}:"
 
 
 def owner_key(prefix: str, phash: str) -> str:

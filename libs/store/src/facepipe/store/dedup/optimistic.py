@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import redis
 from redis.commands.core import Script
 
+from facepipe.core.redisconn import is_cluster, slot_of
 from facepipe.store.dedup.config import CacheConfig, image_set, owner_key
 from facepipe.store.dedup.records import appended, record, stored_hashes, text
 from facepipe.store.dedup.results import CLAIM_MARK, NOT_DUPLICATE, DedupResult, Face, Owner, owner_value
@@ -86,8 +87,9 @@ class OptimisticCheck:
         pipe = self.redis.pipeline(transaction=False)
         for batch in batches:
             pipe.hmget(batch.prefix + self.config.near_key, ["seq", *batch.fields])  # first: module doc
-            pipe.mget([owner_key(batch.prefix, value) for value, _ in batch.faces])
-        pipe.time()
+            # MGET by name: a cluster pipeline refuses .mget(), though these keys share one slot.
+            pipe.execute_command("MGET", *[owner_key(batch.prefix, value) for value, _ in batch.faces])
+        pipe.execute_command("TIME")  # by name too: a cluster pipeline refuses .time()
         *replies, (seconds, _micros) = pipe.execute()
         for number, batch in enumerate(batches):
             (seq, *values), owners = replies[2 * number], replies[2 * number + 1]
@@ -122,7 +124,9 @@ class OptimisticCheck:
         )
         if not keys:
             return {}
-        return {key: text(owner) for key, owner in zip(keys, self.redis.mget(keys), strict=True) if owner}
+        # Several tenants' keys: on a cluster they are on several slots (one MGET per slot).
+        values = self.redis.mget_nonatomic(keys) if is_cluster(self.redis) else self.redis.mget(keys)
+        return {key: text(owner) for key, owner in zip(keys, values, strict=True) if owner}
 
     def decide(
         self, batch: TenantBatch, candidate_owners: dict[str, str]
@@ -182,8 +186,19 @@ class OptimisticCheck:
 
     def commit(self, batches: Sequence[TenantBatch], now_s: int) -> list[bool]:
         """Remember each batch's new faces (as claims for a claiming batch) unless a write since its
-        read may change its decisions; one script call for all of them. Returns per batch whether
-        it was written."""
+        read may change its decisions; one script call for all of them (on a cluster, one per slot).
+        Returns per batch whether it was written."""
+        by_slot: dict[int, list[int]] = {}
+        for number, batch in enumerate(batches):
+            by_slot.setdefault(slot_of(self.redis, batch.prefix), []).append(number)
+        accepted = [False] * len(batches)
+        for numbers in by_slot.values():
+            written = self._commit_call([batches[n] for n in numbers], now_s)
+            for number, ok in zip(numbers, written, strict=True):
+                accepted[number] = ok
+        return accepted
+
+    def _commit_call(self, batches: Sequence[TenantBatch], now_s: int) -> list[bool]:
         config = self.config
         expiry = (now_s * 1000 + config.ttl_ms + 999) // 1000
         args: list[str | int | bytes] = [
@@ -206,4 +221,5 @@ class OptimisticCheck:
             args.append(len(values))
             for bucket, blob in values.items():
                 args += [bucket, blob]
-        return [bool(int(ok)) for ok in self._commit_script(keys=[], args=args)]
+        keys = [batches[0].prefix + config.near_key]  # routes the call to the batches' slot
+        return [bool(int(ok)) for ok in self._commit_script(keys=keys, args=args)]

@@ -29,7 +29,9 @@ class ScriptedCheck:
 
     def run(self, mode: Mode, prefix: str, faces: Sequence[Face]) -> list[DedupResult]:
         """``faces`` (already normalized and checked) of one tenant, in order, atomically."""
-        return _results(self._script(keys=[], args=self._args(mode, prefix, faces)))
+        # The key names the tenant's slot (a cluster routes the call there); the script builds the rest.
+        keys = [prefix + self.config.near_key]
+        return _results(self._script(keys=keys, args=self._args(mode, prefix, faces)))
 
     def _args(self, mode: Mode, prefix: str, faces: Sequence[Face]) -> list[str | int]:
         config = self.config

@@ -21,10 +21,29 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument(
         "-q", "--quiet", action="store_true", help="do not echo the services' logs (see DATA_DIR/logs)"
     )
+    p.add_argument(
+        "--redis-cluster",
+        type=int,
+        default=0,
+        metavar="N",
+        help="start a local Redis Cluster of N masters (at least 3) instead of one redis-server",
+    )
+    p.add_argument(
+        "--cluster-tenant",
+        default="demo",
+        help="with --redis-cluster: the tenant whose streams the pipeline works (default demo)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from facepipe.cli.up import default_data_dir, run_up
 
-    return run_up(args.data_dir or default_data_dir(), host=args.host, port=args.port, quiet=args.quiet)
+    return run_up(
+        args.data_dir or default_data_dir(),
+        host=args.host,
+        port=args.port,
+        quiet=args.quiet,
+        redis_cluster=args.redis_cluster,
+        cluster_tenant=args.cluster_tenant,
+    )
