@@ -23,10 +23,11 @@ OWNER = PipelineRef(name="acme", namespace="tenants", uid="0b7c6a4e-1111-4222-83
 KEDA = {"autoscaling": {"enabled": True, "provider": "keda", "minReplicas": 0, "targetLagPerReplica": 25}}
 
 
-def _children(redis: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _children(redis: dict[str, Any], provider: str = "keda") -> dict[str, dict[str, Any]]:
     raw = minimal_spec("redis://unused:6379/0")
     raw["redis"] = redis
-    raw["components"] = {"indexer": KEDA, "embedder": {"autoscaling": {"enabled": True}}}
+    scaling = KEDA if provider == "keda" else {"autoscaling": {"enabled": True}}
+    raw["components"] = {"indexer": scaling, "embedder": scaling}  # one provider for every worker
     children = build_children(OWNER, parse_spec("acme", raw))
     return {f"{child['kind']}/{child['metadata']['name']}": child for child in children}
 
@@ -54,7 +55,7 @@ def test_cluster_redis_gives_keda_the_cluster_trigger_and_the_pods_redis_cluster
     }
     assert children["ConfigMap/acme-config"]["data"]["REDIS_CLUSTER"] == "true"
     # The HPA path (prometheus-adapter) is the same per tenant either way.
-    selector = children["HorizontalPodAutoscaler/acme-embedder"]["spec"]["metrics"][0]["external"]["metric"]
+    selector = _children(redis, provider="hpa")["HorizontalPodAutoscaler/acme-embedder"]["spec"]["metrics"][0]["external"]["metric"]
     assert selector["selector"]["matchLabels"] == {"stream_role": "detected", "tenant": "acme"}
 
 

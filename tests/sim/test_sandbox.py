@@ -76,7 +76,7 @@ def test_kubectl_apply_get_and_delete_against_the_sandbox(sandbox: Path) -> None
         what="printer columns with a status",
     )
     header = pipelines.splitlines()[0].split()
-    assert header == ["NAME", "TENANT", "PHASE", "INGEST-LAG", "READY", "AGE"]
+    assert header == ["NAME", "TENANT", "PHASE", "INGEST-LAG", "READY", "PACK", "AGE"]
     assert pipelines.splitlines()[1].split()[:2] == ["demo", "demo"]
     assert (
         "No resources found"
