@@ -272,4 +272,3 @@ def cluster_figures(tenants: int, dedup_checks: int, stream_messages: int) -> di
             "runs": runs,
         },
     }
-

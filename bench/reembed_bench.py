@@ -72,8 +72,11 @@ def reembed_figure(
             for repeat in range(repeats):
                 rates.append(embed_rate(embedder, crops, BATCH))
                 settings = load_settings(
-                    redis_url=redis_server.url, minio_endpoint=s3.url, qdrant_url="embedded",
-                    qdrant_path=root / f"qdrant-{repeat}", model_pack=embedder.pack.name,
+                    redis_url=redis_server.url,
+                    minio_endpoint=s3.url,
+                    qdrant_url="embedded",
+                    qdrant_path=root / f"qdrant-{repeat}",
+                    model_pack=embedder.pack.name,
                 )
                 index = VectorIndex(settings)
                 client = redis.Redis.from_url(settings.redis_url)
@@ -81,8 +84,14 @@ def reembed_figure(
                     store_faces(settings, index, crops, source_pack)
                     options = ReembedOptions(batch=BATCH, settle_s=0.0)
                     report = Reembedder(
-                        settings, TENANT, embedder.pack.name, index=index, store=ObjectStore(settings),
-                        redis_client=client, options=options, embedder=embedder,
+                        settings,
+                        TENANT,
+                        embedder.pack.name,
+                        index=index,
+                        store=ObjectStore(settings),
+                        redis_client=client,
+                        options=options,
+                        embedder=embedder,
                     ).run()
                 finally:
                     client.close()
