@@ -55,7 +55,9 @@ def test_cluster_redis_gives_keda_the_cluster_trigger_and_the_pods_redis_cluster
     }
     assert children["ConfigMap/acme-config"]["data"]["REDIS_CLUSTER"] == "true"
     # The HPA path (prometheus-adapter) is the same per tenant either way.
-    selector = _children(redis, provider="hpa")["HorizontalPodAutoscaler/acme-embedder"]["spec"]["metrics"][0]["external"]["metric"]
+    selector = _children(redis, provider="hpa")["HorizontalPodAutoscaler/acme-embedder"]["spec"]["metrics"][
+        0
+    ]["external"]["metric"]
     assert selector["selector"]["matchLabels"] == {"stream_role": "detected", "tenant": "acme"}
 
 
