@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -61,7 +62,8 @@ def content_key(recipe: ImageRecipe, context: Path) -> str:
     digest = hashlib.sha256()
     digest.update(
         json.dumps(
-            {"sync": recipe.sync_commands, "env": recipe.build_env, "python": python_for_images()}, sort_keys=True
+            {"sync": recipe.sync_commands, "env": recipe.build_env, "python": python_for_images()},
+            sort_keys=True,
         ).encode()
     )
     for path in sorted(p for p in context.rglob("*") if p.is_file()):
@@ -124,7 +126,7 @@ class ImageCache:
             if folder == Path("/"):
                 break
             if folder.stat().st_mode & 0o005 != 0o005:
-                raise RecipeError(f"{folder} is not world-readable: pods running as other users could not use it")
+                raise RecipeError(f"{folder} is not world-readable: pods running as other users need it")
 
     def _build(self, recipe: ImageRecipe, staging: Path) -> None:
         venv = staging / "venv"
@@ -166,7 +168,8 @@ class ImageCache:
                 )
             if done.returncode != 0:
                 tail = log.read_text(errors="replace")[-4000:]
-                raise RecipeError(f"{recipe.image}: `{' '.join(command)}` failed ({done.returncode}):\n{tail}")
+                what = f"{recipe.image}: `{shlex.join(command)}` failed ({done.returncode})"
+                raise RecipeError(f"{what}:\n{tail}")
         shutil.rmtree(staging / "container")
         os.chmod(staging, 0o755)
 

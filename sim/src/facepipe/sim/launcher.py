@@ -24,6 +24,7 @@ container's tmpfs root, which vanishes with its mount namespace.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -309,10 +310,8 @@ def _read(fd: int) -> bytes:
 
 
 def _forward(child: int, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(child, signum)
-    except ProcessLookupError:
-        pass
 
 
 def _wait(child: int) -> int:

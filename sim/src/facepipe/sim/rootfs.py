@@ -51,10 +51,13 @@ def base_system() -> list[Mount]:
 
 def image_files(recipe: ImageRecipe, environment: Path) -> list[Mount]:
     """What the Dockerfile adds to the base: the environment and its accounts' home folders."""
-    mounts: list[Mount] = [{"kind": "bind", "source": str(environment), "target": recipe.venv_path, "readonly": True}]
+    mounts: list[Mount] = [
+        {"kind": "bind", "source": str(environment), "target": recipe.venv_path, "readonly": True}
+    ]
     for user in recipe.users:
         if user.create_home:
-            mounts.append({"kind": "dir", "target": user.home, "mode": "755", "uid": user.uid, "gid": user.gid})
+            home = {"kind": "dir", "target": user.home, "mode": "755", "uid": user.uid, "gid": user.gid}
+            mounts.append(home)
     return mounts
 
 
