@@ -26,8 +26,21 @@ ENDPOINT_SLICE = Kind("discovery.k8s.io/v1", "EndpointSlice", "endpointslices")
 PVC = Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims")
 NAMESPACE = Kind("v1", "Namespace", "namespaces", namespaced=False)
 __all__ = [
-    "CONFIG_MAP", "DEPLOYMENT", "ENDPOINTS", "ENDPOINT_SLICE", "NAMESPACE", "POD", "PVC", "REPLICA_SET",
-    "SECRET", "SERVICE", "Api", "ApiError", "Informer", "Kind", "WorkQueue",
+    "CONFIG_MAP",
+    "DEPLOYMENT",
+    "ENDPOINTS",
+    "ENDPOINT_SLICE",
+    "NAMESPACE",
+    "POD",
+    "PVC",
+    "REPLICA_SET",
+    "SECRET",
+    "SERVICE",
+    "Api",
+    "ApiError",
+    "Informer",
+    "Kind",
+    "WorkQueue",
 ]
 
 Key = tuple[str, str]  # (namespace, name)

@@ -32,8 +32,19 @@ from facepipe.sim.images import ImageRecipe, RecipeError, python_for_images, sta
 DEFAULT_ROOT = Path(os.environ.get("FACEPIPE_SIM_IMAGES", "/var/tmp/facepipe-sim/images"))
 # How the build host reaches the package index (docker build passes these as well).
 BUILD_HOST_SETTINGS = {
-    "SSL_CERT_FILE", "SSL_CERT_DIR", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy",
-    "no_proxy", "UV_INDEX_URL", "UV_EXTRA_INDEX_URL", "UV_DEFAULT_INDEX", "UV_INDEX", "UV_NATIVE_TLS",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "UV_INDEX_URL",
+    "UV_EXTRA_INDEX_URL",
+    "UV_DEFAULT_INDEX",
+    "UV_INDEX",
+    "UV_NATIVE_TLS",
 }
 KEEP_PER_IMAGE = 3  # older builds of an image are removed (a running pod may still use the newest)
 
@@ -164,7 +175,9 @@ class ImageCache:
             with open(log, "ab") as out:
                 done = subprocess.run(
                     [python_for_images(), "-I", str(rootfs.LAUNCHER), "container", str(plan_file)],
-                    stdout=out, stderr=subprocess.STDOUT, timeout=1800,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    timeout=1800,
                 )
             if done.returncode != 0:
                 tail = log.read_text(errors="replace")[-4000:]
@@ -179,5 +192,5 @@ class ImageCache:
             key=lambda p: p.stat().st_mtime,
             reverse=True,
         )
-        for old in builds[KEEP_PER_IMAGE - 1:]:
+        for old in builds[KEEP_PER_IMAGE - 1 :]:
             shutil.rmtree(old, ignore_errors=True)

@@ -61,11 +61,11 @@ class ImageUser:
 
 @dataclass(frozen=True)
 class ImageRecipe:
-    image: str                                   # repository without tag, as skaffold names it
+    image: str  # repository without tag, as skaffold names it
     dockerfile: Path
     build_args: dict[str, str]
-    copies: list[tuple[list[str], str]]          # build stage COPY sources -> destination
-    sync_commands: list[list[str]]               # the build stage's `uv sync` lines, args filled in
+    copies: list[tuple[list[str], str]]  # build stage COPY sources -> destination
+    sync_commands: list[list[str]]  # the build stage's `uv sync` lines, args filled in
     env: dict[str, str] = field(default_factory=dict)  # final stage ENV
     entrypoint: list[str] = field(default_factory=list)
     cmd: list[str] = field(default_factory=list)
@@ -73,7 +73,7 @@ class ImageRecipe:
     workdir: str = "/"
     build_env: dict[str, str] = field(default_factory=dict)  # build stage ENV (uv's settings)
     build_workdir: str = "/"
-    users: tuple[ImageUser, ...] = ()            # accounts the final stage creates (useradd)
+    users: tuple[ImageUser, ...] = ()  # accounts the final stage creates (useradd)
 
     @property
     def venv_path(self) -> str:
@@ -164,8 +164,14 @@ def _sync_commands(run_args: str, values: dict[str, str]) -> list[list[str]]:
 
 
 _ACCOUNT_OPTIONS = {
-    "-u": "uid", "--uid": "uid", "-g": "gid", "--gid": "gid",
-    "-d": "home", "--home-dir": "home", "-s": "shell", "--shell": "shell",
+    "-u": "uid",
+    "--uid": "uid",
+    "-g": "gid",
+    "--gid": "gid",
+    "-d": "home",
+    "--home-dir": "home",
+    "-s": "shell",
+    "--shell": "shell",
 }
 
 
@@ -191,8 +197,11 @@ def _users(run_args: str) -> list[ImageUser]:
             raise RecipeError(f"RUN {part.strip()!r}: useradd needs a name, a numeric --uid and --gid")
         users.append(
             ImageUser(
-                options["name"], int(options["uid"]), int(options["gid"]),
-                options.get("home", f"/home/{options['name']}"), options.get("shell", "/usr/sbin/nologin"),
+                options["name"],
+                int(options["uid"]),
+                int(options["gid"]),
+                options.get("home", f"/home/{options['name']}"),
+                options.get("shell", "/usr/sbin/nologin"),
                 create_home=bool(flags & {"-m", "--create-home"}),
             )
         )
@@ -246,8 +255,19 @@ def parse_recipe(image: str, dockerfile: Path, build_args: dict[str, str]) -> Im
     if not syncs:
         raise RecipeError(f"{dockerfile}: the build stage runs no `uv sync`")
     return ImageRecipe(
-        image, dockerfile, dict(build_args), copies, syncs, env, entrypoint, cmd, user, workdir,
-        build_env, build_workdir, tuple(users),
+        image,
+        dockerfile,
+        dict(build_args),
+        copies,
+        syncs,
+        env,
+        entrypoint,
+        cmd,
+        user,
+        workdir,
+        build_env,
+        build_workdir,
+        tuple(users),
     )
 
 

@@ -125,7 +125,7 @@ def _make_dirs(root: str, path: str) -> str:
             continue
         current = os.path.join(current, part)
         if os.path.islink(current):
-            raise SetupError(f"mount point {path}: {current[len(root):]} is a symbolic link")
+            raise SetupError(f"mount point {path}: {current[len(root) :]} is a symbolic link")
         if not os.path.exists(current):
             try:
                 os.mkdir(current, 0o755)

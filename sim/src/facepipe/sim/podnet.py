@@ -64,8 +64,14 @@ async def start_holder(hostname: str) -> tuple[asyncio.subprocess.Process, int]:
     sandbox's parent-death signal follows the thread that forked it.
     """
     process = await asyncio.create_subprocess_exec(
-        python_for_images(), "-I", str(LAUNCHER), "sandbox", hostname,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+        python_for_images(),
+        "-I",
+        str(LAUNCHER),
+        "sandbox",
+        hostname,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
     )
     assert process.stdout is not None
     try:

@@ -52,7 +52,10 @@ def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, st
 
 
 def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
-    return any(ref.get("uid") == uid and ref.get("controller") for ref in obj["metadata"].get("ownerReferences") or [])
+    return any(
+        ref.get("uid") == uid and ref.get("controller")
+        for ref in obj["metadata"].get("ownerReferences") or []
+    )
 
 
 def controller_ref(owner: Mapping[str, Any]) -> dict[str, Any]:
@@ -212,7 +215,9 @@ class DeploymentController:
         sets = [rs for rs in self.replica_sets.items(key[0]) if owned_by(rs, uid)]
         digest = template_hash(spec["template"])
         new = next((rs for rs in sets if rs["metadata"].get("labels", {}).get(HASH_LABEL) == digest), None)
-        olds = sorted((rs for rs in sets if rs is not new), key=lambda rs: rs["metadata"]["creationTimestamp"])
+        olds = sorted(
+            (rs for rs in sets if rs is not new), key=lambda rs: rs["metadata"]["creationTimestamp"]
+        )
         if new is None:
             new = await self.api.create(REPLICA_SET, self._new_replica_set(deployment, digest, olds))
             sets.append(new)
@@ -237,7 +242,9 @@ class DeploymentController:
         template.setdefault("metadata", {}).setdefault("labels", {})[HASH_LABEL] = digest
         selector = json.loads(json.dumps(spec.get("selector") or {}))
         selector.setdefault("matchLabels", {})[HASH_LABEL] = digest
-        revision = 1 + max((int(rs["metadata"].get("annotations", {}).get(REVISION, 0)) for rs in olds), default=0)
+        revision = 1 + max(
+            (int(rs["metadata"].get("annotations", {}).get(REVISION, 0)) for rs in olds), default=0
+        )
         return {
             "apiVersion": "apps/v1",
             "kind": "ReplicaSet",
@@ -254,7 +261,9 @@ class DeploymentController:
     async def _scale(self, rs: dict[str, Any], replicas: int) -> None:
         if int(rs["spec"].get("replicas", 0)) != replicas:
             meta = rs["metadata"]
-            updated = await self.api.patch(REPLICA_SET, meta["namespace"], meta["name"], {"spec": {"replicas": replicas}})
+            updated = await self.api.patch(
+                REPLICA_SET, meta["namespace"], meta["name"], {"spec": {"replicas": replicas}}
+            )
             rs["spec"] = updated["spec"]
 
     async def _recreate(self, new: dict[str, Any], olds: list[dict[str, Any]], desired: int) -> None:
@@ -303,7 +312,11 @@ class DeploymentController:
                 spare -= cut
 
     async def _prune_history(self, olds: list[dict[str, Any]], limit: int) -> None:
-        idle = [rs for rs in olds if not rs["spec"].get("replicas") and not (rs.get("status") or {}).get("replicas")]
+        idle = [
+            rs
+            for rs in olds
+            if not rs["spec"].get("replicas") and not (rs.get("status") or {}).get("replicas")
+        ]
         for rs in idle[: max(0, len(idle) - limit)]:
             await self.api.delete(REPLICA_SET, rs["metadata"]["namespace"], rs["metadata"]["name"])
 
@@ -332,7 +345,11 @@ class DeploymentController:
             "unavailableReplicas": max(0, desired - available),
         }
         conditions = [
-            ("Available", available >= desired - _max_unavailable(deployment, desired), "MinimumReplicasAvailable"),
+            (
+                "Available",
+                available >= desired - _max_unavailable(deployment, desired),
+                "MinimumReplicasAvailable",
+            ),
             ("Progressing", True, "NewReplicaSetAvailable" if rolled_out else "ReplicaSetUpdated"),
         ]
         previous = {c["type"]: c for c in old_status.get("conditions") or []}
@@ -342,7 +359,9 @@ class DeploymentController:
         ]
         if any(old_status.get(k) != v for k, v in status.items()):
             meta = deployment["metadata"]
-            await self.api.patch(DEPLOYMENT, meta["namespace"], meta["name"], {"status": status}, subresource="status")
+            await self.api.patch(
+                DEPLOYMENT, meta["namespace"], meta["name"], {"status": status}, subresource="status"
+            )
 
 
 def _max_unavailable(deployment: Mapping[str, Any], desired: int) -> int:
@@ -353,7 +372,9 @@ def _max_unavailable(deployment: Mapping[str, Any], desired: int) -> int:
     return resolve_fraction(rolling.get("maxUnavailable"), desired, "25%", round_up=False)
 
 
-def _condition(previous: Mapping[str, Any] | None, kind: str, ok: bool, reason: str, about: str) -> dict[str, Any]:
+def _condition(
+    previous: Mapping[str, Any] | None, kind: str, ok: bool, reason: str, about: str
+) -> dict[str, Any]:
     status = "True" if ok else "False"
     changed = previous is None or previous.get("status") != status or previous.get("reason") != reason
     stamp = now() if changed else previous.get("lastTransitionTime", now())  # type: ignore[union-attr]
