@@ -194,3 +194,37 @@ class ImageCache:
         )
         for old in builds[KEEP_PER_IMAGE - 1 :]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+class ImageMissing(Exception):
+    """No recipe builds this image: the kubelet reports ErrImagePull / ImagePullBackOff."""
+
+
+def repository(image: str) -> str:
+    """``registry/name:tag@sha256:...`` -> ``registry/name`` (every tag is the working tree's build)."""
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)
+    if ":" in last[-1]:
+        name = name[: name.rfind(":")]
+    return name
+
+
+class ImageResolver:
+    """Image reference -> (recipe, environment), building the environment on first use."""
+
+    def __init__(self, recipes: dict[str, ImageRecipe], cache: ImageCache) -> None:
+        self.recipes = recipes
+        self.cache = cache
+
+    def recipe(self, image: str) -> ImageRecipe:
+        recipe = self.recipes.get(repository(image))
+        if recipe is None:
+            known = ", ".join(sorted(self.recipes))
+            raise ImageMissing(
+                f'Failed to pull image "{image}": no skaffold artifact builds {repository(image)} '
+                f"(the cluster simulation has: {known})"
+            )
+        return recipe
+
+    def environment(self, image: str) -> Path:
+        return self.cache.environment(self.recipe(image))

@@ -48,6 +48,8 @@ MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
 PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
 
 # Exit codes of the supervisor that are not the container's own: the kubelet turns
 # them into a container state with a reason instead of an exit code.
@@ -199,6 +201,15 @@ def build_root(plan: dict) -> None:
     _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
     for mount in plan["mounts"]:
         _apply_mount(root, mount)
+    if plan.get("readonly_root"):
+        # readOnlyRootFilesystem: the image's own file system (root, layers, /tmp...) cannot be
+        # written; volumes mounted on it keep their own mode.
+        for mount in plan["mounts"]:
+            if mount.get("image_layer"):
+                _mount(
+                    None, _inside(root, mount["target"]), None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
+                )
+        _mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
 def bind_over_host(plan: dict) -> None:
@@ -228,6 +239,13 @@ def _first_process(plan: dict, report_fd: int) -> None:
             os.chdir(plan.get("workdir") or "/")
         except OSError as exc:
             raise SetupError(f"working directory {plan.get('workdir')}: {exc.strerror}") from None
+        if plan.get("drop_all_capabilities"):
+            # capabilities.drop [ALL]: an empty bounding set, so not even root keeps any after exec.
+            for capability in range(64):
+                if _libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+                    break
+        if plan.get("no_new_privileges"):  # allowPrivilegeEscalation: false
+            _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
         os.setgroups([int(g) for g in plan.get("groups", [])])
         os.setresgid(int(plan["gid"]), int(plan["gid"]), int(plan["gid"]))
         os.setresuid(int(plan["uid"]), int(plan["uid"]), int(plan["uid"]))

@@ -23,8 +23,8 @@ LAUNCHER = Path(__file__).with_name("launcher.py")
 def base_system() -> list[Mount]:
     """The base image: the host's system folders as layers, a private /dev, /proc, /tmp, /run."""
     mounts: list[Mount] = [
-        {"kind": "overlay", "source": "/usr", "target": "/usr"},
-        {"kind": "overlay", "source": "/etc", "target": "/etc"},
+        {"kind": "overlay", "source": "/usr", "target": "/usr", "image_layer": True},
+        {"kind": "overlay", "source": "/etc", "target": "/etc", "image_layer": True},
     ]
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         host = Path("/") / name
@@ -41,9 +41,9 @@ def base_system() -> list[Mount]:
         {"kind": "tmpfs", "target": "/dev/shm", "mode": "1777"},
         {"kind": "proc", "target": "/proc"},
         {"kind": "bind", "source": "/sys", "target": "/sys", "recursive": True, "readonly": True},
-        {"kind": "tmpfs", "target": "/tmp", "mode": "1777"},
-        {"kind": "tmpfs", "target": "/var/tmp", "mode": "1777"},
-        {"kind": "tmpfs", "target": "/run", "mode": "755"},
+        {"kind": "tmpfs", "target": "/tmp", "mode": "1777", "image_layer": True},
+        {"kind": "tmpfs", "target": "/var/tmp", "mode": "1777", "image_layer": True},
+        {"kind": "tmpfs", "target": "/run", "mode": "755", "image_layer": True},
         {"kind": "dir", "target": "/root", "mode": "700"},
     ]
     return mounts
