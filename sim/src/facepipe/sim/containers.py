@@ -53,14 +53,15 @@ class ContainerProcess:
         self.process: asyncio.subprocess.Process | None = None
         self.init_pid = 0
 
-    async def start(self, plan: dict[str, Any]) -> None:
+    async def start(self, plan: dict[str, Any], *, own_root: bool = True) -> None:
+        """Start the supervisor; ``own_root=False``: the host's tree (with the plan's binds over it)."""
         for name in ("pid", "reason"):
             (self.folder / name).unlink(missing_ok=True)
         root = self.folder / "root"
         root.mkdir(parents=True, exist_ok=True)
         plan = {
             **plan,
-            "rootfs": str(root),
+            "rootfs": str(root) if own_root else None,
             "pidfile": str(self.folder / "pid"),
             "reasonfile": str(self.folder / "reason"),
         }

@@ -7,6 +7,12 @@ pod sandbox and once per container start:
     The pod's "pause" process: new network, UTS and IPC namespaces (the pod's own
     address, hostname and ports), held until it is signalled. Prints ``ready PID``.
 
+``python3.11 launcher.py guardian``
+    Reads ``+PGID`` / ``-PGID`` lines (process groups to watch over, or to forget) from its
+    stdin, a pipe from the simulation; when the pipe closes, however the simulation ended
+    (even SIGKILL), it kills every group still listed. For host processes that the
+    simulation starts outside any pod (the backing servers, the operator).
+
 ``python3.11 launcher.py container PLAN.json``
     One container: joins the sandbox's namespaces, builds the container's root in a
     private mount namespace (a tmpfs holding bind mounts of the host's read-only system
@@ -344,7 +350,22 @@ def _wait(child: int) -> int:
             return 128 + os.WTERMSIG(status)
 
 
+def run_guardian() -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the terminal is the simulation's to handle
+    groups: set[int] = set()
+    for line in sys.stdin:
+        word = line.strip()
+        if word[:1] in "+-" and word[1:].isdigit():
+            (groups.add if word[0] == "+" else groups.discard)(int(word[1:]))
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv == ["guardian"]:
+        return run_guardian()
     if len(argv) == 2 and argv[0] == "sandbox":
         return run_sandbox(argv[1])
     if len(argv) == 2 and argv[0] == "container":
