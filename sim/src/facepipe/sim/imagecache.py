@@ -2,10 +2,11 @@
 
 The Dockerfile's build stage runs its ``uv sync`` lines in /src with the environment at
 /app/.venv; so does this, inside a container (facepipe.sim.launcher) whose /src holds only
-what the build stage COPYs and whose /app/.venv is the cache folder. Scripts, shebangs and
-recorded paths are therefore those of the image. The cache key hashes every copied file,
-the sync lines, the build stage's ENV and the interpreter, so an edit to any source the
-image copies rebuilds it; the folder is world-readable, because pods run as other users.
+what the build stage has COPYed by then and whose /app/.venv is the cache folder. Scripts,
+shebangs and recorded paths are therefore those of the image. Each sync line is a cached
+layer keyed by the layer below, the line, the build stage's ENV, the interpreter and every
+file copied so far: an edit to a source rebuilds only the layer that installs the sources.
+The cache is world-readable, because pods run as other users.
 
     cache = ImageCache(repo)
     venv = cache.environment(recipes["ghcr.io/face-pipeline/detector"])   # host path to bind
@@ -25,6 +26,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from facepipe.sim import rootfs
 from facepipe.sim.images import ImageRecipe, RecipeError, python_for_images, stage_build_context
@@ -46,7 +48,7 @@ BUILD_HOST_SETTINGS = {
     "UV_INDEX",
     "UV_NATIVE_TLS",
 }
-KEEP_PER_IMAGE = 3  # older builds of an image are removed (a running pod may still use the newest)
+KEEP_PER_IMAGE = 2  # builds kept per image layer (a pod still running may use the previous one)
 
 
 def _uv_binary() -> Path:
@@ -69,17 +71,22 @@ def _uv_cache_dir() -> Path:
     return Path(out.stdout.strip())
 
 
-def content_key(recipe: ImageRecipe, context: Path) -> str:
-    digest = hashlib.sha256()
-    digest.update(
-        json.dumps(
-            {"sync": recipe.sync_commands, "env": recipe.build_env, "python": python_for_images()},
-            sort_keys=True,
-        ).encode()
-    )
+def _hash_context(digest: Any, context: Path) -> None:
     for path in sorted(p for p in context.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(context)).encode() + b"\0")
         digest.update(hashlib.sha256(path.read_bytes()).digest())
+
+
+def layer_key(recipe: ImageRecipe, layer: int, context: Path, parent: str) -> str:
+    """One ``uv sync`` layer: its parent layer, its command, the build ENV, the interpreter, its context."""
+    digest = hashlib.sha256(parent.encode())
+    digest.update(
+        json.dumps(
+            {"sync": recipe.sync_commands[layer], "env": recipe.build_env, "python": python_for_images()},
+            sort_keys=True,
+        ).encode()
+    )
+    _hash_context(digest, context)
     return digest.hexdigest()[:16]
 
 
@@ -99,7 +106,12 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 class ImageCache:
-    """Environments by image, built once per content key; safe across threads and processes."""
+    """Environments by image, built once per content key; safe across threads and processes.
+
+    As Docker caches layers, each ``uv sync`` line is a layer keyed by everything before it:
+    an edit to a source file re-runs only the sync after the sources' COPY, on a hard-linked
+    copy of the cached dependency layer (uv replaces files, never edits them in place).
+    """
 
     def __init__(self, repo: Path, root: Path = DEFAULT_ROOT) -> None:
         self.repo = repo
@@ -114,22 +126,28 @@ class ImageCache:
                 return self._known[recipe.image]
         self._make_root()
         slug = _slug(recipe.image)
-        staging = Path(tempfile.mkdtemp(prefix=f".staging-{slug}-", dir=self.root))
-        try:
-            context = stage_build_context(recipe, self.repo, staging / "context")
-            key = content_key(recipe, context)
-            final = self.root / f"{slug}-{key}"
-            with _locked(self.root / f"{slug}.lock"):
-                if not (final / "venv" / "pyvenv.cfg").exists():
-                    self._build(recipe, staging)
-                    shutil.rmtree(final, ignore_errors=True)
-                    os.rename(staging, final)
-                    self._prune(slug, keep=final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        parent_key, parent_venv = "", None
+        for layer in range(len(recipe.sync_commands)):
+            staging = Path(tempfile.mkdtemp(prefix=f".staging-{slug}-", dir=self.root))
+            try:
+                context = stage_build_context(
+                    recipe, self.repo, staging / "context", copies=recipe.copies_before[layer]
+                )
+                key = layer_key(recipe, layer, context, parent_key)
+                final = self.root / f"{slug}-{layer}-{key}"
+                with _locked(self.root / f"{slug}.lock"):
+                    if not (final / "venv" / "pyvenv.cfg").exists():
+                        self._build(recipe, layer, staging, parent_venv)
+                        shutil.rmtree(final, ignore_errors=True)
+                        os.rename(staging, final)
+                        self._prune(f"{slug}-{layer}-", keep=final)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            parent_key, parent_venv = key, final / "venv"
+        assert parent_venv is not None
         with self._lock:
-            self._known[recipe.image] = final / "venv"
-        return final / "venv"
+            self._known[recipe.image] = parent_venv
+        return parent_venv
 
     def _make_root(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -139,9 +157,14 @@ class ImageCache:
             if folder.stat().st_mode & 0o005 != 0o005:
                 raise RecipeError(f"{folder} is not world-readable: pods running as other users need it")
 
-    def _build(self, recipe: ImageRecipe, staging: Path) -> None:
+    def _build(self, recipe: ImageRecipe, layer: int, staging: Path, parent: Path | None) -> None:
         venv = staging / "venv"
-        venv.mkdir(mode=0o755)
+        if parent is None:
+            venv.mkdir(mode=0o755)
+        else:  # the layer below, hard-linked: instant, and no space taken
+            done = subprocess.run(["cp", "-al", str(parent), str(venv)], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RecipeError(f"copying the layer below {recipe.image}: {done.stderr}")
         (staging / "container" / "root").mkdir(parents=True)
         log = staging / "build.log"
         mounts = [
@@ -159,36 +182,36 @@ class ImageCache:
             "UV_NO_PROGRESS": "1",
             "HOME": "/root",
         }
-        for command in recipe.sync_commands:
-            plan = {
-                "rootfs": str(staging / "container" / "root"),
-                "mounts": rootfs.ordered(mounts),
-                "workdir": recipe.build_workdir,
-                "uid": 0,
-                "gid": 0,
-                "groups": [],
-                "env": env,
-                "argv": ["uv", *command[1:]],
-            }
-            plan_file = staging / "container" / "plan.json"
-            plan_file.write_text(json.dumps(plan))
-            with open(log, "ab") as out:
-                done = subprocess.run(
-                    [python_for_images(), "-I", str(rootfs.LAUNCHER), "container", str(plan_file)],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    timeout=1800,
-                )
-            if done.returncode != 0:
-                tail = log.read_text(errors="replace")[-4000:]
-                what = f"{recipe.image}: `{shlex.join(command)}` failed ({done.returncode})"
-                raise RecipeError(f"{what}:\n{tail}")
+        command = recipe.sync_commands[layer]
+        plan = {
+            "rootfs": str(staging / "container" / "root"),
+            "mounts": rootfs.ordered(mounts),
+            "workdir": recipe.build_workdir,
+            "uid": 0,
+            "gid": 0,
+            "groups": [],
+            "env": env,
+            "argv": ["uv", *command[1:]],
+        }
+        plan_file = staging / "container" / "plan.json"
+        plan_file.write_text(json.dumps(plan))
+        with open(log, "ab") as out:
+            done = subprocess.run(
+                [python_for_images(), "-I", str(rootfs.LAUNCHER), "container", str(plan_file)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=1800,
+            )
+        if done.returncode != 0:
+            tail = log.read_text(errors="replace")[-4000:]
+            what = f"{recipe.image}: `{shlex.join(command)}` failed ({done.returncode})"
+            raise RecipeError(f"{what}:\n{tail}")
         shutil.rmtree(staging / "container")
         os.chmod(staging, 0o755)
 
-    def _prune(self, slug: str, keep: Path) -> None:
+    def _prune(self, prefix: str, keep: Path) -> None:
         builds = sorted(
-            (p for p in self.root.glob(f"{slug}-*") if p.is_dir() and (p / "venv").exists() and p != keep),
+            (p for p in self.root.glob(f"{prefix}*") if p.is_dir() and p != keep),
             key=lambda p: p.stat().st_mtime,
             reverse=True,
         )

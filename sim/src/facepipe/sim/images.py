@@ -74,6 +74,7 @@ class ImageRecipe:
     build_env: dict[str, str] = field(default_factory=dict)  # build stage ENV (uv's settings)
     build_workdir: str = "/"
     users: tuple[ImageUser, ...] = ()  # accounts the final stage creates (useradd)
+    copies_before: tuple[int, ...] = ()  # per sync command: how many COPYs precede it (its layer)
 
     @property
     def venv_path(self) -> str:
@@ -217,6 +218,7 @@ def parse_recipe(image: str, dockerfile: Path, build_args: dict[str, str]) -> Im
     build, final = stages[0], stages[-1]
     build_values = {**global_args, **_arg_defaults(build), **build_args}
     copies, syncs = [], []
+    copies_before: list[int] = []
     build_env: dict[str, str] = dict(BASE_IMAGE_ENV)
     build_workdir = "/"
     for step in build:
@@ -231,7 +233,9 @@ def parse_recipe(image: str, dockerfile: Path, build_args: dict[str, str]) -> Im
             *sources, dest = shlex.split(_substitute(step.args, build_values))
             copies.append((sources, dest))
         elif step.op == "RUN":
-            syncs += _sync_commands(step.args, build_values)
+            found = _sync_commands(step.args, build_values)
+            syncs += found
+            copies_before += [len(copies)] * len(found)
     final_values = {**global_args, **_arg_defaults(final), **build_args}
     env: dict[str, str] = dict(BASE_IMAGE_ENV)
     entrypoint: list[str] = []
@@ -268,6 +272,7 @@ def parse_recipe(image: str, dockerfile: Path, build_args: dict[str, str]) -> Im
         build_env,
         build_workdir,
         tuple(users),
+        tuple(copies_before),
     )
 
 
@@ -284,8 +289,10 @@ def load_recipes(repo: Path) -> dict[str, ImageRecipe]:
     return recipes
 
 
-def stage_build_context(recipe: ImageRecipe, repo: Path, target: Path) -> Path:
+def stage_build_context(recipe: ImageRecipe, repo: Path, target: Path, copies: int | None = None) -> Path:
     """Copy exactly what the build stage COPYs (and nothing else) into ``target`` (its WORKDIR).
+
+    ``copies``: only the first so many COPY lines (the context as a given layer sees it).
 
     Docker's rules: a directory source copies its contents; a destination ending in '/'
     (or shared by several sources) is a directory that receives each source by name.
@@ -293,7 +300,7 @@ def stage_build_context(recipe: ImageRecipe, repo: Path, target: Path) -> Path:
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
-    for sources, dest in recipe.copies:
+    for sources, dest in recipe.copies[:copies]:
         into_dir = dest.endswith("/") or len(sources) > 1
         for source in sources:
             src = repo / source
