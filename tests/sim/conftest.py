@@ -6,10 +6,12 @@ have a running operator writing status); the helpers of tests/operator/operatork
 
 from __future__ import annotations
 
+import os
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -17,7 +19,12 @@ from facepipe.operator.kube import KubeApi
 from facepipe.sim.emulator import EmulatorServer, write_kubeconfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))  # for operatorkit
-CRD_PATH = Path(__file__).resolve().parents[2] / "crds" / "facepipelines.facepipe.io.yaml"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for simkit
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CRD_PATH = REPO_ROOT / "crds" / "facepipelines.facepipe.io.yaml"
+
+if TYPE_CHECKING:
+    from facepipe.sim.cluster import ClusterSim
 
 
 @pytest.fixture(scope="module")
@@ -38,3 +45,36 @@ def kube(kube_emulator: EmulatorServer, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture
 def namespace() -> str:
     return f"t-{uuid.uuid4().hex[:10]}"
+
+
+# --- the cluster simulation (facepipe.sim.cluster): one per session, shared by every sim test ---
+
+
+@pytest.fixture(scope="session")
+def cluster_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSim]:
+    """API emulator, operator, controllers, kubelet and backing Services; pods run as real processes.
+
+    Needs root (network and mount namespaces); the kubelet's restart back-off is 1 s and the
+    operator's resync 2 s, so that tests see restarts and figures quickly.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("the cluster simulation needs root: network and mount namespaces per pod")
+    from facepipe.sim.cluster import ClusterSim, SimConfig
+
+    config = SimConfig(
+        repo=REPO_ROOT,
+        folder=tmp_path_factory.mktemp("cluster"),
+        crds=[CRD_PATH],
+        base_backoff=1.0,
+        operator_env={"FACEPIPE_OPERATOR_RESYNC_SECONDS": "2", "FACEPIPE_OPERATOR_PURGE_RETRY_SECONDS": "2"},
+    )
+    with ClusterSim(config) as sim:
+        yield sim
+
+
+@pytest.fixture
+def sim_namespace(cluster_sim: ClusterSim) -> Iterator[str]:
+    """A fresh namespace with the backing Services (redis, minio, qdrant) published in it."""
+    name = f"s-{uuid.uuid4().hex[:8]}"
+    cluster_sim.call(cluster_sim.publish_backing(name))
+    yield name

@@ -30,8 +30,10 @@ print("imported", sys.argv[1])
 @pytest.fixture(scope="module")
 def environments(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     root = tmp_path_factory.mktemp("images")
-    yield {image: build_environment(recipe, REPO, root / image.rsplit("/", 1)[-1])
-           for image, recipe in RECIPES.items()}
+    yield {
+        image: build_environment(recipe, REPO, root / image.rsplit("/", 1)[-1])
+        for image, recipe in RECIPES.items()
+    }
 
 
 def run_in(venv: Path, *args: str) -> subprocess.CompletedProcess[str]:

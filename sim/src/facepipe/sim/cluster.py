@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,14 +35,17 @@ from facepipe.sim.images import load_recipes
 from facepipe.sim.kubelet import Kubelet
 from facepipe.sim.podenv import Cluster
 from facepipe.sim.podnet import GATEWAY, ClusterNetwork
-from facepipe.sim.podworker import Node
+from facepipe.sim.podworker import Node, Termination
 from facepipe.sim.services import ClusterDns, ServiceController
-from facepipe.sim.volumes import ClaimBinder
+from facepipe.sim.volumes import ClaimBinder, claim_folder
 from facepipe.sim.workloads import DeploymentController, ReplicaSetController
 
 log = logging.getLogger("facepipe.sim")
 T = TypeVar("T")
 OPERATOR_NAMESPACE = "facepipe-system"
+# A further controller run on the simulation's loop (e.g. an autoscaler or a Prometheus feeder):
+# called with the simulation once its API client and informers exist; runs until cancelled.
+ControllerFactory = Callable[["ClusterSim"], Awaitable[None]]
 
 
 @dataclass
@@ -55,6 +58,7 @@ class SimConfig:
     operator_env: dict[str, str] = field(default_factory=dict)
     base_backoff: float = 10.0  # the kubelet's restart back-off (tests may shorten it)
     images_root: Path = DEFAULT_ROOT
+    controllers: list[ControllerFactory] = field(default_factory=list)
 
 
 class ClusterSim:
@@ -74,7 +78,9 @@ class ClusterSim:
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._error: BaseException | None = None
-        self._api: Api | None = None
+        self.api: Api | None = None  # for controllers on the simulation's loop
+        self.informers: dict[str, Informer] = {}  # by plural: pods, services, deployments, ...
+        self.node: Node | None = None
 
     # -- from the caller's thread --
 
@@ -110,6 +116,32 @@ class ClusterSim:
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
+    def pod_folder(self, namespace: str, pod: str) -> Path:
+        """The pod's folder: its containers' logs (``containers/<name>.log``), hosts file, volumes."""
+        found = sorted(
+            (self.config.folder / "pods").glob(f"{namespace}_{pod}_*"), key=lambda p: p.stat().st_mtime
+        )
+        if not found:
+            raise FileNotFoundError(f"no pod {namespace}/{pod} has run")
+        return found[-1]
+
+    def logs(self, namespace: str, pod: str, container: str, *, init: bool = False) -> str:
+        """Everything the container wrote (all its runs), like ``kubectl logs`` with every restart."""
+        try:
+            folder = self.pod_folder(namespace, pod)
+        except FileNotFoundError:
+            return ""  # never started
+        path = folder / ("init" if init else "containers") / f"{container}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    @property
+    def terminations(self) -> list[Termination]:
+        return list(self.node.terminations) if self.node else []
+
+    def claim_folder(self, namespace: str, claim: str) -> Path:
+        """The host folder behind a PersistentVolumeClaim (e.g. to pre-fill it with model files)."""
+        return claim_folder(self.config.folder / "claims", namespace, claim)
+
     def service_address(self, namespace: str, name: str) -> str | None:
         """The ClusterIP of a Service (reachable from this host as from every pod)."""
         return self.services.address_of(namespace, name) if self.services else None
@@ -132,9 +164,9 @@ class ClusterSim:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        api = self._api = Api(self.url)
+        api = self.api = Api(self.url)
         folder = self.config.folder
-        informers = {
+        informers = self.informers = {
             kind.plural: Informer(api, kind)
             for kind in (
                 apiclient.POD, apiclient.REPLICA_SET, apiclient.DEPLOYMENT, apiclient.SERVICE,
@@ -151,7 +183,7 @@ class ClusterSim:
         await self.network.start()
         claims = ClaimBinder(api, informers["persistentvolumeclaims"], folder / "claims")
         recipes = load_recipes(self.config.repo)
-        node = Node(
+        node = self.node = Node(
             api=api,
             network=self.network,
             images=ImageResolver(recipes, ImageCache(self.config.repo, self.config.images_root)),
@@ -170,6 +202,7 @@ class ClusterSim:
         self.kubelet = Kubelet(node, informers["pods"])
         loops = [i.run() for i in informers.values()]
         loops += [replica_sets.queue.run(), deployments.queue.run(), self.services.queue.run()]
+        loops += [factory(self) for factory in self.config.controllers]
         try:
             async with apiclient.running(*loops):
                 await asyncio.gather(*(i.synced.wait() for i in informers.values()))
@@ -192,8 +225,8 @@ class ClusterSim:
 
     async def publish_backing(self, namespace: str) -> None:
         """Publish the backing Services in ``namespace`` and wait until their names resolve."""
-        assert self._api is not None and self.services is not None
-        await self.backing.publish(self._api, namespace)
+        assert self.api is not None and self.services is not None
+        await self.backing.publish(self.api, namespace)
         for _ in range(600):
             if all(self.services.address_of(namespace, s.name) for s in BACKING_SERVICES) and all(
                 (namespace, s.name) in self.dns.records for s in BACKING_SERVICES

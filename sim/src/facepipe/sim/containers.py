@@ -153,6 +153,7 @@ class ContainerRunner:
         init: bool,
         on_change: Callable[[], None],
         base_backoff: float,
+        on_exit: Callable[[ContainerState], None] = lambda _state: None,
     ) -> None:
         self.container = container
         self.folder = folder
@@ -161,6 +162,7 @@ class ContainerRunner:
         self.pod_ip = pod_ip
         self.init = init
         self.on_change = on_change
+        self.on_exit = on_exit
         self.base_backoff = base_backoff
         self.status = ContainerState(container["name"], container.get("image", ""))
         self.process: ContainerProcess | None = None
@@ -237,6 +239,7 @@ class ContainerRunner:
         if message:
             terminated["message"] = message
         self._set(state={"terminated": terminated}, ready=False, started=False, exit_code=code)
+        self.on_exit(self.status)
         return code
 
     async def stop(self, grace: float) -> None:

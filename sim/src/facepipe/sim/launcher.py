@@ -161,7 +161,8 @@ def _apply_mount(root: str, mount: dict) -> None:
         os.symlink(mount["source"], _inside(root, target_path))
         return
     if kind == "proc":
-        return  # mounted by the container's first process, inside its PID namespace
+        _make_dirs(root, target_path)  # mounted by the container's first process, in its PID namespace
+        return
     readonly = bool(mount.get("readonly"))
     if kind == "dir":
         target = _make_dirs(root, target_path)

@@ -17,8 +17,9 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,19 @@ from facepipe.sim.volumes import ClaimBinder, PodVolumes, VolumeNotReady
 log = logging.getLogger("facepipe.sim.kubelet")
 
 
+@dataclass(frozen=True)
+class Termination:
+    """One container run that ended: what the tests (and a curious user) can check afterwards."""
+
+    namespace: str
+    pod: str
+    container: str
+    exit_code: int
+    reason: str
+    stop_requested: bool  # the pod was being deleted (SIGTERM sent), not a crash
+    finished_at: float  # time.time()
+
+
 @dataclass
 class Node:
     """What every pod worker shares: the API, the network, images, names, the cluster's objects."""
@@ -47,6 +61,7 @@ class Node:
     folder: Path  # pods' folders
     claims_folder: Path
     base_backoff: float = 10.0
+    terminations: list[Termination] = field(default_factory=list)
 
 
 class PodWorker:
@@ -265,7 +280,7 @@ class PodWorker:
             return LaunchSpec(plan, who, env)
 
         folder = self.folder / ("init" if init else "containers") / container["name"]
-        return ContainerRunner(
+        runner = ContainerRunner(
             container,
             folder,
             prepare=prepare,
@@ -274,6 +289,23 @@ class PodWorker:
             init=init,
             on_change=self._changed,
             base_backoff=self.node.base_backoff,
+            on_exit=self._record_exit,
+        )
+        runner.grace = self.grace  # a liveness restart stops the container as a deletion would
+        return runner
+
+    def _record_exit(self, state: ContainerState) -> None:
+        terminated = state.state.get("terminated") or {}
+        self.node.terminations.append(
+            Termination(
+                self.namespace,
+                self.name,
+                state.name,
+                int(terminated.get("exitCode", -1)),
+                str(terminated.get("reason", "")),
+                self.stop_requested.is_set(),
+                time.time(),
+            )
         )
 
     async def _teardown(self) -> None:
