@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import shutil
+import socket
 import subprocess
 import threading
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -154,7 +158,10 @@ class Watch:
         listing = get(sim, path) or {}
         version = listing.get("metadata", {}).get("resourceVersion", "0")
         self.events: list[dict[str, Any]] = []
-        self._response = urllib.request.urlopen(f"{sim.url}{path}?watch=true&resourceVersion={version}")
+        host, port = urllib.parse.urlsplit(sim.url).netloc.split(":")
+        self._connection = http.client.HTTPConnection(host, int(port), timeout=None)
+        self._connection.request("GET", f"{path}?watch=true&resourceVersion={version}")
+        self._response = self._connection.getresponse()
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
@@ -163,11 +170,17 @@ class Watch:
             for line in self._response:
                 if line.strip():
                     self.events.append(json.loads(line))
-        except (OSError, ValueError):
+        except (OSError, ValueError, http.client.HTTPException):
             pass
 
     def close(self) -> None:
-        self._response.close()
+        # Shut the socket down (a plain close would wait on the reader's buffer lock forever).
+        sock = self._connection.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(10)
+        self._connection.close()
 
 
 @contextmanager

@@ -12,6 +12,8 @@ Plain ``kmock.KubernetesEmulator`` is an in-memory dict over HTTP. This subclass
 3. lists with ``kind: <Kind>List``, ``apiVersion`` and a ``resourceVersion``;
 4. status subresources (``/status`` writes only status; the main endpoint ignores it),
    PUT, optimistic concurrency on ``metadata.resourceVersion``, JSON-patch errors as 422,
+   strategic merge patches (facepipe.sim.strategic: what ``kubectl apply`` sends),
+   graceful deletion of pods bound to a node (left to the kubelet to finish),
    ``generateName``, and deletion with finalizers plus garbage collection of dependents
    by owner uid (what kube-controller-manager would do);
 5. ``kubectl get`` tables: the CRD's printer columns and a few built-in columns.
@@ -43,6 +45,8 @@ import jsonpatch
 import kmock
 import yaml
 from kmock._internal import dicts, enums, rendering
+
+from facepipe.sim.strategic import strategic_merge
 
 Resource = kmock.resource
 _EVENT_LOG_SIZE = 20_000
@@ -347,6 +351,8 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
                     new["status"] = copy.deepcopy(old["status"])
                 if status_only:
                     new = {**copy.deepcopy(old), "status": data.get("status")}
+            elif "strategic-merge-patch" in request.headers.get("Content-Type", ""):
+                new = strategic_merge(old, data)  # what `kubectl apply` sends for built-in kinds
             else:
                 new = dict(dicts.patch_dict(copy.deepcopy(old), data))
         else:
