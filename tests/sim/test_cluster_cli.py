@@ -76,8 +76,17 @@ def cluster_cli(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
     if os.geteuid() != 0:
         pytest.skip("the cluster simulation needs root")
     before = interfaces()
+    command = [
+        sys.executable,
+        "-m",
+        "facepipe.sim.cluster",
+        "--dir",
+        str(tmp_path),
+        "--backing-namespace",
+        "default",
+    ]
     process = subprocess.Popen(
-        [sys.executable, "-m", "facepipe.sim.cluster", "--dir", str(tmp_path), "--backing-namespace", "default"],
+        command,
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "FACEPIPE_OPERATOR_RESYNC_SECONDS": "2"},
     )  # fmt: skip

@@ -14,10 +14,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -31,11 +35,12 @@ from facepipe.sim.containers import ContainerProcess
 from facepipe.sim.emulator import EmulatorServer, write_kubeconfig
 from facepipe.sim.hostprocs import Guardian, start_host_process
 from facepipe.sim.imagecache import DEFAULT_ROOT, ImageCache, ImageResolver
-from facepipe.sim.images import load_recipes
+from facepipe.sim.images import load_recipes, python_for_images
 from facepipe.sim.kubelet import Kubelet
 from facepipe.sim.podenv import Cluster
 from facepipe.sim.podnet import GATEWAY, ClusterNetwork
 from facepipe.sim.podworker import Node, Termination
+from facepipe.sim.rootfs import LAUNCHER
 from facepipe.sim.services import ClusterDns, ServiceController
 from facepipe.sim.volumes import ClaimBinder, claim_folder
 from facepipe.sim.workloads import DeploymentController, ReplicaSetController
@@ -141,6 +146,37 @@ class ClusterSim:
     def claim_folder(self, namespace: str, claim: str) -> Path:
         """The host folder behind a PersistentVolumeClaim (e.g. to pre-fill it with model files)."""
         return claim_folder(self.config.folder / "claims", namespace, claim)
+
+    def run_on_host(
+        self, argv: list[str], *, namespace: str, env: dict[str, str] | None = None, timeout: float = 600
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command on this host as if from a pod of ``namespace``: the cluster's names resolve.
+
+        E.g. ``facepipe ingest`` with a pipeline's ConfigMap as its environment, unchanged: its
+        ``redis.<ns>.svc`` and ``minio.<ns>.svc`` resolve (the host reaches every Service address).
+        """
+        folder = Path(tempfile.mkdtemp(prefix="host-", dir=self.config.folder))
+        (folder / "hosts").write_text(self.dns.hosts(namespace))
+        plan = {
+            "rootfs": None,
+            "mounts": [
+                {"kind": "bind", "source": str(folder / "hosts"), "target": "/etc/hosts", "readonly": True}
+            ],
+            "workdir": str(self.config.repo),
+            "uid": 0,
+            "gid": 0,
+            "groups": [],
+            "env": {**os.environ, **(env or {})},
+            "argv": argv,
+        }
+        (folder / "plan.json").write_text(json.dumps(plan))
+        try:
+            return subprocess.run(
+                [python_for_images(), "-I", str(LAUNCHER), "container", str(folder / "plan.json")],
+                capture_output=True, text=True, timeout=timeout,
+            )  # fmt: skip
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def service_address(self, namespace: str, name: str) -> str | None:
         """The ClusterIP of a Service (reachable from this host as from every pod)."""
