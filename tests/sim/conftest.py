@@ -20,6 +20,7 @@ from facepipe.sim.emulator import EmulatorServer, write_kubeconfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))  # for operatorkit
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for simkit
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))  # for reliability_images
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = REPO_ROOT / "crds" / "facepipelines.facepipe.io.yaml"
 
@@ -78,3 +79,19 @@ def sim_namespace(cluster_sim: ClusterSim) -> Iterator[str]:
     name = f"s-{uuid.uuid4().hex[:8]}"
     cluster_sim.call(cluster_sim.publish_backing(name))
     yield name
+    # Stop what the test started: pods left running would take the CPU (model pods) and, on the
+    # shared Redis and its default stream names, the next test's messages (issue 16, item 11).
+    from simkit import kubectl, pods, wait_for
+
+    kubectl(
+        cluster_sim,
+        "delete",
+        "facepipelines,deployments,replicasets,pods",
+        "--all",
+        "-n",
+        name,
+        "--wait=false",
+    )
+    wait_for(
+        lambda: not pods(cluster_sim, name), timeout=300, interval=0.5, what=f"the pods of {name} to stop"
+    )

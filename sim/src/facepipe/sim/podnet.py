@@ -128,9 +128,12 @@ class ClusterNetwork:
             except BlockingIOError:
                 handle.close()
                 continue
-            # Ours now; what a previous owner left (it cannot have: its namespaces died with it) goes.
-            with contextlib.suppress(NetworkError):
-                _ip(f"link del fpsvc{slot}\n")
+            # Ours now; what a previous owner left goes: its veths outlive it while a dead pod's
+            # orphaned sockets still hold that pod's network namespace (for minutes at most).
+            for leftover in os.listdir("/sys/class/net"):
+                if leftover == f"fpsvc{slot}" or leftover.startswith(f"fp{slot}x"):
+                    with contextlib.suppress(NetworkError):
+                        _ip(f"link del {leftover}\n")
             pods = ipaddress.IPv4Network(f"10.244.{slot}.0/24")
             services = ipaddress.IPv4Network(f"10.96.{slot}.0/24")
             if _routes_in(pods) or _routes_in(services):

@@ -29,6 +29,7 @@ from facepipe.sim.containers import ContainerRunner, ContainerState, LaunchSpec,
 from facepipe.sim.imagecache import ImageMissing, ImageResolver
 from facepipe.sim.images import RecipeError
 from facepipe.sim.podnet import ClusterNetwork, start_holder
+from facepipe.sim.podstatus import PodStatus
 from facepipe.sim.services import ClusterDns
 from facepipe.sim.volumes import ClaimBinder, PodVolumes, VolumeNotReady
 
@@ -75,6 +76,7 @@ class PodWorker:
         self.runners: list[ContainerRunner] = []
         self.waiting: dict[str, dict[str, Any]] = {}  # containers not yet handed to a runner
         self.pod_ip = ""
+        self.host_ip = node.cluster.host_ip
         self.started_at = ""
         self.scheduled: tuple[bool, str] = (False, "")
         self.initialized = False
@@ -84,7 +86,7 @@ class PodWorker:
         self.gone = False  # the object was removed from the API: write nothing more
         self.done = asyncio.Event()
         self._dirty = asyncio.Event()
-        self._transitions: dict[str, tuple[str, str]] = {}
+        self._status = PodStatus()
         self._hosts: Path | None = None
         self._sandbox_pid = 0
 
@@ -349,77 +351,5 @@ class PodWorker:
                     self._dirty.set()
             await asyncio.sleep(0.1)
 
-    def _states(self, runners: list[ContainerRunner], init: bool) -> list[dict[str, Any]]:
-        by_name = {r.status.name: r for r in runners}
-        states = []
-        for container in podspec.containers(self.pod, init=init):
-            name = container["name"]
-            if name in by_name:
-                states.append(by_name[name].status.as_status(self.uid))
-            else:
-                state = ContainerState(name, container.get("image", ""))
-                if name in self.waiting:
-                    state.state = {"waiting": self.waiting[name]}
-                elif init:
-                    state.state = {"waiting": {"reason": "PodInitializing"}}
-                states.append(state.as_status(self.uid))
-        return states
-
-    def _phase(self, containers: list[dict[str, Any]]) -> str:
-        failed_init = any(
-            r.finished.is_set() and r.status.exit_code not in (0, None) for r in self.init_runners
-        )
-        if failed_init:
-            return "Failed"
-        if not self.runners:
-            return "Pending"
-        if all(r.finished.is_set() for r in self.runners) and not self.stop_requested.is_set():
-            return "Succeeded" if all(r.status.exit_code == 0 for r in self.runners) else "Failed"
-        if any("running" in c["state"] or c["restartCount"] for c in containers):
-            return "Running"
-        return "Pending"
-
-    def _condition(self, kind: str, ok: bool, reason: str = "", message: str = "") -> dict[str, Any]:
-        status = "True" if ok else "False"
-        previous = self._transitions.get(kind)
-        if previous is None or previous[0] != status:
-            self._transitions[kind] = (status, now())
-        condition = {"type": kind, "status": status, "lastTransitionTime": self._transitions[kind][1]}
-        if reason:
-            condition["reason"] = reason
-        if message:
-            condition["message"] = message
-        return condition
-
     def status(self) -> dict[str, Any]:
-        containers = self._states(self.runners, init=False)
-        init = self._states(self.init_runners, init=True)
-        scheduled, verdict = self.scheduled
-        ready = bool(self.runners) and all(r.status.ready for r in self.runners)
-        not_ready = [c["name"] for c in containers if not c["ready"]]
-        status: dict[str, Any] = {
-            "phase": self._phase(containers),
-            "conditions": [
-                self._condition("PodScheduled", scheduled, "" if scheduled else "Unschedulable", verdict),
-                self._condition("Initialized", self.initialized),
-                self._condition(
-                    "ContainersReady",
-                    ready,
-                    "" if ready else "ContainersNotReady",
-                    "" if ready else f"containers with unready status: [{' '.join(not_ready)}]",
-                ),
-                self._condition("Ready", ready, "" if ready else "ContainersNotReady"),
-            ],
-            "containerStatuses": containers,
-            "qosClass": "Burstable",
-        }
-        if init:
-            status["initContainerStatuses"] = init
-        if self.started_at:
-            status["startTime"] = self.started_at
-            status["hostIP"] = self.node.cluster.host_ip
-            status["hostIPs"] = [{"ip": self.node.cluster.host_ip}]
-        if self.pod_ip:
-            status["podIP"] = self.pod_ip
-            status["podIPs"] = [{"ip": self.pod_ip}]
-        return status
+        return self._status.build(self)
