@@ -86,6 +86,18 @@ async def start_holder(hostname: str) -> tuple[asyncio.subprocess.Process, int]:
     return process, int(words[1])
 
 
+async def stop_holder(process: asyncio.subprocess.Process | None, grace: float = 10.0) -> None:
+    """SIGTERM a sandbox process, SIGKILL it after ``grace``; its namespaces go with it."""
+    if process is None or process.returncode is not None:
+        return
+    process.terminate()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(process.wait(), grace)
+    if process.returncode is None:
+        process.kill()
+        await process.wait()
+
+
 class ClusterNetwork:
     """Address allocation and plumbing for one simulation (one slot)."""
 
@@ -145,13 +157,7 @@ class ClusterNetwork:
         raise NetworkError("no free network slot (every 10.244.n.0/24 is in use)")
 
     async def stop(self) -> None:
-        if self._holder is not None and self._holder.returncode is None:
-            self._holder.terminate()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._holder.wait(), 10)
-            if self._holder.returncode is None:
-                self._holder.kill()
-                await self._holder.wait()
+        await stop_holder(self._holder)
         await asyncio.to_thread(self._release)
 
     def _release(self) -> None:

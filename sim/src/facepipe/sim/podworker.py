@@ -28,7 +28,7 @@ from facepipe.sim.apiclient import POD, Api, ApiError
 from facepipe.sim.containers import ContainerRunner, ContainerState, LaunchSpec, now
 from facepipe.sim.imagecache import ImageMissing, ImageResolver
 from facepipe.sim.images import RecipeError
-from facepipe.sim.podnet import ClusterNetwork, start_holder
+from facepipe.sim.podnet import ClusterNetwork, start_holder, stop_holder
 from facepipe.sim.podstatus import PodStatus
 from facepipe.sim.services import ClusterDns
 from facepipe.sim.volumes import ClaimBinder, PodVolumes, VolumeNotReady
@@ -311,13 +311,7 @@ class PodWorker:
         )
 
     async def _teardown(self) -> None:
-        if self.sandbox is not None and self.sandbox.returncode is None:
-            self.sandbox.terminate()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.sandbox.wait(), 10)
-            if self.sandbox.returncode is None:
-                self.sandbox.kill()
-                await self.sandbox.wait()
+        await stop_holder(self.sandbox)
         if self._hosts is not None:
             self.node.dns.unregister(self._hosts)
         if self.pod_ip:
