@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import http.client
 import json
@@ -9,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -120,15 +122,18 @@ def wait_pod(
     return wait_for(probe, timeout=timeout, interval=0.2, what=f"pod {name}: {what}")
 
 
-def settled(obj: dict[str, Any]) -> bool:
-    """Ready, finished, or stuck for a reason that will not go away by itself (or crash-looping)."""
+def settled(obj: dict[str, Any], patience: float = 120.0) -> bool:
+    """Ready, finished, stuck for a reason that will not go away by itself, crash-looping, or
+    running unready for ``patience`` seconds (its readiness probe has had every chance)."""
     if is_ready(obj) or phase(obj) in ("Succeeded", "Failed"):
         return True
     for status in (obj.get("status") or {}).get("containerStatuses") or []:
         state = status.get("state") or {}
-        if (state.get("waiting") or {}).get("reason") in SETTLED_WAITING or status.get(
-            "restartCount", 0
-        ) >= 1:
+        stuck = (state.get("waiting") or {}).get("reason") in SETTLED_WAITING
+        if stuck or status.get("restartCount", 0) >= 1:
+            return True
+        started = (state.get("running") or {}).get("startedAt")
+        if started and time.time() - calendar.timegm(time.strptime(started, "%Y-%m-%dT%H:%M:%SZ")) > patience:
             return True
     conditions = (obj.get("status") or {}).get("conditions") or []
     return any(c["type"] == "PodScheduled" and c["status"] == "False" for c in conditions)
