@@ -114,6 +114,10 @@ class PodWorker:
         try:
             await self.stop_requested.wait()
             await asyncio.gather(*(r.stop(self.grace) for r in self.init_runners + self.runners))
+            # Stopped runners return by themselves (and record how their containers ended); what
+            # is still going after that (an image build, a wait for a volume) is cancelled.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(lifecycle), 5)
             lifecycle.cancel()
             await asyncio.gather(lifecycle, return_exceptions=True)
             self._changed()
