@@ -29,7 +29,7 @@ from scenariokit import (
     replica_set_hashes,
     traces,
 )
-from simkit import apply, get, kubectl, wait_for, watching
+from simkit import apply, get, kubectl, pods, wait_for, watching
 
 from facepipe.operator.constants import COMPONENTS
 from facepipe.operator.envmap import reads
@@ -203,9 +203,7 @@ def test_purge_stops_the_pods_first_and_leaves_no_trace(
         kubectl(cluster_sim, "delete", "facepipeline", "gone", "-n", sim_namespace, "--wait=false")
         wait_for(lambda: get(cluster_sim, path) is None, timeout=300, what="the FacePipeline to go")
         gone_at = time.time()
-        wait_for(
-            lambda: not _pipeline_pod_names(cluster_sim, sim_namespace, "gone"), timeout=300, what="pods"
-        )
+        wait_for(lambda: not pods(cluster_sim, sim_namespace), timeout=300, what="the pods (Terminating too)")
     assert any(e["type"] == "DELETED" for e in watch.events)
     stopped = {t.pod: t.finished_at for t in cluster_sim.terminations if t.namespace == sim_namespace}
     assert set(stopped) == running
