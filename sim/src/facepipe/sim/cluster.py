@@ -64,6 +64,7 @@ class SimConfig:
     base_backoff: float = 10.0  # the kubelet's restart back-off (tests may shorten it)
     images_root: Path = DEFAULT_ROOT
     controllers: list[ControllerFactory] = field(default_factory=list)
+    prebuild_images: bool = True  # every image's environment before start() returns (else on first use)
 
 
 class ClusterSim:
@@ -219,10 +220,13 @@ class ClusterSim:
         await self.network.start()
         claims = ClaimBinder(api, informers["persistentvolumeclaims"], folder / "claims")
         recipes = load_recipes(self.config.repo)
+        images = ImageResolver(recipes, ImageCache(self.config.repo, self.config.images_root))
+        if self.config.prebuild_images:
+            await asyncio.gather(*(asyncio.to_thread(images.environment, name) for name in recipes))
         node = self.node = Node(
             api=api,
             network=self.network,
-            images=ImageResolver(recipes, ImageCache(self.config.repo, self.config.images_root)),
+            images=images,
             cluster=cluster,
             dns=self.dns,
             claims=claims,
