@@ -71,6 +71,7 @@ def test_run_as_non_root_needs_a_numeric_non_root_user() -> None:
         ({"volumes": [{"name": "v", "hostPath": {"path": "/"}}]}, "hostPath"),
         ({"volumes": [{"name": "v", "csi": {"driver": "x"}}]}, "csi"),
         ({"hostPID": True}, "hostPID"),
+        ({"hostUsers": False}, "hostUsers"),
         ({"containers": [{"name": "c", "lifecycle": {"preStop": {}}}]}, "lifecycle"),
         ({"containers": [{"name": "c", "ports": [{"containerPort": 1, "hostPort": 1}]}]}, "hostPort"),
         ({"containers": [{"name": "c", "livenessProbe": {"grpc": {"port": 1}}}]}, "livenessProbe"),

@@ -37,7 +37,7 @@ class Cluster:
     host_ip: str = ""
 
 
-def _data(kind: str, obj: Mapping[str, Any] | None, namespace: str, name: str) -> dict[str, str] | None:
+def _data(kind: str, obj: Mapping[str, Any] | None) -> dict[str, str] | None:
     if obj is None:
         return None
     if kind == "Secret":
@@ -46,12 +46,12 @@ def _data(kind: str, obj: Mapping[str, Any] | None, namespace: str, name: str) -
         }
         values.update({k: str(v) for k, v in (obj.get("stringData") or {}).items()})
         return values
-    return {**{k: str(v) for k, v in (obj.get("data") or {}).items()}}
+    return {k: str(v) for k, v in (obj.get("data") or {}).items()}
 
 
 def _source(cluster: Cluster, kind: str, namespace: str, name: str) -> dict[str, str] | None:
     getter = cluster.secret if kind == "Secret" else cluster.config_map
-    return _data(kind, getter(namespace, name), namespace, name)
+    return _data(kind, getter(namespace, name))
 
 
 def _key_ref(cluster: Cluster, kind: str, namespace: str, ref: Mapping[str, Any]) -> str | None:

@@ -44,10 +44,13 @@ def containers(pod: Mapping[str, Any], *, init: bool) -> list[dict[str, Any]]:
 
 def check_pod(pod: Mapping[str, Any]) -> None:
     spec = pod.get("spec") or {}
-    for field in ("hostNetwork", "hostPID", "hostIPC", "shareProcessNamespace", "hostUsers"):
-        wanted = spec.get(field)
-        if wanted and not (field == "hostUsers" and wanted is True):
+    for field in ("hostNetwork", "hostPID", "hostIPC", "shareProcessNamespace"):
+        if spec.get(field):
             raise Unsupported(f"spec.{field} is not supported by the cluster simulation")
+    if spec.get("hostUsers") is False:
+        raise Unsupported(
+            "spec.hostUsers: false (a user namespace) is not supported by the cluster simulation"
+        )
     if spec.get("ephemeralContainers"):
         raise Unsupported("ephemeral containers are not supported by the cluster simulation")
     for volume in spec.get("volumes") or []:
