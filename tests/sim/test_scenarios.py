@@ -162,11 +162,9 @@ def test_changing_max_hamming_rolls_exactly_the_components_that_read_it(
         now = replica_set_hashes(cluster_sim, sim_namespace, "roll")
         changed = {c for c in COMPONENTS if now[c] != before[c]}
         settled = all(len(now[c]) == 1 for c in COMPONENTS) and changed == rolled
-        return (
-            now
-            if settled and not (replaced & _pipeline_pod_names(cluster_sim, sim_namespace, "roll"))
-            else None
-        )
+        # The replaced pods gone for good (not only Terminating): their processes have ended.
+        remaining = {p["metadata"]["name"] for p in pods(cluster_sim, sim_namespace)}
+        return now if settled and not (replaced & remaining) else None
 
     after = wait_for(roll_done, timeout=300, interval=1, what=f"exactly {sorted(rolled)} to roll")
     assert {c for c in COMPONENTS if after[c] != before[c]} == rolled
