@@ -219,10 +219,6 @@ def _pipeline_pods(sim: ClusterSim, namespace: str, instance: str) -> list[dict[
     return [p for group in component_pods(sim, namespace, instance).values() for p in group]
 
 
-def _pipeline_pod_names(sim: ClusterSim, namespace: str, instance: str) -> set[str]:
-    return {p["metadata"]["name"] for p in _pipeline_pods(sim, namespace, instance)}
-
-
 def _component_of(pod_name: str) -> str:
     return next(c for c in COMPONENTS if f"-{c}-" in pod_name)
 
