@@ -86,6 +86,28 @@ async def start_holder(hostname: str) -> tuple[asyncio.subprocess.Process, int]:
     return process, int(words[1])
 
 
+class AddressPool:
+    """Addresses of one /24, handed out round robin: a freed address is reused as late as possible."""
+
+    def __init__(self, network: ipaddress.IPv4Network, first: int) -> None:
+        self.network = network
+        self.first = first
+        self._next = first
+        self._in_use: set[str] = set()
+
+    def allocate(self) -> str:
+        for _ in range(255 - self.first):
+            candidate = str(self.network.network_address + self._next)
+            self._next = self._next + 1 if self._next < 254 else self.first
+            if candidate not in self._in_use:
+                self._in_use.add(candidate)
+                return candidate
+        raise NetworkError(f"no free address in {self.network}")
+
+    def release(self, address: str) -> None:
+        self._in_use.discard(address)
+
+
 async def stop_holder(process: asyncio.subprocess.Process | None, grace: float = 10.0) -> None:
     """SIGTERM a sandbox process, SIGKILL it after ``grace``; its namespaces go with it."""
     if process is None or process.returncode is not None:
@@ -107,10 +129,8 @@ class ClusterNetwork:
         self.service_range: ipaddress.IPv4Network | None = None
         self._lock_handle: object | None = None
         self._holder: asyncio.subprocess.Process | None = None
-        self._next_pod = 2
-        self._pods_in_use: set[str] = set()
-        self._next_service = 10
-        self._services_in_use: set[str] = set()
+        self._pod_pool: AddressPool | None = None
+        self._service_pool: AddressPool | None = None
 
     # -- life --
 
@@ -152,6 +172,8 @@ class ClusterNetwork:
                 handle.close()  # used by something else on this machine
                 continue
             self.slot, self.pod_range, self.service_range = slot, pods, services
+            self._pod_pool = AddressPool(pods, first=2)  # .1 stays free, as a gateway would
+            self._service_pool = AddressPool(services, first=10)  # .1-.9 reserved
             self._lock_handle = handle
             return
         raise NetworkError("no free network slot (every 10.244.n.0/24 is in use)")
@@ -170,31 +192,20 @@ class ClusterNetwork:
     # -- addresses --
 
     def allocate_pod_ip(self) -> str:
-        """The next free pod address, round robin (a freed address is reused as late as possible)."""
-        assert self.pod_range is not None
-        for _ in range(253):
-            candidate = str(self.pod_range.network_address + self._next_pod)
-            self._next_pod = self._next_pod + 1 if self._next_pod < 254 else 2
-            if candidate not in self._pods_in_use:
-                self._pods_in_use.add(candidate)
-                return candidate
-        raise NetworkError(f"no free pod address in {self.pod_range}")
+        assert self._pod_pool is not None
+        return self._pod_pool.allocate()
 
     def release_pod_ip(self, address: str) -> None:
-        self._pods_in_use.discard(address)
+        if self._pod_pool is not None:
+            self._pod_pool.release(address)
 
     def allocate_service_ip(self) -> str:
-        assert self.service_range is not None
-        for _ in range(245):
-            candidate = str(self.service_range.network_address + self._next_service)
-            self._next_service = self._next_service + 1 if self._next_service < 254 else 10
-            if candidate not in self._services_in_use:
-                self._services_in_use.add(candidate)
-                return candidate
-        raise NetworkError(f"no free Service address in {self.service_range}")
+        assert self._service_pool is not None
+        return self._service_pool.allocate()
 
     def release_service_ip(self, address: str) -> None:
-        self._services_in_use.discard(address)
+        if self._service_pool is not None:
+            self._service_pool.release(address)
 
     def reserved_service_ip(self, index: int) -> str:
         """A fixed address below the allocated ones (.1 is the API's `kubernetes` Service)."""
