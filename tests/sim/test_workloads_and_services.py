@@ -120,16 +120,13 @@ def test_a_rolling_update_keeps_within_max_surge_and_max_unavailable(
     sets = replica_sets(cluster_sim, sim_namespace)
     hashes = {rs["metadata"]["labels"]["pod-template-hash"] for rs in sets}
     assert len(hashes) == 2 and sum(rs["spec"]["replicas"] for rs in sets) == 3
+
     # Every pod replaced; the old ones gone for good (not only Terminating).
-    now = wait_for(
-        lambda: (
-            (found := pods(cluster_sim, sim_namespace, "app=web"))
-            and not first & {p["metadata"]["name"] for p in found}
-            and found
-        ),
-        timeout=60,
-        what="the old pods to end",
-    )
+    def replaced() -> list[dict[str, Any]] | None:
+        found = pods(cluster_sim, sim_namespace, "app=web")
+        return None if first & {p["metadata"]["name"] for p in found} else found
+
+    now = wait_for(replaced, timeout=60, what="the old pods to end")
     assert {p["metadata"]["labels"]["pod-template-hash"] for p in now} == {
         rs["metadata"]["labels"]["pod-template-hash"] for rs in sets if rs["spec"]["replicas"]
     }
