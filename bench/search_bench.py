@@ -1,180 +1,286 @@
-"""Top-10 tenant-filtered search latency in the embedded vector store (qdrant-client local mode).
+"""Tenant-filtered top-10 face search: the embedded store (Qdrant Edge) against exact numpy.
 
-The index is the pipeline's own :class:`facepipe.store.vectors.VectorIndex` and searches go
-through its ``search()`` (tenant filter, payloads returned). Points are loaded into local
-mode's in-memory form: a ``QDRANT_PATH`` store keeps the same structures in memory and searches
-them the same way, but writes each point to SQLite with its own commit (measured separately
-as ``embedded_path_upsert_points_per_s``), which would make loading 100k points take minutes.
+The corpus is synthetic but shaped like face embeddings: identities × noisy samples of
+512-d unit vectors (a sample of the same identity is ~0.6 cosine from another, unrelated
+faces ~0), each identity in one of 10 tenants. A query is a fresh sample of a stored
+identity (a new photo of a known person), filtered to that identity's tenant. Recall@10
+is measured against an exact numpy search of the same tenant's vectors.
+
+The embedded store is the pipeline's own ``VectorIndex(settings)`` (Qdrant Edge at a
+temporary ``QDRANT_PATH``), loaded with its ``upsert`` and searched with its ``search``.
+It grows from one size to the next; at each size it is measured twice:
+
+- ``as_ingested``: as a serving process holds it after ingesting (never optimized in
+  that process: optimize() holds the GIL for its whole run);
+- ``optimized``: after ``optimize_store`` (the offline step, its own process's work while
+  the stack is stopped: merged segments, int8 copies of the vectors), reopened.
+
+qdrant-client's local mode (the embedded store before Qdrant Edge) is the reference at
+sizes up to :data:`LOCAL_MODE_MAX`, searched through the server backend over an in-memory
+local-mode client (its brute force is the same in memory or on a path).
 """
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from qdrant_client import QdrantClient
 
-from bench.common import median, percentile, rounded
+from bench.common import median, percentile, rounded, timed_call
 from facepipe.core.settings import load_settings
-from facepipe.store.vectors import KEYWORD_INDEXES, REMOTE_TIMEOUT_S, FacePoint, VectorIndex, point_id
+from facepipe.store.vectors import (
+    KEYWORD_INDEXES,
+    REMOTE_TIMEOUT_S,
+    FacePoint,
+    SearchHit,
+    VectorIndex,
+    point_id,
+)
+from facepipe.store.vectors.edge_engine import optimize_store
 
 DIM = 512
 TENANTS = 10
+SAMPLES_PER_IDENTITY = 10
+NOISE = 0.8  # per-dimension noise against unit-variance centres: same-identity cosine ~ 1 / (1 + 0.8²)
+LOAD_BATCH = 1000
+INGEST_BATCH = 32  # faces per upsert, as the indexer writes a batch of messages
+LOCAL_MODE_MAX = 100_000
+LOCAL_MODE_QUERIES = 20
 
 PRODUCTION_CLIENT = {
     "measured": False,
-    "why": "no Qdrant server binary can be installed on this machine (PyPI/Debian only); "
-    "the figures above are qdrant-client's embedded local mode",
+    "why": "no Qdrant server binary can be installed on this machine (PyPI/Debian only)",
     "client": f"QdrantClient(url=QDRANT_URL, api_key=QDRANT_API_KEY, timeout={REMOTE_TIMEOUT_S}, "
-    "check_compatibility=False) (facepipe.store.vectors.VectorIndex), REST",
+    "check_compatibility=False) (facepipe.store.vectors.server), REST",
     "collection": f"{DIM}-d cosine, HNSW with Qdrant's defaults (m=16, ef_construct=100)",
-    "payload_indexes": f"keyword indexes on {', '.join(KEYWORD_INDEXES)} (created by ensure_collection)",
+    "payload_indexes": f"keyword indexes on {', '.join(KEYWORD_INDEXES)}, tenant_id with is_tenant=true "
+    "(created by ensure_collection)",
     "query": "query_points(filter tenant_id = T [and site = S], limit=10, with_payload=True)",
-    "recommended": "tenant_id index with is_tenant=True (Qdrant >= 1.11 groups each tenant's points); "
-    "prefer_grpc=True for lower per-call overhead; hnsw_ef 64-128 for top-10",
 }
 
 
-def _vectors(rng: np.random.Generator, count: int) -> np.ndarray:
-    vectors = rng.standard_normal((count, DIM)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+def size_label(size: int) -> str:
+    """10000 -> 10k, 1000000 -> 1m: the suffix of the headline keys."""
+    if size % 1_000_000 == 0:
+        return f"{size // 1_000_000}m"
+    return f"{size // 1000}k" if size % 1000 == 0 else str(size)
 
 
-def _payload(number: int) -> dict[str, object]:
-    sha = f"{number:064x}"
-    return {
-        "tenant_id": f"tenant{number % TENANTS}",
-        "site": f"site{number % 7}.example",
-        "image_sha256": sha,
-        "face_index": 0,
-        "phash_prefix": f"{number % 65536:04x}",
-        "det_score": 0.9,
-        "url": f"https://site.example/{number}.jpg",
-    }
+@dataclass
+class Corpus:
+    """Face-like vectors, kept per tenant for the exact search; face number n is point n."""
 
+    seed: int = 17
+    size: int = 0
+    centres: np.ndarray = field(default_factory=lambda: np.zeros((0, DIM), np.float32))
+    chunks: dict[int, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    _exact: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
-def memory_index(workdir: Path) -> VectorIndex:
-    """The pipeline's VectorIndex over an in-memory local-mode client (see module doc)."""
-    settings = load_settings(
-        qdrant_url="embedded", qdrant_path=workdir / "unused", qdrant_collection="bench_faces"
-    )
-    index = VectorIndex(settings)
-    index.client.close()
-    index.client = QdrantClient(":memory:")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        index.ensure_collection(DIM)
-    return index
+    def __post_init__(self) -> None:
+        self.rng = np.random.default_rng(self.seed)
 
+    @staticmethod
+    def identity(number: np.ndarray | int) -> np.ndarray | int:
+        return number // SAMPLES_PER_IDENTITY
 
-def load_points(index: VectorIndex, start: int, stop: int, rng: np.random.Generator) -> np.ndarray:
-    vectors = _vectors(rng, stop - start)
-    index.client.upload_collection(
-        index.collection,
-        vectors=vectors,
-        payload=(_payload(n) for n in range(start, stop)),
-        ids=[point_id(f"tenant{n % TENANTS}", f"{n:064x}", 0) for n in range(start, stop)],
-        batch_size=2000,
-        wait=True,
-    )
-    return vectors
+    @staticmethod
+    def tenant(identity: int) -> str:
+        return f"tenant{identity % TENANTS}"
 
-
-def latency_ms(
-    index: VectorIndex, stored: np.ndarray, queries: int, rng: np.random.Generator
-) -> dict[str, float]:
-    """p50/p99 of ``queries`` top-10 searches of one tenant each, near a stored face."""
-    samples = []
-    for number in range(queries):
-        row = int(rng.integers(0, len(stored)))
-        query = stored[row] + rng.normal(0, 0.02, DIM).astype(np.float32)
-        started = time.perf_counter()
-        hits = index.search(f"tenant{number % TENANTS}", query, top_k=10)
-        samples.append((time.perf_counter() - started) * 1000)
-        if len(hits) != 10:
-            raise RuntimeError(f"expected 10 hits, got {len(hits)}")
-    return {
-        "p50": rounded(median(samples), 2),
-        "p99": rounded(percentile(samples, 99), 2),
-        "queries": queries,
-    }
-
-
-def path_upsert_rate(points: int = 60) -> float:
-    """Points/s the QDRANT_PATH store writes (one upsert call, as the indexer makes per batch)."""
-    rng = np.random.default_rng(3)
-    with tempfile.TemporaryDirectory() as tmp:
-        settings = load_settings(
-            qdrant_url="embedded", qdrant_path=Path(tmp) / "qdrant", qdrant_collection="bench_upsert"
+    def _sample(self, identities: np.ndarray) -> np.ndarray:
+        vectors = (
+            self.centres[identities]
+            + self.rng.standard_normal((len(identities), DIM)).astype(np.float32) * NOISE
         )
-        index = VectorIndex(settings)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                index.ensure_collection(DIM)
-            batch = [
-                FacePoint(f"tenant{n % TENANTS}", f"{n:064x}", 0, vector, {"site": "x"})
-                for n, vector in enumerate(_vectors(rng, points))
-            ]
-            started = time.perf_counter()
-            index.upsert(batch)
-            return points / (time.perf_counter() - started)
-        finally:
-            index.close()
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def grow(self, stop: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(numbers, vectors) in load batches, from the current size to ``stop``."""
+        identities_needed = -(-stop // SAMPLES_PER_IDENTITY)
+        if identities_needed > len(self.centres):
+            extra = self.rng.standard_normal((identities_needed - len(self.centres), DIM)).astype(np.float32)
+            self.centres = np.vstack([self.centres, extra])
+        for start in range(self.size, stop, LOAD_BATCH):
+            numbers = np.arange(start, min(stop, start + LOAD_BATCH))
+            vectors = self._sample(self.identity(numbers))  # type: ignore[arg-type]
+            tenants = self.identity(numbers) % TENANTS  # type: ignore[operator]
+            for t in range(TENANTS):
+                mine = tenants == t
+                self.chunks.setdefault(t, []).append((numbers[mine], vectors[mine]))
+            self.size = int(numbers[-1]) + 1
+            yield numbers, vectors
+        self._exact.clear()
+
+    def points(self, numbers: np.ndarray, vectors: np.ndarray) -> list[FacePoint]:
+        return [
+            FacePoint(
+                self.tenant(int(self.identity(int(n)))),
+                f"{int(n):064x}",
+                0,
+                vector,
+                {"site": "bench.example"},
+            )
+            for n, vector in zip(numbers, vectors, strict=True)
+        ]
+
+    def queries(self, count: int) -> list[tuple[str, np.ndarray, int]]:
+        """(tenant, query vector, tenant number): new samples of stored identities."""
+        identities = self.rng.integers(0, self.size // SAMPLES_PER_IDENTITY, count)
+        return [
+            (self.tenant(int(i)), v, int(i) % TENANTS)
+            for i, v in zip(identities, self._sample(identities), strict=True)
+        ]
+
+    def exact_top10(self, tenant: int, query: np.ndarray) -> tuple[set[str], float]:
+        """Point ids of the exact top-10 in the tenant, and the ms numpy took."""
+        if tenant not in self._exact:
+            numbers = np.concatenate([n for n, _ in self.chunks[tenant]])
+            self._exact[tenant] = (numbers, np.vstack([v for _, v in self.chunks[tenant]]))
+            self.chunks[tenant] = [self._exact[tenant]]  # one copy of the vectors, not two (2 GB at 1M)
+        numbers, vectors = self._exact[tenant]
+        started = time.perf_counter()
+        scores = vectors @ query
+        top = np.argpartition(-scores, 10)[:10]
+        took = (time.perf_counter() - started) * 1000
+        tenant_id = f"tenant{tenant}"
+        return {point_id(tenant_id, f"{int(numbers[i]):064x}", 0) for i in top}, took
+
+
+def measure(
+    search: Callable[[str, np.ndarray], list[SearchHit]], corpus: Corpus, count: int
+) -> dict[str, float]:
+    """p50/p99 of ``count`` searches and their mean recall@10 against exact numpy."""
+    latencies, exact_ms, recalls = [], [], []
+    for tenant_id, query, tenant in corpus.queries(count):
+        started = time.perf_counter()
+        hits = search(tenant_id, query)
+        latencies.append((time.perf_counter() - started) * 1000)
+        expected, took = corpus.exact_top10(tenant, query)
+        exact_ms.append(took)
+        recalls.append(len(expected & {hit.id for hit in hits}) / 10)
+    return {
+        "p50": rounded(median(latencies), 2),
+        "p99": rounded(percentile(latencies, 99), 2),
+        "recall_at_10": rounded(float(np.mean(recalls)), 4),
+        "queries": count,
+        "numpy_exact_p50": rounded(median(exact_ms), 2),
+        "numpy_exact_p99": rounded(percentile(exact_ms, 99), 2),
+    }
+
+
+@contextlib.contextmanager
+def opened(path: Path, collection: str = "bench_faces") -> Iterator[VectorIndex]:
+    index = VectorIndex(load_settings(qdrant_url="embedded", qdrant_path=path, qdrant_collection=collection))
+    try:
+        yield index
+    finally:
+        index.close()
+
+
+def ingest_us_per_face(index: VectorIndex, corpus: Corpus, batches: int = 20) -> float:
+    """Per-face cost of the indexer's kind of upsert (INGEST_BATCH faces per call) into ``index``."""
+    rng = np.random.default_rng(5)
+    seconds = 0.0
+    for number in range(batches):
+        vectors = rng.standard_normal((INGEST_BATCH, DIM)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        points = [FacePoint("ingest", f"b{number}", face, v, {"site": "s"}) for face, v in enumerate(vectors)]
+        started = time.perf_counter()
+        index.upsert(points)
+        seconds += time.perf_counter() - started
+    return rounded(seconds / (batches * INGEST_BATCH) * 1e6, 1)
+
+
+def local_mode_path_ingest_us_per_face(workdir: Path, corpus: Corpus) -> float:
+    """The same upserts into qdrant-client's local mode on a path: the embedded store before."""
+    from qdrant_client import QdrantClient
+
+    from facepipe.store.vectors.server import ServerVectorIndex
+
+    settings = load_settings(qdrant_url="http://unused", qdrant_collection="bench_upsert")
+    index = ServerVectorIndex(settings, client=QdrantClient(path=str(workdir / "local-path")))
+    try:
+        index.ensure_collection(DIM)
+        return ingest_us_per_face(index, corpus)
+    finally:
+        index.close()
+
+
+def local_mode_figure(sizes: Sequence[int], queries: Sequence[int], seed: int) -> dict[str, object]:
+    """The reference: the same corpus in qdrant-client's local mode (in memory), via the server backend."""
+    from qdrant_client import QdrantClient
+
+    from facepipe.store.vectors.server import ServerVectorIndex
+
+    corpus = Corpus(seed)  # the same seed: the same faces and queries as the embedded store's
+    index = ServerVectorIndex(
+        load_settings(qdrant_url="http://unused", qdrant_collection="bench_faces"),
+        client=QdrantClient(":memory:"),
+    )
+    results: dict[str, object] = {}
+    try:
+        index.ensure_collection(DIM)
+        # Local mode warns above 20,000 points that it is slow: that is what is measured.
+        warnings.filterwarnings("ignore", message="Local mode is not recommended")
+        for size, count in zip(sizes, queries, strict=True):
+            for numbers, vectors in corpus.grow(size):
+                index.upsert(corpus.points(numbers, vectors))
+            # Its brute force takes seconds a query at 100k: fewer of them.
+            results[str(size)] = measure(
+                lambda t, q: index.search(t, q), corpus, min(count, LOCAL_MODE_QUERIES)
+            )
+    finally:
+        index.close()
+    return results
 
 
 def search_figure(sizes: Sequence[int], queries: Sequence[int], seed: int = 17) -> dict[str, object]:
-    """Latency at each size (the index grows from one size to the next)."""
-    rng = np.random.default_rng(seed)
-    results: dict[str, object] = {}
-    per_tenant: dict[str, object] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        index = memory_index(Path(tmp))
-        try:
-            loaded = 0
-            stored: list[np.ndarray] = []
-            load_seconds = 0.0
-            for size, count in zip(sizes, queries, strict=True):
+    corpus = Corpus(seed)
+    embedded: dict[str, dict[str, object]] = {}
+    load_seconds = 0.0
+    with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
+        path = Path(tmp) / "qdrant"
+        with opened(path) as index:
+            index.ensure_collection(DIM)
+            ingest_edge = ingest_us_per_face(index, corpus)
+            index.delete_tenant("ingest")
+        for size, count in zip(sizes, queries, strict=True):
+            with opened(path) as index:
                 started = time.perf_counter()
-                stored.append(load_points(index, loaded, size, rng))
+                for numbers, vectors in corpus.grow(size):
+                    index.upsert(corpus.points(numbers, vectors))
                 load_seconds += time.perf_counter() - started
-                loaded = size
-                results[str(size)] = latency_ms(index, np.vstack(stored), count, rng)
-                results[str(size)]["tenants"] = TENANTS
-            results["load_points_per_s"] = rounded(loaded / load_seconds, 1)
-        finally:
-            index.close()
-        # The same tenant's points alone in a collection, searched without a filter: what
-        # one collection per tenant would cost in embedded mode.
-        largest = sizes[-1] // TENANTS
-        solo = memory_index(Path(tmp) / "solo")
-        try:
-            vectors = load_points(solo, 0, largest, rng)
-            samples = []
-            for _ in range(min(50, max(queries))):
-                started = time.perf_counter()
-                solo.client.query_points(
-                    solo.collection,
-                    query=vectors[int(rng.integers(0, largest))].tolist(),
-                    limit=10,
-                    with_payload=True,
-                )
-                samples.append((time.perf_counter() - started) * 1000)
-            per_tenant = {
-                "points": largest,
-                "p50": rounded(median(samples), 2),
-                "p99": rounded(percentile(samples, 99), 2),
-                "queries": len(samples),
-            }
-        finally:
-            solo.close()
+                figure: dict[str, object] = {
+                    "as_ingested": measure(lambda t, q: index.search(t, q), corpus, count)
+                }
+            figure["optimize_s"] = rounded(timed_call(lambda: optimize_store(path))[1], 1)
+            started = time.perf_counter()
+            with opened(path) as index:
+                figure["open_s"] = rounded(time.perf_counter() - started, 2)  # load + WAL replay + warm-up
+                figure["optimized"] = measure(lambda t, q: index.search(t, q), corpus, count)
+            embedded[str(size)] = figure
+        ingest_local = local_mode_path_ingest_us_per_face(Path(tmp), Corpus(seed))
+    local = [(size, count) for size, count in zip(sizes, queries, strict=True) if size <= LOCAL_MODE_MAX]
     return {
-        "embedded": results,
-        "embedded_one_collection_per_tenant_unfiltered": per_tenant,
-        "embedded_path_upsert_points_per_s": rounded(path_upsert_rate(), 1),
+        "corpus": {
+            "dim": DIM,
+            "tenants": TENANTS,
+            "samples_per_identity": SAMPLES_PER_IDENTITY,
+            "same_identity_cosine": round(1 / (1 + NOISE**2), 2),
+        },
+        "embedded": embedded,
+        "embedded_load_points_per_s": rounded(corpus.size / load_seconds, 1),
+        "local_mode": local_mode_figure([s for s, _ in local], [c for _, c in local], seed),
+        "ingest_us_per_face": {
+            "embedded": ingest_edge,
+            "local_mode_path": ingest_local,
+            "faces_per_upsert": INGEST_BATCH,
+        },
         "production_client": PRODUCTION_CLIENT,
     }

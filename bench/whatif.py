@@ -66,7 +66,7 @@ def patch_decode() -> Undo:
                 oriented = ImageOps.exif_transpose(image) if image.getexif().get(0x0112, 1) != 1 else image
             except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
                 raise PermanentError(
-                    "undecodable_image", f"{image.format} image does not decode: {exc}"
+                    "corrupt_image", f"{image.format} image does not decode: {exc}"
                 ) from None
             return cv2.cvtColor(np.asarray(oriented), cv2.COLOR_RGB2BGR)
 

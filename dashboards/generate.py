@@ -1,26 +1,32 @@
-"""Generate the face-pipeline Grafana dashboards.
+"""Generate the face-pipeline Grafana dashboards with grafana-foundation-sdk.
 
 The JSON lives in charts/face-pipeline-operator/dashboards/ (the chart ships each file as a
-ConfigMap for the Grafana sidecar). Edit this file, never the JSON, then run
+ConfigMap for the Grafana sidecar). Edit this file (what each dashboard shows) or dashkit.py
+(how a panel looks), never the JSON, then run
 
-    .venv/bin/python dashboards/generate.py          # write the JSON
+    .venv/bin/python dashboards/generate.py          # write the JSON (also: make dashboards)
     .venv/bin/python dashboards/generate.py --check  # exit 1 if the JSON is stale
 
-Every metric name used here must appear on the services' /metrics (tests/charts checks it
-against a live scrape); kube-state-metrics series are the one documented exception.
+Every metric name used here must appear on the services'
+/metrics (tests/charts checks it against a live scrape); kube-state-metrics series are the one
+documented exception.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from grafana_foundation_sdk.builders import dashboard as board
+from grafana_foundation_sdk.builders import prometheus
+
+# dashkit.py sits beside this file: importable when run as a script and when loaded by path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dashkit import Variable, dashboard, datasource_variable, graph, multi_select, query, single_stat, to_json
 
 OUTPUT_DIR = Path(__file__).resolve().parents[1] / "charts" / "face-pipeline-operator" / "dashboards"
-DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+TAGS = ["face-pipeline"]
 # Every face-pipeline series carries namespace and tenant (scrape relabelling in the chart).
 SEL = 'namespace=~"$namespace", tenant=~"$tenant"'
 RATE = "$__rate_interval"
@@ -32,40 +38,7 @@ ONLY_INDEXER = 'stage="indexer"'
 FINISHED = '{__name__=~"facepipe_worker_msgs_acked_total|facepipe_worker_msgs_dlq_total"'
 
 
-@dataclass(frozen=True)
-class Query:
-    expr: str
-    legend: str
-
-
-@dataclass(frozen=True)
-class Panel:
-    title: str
-    description: str
-    queries: tuple[Query, ...]
-    unit: str = "short"
-    kind: str = "timeseries"  # or "stat"
-    width: int = 12
-    height: int = 8
-    stacked: bool = False
-    min_zero: bool = True
-    thresholds: tuple[tuple[str, float | None], ...] = ()
-
-
-@dataclass(frozen=True)
-class Row:
-    title: str
-    panels: tuple[Panel, ...]
-
-
-@dataclass(frozen=True)
-class Dashboard:
-    uid: str
-    title: str
-    description: str
-    rows: tuple[Row, ...]
-    tags: tuple[str, ...] = ("face-pipeline",)
-    links_to: tuple[str, ...] = field(default_factory=tuple)
+# --- Queries -----------------------------------------------------------------------------------
 
 
 def rate(metric: str, extra: str = "") -> str:
@@ -76,15 +49,18 @@ def rate(metric: str, extra: str = "") -> str:
     return f"rate({metric}{{{selector}}}[{RATE}])"
 
 
-def quantile_queries(histogram: str, by: str) -> tuple[Query, ...]:
-    """p50/p95/p99 of a histogram per `by` label (and tenant, so "All" tenants stay apart)."""
-    return tuple(
-        Query(
-            f"histogram_quantile({q}, sum by (le, tenant, {by}) ({rate(histogram + '_bucket')}))",
-            f"{{{{tenant}}}} {{{{{by}}}}} p{round(q * 100)}",
-        )
-        for q in QUANTILES
-    )
+def sum_rate(by: str, metric: str, extra: str = "") -> str:
+    return f"sum by ({by}) ({rate(metric, extra)})"
+
+
+def ratio(by: str, numerator: str, denominator: str) -> str:
+    """One rate over another per `by`: a histogram's mean (sum / count), a share of messages."""
+    return f"{sum_rate(by, numerator)} / {sum_rate(by, denominator)}"
+
+
+def per_tenant_gauge(aggregation: str, by: str, metric: str) -> str:
+    """A gauge aggregated per `by`: max for per-stream figures several replicas report alike."""
+    return f"{aggregation} by ({by}) ({metric}{{{SEL}}})"
 
 
 def backlog_expr(by: str) -> str:
@@ -96,7 +72,7 @@ def backlog_expr(by: str) -> str:
 
 
 # Replicas per component from kube-state-metrics; tenant and component come from the
-# Deployment's labels (kube-state-metrics --metric-labels-allowlist, see docs/readme/alerts.md).
+# Deployment's labels (kube-state-metrics --metric-labels-allowlist, see docs/alerts.md).
 def deployment_replicas(metric: str) -> str:
     return (
         "sum by (tenant, component) (label_replace(label_replace("
@@ -108,493 +84,274 @@ def deployment_replicas(metric: str) -> str:
     )
 
 
-OVERVIEW = Dashboard(
-    uid="facepipe-overview",
-    title="Face pipeline / Overview",
-    description="Throughput, latency, dedup, rejected faces and replicas of every face-pipeline stage.",
-    links_to=("facepipe-queues",),
-    rows=(
-        Row(
-            "Throughput",
-            (
-                Panel(
-                    "Messages acked per second by stage",
-                    "Messages each stage finished and acked (its output durably published).",
-                    (
-                        Query(
-                            f"sum by (tenant, stage) ({rate('facepipe_worker_msgs_acked_total')})",
-                            "{{tenant}} {{stage}}",
-                        ),
-                    ),
-                    unit="short",
-                ),
-                Panel(
-                    "Faces per second by stage",
-                    "Faces each stage handled: detected and accepted, embedded, indexed.",
-                    (
-                        Query(
-                            f"sum by (tenant, stage) ({rate('facepipe_faces_processed_total')})",
-                            "{{tenant}} {{stage}}",
-                        ),
-                    ),
-                ),
-                Panel(
-                    "Ingest rate",
-                    "Images per second the detector finished (acked or dead-lettered).",
-                    (Query(f"sum by (tenant) ({rate(FINISHED, ONLY_DETECTOR)})", "{{tenant}}"),),
-                    kind="stat",
-                    width=6,
-                    height=6,
-                ),
-                Panel(
-                    "Messages in flight by stage",
-                    "Messages a worker holds right now (read, not yet acked).",
-                    (
-                        Query(
-                            f"sum by (tenant, stage) (facepipe_worker_inflight_messages{{{SEL}}})",
-                            "{{tenant}} {{stage}}",
-                        ),
-                    ),
-                    width=18,
-                    height=6,
-                ),
-            ),
-        ),
-        Row(
-            "Latency",
-            (
-                Panel(
-                    "Message latency per stage (p50 / p95 / p99)",
-                    "Time from reading a message to acking it, per stage.",
-                    quantile_queries("facepipe_message_duration_seconds", "stage"),
-                    unit="s",
-                ),
-                Panel(
-                    "Step latency (p50 / p95 / p99)",
-                    "The runbook's timings: detection (per image), embedding (per batch), storage "
-                    "(per artifact), upsert (per batch).",
-                    quantile_queries("facepipe_stage_duration_seconds", "stage"),
-                    unit="s",
-                ),
-                Panel(
-                    "Mean time per message by stage",
-                    "Histogram sum over count: the figure the SlowProcessing alert watches (1 s).",
-                    (
-                        Query(
-                            f"sum by (tenant, stage) ({rate('facepipe_message_duration_seconds_sum')})"
-                            f" / sum by (tenant, stage) ({rate('facepipe_message_duration_seconds_count')})",
-                            "{{tenant}} {{stage}}",
-                        ),
-                    ),
-                    unit="s",
-                    thresholds=(("green", None), ("red", 1.0)),
-                ),
-                Panel(
-                    "Embedder batch size",
-                    "Faces per inference call (mean and p95): batching across messages at work.",
-                    (
-                        Query(
-                            f"sum by (tenant) ({rate('facepipe_embed_batch_size_sum')})"
-                            f" / sum by (tenant) ({rate('facepipe_embed_batch_size_count')})",
-                            "{{tenant}} mean",
-                        ),
-                        Query(
-                            "histogram_quantile(0.95, sum by (le, tenant) "
-                            f"({rate('facepipe_embed_batch_size_bucket')}))",
-                            "{{tenant}} p95",
-                        ),
-                    ),
-                ),
-            ),
-        ),
-        Row(
-            "Faces",
-            (
-                Panel(
-                    "Dedup hit rate",
-                    "Near-duplicate faces skipped over faces that reached the dedup decision "
-                    "(skipped + indexed).",
-                    (
-                        Query(
-                            f"sum by (tenant) ({rate('facepipe_faces_dup_skipped_total')}) / "
-                            f"(sum by (tenant) ({rate('facepipe_faces_dup_skipped_total')}) + "
-                            f"sum by (tenant) ({rate('facepipe_faces_processed_total', ONLY_INDEXER)}))",
-                            "{{tenant}}",
-                        ),
-                    ),
-                    unit="percentunit",
-                ),
-                Panel(
-                    "Faces rejected by reason",
-                    "Faces the quality gates turned down, per reason (size, score, blur, pose...).",
-                    (
-                        Query(
-                            f"sum by (tenant, reason) ({rate('facepipe_faces_rejected_total')})",
-                            "{{tenant}} {{reason}}",
-                        ),
-                    ),
-                    stacked=True,
-                ),
-                Panel(
-                    "Dedup cache keys",
-                    "Keys under dedup: in Redis (entries expire after DEDUP_TTL_SECONDS).",
-                    (Query(f"max by (tenant) (facepipe_dedup_keys{{{SEL}}})", "{{tenant}}"),),
-                ),
-                Panel(
-                    "Dedup cache memory",
-                    "Redis memory used by the dedup keys.",
-                    (Query(f"max by (tenant) (facepipe_dedup_memory_bytes{{{SEL}}})", "{{tenant}}"),),
-                    unit="bytes",
-                ),
-            ),
-        ),
-        Row(
-            "Replicas and readiness",
-            (
-                Panel(
-                    "Replicas per component",
-                    "Current and desired replicas of each Deployment (kube-state-metrics).",
-                    (
-                        Query(
-                            deployment_replicas("kube_deployment_status_replicas"), "{{tenant}} {{component}}"
-                        ),
-                        Query(
-                            deployment_replicas("kube_deployment_spec_replicas"),
-                            "{{tenant}} {{component}} desired",
-                        ),
-                    ),
-                ),
-                Panel(
-                    "Available replicas per component",
-                    "Replicas passing readiness; the ComponentNotReady alert fires below desired.",
-                    (
-                        Query(
-                            deployment_replicas("kube_deployment_status_replicas_available"),
-                            "{{tenant}} {{component}}",
-                        ),
-                    ),
-                ),
-                Panel(
-                    "Readiness checks",
-                    "ops-api /ready per check: 1 healthy, 0 unhealthy (worst replica).",
-                    (Query(f"min by (tenant, check) (facepipe_ready{{{SEL}}})", "{{tenant}} {{check}}"),),
-                    kind="stat",
-                    width=24,
-                    height=5,
-                    thresholds=(("red", None), ("green", 1.0)),
-                ),
-            ),
-        ),
-    ),
-)
-
-QUEUES = Dashboard(
-    uid="facepipe-queues",
-    title="Face pipeline / Queues and DLQ",
-    description="Redis stream depth per stream and consumer group, dead-letter streams, retries.",
-    links_to=("facepipe-overview",),
-    rows=(
-        Row(
-            "Queue depth",
-            (
-                Panel(
-                    "Backlog (lag + pending) per stream",
-                    "Messages the group has not finished: what the autoscalers scale on and the "
-                    "QueueBacklog alert watches (1000).",
-                    (Query(backlog_expr("tenant, stream"), "{{tenant}} {{stream}}"),),
-                    thresholds=(("green", None), ("red", 1000.0)),
-                ),
-                Panel(
-                    "Stream length",
-                    "XLEN: entries kept in each stream, processed or not.",
-                    (
-                        Query(
-                            f"max by (tenant, stream) (facepipe_stream_length{{{SEL}}})",
-                            "{{tenant}} {{stream}}",
-                        ),
-                    ),
-                ),
-                Panel(
-                    "Consumer-group lag",
-                    "Entries never delivered to the group.",
-                    (
-                        Query(
-                            f"max by (tenant, stream, group) (facepipe_stream_lag{{{SEL}}})",
-                            "{{tenant}} {{stream}} / {{group}}",
-                        ),
-                    ),
-                ),
-                Panel(
-                    "Pending entries",
-                    "Delivered to a consumer and not yet acked (reclaimed after CLAIM_IDLE_MS).",
-                    (
-                        Query(
-                            f"max by (tenant, stream, group) (facepipe_stream_pending{{{SEL}}})",
-                            "{{tenant}} {{stream}} / {{group}}",
-                        ),
-                    ),
-                ),
-                Panel(
-                    "Consumers per group",
-                    "Consumers registered in each group (XINFO GROUPS).",
-                    (
-                        Query(
-                            f"max by (tenant, stream, group) (facepipe_stream_consumers{{{SEL}}})",
-                            "{{tenant}} {{stream}} / {{group}}",
-                        ),
-                    ),
-                    width=24,
-                    height=6,
-                ),
-            ),
-        ),
-        Row(
-            "Dead-letter queues",
-            (
-                Panel(
-                    "DLQ length",
-                    "Entries in each <stream>:dlq.",
-                    (
-                        Query(
-                            f"max by (tenant, stream) (facepipe_dlq_length{{{SEL}}})", "{{tenant}} {{stream}}"
-                        ),
-                    ),
-                ),
-                Panel(
-                    "DLQ growth per hour",
-                    "Entries added to each dead-letter stream over the last hour.",
-                    (
-                        Query(
-                            f"max by (tenant, stream) (delta(facepipe_dlq_length{{{SEL}}}[1h]))",
-                            "{{tenant}} {{stream}}",
-                        ),
-                    ),
-                ),
-                Panel(
-                    "Messages dead-lettered per second by stage and reason",
-                    "The reasons (invalid_json, missing_fields, max_deliveries_exceeded, ...) "
-                    "behind the HighDLQRate alert.",
-                    (
-                        Query(
-                            f"sum by (tenant, stage, reason) ({rate('facepipe_worker_msgs_dlq_total')})",
-                            "{{tenant}} {{stage}} {{reason}}",
-                        ),
-                    ),
-                    stacked=True,
-                ),
-                Panel(
-                    "DLQ ratio by stage",
-                    "Dead-lettered over finished (acked + dead-lettered); HighDLQRate fires over 10%.",
-                    (
-                        Query(
-                            f"sum by (tenant, stage) ({rate('facepipe_worker_msgs_dlq_total')}) / "
-                            f"sum by (tenant, stage) ({rate(FINISHED)})",
-                            "{{tenant}} {{stage}}",
-                        ),
-                    ),
-                    unit="percentunit",
-                    thresholds=(("green", None), ("red", 0.1)),
-                ),
-            ),
-        ),
-        Row(
-            "Retries",
-            (
-                Panel(
-                    "Transient errors per second by stage",
-                    "Redis/S3/Qdrant unreachable: retried with backoff, never dead-lettered.",
-                    (
-                        Query(
-                            f"sum by (tenant, stage) ({rate('facepipe_worker_transient_errors_total')})",
-                            "{{tenant}} {{stage}}",
-                        ),
-                    ),
-                ),
-                Panel(
-                    "Redeliveries per second by stage",
-                    "Pending messages reclaimed from a crashed or stuck consumer (XAUTOCLAIM).",
-                    (
-                        Query(
-                            f"sum by (tenant, stage) ({rate('facepipe_worker_redeliveries_total')})",
-                            "{{tenant}} {{stage}}",
-                        ),
-                    ),
-                ),
-            ),
-        ),
-    ),
-)
-
-DASHBOARDS = (OVERVIEW, QUEUES)
+def legend_of(by: str) -> str:
+    """A legend naming each series by its labels: "tenant, stage" -> "{{tenant}} {{stage}}"."""
+    return " ".join(f"{{{{{label}}}}}" for label in by.split(", "))
 
 
-def _variables() -> list[dict[str, Any]]:
-    def query_var(name: str, label: str, query: str) -> dict[str, Any]:
-        return {
-            "name": name,
-            "label": label,
-            "type": "query",
-            "datasource": DATASOURCE,
-            "query": {"query": query, "refId": f"{name}-values"},
-            "definition": query,
-            "refresh": 2,
-            "includeAll": True,
-            "multi": True,
-            "allValue": ".*",
-            "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
-            "sort": 1,
-        }
+def rate_query(by: str, metric: str, extra: str = "") -> prometheus.Dataquery:
+    return query(sum_rate(by, metric, extra), legend_of(by))
 
+
+def gauge_query(aggregation: str, by: str, metric: str) -> prometheus.Dataquery:
+    legend = legend_of(by).replace(" {{group}}", " / {{group}}")  # a group belongs to its stream
+    return query(per_tenant_gauge(aggregation, by, metric), legend)
+
+
+def replicas_query(metric: str, legend_suffix: str = "") -> prometheus.Dataquery:
+    return query(deployment_replicas(metric), f"{{{{tenant}}}} {{{{component}}}}{legend_suffix}")
+
+
+def quantile_queries(histogram: str, by: str) -> list[prometheus.Dataquery]:
+    """p50/p95/p99 of a histogram per `by` label (and tenant, so "All" tenants stay apart)."""
     return [
-        {
-            "name": "datasource",
-            "label": "Data source",
-            "type": "datasource",
-            "query": "prometheus",
-            "current": {},
-            "hide": 0,
-            "refresh": 1,
-        },
-        query_var("namespace", "Namespace", "label_values(facepipe_stream_length, namespace)"),
-        query_var(
+        query(
+            f"histogram_quantile({q}, sum by (le, tenant, {by}) ({rate(histogram + '_bucket')}))",
+            f"{{{{tenant}}}} {{{{{by}}}}} p{round(q * 100)}",
+        )
+        for q in QUANTILES
+    ]
+
+
+def variables() -> list[Variable]:
+    return [
+        datasource_variable(),
+        multi_select("namespace", "Namespace", "label_values(facepipe_stream_length, namespace)"),
+        multi_select(
             "tenant", "Tenant", 'label_values(facepipe_stream_length{namespace=~"$namespace"}, tenant)'
         ),
     ]
 
 
-def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
-    steps = [{"color": color, "value": value} for color, value in panel.thresholds] or [
-        {"color": "green", "value": None}
-    ]
-    defaults: dict[str, Any] = {
-        "unit": panel.unit,
-        "thresholds": {"mode": "absolute", "steps": steps},
-        "color": {"mode": "thresholds" if panel.kind == "stat" else "palette-classic"},
-    }
-    if panel.min_zero:
-        defaults["min"] = 0
-    if panel.kind == "timeseries":
-        defaults["custom"] = {
-            "drawStyle": "line",
-            "lineWidth": 1,
-            "fillOpacity": 10,
-            "showPoints": "never",
-            "spanNulls": True,
-            "stacking": {"mode": "normal" if panel.stacked else "none", "group": "A"},
-            "thresholdsStyle": {"mode": "line" if panel.thresholds else "off"},
-        }
-        options: dict[str, Any] = {
-            "legend": {
-                "displayMode": "table",
-                "placement": "bottom",
-                "showLegend": True,
-                "calcs": ["lastNotNull", "max"],
-            },
-            "tooltip": {"mode": "multi", "sort": "desc"},
-        }
-    else:
-        options = {
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-            "colorMode": "background",
-            "graphMode": "area",
-            "textMode": "auto",
-            "orientation": "auto",
-        }
-    return {
-        "id": panel_id,
-        "type": panel.kind,
-        "title": panel.title,
-        "description": panel.description,
-        "datasource": DATASOURCE,
-        "gridPos": {"h": panel.height, "w": panel.width, "x": x, "y": y},
-        "fieldConfig": {"defaults": defaults, "overrides": []},
-        "options": options,
-        "targets": [
-            {
-                "refId": chr(ord("A") + index),
-                "datasource": DATASOURCE,
-                "expr": query.expr,
-                "legendFormat": query.legend,
-                "range": True,
-            }
-            for index, query in enumerate(panel.queries)
-        ],
-    }
+# --- Dashboards --------------------------------------------------------------------------------
 
 
-def build(dashboard: Dashboard) -> dict[str, Any]:
-    """The Grafana JSON model of one dashboard, laid out left to right, top to bottom."""
-    panels: list[dict[str, Any]] = []
-    panel_id = 1
-    y = 0
-    for row in dashboard.rows:
-        panels.append(
-            {
-                "id": panel_id,
-                "type": "row",
-                "title": row.title,
-                "collapsed": False,
-                "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
-                "panels": [],
-            }
-        )
-        panel_id += 1
-        y += 1
-        x = 0
-        row_height = 0
-        for panel in row.panels:
-            if x + panel.width > 24:
-                x, y, row_height = 0, y + row_height, 0
-            panels.append(_panel_json(panel, panel_id, x, y))
-            panel_id += 1
-            x += panel.width
-            row_height = max(row_height, panel.height)
-        y += row_height
-    return {
-        "uid": dashboard.uid,
-        "title": dashboard.title,
-        "description": dashboard.description,
-        "tags": list(dashboard.tags),
-        "timezone": "browser",
-        "editable": True,
-        "graphTooltip": 1,
-        "schemaVersion": 39,
-        "version": 1,
-        "refresh": "30s",
-        "time": {"from": "now-6h", "to": "now"},
-        "annotations": {
-            "list": [
-                {
-                    "builtIn": 1,
-                    "datasource": {"type": "grafana", "uid": "-- Grafana --"},
-                    "enable": True,
-                    "hide": True,
-                    "iconColor": "rgba(0, 211, 255, 1)",
-                    "name": "Annotations & Alerts",
-                    "type": "dashboard",
-                }
-            ]
+def overview() -> board.Dashboard:
+    return dashboard(
+        "facepipe-overview",
+        "Face pipeline / Overview",
+        "Throughput, latency, dedup, rejected faces and replicas of every face-pipeline stage.",
+        tags=TAGS,
+        variables=variables(),
+        rows={
+            "Throughput": [
+                graph(
+                    "Messages acked per second by stage",
+                    "Messages each stage finished and acked (its output durably published).",
+                    rate_query("tenant, stage", "facepipe_worker_msgs_acked_total"),
+                ),
+                graph(
+                    "Faces per second by stage",
+                    "Faces each stage handled: detected and accepted, embedded, indexed.",
+                    rate_query("tenant, stage", "facepipe_faces_processed_total"),
+                ),
+                single_stat(
+                    "Ingest rate",
+                    "Images per second the detector finished (acked or dead-lettered).",
+                    rate_query("tenant", FINISHED, ONLY_DETECTOR),
+                ),
+                graph(
+                    "Messages in flight by stage",
+                    "Messages a worker holds right now (read, not yet acked).",
+                    gauge_query("sum", "tenant, stage", "facepipe_worker_inflight_messages"),
+                    width=18,
+                    height=6,
+                ),
+            ],
+            "Latency": [
+                graph(
+                    "Message latency per stage (p50 / p95 / p99)",
+                    "Time from reading a message to acking it, per stage.",
+                    *quantile_queries("facepipe_message_duration_seconds", "stage"),
+                    unit="s",
+                ),
+                graph(
+                    "Step latency (p50 / p95 / p99)",
+                    "The runbook's timings: detection (per image), embedding (per batch), storage "
+                    "(per artifact), upsert (per batch).",
+                    *quantile_queries("facepipe_stage_duration_seconds", "stage"),
+                    unit="s",
+                ),
+                graph(
+                    "Mean time per message by stage",
+                    "Histogram sum over count: the figure the SlowProcessing alert watches (1 s).",
+                    query(
+                        ratio(
+                            "tenant, stage",
+                            "facepipe_message_duration_seconds_sum",
+                            "facepipe_message_duration_seconds_count",
+                        ),
+                        legend_of("tenant, stage"),
+                    ),
+                    unit="s",
+                    thresholds=(("green", None), ("red", 1.0)),
+                ),
+                graph(
+                    "Embedder batch size",
+                    "Faces per inference call (mean and p95): batching across messages at work.",
+                    query(
+                        ratio("tenant", "facepipe_embed_batch_size_sum", "facepipe_embed_batch_size_count"),
+                        "{{tenant}} mean",
+                    ),
+                    query(
+                        "histogram_quantile(0.95, sum by (le, tenant) "
+                        f"({rate('facepipe_embed_batch_size_bucket')}))",
+                        "{{tenant}} p95",
+                    ),
+                ),
+            ],
+            "Faces": [
+                graph(
+                    "Dedup hit rate",
+                    "Near-duplicate faces skipped over faces that reached the dedup decision "
+                    "(skipped + indexed).",
+                    query(
+                        f"{sum_rate('tenant', 'facepipe_faces_dup_skipped_total')} / "
+                        f"({sum_rate('tenant', 'facepipe_faces_dup_skipped_total')} + "
+                        f"{sum_rate('tenant', 'facepipe_faces_processed_total', ONLY_INDEXER)})",
+                        "{{tenant}}",
+                    ),
+                    unit="percentunit",
+                ),
+                graph(
+                    "Faces rejected by reason",
+                    "Faces the quality gates turned down, per reason (size, score, blur, pose...).",
+                    rate_query("tenant, reason", "facepipe_faces_rejected_total"),
+                    stacked=True,
+                ),
+                graph(
+                    "Dedup cache keys",
+                    "Keys under dedup: in Redis (entries expire after DEDUP_TTL_SECONDS).",
+                    gauge_query("max", "tenant", "facepipe_dedup_keys"),
+                ),
+                graph(
+                    "Dedup cache memory",
+                    "Redis memory used by the dedup keys.",
+                    gauge_query("max", "tenant", "facepipe_dedup_memory_bytes"),
+                    unit="bytes",
+                ),
+            ],
+            "Replicas and readiness": [
+                graph(
+                    "Replicas per component",
+                    "Current and desired replicas of each Deployment (kube-state-metrics).",
+                    replicas_query("kube_deployment_status_replicas"),
+                    replicas_query("kube_deployment_spec_replicas", " desired"),
+                ),
+                graph(
+                    "Available replicas per component",
+                    "Replicas passing readiness; the ComponentNotReady alert fires below desired.",
+                    replicas_query("kube_deployment_status_replicas_available"),
+                ),
+                single_stat(
+                    "Readiness checks",
+                    "ops-api /ready per check: 1 healthy, 0 unhealthy (worst replica).",
+                    gauge_query("min", "tenant, check", "facepipe_ready"),
+                    thresholds=(("red", None), ("green", 1.0)),
+                    width=24,
+                    height=5,
+                ),
+            ],
         },
-        "links": [
-            {
-                "title": "Other face-pipeline dashboards",
-                "type": "dashboards",
-                "tags": list(dashboard.tags),
-                "asDropdown": False,
-                "includeVars": True,
-                "keepTime": True,
-            }
-        ]
-        if dashboard.links_to
-        else [],
-        "templating": {"list": _variables()},
-        "panels": panels,
-    }
+    )
+
+
+def queues() -> board.Dashboard:
+    per_group = "tenant, stream, group"
+    return dashboard(
+        "facepipe-queues",
+        "Face pipeline / Queues and DLQ",
+        "Redis stream depth per stream and consumer group, dead-letter streams, retries.",
+        tags=TAGS,
+        variables=variables(),
+        rows={
+            "Queue depth": [
+                graph(
+                    "Backlog (lag + pending) per stream",
+                    "Messages the group has not finished: what the autoscalers scale on and the "
+                    "QueueBacklog alert watches (1000).",
+                    query(backlog_expr("tenant, stream"), legend_of("tenant, stream")),
+                    thresholds=(("green", None), ("red", 1000.0)),
+                ),
+                graph(
+                    "Stream length",
+                    "XLEN: what is left to do, plus finished entries kept (behind a pending one, "
+                    "or for STREAM_RETENTION_MS). Workers trim the rest.",
+                    gauge_query("max", "tenant, stream", "facepipe_stream_length"),
+                ),
+                graph(
+                    "Consumer-group lag",
+                    "Entries never delivered to the group.",
+                    gauge_query("max", per_group, "facepipe_stream_lag"),
+                ),
+                graph(
+                    "Pending entries",
+                    "Delivered to a consumer and not yet acked (reclaimed after CLAIM_IDLE_MS).",
+                    gauge_query("max", per_group, "facepipe_stream_pending"),
+                ),
+                graph(
+                    "Consumers per group",
+                    "Consumers registered in each group (XINFO GROUPS).",
+                    gauge_query("max", per_group, "facepipe_stream_consumers"),
+                    width=24,
+                    height=6,
+                ),
+            ],
+            "Dead-letter queues": [
+                graph(
+                    "DLQ length",
+                    "Entries in each <stream>:dlq.",
+                    gauge_query("max", "tenant, stream", "facepipe_dlq_length"),
+                ),
+                graph(
+                    "DLQ growth per hour",
+                    "Entries added to each dead-letter stream over the last hour.",
+                    query(
+                        f"max by (tenant, stream) (delta(facepipe_dlq_length{{{SEL}}}[1h]))",
+                        legend_of("tenant, stream"),
+                    ),
+                ),
+                graph(
+                    "Messages dead-lettered per second by stage and reason",
+                    "The reasons (invalid_json, missing_fields, max_deliveries_exceeded, ...) "
+                    "behind the HighDLQRate alert.",
+                    rate_query("tenant, stage, reason", "facepipe_worker_msgs_dlq_total"),
+                    stacked=True,
+                ),
+                graph(
+                    "DLQ ratio by stage",
+                    "Dead-lettered over finished (acked + dead-lettered); HighDLQRate fires over 10%.",
+                    query(
+                        ratio("tenant, stage", "facepipe_worker_msgs_dlq_total", FINISHED),
+                        legend_of("tenant, stage"),
+                    ),
+                    unit="percentunit",
+                    thresholds=(("green", None), ("red", 0.1)),
+                ),
+            ],
+            "Retries": [
+                graph(
+                    "Transient errors per second by stage",
+                    "Redis/S3/Qdrant unreachable: retried with backoff, never dead-lettered.",
+                    rate_query("tenant, stage", "facepipe_worker_transient_errors_total"),
+                ),
+                graph(
+                    "Redeliveries per second by stage",
+                    "Pending messages reclaimed from a crashed or stuck consumer (XAUTOCLAIM).",
+                    rate_query("tenant, stage", "facepipe_worker_redeliveries_total"),
+                ),
+            ],
+        },
+    )
+
+
+DASHBOARDS = (overview, queues)
 
 
 def render_all() -> dict[str, str]:
     """File name → JSON text, exactly as written to OUTPUT_DIR."""
-    return {f"{d.uid}.json": json.dumps(build(d), indent=2, ensure_ascii=False) + "\n" for d in DASHBOARDS}
+    built = [make() for make in DASHBOARDS]
+    return {f"{dashboard.build().uid}.json": to_json(dashboard) for dashboard in built}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The runbook's `python scripts/process_folder.py --path DIR`: `facepipe ingest DIR --tenant demo --wait`.
+"""The Phase 3 `python scripts/process_folder.py --path DIR`: `facepipe ingest DIR --tenant demo --wait`.
 
 Uploads every image under DIR, publishes one message per image, waits until the
 pipeline has processed them and prints a summary (images, faces processed,

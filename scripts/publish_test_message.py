@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""The runbook's `python scripts/publish_test_message.py`: a thin wrapper of `facepipe publish-test`.
+"""The Phase 3 `python scripts/publish_test_message.py`: a thin wrapper of `facepipe publish-test`.
 
 Uploads a real sample photo (insightface's t1.jpg, 6 faces) to the raw bucket and
-publishes the runbook's ingest message for it; prints
+publishes the Phase 3 ingest message for it; prints
 
     ✅ Published test message to stream 'face-processing-queue'
        Message ID: ...

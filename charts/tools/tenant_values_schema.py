@@ -61,6 +61,10 @@ CEL_AS_JSON_SCHEMA: dict[str, dict[str, Any]] = {
             }
         }
     },
+    "!has(self.pack) || self.pack != 'buffalo_l' || (has(self.volume) && has(self.volume.claimName))": {
+        "if": {"required": ["pack"], "properties": {"pack": {"const": "buffalo_l"}}},
+        "then": {"required": ["volume"], "properties": {"volume": {"required": ["claimName"]}}},
+    },
 }
 # CEL rules JSON Schema cannot say; templates/_helpers.tpl ("fp.validate") fails the render.
 CEL_IN_TEMPLATE = {

@@ -53,11 +53,33 @@ def test_every_headline_key_is_written_with_a_sane_value(smoke_run: tuple[dict, 
     assert set(results["search_latency_ms"]) == {"500", "2000"}
     for latency in results["search_latency_ms"].values():
         assert 0 < latency["p50"] <= latency["p99"]
+    for label in ("500", "2k"):
+        for suffix in ("", "_as_ingested"):
+            assert _positive(results[f"search_p99_ms_{label}{suffix}"])
+            # No graph: at these sizes the embedded store searches exactly, like numpy.
+            assert results[f"search_recall_at_10_{label}{suffix}"] >= 0.99
+    search = results["search"]
+    assert set(search["local_mode"]) == {"500", "2000"}  # the reference, searched the same way
+    assert all(figure["recall_at_10"] >= 0.99 for figure in search["local_mode"].values())
+    assert _positive(search["ingest_us_per_face"]["embedded"])
+    assert _positive(search["ingest_us_per_face"]["local_mode_path"])
     assert results["gpu"]["status"].startswith("pending")
     table = (out / "latest.md").read_text()
     assert table in stdout  # printed as well as written
-    for key in ("pipeline_vs_bare_ratio", "embed_batch_speedup", "dedup_checks_per_s", "search_latency_ms"):
+    for key in ("pipeline_vs_bare_ratio", "embed_batch_speedup", "dedup_checks_per_s", "search_p99_ms_2k"):
         assert key in table
+
+
+@pytest.mark.slow
+def test_redis_memory_is_measured_and_the_streams_are_trimmed(smoke_run: tuple[dict, str, Path]) -> None:
+    results, _stdout, out = smoke_run
+    memory = results["redis_memory"]
+    assert len(memory["after_each_run"]) == memory["runs"] == 3
+    for snapshot in memory["after_each_run"]:
+        assert snapshot["stream_entries"] == 0  # every finished entry trimmed
+        assert 0 < snapshot["dedup_bytes"] < snapshot["used_bytes"]
+    assert isinstance(results["redis_memory_growth_bytes_per_image"], int | float)
+    assert "redis_memory_growth_bytes_per_image" in (out / "latest.md").read_text()
 
 
 @pytest.mark.slow

@@ -19,6 +19,8 @@ import jsonschema
 import kubernetes_validate
 import promql_parser
 import yaml
+from helm_python import _native
+from kubekit import helm_install  # noqa: F401  (re-exported for the chart tests)
 
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR_CHART = REPO / "charts" / "face-pipeline-operator"
@@ -27,7 +29,7 @@ CRD_FILE = REPO / "crds" / "facepipelines.facepipe.io.yaml"
 RULES_FILE = OPERATOR_CHART / "rules" / "facepipe-alerts.yaml"
 ADAPTER_FILE = OPERATOR_CHART / "adapter" / "prometheus-adapter-values.yaml"
 DASHBOARD_DIR = OPERATOR_CHART / "dashboards"
-ALERTS_DOC = REPO / "docs" / "readme" / "alerts.md"
+ALERTS_DOC = REPO / "docs" / "alerts.md"
 KUBE_VERSION = "1.33.0"
 
 # Series the services do not export and never will: kube-state-metrics (replicas, Deployment
@@ -49,11 +51,40 @@ def _load_chart(chart: Path) -> helm.Chart:
     return helm.Chart.load(str(chart))
 
 
+# What a cluster with prometheus-operator adds to discovery (Helm's .Capabilities.APIVersions).
+MONITORING_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
+MONITORING_APIS = [f"monitoring.coreos.com/v1/{kind}" for kind in MONITORING_KINDS]
+
+
+def render_files(
+    chart: Path,
+    values: dict[str, Any],
+    name: str = "test",
+    namespace: str = "facepipe",
+    api_versions: list[str] | None = None,
+) -> dict[str, str]:
+    """The real Helm engine's output by template path; ``api_versions`` as `helm template --api-versions`.
+
+    helm-python-sdk's Chart.render does not forward API versions; its native call takes them.
+    """
+    options: dict[str, Any] = {"name": name, "namespace": namespace}
+    if api_versions:
+        options["api_versions"] = list(api_versions)
+    payload = _native.call_string(
+        "helm_render", _load_chart(chart)._raw(), json.dumps(values), json.dumps(options)
+    )
+    return dict(json.loads(payload))
+
+
 def render(
-    chart: Path, values: dict[str, Any], name: str = "test", namespace: str = "facepipe"
+    chart: Path,
+    values: dict[str, Any],
+    name: str = "test",
+    namespace: str = "facepipe",
+    api_versions: list[str] | None = None,
 ) -> list[dict]:
     """Render with the real Helm engine; every non-empty YAML document of every template."""
-    rendered = _load_chart(chart).render(values, name=name, namespace=namespace)
+    rendered = render_files(chart, values, name, namespace, api_versions)
     docs: list[dict] = []
     for path, text in sorted(rendered.items()):
         if not path.endswith((".yaml", ".yml")):
@@ -183,8 +214,12 @@ def dashboard_exprs(dashboard: dict[str, Any]) -> list[str]:
     for variable in dashboard["templating"]["list"]:
         if variable["type"] != "query":
             continue
-        match = re.fullmatch(r"label_values\((.+),\s*[a-zA-Z_]+\)", variable["definition"])
-        assert match, f"unexpected variable query {variable['definition']!r}"
+        # The query Grafana runs: a Prometheus variable query object, or a plain string in
+        # older dashboards. (`definition` is only its display text, and not in the schema.)
+        query = variable["query"]
+        text = query["query"] if isinstance(query, dict) else query
+        match = re.fullmatch(r"label_values\((.+),\s*[a-zA-Z_]+\)", text)
+        assert match, f"unexpected variable query {text!r}"
         exprs.append(grafana_to_promql(match.group(1)))
     return exprs
 

@@ -12,7 +12,7 @@ from chartkit import ALERTS_DOC, REPO, RULES_FILE, alert_rules, promtool
 
 PROMTOOL_TESTS = REPO / "tests" / "charts" / "alerts.promtool.yaml"
 RUNBOOK_ALERTS = {"HighDLQRate", "QueueBacklog", "SlowProcessing"}
-README = "https://github.com/face-pipeline/face-pipeline"
+ALERTS_PAGE_URL = "https://github.com/face-pipeline/face-pipeline/blob/main/docs/alerts.md"
 
 
 def test_rules_pass_promtool_check() -> None:
@@ -70,7 +70,7 @@ def test_promtool_tests_catch_a_broken_alert(alert: str, broken_expr: str, tmp_p
 
 
 def test_runbook_sketches_are_not_used() -> None:
-    """The runbook's example PromQL names series nobody exports; the rules must not copy them."""
+    """The Phase 3 example PromQL names series nobody exports; the rules must not copy them."""
     text = RULES_FILE.read_text()
     for sketch in ("rate(worker_msgs_dlq[", "redis_stream_length", "face_processing_time_ms"):
         assert sketch not in text
@@ -81,12 +81,12 @@ def github_anchor(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
-def test_each_alert_links_to_its_readme_section() -> None:
-    headings = [line[4:] for line in ALERTS_DOC.read_text().splitlines() if line.startswith("### ")]
+def test_each_alert_links_to_its_section_of_the_alerts_page() -> None:
+    headings = [line[3:] for line in ALERTS_DOC.read_text().splitlines() if line.startswith("## ")]
     anchors = {github_anchor(h) for h in headings}
     for rule in alert_rules():
         url = rule["annotations"]["runbook_url"]
-        assert url == f"{README}#alert-{rule['alert'].lower()}"
-        assert url.split("#", 1)[1] in anchors, f"docs/readme/alerts.md lacks '### Alert: {rule['alert']}'"
+        assert url == f"{ALERTS_PAGE_URL}#alert-{rule['alert'].lower()}"
+        assert url.split("#", 1)[1] in anchors, f"docs/alerts.md lacks '## Alert: {rule['alert']}'"
         assert rule["labels"]["severity"] in {"warning", "critical"}
         assert {"summary", "description"} <= rule["annotations"].keys()

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from chartkit import OPERATOR_CHART, REPO, TENANT_CHART, crd_errors, render
+from chartkit import MONITORING_APIS, OPERATOR_CHART, REPO, TENANT_CHART, crd_errors, render, values_sets
 
 from facepipe.sim.images import instructions, load_recipes
 
@@ -217,8 +217,12 @@ def test_skaffold_tenant_values_render_a_valid_facepipeline(profile: str | None)
         (chosen,) = [p for p in config["profiles"] if p["name"] == profile]
         config = apply_patches(config, chosen.get("patches", []))
     operator_release, tenant_release = config["deploy"]["helm"]["releases"]
-    operator_docs = render(
-        OPERATOR_CHART, skaffold_values(operator_release), name="fpo", namespace="facepipe-system"
+    operator_docs = render(  # a cluster with prometheus-operator
+        OPERATOR_CHART,
+        skaffold_values(operator_release),
+        name="fpo",
+        namespace="facepipe-system",
+        api_versions=MONITORING_APIS,
     )
     (deployment,) = [d for d in operator_docs if d["kind"] == "Deployment"]
     assert (
@@ -239,4 +243,73 @@ def test_skaffold_tenant_values_render_a_valid_facepipeline(profile: str | None)
         assert spec["models"]["device"] == "cuda"
         assert config["build"]["artifacts"][0]["docker"]["buildArgs"]["ONNXRUNTIME"] == "gpu"
     else:
-        assert spec["models"]["pack"] == "buffalo_l"
+        assert spec["models"]["pack"] == "buffalo_sc"
+
+
+# --------------------------------------------------------------------------- one image story
+
+
+def _pod_images(pipeline: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
+    """(component, image, command) of every container and init container the operator would run."""
+    from facepipe.operator.builders import PipelineRef, build_children
+    from facepipe.operator.spec import parse_spec
+
+    name = pipeline["metadata"]["name"]
+    children = build_children(PipelineRef(name, "ns", "uid"), parse_spec(name, pipeline["spec"]))
+    found = []
+    for deployment in (c for c in children if c["kind"] == "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        component = deployment["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            found.append((component, container["image"], container["command"]))
+    return found
+
+
+def _default_registry_pipelines() -> dict[str, dict[str, Any]]:
+    """The shipped examples and chart values that use the default registry (no mirror)."""
+    found = {}
+    for path in sorted((REPO / "examples").glob("*.yaml")):
+        found[path.name] = yaml.safe_load(path.read_text())
+    for name, values in values_sets(TENANT_CHART).items():
+        if values.get("image", {}).get("registry") not in (None, "ghcr.io/face-pipeline"):
+            continue  # a mirror registry, on purpose
+        (found[f"chart:{name}"],) = render(TENANT_CHART, values, name="acme", namespace="ns")
+    return found
+
+
+@pytest.mark.parametrize("source", sorted(_default_registry_pipelines()))
+def test_every_image_the_operator_runs_is_one_skaffold_builds(source: str) -> None:
+    """CRD defaults, examples and chart: ghcr.io/face-pipeline/<component>, the very images built."""
+    recipes = load_recipes(REPO)
+    members = workspace_members()
+    pipeline = _default_registry_pipelines()[source]
+    for component, image, command in _pod_images(pipeline):
+        repository, _, tag = image.rpartition(":")
+        assert repository in recipes, f"{source}: {component} runs {image}, which nothing builds"
+        recipe = recipes[repository]
+        assert repository == f"ghcr.io/face-pipeline/{component}" and tag
+        assert command[:2] == ["python", "-m"]
+        module = command[2]
+        # The module is in the image: its own member's, or one of the member's dependencies'.
+        module_path = Path(*module.split("."))
+        owner = next(
+            (
+                n
+                for n, folder in members.items()
+                if (folder / "src" / module_path / "__main__.py").is_file()
+                or (folder / "src" / module_path.with_suffix(".py")).is_file()
+            ),
+            None,
+        )
+        assert owner in workspace_closure(recipe.package, members), f"{image} lacks {module}"
+    assert {component for component, _, _ in _pod_images(pipeline)} == {
+        "detector", "embedder", "indexer", "ops-api"
+    }
+
+
+def test_the_operator_chart_runs_the_operator_image() -> None:
+    docs = render(OPERATOR_CHART, {}, name="fpo", namespace="x")
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image.rpartition(":")[0] in load_recipes(REPO)
+    assert image.rpartition(":")[0] == "ghcr.io/face-pipeline/operator"

@@ -171,7 +171,10 @@ def live_expositions(base_env: dict[str, str], tmp_path: Path) -> Iterator[dict[
 
 def test_names_exist_in_a_live_scrape_of_the_services(live_expositions: dict[str, str]) -> None:
     # Live, not canned: ops-api read the real streams' depth from Redis for this scrape.
-    assert 'facepipe_stream_length{stream="face-processing-queue"}' in live_expositions["ops-api"]
+    assert (
+        'facepipe_stream_length{stream="face-processing-queue",stream_role="ingest"}'
+        in live_expositions["ops-api"]
+    )
     assert "# TYPE facepipe_worker_msgs_acked_total counter" in live_expositions["indexer"]
     scraped = set().union(*(exposed_names(text) for text in live_expositions.values()))
     assert missing_from(scraped) == {}

@@ -20,19 +20,28 @@ from chartkit import (
     ADAPTER_FILE,
     CRD_FILE,
     DASHBOARD_DIR,
+    MONITORING_APIS,
+    MONITORING_KINDS,
     OPERATOR_CHART,
     RULES_FILE,
+    helm_install,
     is_custom_resource,
     lint_problems,
     render,
     validate_builtin,
     values_sets,
 )
+from kubekit import restricted_violations
 
 from facepipe.cli.localservers import free_port
 
 VALUES = values_sets(OPERATOR_CHART)
 NAMESPACE = "facepipe-system"
+
+
+def render_in_cluster(values: dict[str, Any]) -> list[dict]:
+    """The operator chart as `helm install` renders it on a cluster with prometheus-operator."""
+    return render(OPERATOR_CHART, values, name="fpo", namespace=NAMESPACE, api_versions=MONITORING_APIS)
 
 
 def by_kind(docs: list[dict], kind: str) -> list[dict]:
@@ -66,7 +75,7 @@ def test_lint_strict_is_clean(values_name: str) -> None:
 
 @pytest.mark.parametrize("values_name", sorted(VALUES))
 def test_every_builtin_document_is_valid_for_kubernetes_1_33(values_name: str) -> None:
-    docs = render(OPERATOR_CHART, VALUES[values_name], name="fpo", namespace=NAMESPACE)
+    docs = render_in_cluster(VALUES[values_name])
     builtin = [d for d in docs if not is_custom_resource(d)]
     assert by_kind(builtin, "Deployment") and by_kind(builtin, "ServiceAccount")
     for doc in builtin:
@@ -76,7 +85,7 @@ def test_every_builtin_document_is_valid_for_kubernetes_1_33(values_name: str) -
 
 
 def test_validation_would_catch_a_bad_document() -> None:
-    docs = render(OPERATOR_CHART, {}, name="fpo", namespace=NAMESPACE)
+    docs = render_in_cluster({})
     deployment = one(docs, "Deployment")
     deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Always"  # a typo
     with pytest.raises(Exception, match="imagePullPolcy"):
@@ -84,7 +93,7 @@ def test_validation_would_catch_a_bad_document() -> None:
 
 
 def test_operator_deployment_runs_one_unprivileged_kopf() -> None:
-    docs = render(OPERATOR_CHART, {}, name="fpo", namespace=NAMESPACE)
+    docs = render_in_cluster({})
     deployment = one(docs, "Deployment")
     spec = deployment["spec"]
     pod = spec["template"]["spec"]
@@ -101,6 +110,12 @@ def test_operator_deployment_runs_one_unprivileged_kopf() -> None:
     assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
 
 
+@pytest.mark.parametrize("values_name", sorted(VALUES))
+def test_operator_pod_passes_pod_security_restricted(values_name: str) -> None:
+    docs = render_in_cluster(VALUES[values_name])
+    assert restricted_violations(one(docs, "Deployment")["spec"]["template"]["spec"]) == []
+
+
 def test_more_than_one_replica_is_refused() -> None:
     with pytest.raises(helm.HelmValuesError, match="replicaCount"):
         render(OPERATOR_CHART, {"replicaCount": 2})
@@ -114,7 +129,7 @@ def rules_of(docs: list[dict]) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("values_name", sorted(VALUES))
 def test_rbac_is_least_privilege(values_name: str) -> None:
-    docs = render(OPERATOR_CHART, VALUES[values_name], name="fpo", namespace=NAMESPACE)
+    docs = render_in_cluster(VALUES[values_name])
     rules = rules_of(docs)
     assert rules
     for rule in rules:
@@ -122,7 +137,9 @@ def test_rbac_is_least_privilege(values_name: str) -> None:
         if "secrets" in rule["resources"]:
             assert rule["verbs"] == ["get"], "secrets: read one by name, never list or watch"
         if "customresourcedefinitions" in rule["resources"] or "namespaces" in rule["resources"]:
-            assert set(rule["verbs"]) <= {"list", "watch"}
+            assert set(rule["verbs"]) <= {"list", "watch"} or (
+                rule["verbs"] == ["get"] and rule["resourceNames"] == ["facepipelines.facepipe.io"]
+            )
         assert (
             "escalate" not in rule["verbs"]
             and "bind" not in rule["verbs"]
@@ -130,6 +147,10 @@ def test_rbac_is_least_privilege(values_name: str) -> None:
         )
     granted = {(g, r) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]}
     assert ("facepipe.io", "facepipelines/status") in granted
+    # Children carry blockOwnerDeletion: OwnerReferencesPermissionEnforcement (OpenShift) checks this.
+    assert any(
+        rule["resources"] == ["facepipelines/finalizers"] and "update" in rule["verbs"] for rule in rules
+    )
     assert ("apps", "deployments") in granted and ("autoscaling", "horizontalpodautoscalers") in granted
     assert (("keda.sh", "scaledobjects") in granted) == VALUES[values_name].get("rbac", {}).get("keda", True)
     # Bindings point at the chart's own ServiceAccount.
@@ -141,7 +162,7 @@ def test_rbac_is_least_privilege(values_name: str) -> None:
 def test_watching_listed_namespaces_grants_only_there() -> None:
     values = VALUES["full"]
     watched = values["operator"]["watchNamespaces"]
-    docs = render(OPERATOR_CHART, values, name="fpo", namespace=NAMESPACE)
+    docs = render_in_cluster(values)
     roles = by_kind(docs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(watched)
     # The one ClusterRole left is read-only discovery.
@@ -155,8 +176,28 @@ def test_watching_listed_namespaces_grants_only_there() -> None:
     assert "--verbose" in args and "--debug" in args
 
 
+def test_secrets_are_never_readable_cluster_wide() -> None:
+    """Cluster-wide: no Secret access at all, unless granted namespace by namespace."""
+    docs = render_in_cluster({})
+    for role in by_kind(docs, "ClusterRole"):
+        assert not [r for r in role["rules"] if "secrets" in r["resources"]], role["metadata"]["name"]
+    granted = render_in_cluster({"rbac": {"secretNamespaces": ["acme", "globex"]}})
+    roles = by_kind(granted, "ClusterRole")
+    secrets_role = next(r for r in roles if r["metadata"]["name"].endswith("-secrets"))
+    assert secrets_role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+    name = secrets_role["metadata"]["name"]
+    bindings = [b for b in by_kind(granted, "RoleBinding") if b["roleRef"]["name"] == name]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["acme", "globex"]
+    assert not [b for b in by_kind(granted, "ClusterRoleBinding") if b["roleRef"]["name"] == name]
+    # Watching listed namespaces: Secrets in those Roles only.
+    namespaced = render_in_cluster({"operator": {"watchNamespaces": ["acme"]}})
+    (role,) = by_kind(namespaced, "Role")
+    assert role["metadata"]["namespace"] == "acme"
+    assert any(r["resources"] == ["secrets"] and r["verbs"] == ["get"] for r in role["rules"])
+
+
 def test_cluster_wide_operator_does_not_list_namespaces() -> None:
-    docs = render(OPERATOR_CHART, {}, name="fpo", namespace=NAMESPACE)
+    docs = render_in_cluster({})
     assert not by_kind(docs, "Role")
     resources = {r for rule in rules_of(docs) for r in rule["resources"]}
     assert "namespaces" not in resources  # Kopf only lists namespaces when given a list of them
@@ -164,7 +205,7 @@ def test_cluster_wide_operator_does_not_list_namespaces() -> None:
 
 def test_monitors_select_what_the_operator_creates() -> None:
     """Selectors, ports and relabelling match the pods/Services of facepipe.operator.builders."""
-    docs = render(OPERATOR_CHART, {}, name="fpo", namespace=NAMESPACE)
+    docs = render_in_cluster({})
     pod_monitor = one(docs, "PodMonitor")["spec"]
     service_monitor = one(docs, "ServiceMonitor")["spec"]
     assert pod_monitor["namespaceSelector"] == {"any": True}
@@ -178,8 +219,9 @@ def test_monitors_select_what_the_operator_creates() -> None:
         relabel = {r["targetLabel"]: r["sourceLabels"] for r in endpoint["relabelings"]}
         assert relabel["tenant"] == ["__meta_kubernetes_pod_label_facepipe_io_tenant"]
         assert relabel["component"] == ["__meta_kubernetes_pod_label_app_kubernetes_io_component"]
-    roles = [(r["regex"], r["replacement"]) for r in service_monitor["endpoints"][0]["metricRelabelings"]]
-    assert roles == [("(.+)", "ingest"), (".*:detected", "detected"), (".*:embedded", "embedded")]
+    # stream_role comes from ops-api (Settings.streams_by_role): a suffix rule here would mislabel
+    # custom stream names (DETECTED_STREAM_NAME=faces-found would become "ingest").
+    assert "stream_role" not in json.dumps(service_monitor)
 
 
 def test_monitors_match_the_operator_builders() -> None:
@@ -225,7 +267,7 @@ def test_monitors_match_the_operator_builders() -> None:
 
 
 def test_prometheus_rule_is_the_tested_rule_file() -> None:
-    docs = render(OPERATOR_CHART, {}, name="fpo", namespace=NAMESPACE)
+    docs = render_in_cluster({})
     rule = one(docs, "PrometheusRule")
     assert rule["spec"] == yaml.safe_load(RULES_FILE.read_text())
     # Prometheus' {{ $labels }} templates must survive Helm untouched.
@@ -233,7 +275,7 @@ def test_prometheus_rule_is_the_tested_rule_file() -> None:
 
 
 def test_dashboards_ship_as_sidecar_configmaps() -> None:
-    docs = render(OPERATOR_CHART, {}, name="fpo", namespace=NAMESPACE)
+    docs = render_in_cluster({})
     dashboards = [d for d in by_kind(docs, "ConfigMap") if "grafana_dashboard" in d["metadata"]["labels"]]
     files = {p.name: p.read_text() for p in DASHBOARD_DIR.glob("*.json")}
     assert len(dashboards) == len(files) >= 2
@@ -241,7 +283,7 @@ def test_dashboards_ship_as_sidecar_configmaps() -> None:
         assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
         ((name, text),) = configmap["data"].items()
         assert json.loads(text) == json.loads(files[name])
-    full = render(OPERATOR_CHART, VALUES["full"], name="fpo", namespace=NAMESPACE)
+    full = render_in_cluster(VALUES["full"])
     for configmap in [
         d for d in by_kind(full, "ConfigMap") if "grafana_dashboard" in d["metadata"]["labels"]
     ]:
@@ -250,7 +292,7 @@ def test_dashboards_ship_as_sidecar_configmaps() -> None:
 
 
 def test_adapter_configmap_carries_the_adapter_rules() -> None:
-    docs = render(OPERATOR_CHART, {}, name="fpo", namespace=NAMESPACE)
+    docs = render_in_cluster({})
     (configmap,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-adapter-rules")]
     config = yaml.safe_load(configmap["data"]["config.yaml"])
     assert config["externalRules"] == yaml.safe_load(ADAPTER_FILE.read_text())["rules"]["external"]
@@ -258,7 +300,7 @@ def test_adapter_configmap_carries_the_adapter_rules() -> None:
 
 
 def test_monitoring_objects_can_be_switched_off() -> None:
-    docs = render(OPERATOR_CHART, VALUES["keda"], name="fpo", namespace=NAMESPACE)
+    docs = render_in_cluster(VALUES["keda"])
     kinds = {d["kind"] for d in docs}
     assert not kinds & {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
     assert not [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-adapter-rules")]
@@ -271,7 +313,7 @@ def test_operator_starts_with_the_charts_command_and_args(tmp_path: Path) -> Non
 
     port = free_port()
     values = {"operator": {"watchNamespaces": ["acme"], "verbose": True, "livenessPort": port}}
-    docs = render(OPERATOR_CHART, values, name="fpo", namespace=NAMESPACE)
+    docs = render_in_cluster(values)
     container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert container["command"][0] == "python"
     command = [sys.executable, *container["command"][1:], *container["args"]]
@@ -303,3 +345,54 @@ def test_operator_starts_with_the_charts_command_and_args(tmp_path: Path) -> Non
             proc.kill()
             proc.wait(timeout=10)
         server.stop()
+
+
+# --------------------------------------------------------------------------- helm install, for real
+
+def _cluster(*, prometheus_operator: bool) -> Any:
+    """An API server (the emulator) with our CRD, and prometheus-operator's kinds when asked."""
+    from facepipe.sim.emulator import EmulatorServer
+
+    return EmulatorServer([CRD_FILE], keda=False, monitoring=prometheus_operator)
+
+
+def _installed_kinds(release: dict[str, Any]) -> set[str]:
+    return {doc["kind"] for doc in yaml.safe_load_all(release["manifest"]) if doc}
+
+
+def test_helm_install_works_on_a_cluster_without_prometheus_operator(tmp_path: Path) -> None:
+    """kind, minikube, a fresh cluster: no monitoring.coreos.com. The install must not fail on it."""
+    from facepipe.operator.kube import DEPLOYMENT, KubeApi
+    from facepipe.sim.emulator import write_kubeconfig
+
+    with _cluster(prometheus_operator=False) as server:
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server.url)
+        release = helm_install(OPERATOR_CHART, {}, kubeconfig, "fpo", NAMESPACE)
+        kinds = _installed_kinds(release)
+        assert not kinds & set(MONITORING_KINDS)
+        assert {"Deployment", "ServiceAccount", "ClusterRole"} <= kinds
+        assert "Not installed: PodMonitor, PrometheusRule, ServiceMonitor" in release["notes"]
+        api = KubeApi.from_environment(str(kubeconfig))
+        try:
+            assert api.get(DEPLOYMENT, NAMESPACE, "fpo-face-pipeline-operator") is not None
+        finally:
+            api.close()
+
+
+def test_helm_install_adds_the_monitors_where_prometheus_operator_runs(tmp_path: Path) -> None:
+    from facepipe.sim.emulator import write_kubeconfig
+
+    with _cluster(prometheus_operator=True) as server:
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server.url)
+        release = helm_install(OPERATOR_CHART, {}, kubeconfig, "fpo", NAMESPACE)
+        assert set(MONITORING_KINDS) <= _installed_kinds(release)
+        assert "Not installed" not in release["notes"]
+
+
+def test_monitors_can_be_rendered_offline_when_asked() -> None:
+    """`helm template` sees no cluster: nothing unless --api-versions or skipCapabilityCheck says so."""
+    kinds = {d["kind"] for d in render(OPERATOR_CHART, {}, name="fpo", namespace=NAMESPACE)}
+    assert not kinds & set(MONITORING_KINDS)
+    values = {"monitoring": {"skipCapabilityCheck": True}}
+    forced = render(OPERATOR_CHART, values, name="fpo", namespace=NAMESPACE)
+    assert set(MONITORING_KINDS) <= {d["kind"] for d in forced}

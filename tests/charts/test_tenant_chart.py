@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from facepipe.operator import builders
+from facepipe.operator.constants import COMPONENTS
 from facepipe.operator.spec import SpecError, parse_spec
 
 VALUES = values_sets(TENANT_CHART)
@@ -121,19 +122,27 @@ def test_crd_validation_would_catch_a_bad_pipeline() -> None:
     assert any("maxHamming" in problem for problem in crd_errors(pipeline))
 
 
+def operator_images(pipeline: dict[str, Any]) -> dict[str, str]:
+    """component -> the image the operator runs it with (the chart leaves the derivation to it)."""
+    spec = parse_spec(pipeline["metadata"]["name"], pipeline["spec"])
+    return {component: builders.component_image(spec, component) for component in COMPONENTS}
+
+
 def test_production_defaults() -> None:
-    spec = render_pipeline(MINIMAL)["spec"]
-    assert spec["models"]["pack"] == "buffalo_l"
+    pipeline = render_pipeline(MINIMAL)
+    spec = pipeline["spec"]
+    assert spec["models"]["pack"] == "buffalo_sc"  # fetched by the pods themselves
     assert spec["models"]["device"] == "cpu"
     assert spec["dedup"] == {"enabled": True, "maxHamming": 8, "ttlSeconds": 3600}
     assert spec["deletionPolicy"] == "Retain"
     assert "restartAt" not in spec
-    images = {key: c["image"] for key, c in spec["components"].items()}
-    assert images == {
-        "detector": {"repository": "ghcr.io/face-pipeline/detector", "tag": "0.1.0"},
-        "embedder": {"repository": "ghcr.io/face-pipeline/embedder", "tag": "0.1.0"},
-        "indexer": {"repository": "ghcr.io/face-pipeline/indexer", "tag": "0.1.0"},
-        "opsApi": {"repository": "ghcr.io/face-pipeline/ops-api", "tag": "0.1.0"},
+    assert "streamName" not in spec["redis"]  # the operator derives the tenant's own stream
+    assert all("image" not in component for component in spec["components"].values())
+    assert operator_images(pipeline) == {
+        "detector": "ghcr.io/face-pipeline/detector:0.1.0",
+        "embedder": "ghcr.io/face-pipeline/embedder:0.1.0",
+        "indexer": "ghcr.io/face-pipeline/indexer:0.1.0",
+        "ops-api": "ghcr.io/face-pipeline/ops-api:0.1.0",
     }
 
 
@@ -152,20 +161,22 @@ def test_full_values_reach_the_spec() -> None:
     assert spec["vectorDb"]["apiKeySecretRef"] == {"name": "globex-qdrant"}
     assert spec["models"]["volume"]["claimName"] == "face-models"
     assert spec["restartAt"] == "2026-11-28T10:00:00Z"
-    assert spec["image"] == {"tag": "1.4.2", "pullPolicy": "Always", "pullSecrets": ["registry-example"]}
+    assert spec["image"] == {
+        "repository": "registry.example.com/face-pipeline",
+        "tag": "1.4.2",
+        "gpuTagSuffix": "-gpu",
+        "pullPolicy": "Always",
+        "pullSecrets": ["registry-example"],
+    }
     assert spec["settings"]["CLAIM_IDLE_MS"] == "120000"
     components = spec["components"]
     # cuda: the detector gets the -gpu image; the embedder keeps its explicit override.
-    assert components["detector"]["image"] == {
-        "repository": "registry.example.com/face-pipeline/detector",
-        "tag": "1.4.2-gpu",
+    assert operator_images(pipeline) == {
+        "detector": "registry.example.com/face-pipeline/detector:1.4.2-gpu",
+        "embedder": "registry.example.com/face-pipeline/embedder-trt:1.4.2-trt",
+        "indexer": "registry.example.com/face-pipeline/indexer:1.4.2",
+        "ops-api": "registry.example.com/face-pipeline/ops-api:1.4.2",
     }
-    assert components["embedder"]["image"] == {
-        "repository": "registry.example.com/face-pipeline/embedder-trt",
-        "tag": "1.4.2-trt",
-    }
-    assert components["indexer"]["image"]["tag"] == "1.4.2"
-    assert components["opsApi"]["image"]["repository"] == "registry.example.com/face-pipeline/ops-api"
     assert components["detector"]["autoscaling"] == {
         "enabled": True,
         "provider": "hpa",

@@ -61,7 +61,7 @@ def test_build_message_refuses_non_images_and_bad_tenants(tmp_path: Path) -> Non
     text.write_text("not an image")
     with pytest.raises(PermanentError) as exc:
         ingest.build_message(settings, "acme", "local", text, text.read_bytes())
-    assert exc.value.reason == "undecodable_image"
+    assert exc.value.reason == "not_an_image"
     path = insightface_t1()
     with pytest.raises(PermanentError) as bad_tenant:
         ingest.build_message(settings, "../etc", "local", path, path.read_bytes())

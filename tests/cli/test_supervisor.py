@@ -63,6 +63,9 @@ def test_crashed_child_is_restarted_and_all_stop_cleanly(tmp_path: Path) -> None
         runner.join(timeout=60)
     assert result == [0]
     assert any("crasher" in e and "exited with code 3" in e and "restarting in" in e for e in events), events
+    restarted = [e for e in events if e.startswith("restarted crasher")]
+    assert restarted[0].startswith("restarted crasher (restart #1): pid "), events
+    assert restarted[1].startswith("restarted crasher (restart #2): pid "), events
     assert supervisor.restarts()["worker"] == 0
     worker_lines = [line for name, line in lines if name == "worker"]
     assert worker_lines[-2:] == ["SIGTERM #1", "clean exit"]  # exactly one SIGTERM, then a clean exit

@@ -1,5 +1,5 @@
 """`make worker-once` (`facepipe worker all --once`) against real Redis and SeaweedFS, no local stack:
-the runbook's smoke test, publish-test then one batch per stage, ends with faces in Qdrant."""
+the Phase 3 smoke test, publish-test then one batch per stage, ends with faces in Qdrant."""
 
 from __future__ import annotations
 

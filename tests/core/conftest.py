@@ -44,7 +44,7 @@ _SCRUBBED_PREFIXES = (
 
 
 def ingest_payload(n: int, **extra: Any) -> dict[str, Any]:
-    """A valid runbook ingest message (the runbook's batch-publish example)."""
+    """A valid Phase 3 ingest message (its batch-publish example, docs/compatibility.md)."""
     return {
         "image_sha256": f"test{n}",
         "bucket": "raw-images",

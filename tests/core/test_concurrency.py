@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from facepipe.core.streams import map_concurrently
+from facepipe.core.worker import map_concurrently
 
 
 def test_results_in_order_and_limit_respected_and_reached() -> None:

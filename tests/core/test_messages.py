@@ -54,7 +54,7 @@ def test_runbook_examples_parse() -> None:
         ),
     )
     assert hinted.face_hints is not None and hinted.face_hints[0].bbox == [100, 150, 200, 250]
-    # The runbook's batch example: placeholder pHash of 17 characters for i=10; only four fields required.
+    # The Phase 3 batch example: placeholder pHash of 17 characters for i=10; only four fields required.
     minimal = parse_message(
         IngestMessage,
         {

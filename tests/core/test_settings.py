@@ -1,4 +1,4 @@
-"""Settings: the runbook's legacy aliases, and one clear line for an invalid value."""
+"""Settings: the Phase 3 legacy aliases (docs/compatibility.md), and one clear line for an invalid value."""
 
 from __future__ import annotations
 
@@ -115,3 +115,24 @@ def test_invalid_value_set_through_legacy_alias_names_the_alias(monkeypatch: pyt
     with pytest.raises(ConfigError) as caught:
         load_settings()
     assert "GLOBAL_DEDUP_MAX_HAMMING='99'" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("BUCKET_CROPS", "BUCKET_THUMBS"), ("BUCKET_RAW", "BUCKET_METADATA"), ("BUCKET_CROPS", "BUCKET_RAW")],
+)
+def test_two_roles_sharing_one_bucket_stop_start_up_with_one_line(harness, first: str, second: str) -> None:
+    result = harness.run("--once", **{first: "shared-bucket", second: "shared-bucket"})
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    order = ["BUCKET_RAW", "BUCKET_CROPS", "BUCKET_THUMBS", "BUCKET_METADATA"]
+    named = sorted((first, second), key=order.index)
+    assert f"{named[0]} and {named[1]} are both 'shared-bucket'" in lines[0]
+    assert "must be distinct" in lines[0]
+
+
+def test_distinct_buckets_are_accepted() -> None:
+    settings = load_settings(bucket_crops="c-bucket", bucket_thumbs="t-bucket")
+    buckets = {settings.bucket_raw, settings.bucket_crops, settings.bucket_thumbs, settings.bucket_metadata}
+    assert len(buckets) == 4

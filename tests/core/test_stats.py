@@ -1,4 +1,4 @@
-"""Cluster-wide stats in Redis: several processes add to one view with the runbook's /stats shape."""
+"""Cluster-wide stats in Redis: several processes add to one view with the Phase 3 /stats shape."""
 
 from __future__ import annotations
 
@@ -119,7 +119,6 @@ def _sample(name: str, **labels: str) -> float:
 def test_writes_are_mirrored_into_prometheus(redis_client: redis.Redis) -> None:
     stats = Stats(redis_client, stage="indexer")
     before = (
-        _sample("facepipe_faces_processed_total", stage="indexer"),
         _sample("facepipe_faces_rejected_total", reason="blur"),
         _sample("facepipe_faces_dup_skipped_total"),
         _sample("facepipe_stage_duration_seconds_count", stage="storage"),
@@ -130,13 +129,30 @@ def test_writes_are_mirrored_into_prometheus(redis_client: redis.Redis) -> None:
     with timed(stats, "storage", tenant="acme"):
         pass
     after = (
-        _sample("facepipe_faces_processed_total", stage="indexer"),
         _sample("facepipe_faces_rejected_total", reason="blur"),
         _sample("facepipe_faces_dup_skipped_total"),
         _sample("facepipe_stage_duration_seconds_count", stage="storage"),
     )
-    assert [a - b for a, b in zip(after, before, strict=True)] == [3, 2, 1, 1]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1, 1]
     assert stats.snapshot("acme")["timings_ms"]["storage"]["count"] == 1
+
+
+def test_writes_queued_on_a_pipeline_move_prometheus_only_when_the_caller_says_they_ran(
+    redis_client: redis.Redis,
+) -> None:
+    stats = Stats(redis_client, stage="detector")
+    before = _sample("facepipe_faces_rejected_total", reason="blurry")
+    pipe = redis_client.pipeline(transaction=True)
+    stats.incr("faces_rejected", 2, "acme", pipeline=pipe, reason="blurry")
+    pipe.reset()  # the MULTI never ran: nothing moves anywhere
+    assert stats.snapshot()["counters"]["faces_rejected"] == 0
+    assert _sample("facepipe_faces_rejected_total", reason="blurry") == before
+    pipe = redis_client.pipeline(transaction=True)
+    stats.incr("faces_rejected", 2, "acme", pipeline=pipe, reason="blurry")
+    pipe.execute()
+    stats.mirror("faces_rejected", 2, "blurry")
+    assert stats.snapshot("acme")["counters"]["faces_rejected"] == 2
+    assert _sample("facepipe_faces_rejected_total", reason="blurry") == before + 2
 
 
 def test_timed_records_nothing_when_the_block_fails(redis_client: redis.Redis) -> None:

@@ -1,4 +1,4 @@
-"""The worker loop (facepipe.core.streams) end to end: a toy stage as a real subprocess on real Redis."""
+"""The worker loop (facepipe.core.worker) end to end: a toy stage as a real subprocess on real Redis."""
 
 from __future__ import annotations
 
@@ -304,3 +304,98 @@ def test_worker_survives_a_redis_outage(harness, tmp_path: Path) -> None:
     finally:
         client.close()
         server.stop()
+
+
+def _deliver_to_a_dead_consumer(harness, entry_id: str, times: int) -> None:
+    """Make ``entry_id`` pending at consumer "dead", delivered ``times`` times."""
+    harness.redis.xgroup_create(INGEST, GROUP, id="0", mkstream=True)
+    harness.redis.xreadgroup(GROUP, "dead", {INGEST: ">"}, count=1)
+    for _ in range(times - 1):
+        harness.redis.xclaim(INGEST, GROUP, "dead", min_idle_time=0, message_ids=[entry_id])
+
+
+def _idle_for(harness, entry_ids: list[str], ms: int) -> None:
+    def idle() -> bool:
+        rows = harness.redis.xpending_range(INGEST, GROUP, "-", "+", 100, idle=ms)
+        return {row["message_id"] for row in rows} >= set(entry_ids)
+
+    harness.wait_until(idle, what=f"{entry_ids} idle for {ms} ms")
+
+
+def test_a_started_consumer_reads_new_entries_before_reclaiming(harness) -> None:
+    pill = harness.publish(harness.ingest_payload(1, action="crash"))
+    _deliver_to_a_dead_consumer(harness, pill, times=1)
+    new = [harness.publish(harness.ingest_payload(n)) for n in (2, 3)]
+    _idle_for(harness, [pill], 100)
+    result = harness.run("--once", CLAIM_IDLE_MS="100")
+    assert result.returncode == 0, result.stderr
+    assert harness.batches() == [new]  # the idle pill waits for the next turn, not the other way
+    assert harness.out_sources() == new
+
+
+def test_of_the_idle_entries_the_one_delivered_fewest_times_is_reclaimed_first(harness) -> None:
+    pill = harness.publish(harness.ingest_payload(1, action="crash"))
+    mate = harness.publish(harness.ingest_payload(2))
+    _deliver_to_a_dead_consumer(harness, pill, times=3)
+    harness.redis.xreadgroup(GROUP, "dead", {INGEST: ">"}, count=1)  # the mate: delivered once
+    _idle_for(harness, [pill, mate], 100)
+    result = harness.run("--once", CLAIM_IDLE_MS="100", MAX_DELIVERIES="10")
+    assert result.returncode == 0, result.stderr
+    assert harness.batches() == [[mate]]  # older, but delivered more often: the pill goes after it
+    assert harness.redis.hget("toy:deliveries", mate) == "2"
+
+
+def test_a_pill_that_kills_its_consumer_does_not_hold_back_the_entries_behind_it(harness) -> None:
+    first = harness.publish(harness.ingest_payload(1))
+    pill = harness.publish(harness.ingest_payload(2, action="die"))
+    behind = [harness.publish(harness.ingest_payload(n)) for n in range(3, 9)]
+    settings = {"WORKER_BATCH_SIZE": "2", "CLAIM_IDLE_MS": "100", "MAX_DELIVERIES": "3"}
+    restarts = 0
+    # What Kubernetes does with a crashed container: start it again, until the pill is dead-lettered.
+    while harness.redis.xlen(DLQ) == 0:
+        assert restarts < 30, f"the pill was not dead-lettered after {restarts} restarts"
+        worker = harness.start(**settings)
+        harness.wait_until(lambda w=worker: w.proc.poll() is not None or harness.redis.xlen(DLQ), 120,
+                           what="the consumer to die on the pill, or the pill in the DLQ")
+        worker.terminate()
+        restarts += 1
+    harness.wait_until(lambda: len(harness.out_sources()) == 1 + len(behind), what="every good entry out")
+    ((dlq_id, entry),) = harness.redis.xrange(DLQ)
+    assert (entry["source_id"], entry["reason"]) == (pill, "max_deliveries_exceeded")
+    outs = {json.loads(fields["message"])["source"]: out_id for out_id, fields in harness.redis.xrange(OUT)}
+    assert set(outs) == {first, *behind}
+    # Every restart moved the stream on: all of them came out before the pill was given up on.
+    assert all(outs[source] < dlq_id for source in behind), (outs, dlq_id)
+
+
+def test_a_stage_that_fills_batches_waits_for_more_entries_up_to_its_wait(harness) -> None:
+    fill = {"TOY_FILL_WAIT_MS": "60000", "TOY_FULL_AT": "3"}
+    first = harness.publish(harness.ingest_payload(1))
+    worker = harness.start(**fill)
+    harness.wait_until(
+        lambda: "Worker started" in worker.log() and harness.pending() == 1,
+        what="the first entry read, the batch not yet full",
+    )
+    later = [harness.publish(harness.ingest_payload(n)) for n in (2, 3)]
+    harness.wait_until(lambda: len(harness.out_sources()) == 3, what="the three entries out")
+    assert harness.batches() == [[first, *later]]  # one batch, filled by entries that came later
+    assert worker.terminate() == 0
+
+
+def test_a_batch_that_does_not_fill_up_goes_through_when_the_wait_ends(harness) -> None:
+    lone = harness.publish(harness.ingest_payload(1))
+    worker = harness.start(TOY_FILL_WAIT_MS="300", TOY_FULL_AT="3")
+    harness.wait_until(lambda: harness.out_sources() == [lone], what="the lone entry, after at most 300 ms")
+    assert harness.batches() == [[lone]]
+    assert worker.terminate() == 0
+
+
+def test_a_fill_wait_of_zero_never_holds_an_entry_back(harness) -> None:
+    worker = harness.start(TOY_FILL_WAIT_MS="0", TOY_FULL_AT="3")
+    harness.wait_until(lambda: "Worker started" in worker.log(), what="the worker")
+    first = harness.publish(harness.ingest_payload(1))
+    harness.wait_until(lambda: harness.batches(), what="the first entry handed to the stage")
+    second = harness.publish(harness.ingest_payload(2))
+    harness.wait_until(lambda: len(harness.out_sources()) == 2, what="both entries out")
+    assert harness.batches() == [[first], [second]]
+    assert worker.terminate() == 0

@@ -9,6 +9,8 @@ import math
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ from prometheus_client import REGISTRY
 
 from facepipe.core.messages import DetectedMessage, EmbeddedMessage
 from facepipe.core.settings import Settings, dlq_stream, load_settings
-from facepipe.core.streams import Worker
+from facepipe.core.worker import StreamMessage, Worker
 from facepipe.detector.handler import DetectorHandler
 from facepipe.embedder.handler import EmbedderHandler
 from facepipe.store.storage import ObjectStore
@@ -41,6 +43,7 @@ def env(base_env: dict[str, str], models_dir: Path) -> dict[str, str]:
         "EMBED_BATCH_SIZE": str(EMBED_BATCH),
         "READ_BLOCK_MS": "200",
         "MAX_WORKER_CONCURRENCY": "3",
+        "STREAM_RETENTION_MS": "3600000",  # the tests read the ingest entries after the stages ran
     }
 
 
@@ -149,9 +152,9 @@ def test_bad_images_go_to_the_dlq_with_their_reason_and_the_worker_goes_on(
     for key, data in objects.items():
         store.put_bytes(settings.bucket_raw, key, data)
     expected = {
-        ingest(redis_client, settings, "truncated.jpg"): "undecodable_image",
-        ingest(redis_client, settings, "notes.jpg"): "undecodable_image",
-        ingest(redis_client, settings, "bomb.png"): "image_too_large",
+        ingest(redis_client, settings, "truncated.jpg"): "corrupt_image",
+        ingest(redis_client, settings, "notes.jpg"): "not_an_image",
+        ingest(redis_client, settings, "bomb.png"): "too_many_pixels",
         ingest(redis_client, settings, "never-uploaded.jpg"): "object_not_found",
         ingest(redis_client, settings, "good.jpg", tenant_id="../other"): "invalid_fields",
     }
@@ -216,3 +219,71 @@ def test_command_line_workers_run_the_two_stages(
     (payload,) = stream_payloads(redis_client, settings.embedded_stream)
     assert len(payload["faces"]) == 2
     assert payload["model"]["recognizer"] == "w600k_mbf.onnx"
+
+
+def test_rejected_faces_are_counted_by_the_ack_once_however_often_the_image_is_processed(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis, buffalo_sc,
+    faces_dir: Path,
+) -> None:
+    monkeypatch.setenv("MIN_FACE_SIZE", "4000")  # every face is too small: two rejections for two_people
+    settings = load_settings()  # the fixture's environment, and that
+    store = ObjectStore(settings)
+    store.ensure_buckets()
+    store.put_bytes(settings.bucket_raw, "two.jpg", (faces_dir / "two_people.jpg").read_bytes())
+    entry_id = ingest(redis_client, settings, "two.jpg")
+    before = metric("facepipe_faces_rejected_total", reason="face_too_small")
+    handler = DetectorHandler(settings, detector=buffalo_sc.detector)
+    handler.setup()
+    try:
+        fields = {"message": redis_client.xrange(settings.ingest_stream)[0][1]["message"]}
+        message = StreamMessage(entry_id, settings.ingest_stream, json.loads(fields["message"]), fields, 1)
+        # A delivery that processed the image and died before its ack: nothing may be counted.
+        (outcome,) = handler.process_batch([message])
+        assert outcome.counters == {"faces_rejected": {"face_too_small": 2}}
+    finally:
+        handler.close()
+    assert redis_client.hget("stats:counters", "faces_rejected") is None
+    assert metric("facepipe_faces_rejected_total", reason="face_too_small") == before
+
+    run_once(settings, DetectorHandler(settings, detector=buffalo_sc.detector))  # the redelivery acks it
+    assert redis_client.hget("stats:counters", "faces_rejected") == "2"
+    assert redis_client.hget(f"stats:tenant:{TENANT}:counters", "faces_rejected") == "2"
+    assert metric("facepipe_faces_rejected_total", reason="face_too_small") == before + 2
+
+
+def test_the_embedder_waits_up_to_embed_max_wait_ms_for_a_full_batch_of_faces(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, store: ObjectStore, redis_client: redis.Redis,
+    buffalo_sc, faces_dir: Path,
+) -> None:
+    names = ["obama_1.jpg", "obama_2.jpg", "biden_1.jpg", "biden_2.jpg"]  # one face each
+    for name in names:
+        store.put_bytes(settings.bucket_raw, name, (faces_dir / name).read_bytes())
+        ingest(redis_client, settings, name)
+    run_once(settings, DetectorHandler(settings, detector=buffalo_sc.detector))
+    detected = [fields for _id, fields in redis_client.xrange(settings.detected_stream)]
+    assert [len(json.loads(f["message"])["faces"]) for f in detected] == [1, 1, 1, 1]
+    redis_client.delete(settings.detected_stream)  # published again below, one at a time
+
+    monkeypatch.setenv("EMBED_MAX_WAIT_MS", "10000")  # the longest allowed: a loaded machine is slow
+    settings = load_settings()
+    batches_before = metric("facepipe_embed_batch_size_count")
+    faces_before = metric("facepipe_embed_batch_size_sum")
+    handler = EmbedderHandler(settings, embedder=buffalo_sc.embedder)
+    worker = Worker(settings, handler, max_batch=20, once=True)
+    redis_client.xadd(settings.detected_stream, detected[0])
+    runner = threading.Thread(target=worker.run, daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 120
+    while not redis_client.xinfo_stream(settings.detected_stream)["groups"] or (
+        redis_client.xpending(settings.detected_stream, settings.redis_group_name)["pending"] < 1
+    ):
+        assert time.monotonic() < deadline, "the embedder never read the first message"
+        time.sleep(0.05)
+    for fields in detected[1:]:  # they arrive while the embedder waits for a full batch
+        redis_client.xadd(settings.detected_stream, fields)
+    runner.join(timeout=120)
+    assert not runner.is_alive()
+    # One inference call for the four faces that came one by one (--once: one batch, then exit).
+    assert metric("facepipe_embed_batch_size_count") - batches_before == 1
+    assert metric("facepipe_embed_batch_size_sum") - faces_before == EMBED_BATCH == 4
+    assert len(redis_client.xrange(settings.embedded_stream)) == 4

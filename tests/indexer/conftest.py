@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import redis
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for leftovers
+
 from facepipe.core.packs import get_pack
 from facepipe.core.settings import Settings, load_settings
-from facepipe.core.streams import Worker
+from facepipe.core.worker import Worker
 from facepipe.indexer import IndexerHandler
 from facepipe.store.storage import ObjectStore
 from facepipe.store.vectors import VectorIndex
@@ -141,7 +145,7 @@ def run_indexer() -> Callable[..., int]:
 
 @pytest.fixture
 def open_index() -> Iterator[Callable[[Settings], VectorIndex]]:
-    """A VectorIndex to inspect the results (local mode: open only while no worker holds the folder)."""
+    """A VectorIndex to inspect the results (embedded store: open only while no worker holds the folder)."""
     opened: list[VectorIndex] = []
 
     def make(settings: Settings) -> VectorIndex:

@@ -1,4 +1,4 @@
-"""Deletion primitives on what the indexer really wrote (Redis, SeaweedFS, Qdrant local mode)."""
+"""Deletion primitives on what the indexer really wrote (Redis, SeaweedFS, embedded Qdrant Edge)."""
 
 from __future__ import annotations
 
@@ -75,9 +75,9 @@ def test_delete_image_removes_every_trace_of_that_image_only(
     assert len(keys_under(store, settings, image_prefix("a", SHA_2))) == 4
     cache = DedupCache(redis_client, settings)
     # The deleted faces no longer suppress anything; the other images' faces still do.
-    assert not cache.should_skip("a", "8f373c9c3c9c3c1e", Owner("new", 0))
-    assert cache.should_skip("a", "fedcba9876543210", Owner("new", 0))
-    assert cache.should_skip("b", "8f373c9c3c9c3c1e", Owner("new", 0))
+    assert not cache.lookup("a", "8f373c9c3c9c3c1e", Owner("new", 0)).is_duplicate
+    assert cache.lookup("a", "fedcba9876543210", Owner("new", 0)).is_duplicate
+    assert cache.lookup("b", "8f373c9c3c9c3c1e", Owner("new", 0)).is_duplicate
 
     # The raw key named only by the payload goes with its image.
     report = deletion.delete_image(settings, "a", SHA_3, redis_client=redis_client, store=store)

@@ -1,8 +1,9 @@
 """detector → embedder → indexer over real streams, with the real buffalo_sc models and real photos.
 
-Real redis-server, SeaweedFS and Qdrant local mode; the photos of ../shared/data/faces and their
-MANIFEST. Each stage runs the shared worker runtime in this process (one batch, ``--once``),
-with the session's loaded models handed to its handler so they are loaded only once.
+Real redis-server, SeaweedFS and the embedded store (Qdrant Edge); the photos of
+../shared/data/faces and their MANIFEST. Each stage runs the shared worker runtime in this
+process (one batch, ``--once``), with the session's loaded models handed to its handler so
+they are loaded only once.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import redis
 
 from facepipe.core.settings import Settings, load_settings
 from facepipe.core.stats import Stats
-from facepipe.core.streams import Worker
+from facepipe.core.worker import Worker
 from facepipe.detector.handler import DetectorHandler
 from facepipe.embedder.handler import EmbedderHandler
 from facepipe.indexer import IndexerHandler
@@ -48,7 +49,7 @@ def pipeline_env(
         "WORKER_BATCH_SIZE": "16",
         "DEDUP_TTL_SECONDS": str(TTL_SECONDS),
         # The MANIFEST counts detections; one face of obama_and_biden.jpg is in profile (pose ratio
-        # ~9.5), which the default MAX_POSE_RATIO=3 rejects. Quality gates are tested in tests/faces;
+        # ~9.5), which the default MAX_POSE_RATIO=3 rejects. Quality gates are tested in tests/vision;
         # here every detected face must reach the index.
         "MAX_POSE_RATIO": "100",
         "REDIS_CONSUMER_NAME": "e2e",
@@ -143,7 +144,7 @@ def test_first_run_indexes_every_face_second_run_skips_them_all_until_the_ttl(
     assert counters["faces_rejected"] == 0
     assert counters["worker_msgs_acked"] == len(faces_manifest)
 
-    pipeline.run()  # the runbook's "second run (same images)"
+    pipeline.run()  # the Phase 3 "second run (same images)"
     assert time.monotonic() - first_done < TTL_SECONDS, "the second run took longer than the dedup TTL"
     counters = pipeline.counters()
     assert (counters["faces_processed"], counters["faces_dup_skipped"]) == (total_faces, total_faces)

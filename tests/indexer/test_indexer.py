@@ -1,9 +1,8 @@
-"""The indexer worker on a real stream: Redis, SeaweedFS and Qdrant local mode, no mocks."""
+"""The indexer worker on a real stream: Redis, SeaweedFS and the embedded Qdrant Edge store, no mocks."""
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ import redis
 
 from facepipe.core.settings import Settings, dlq_stream, load_settings
 from facepipe.core.stats import Stats
-from facepipe.core.streams import StreamMessage
+from facepipe.core.worker import StreamMessage, ensure_group
 from facepipe.indexer import IndexerHandler
 from facepipe.store.dedup import DedupCache, Owner
 from facepipe.store.storage import ObjectStore, artifact_keys, image_prefix
@@ -111,8 +110,7 @@ def test_indexes_faces_with_artifacts_at_the_payload_keys(
 
 def take_and_die(client: redis.Redis, settings: Settings) -> StreamMessage:
     """Read one entry as a consumer that then dies without acking (it stays pending, then is reclaimed)."""
-    with contextlib.suppress(redis.ResponseError):  # BUSYGROUP: the group exists already
-        client.xgroup_create(settings.embedded_stream, settings.redis_group_name, id="0", mkstream=True)
+    ensure_group(client, settings.embedded_stream, settings.redis_group_name)
     reply = client.xreadgroup(
         settings.redis_group_name, "crashed-consumer", {settings.embedded_stream: ">"}, count=1
     )
@@ -143,7 +141,7 @@ def test_crash_between_dedup_remember_and_upsert_loses_no_face(
     # What the dead consumer got done: the dedup commit of the faces, owned by this entry.
     cache = DedupCache(redis_client, settings)
     owners = [(phash, Owner(SHA_A, index, taken.id)) for index, phash, _seed in FACES]
-    assert [r.is_duplicate for r in cache.check_and_remember_many("demo", owners)] == [False, False]
+    assert [r.is_duplicate for r in cache.check_and_remember_batch([("demo", owners)])[0]] == [False, False]
     time.sleep(0.3)
     with caplog.at_level(logging.INFO):
         assert run_indexer(settings) == 0
@@ -222,7 +220,7 @@ def test_the_same_image_ingested_again_is_dup_skipped_without_new_points(
 ) -> None:
     publish(make_message("demo", SHA_A, FACES))
     assert run_indexer(settings) == 0
-    again = publish(make_message("demo", SHA_A, FACES))  # the runbook's "second run (same images)"
+    again = publish(make_message("demo", SHA_A, FACES))  # the Phase 3 "second run (same images)"
     with caplog.at_level(logging.INFO):
         assert run_indexer(settings) == 0
     assert (
@@ -378,20 +376,16 @@ def test_a_message_the_dedup_refuses_does_not_fail_the_rest_of_its_batch(
     # one message of a batch (tenant "refused") cannot be produced through the stream otherwise.
     from facepipe.core.errors import PermanentError
 
-    real_batch, real_many = DedupCache.check_and_remember_batch, DedupCache.check_and_remember_many
+    real_batch = DedupCache.check_and_claim_batch
 
     def batch(self: DedupCache, messages: list) -> list:
         if any(tenant == "refused" for tenant, _faces in messages):
-            raise ValueError("a face the dedup cannot key")
+            if len(messages) > 1:  # the whole batch refused (as for a bad pHash)...
+                raise ValueError("a face the dedup cannot key")
+            raise PermanentError("invalid_fields", "a face the dedup cannot key")  # ...then that message
         return real_batch(self, messages)
 
-    def many(self: DedupCache, tenant: str, faces: list) -> list:
-        if tenant == "refused":
-            raise PermanentError("invalid_fields", "a face the dedup cannot key")
-        return real_many(self, tenant, faces)
-
-    monkeypatch.setattr(DedupCache, "check_and_remember_batch", batch)
-    monkeypatch.setattr(DedupCache, "check_and_remember_many", many)
+    monkeypatch.setattr(DedupCache, "check_and_claim_batch", batch)
     publish(make_message("demo", SHA_A, FACES[:1]))
     refused = publish(make_message("refused", SHA_B, FACES[1:]))
     publish(make_message("demo", SHA_B, [(0, "fedcba9876543210", 7)]))

@@ -19,6 +19,7 @@ from facepipe.operator.builders import (
     build_deployment,
     config_hash,
     keda_redis_address,
+    stream_names,
 )
 from facepipe.operator.constants import COMPONENTS, WORKERS
 from facepipe.operator.envmap import MANAGED, READERS, primary_env_names, reads
@@ -154,7 +155,7 @@ def test_config_map_holds_the_runbook_names_with_the_spec_values() -> None:
     )
     data = build_config_map(OWNER, spec_of(raw))["data"]
     assert data["REDIS_URL"] == "redis://redis:6379/0"
-    assert data["REDIS_STREAM_NAME"] == "face-processing-queue"
+    assert data["REDIS_STREAM_NAME"] == "face-processing-queue:{acme}"  # the tenant's own stream
     assert data["REDIS_GROUP_NAME"] == "pipeline"
     assert data["DEDUP_MAX_HAMMING"] == "12"
     assert data["DEDUP_TTL_SECONDS"] == "1800"
@@ -171,7 +172,7 @@ def test_config_map_holds_the_runbook_names_with_the_spec_values() -> None:
         1800,
         False,
     )
-    assert settings.detected_stream == "face-processing-queue:detected"
+    assert settings.detected_stream == "face-processing-queue:{acme}:detected"
 
 
 def test_workers_get_downward_api_consumer_names_metrics_port_and_a_grace_period() -> None:
@@ -276,7 +277,7 @@ def test_max_hamming_change_rolls_only_the_components_that_read_it() -> None:
     before = _hashes(base)
     after = _hashes(with_changes(base, dedup__maxHamming=12))
     changed = {c for c in COMPONENTS if before[c] != after[c]}
-    assert changed == {"detector", "indexer", "ops-api"}
+    assert changed == {"indexer", "ops-api"}  # the detector does not read dedup settings
     spec_before, spec_after = spec_of(base), spec_of(with_changes(base, dedup__maxHamming=12))
     for component in COMPONENTS:
         template_before = build_deployment(OWNER, spec_before, component)["spec"]["template"]
@@ -284,10 +285,15 @@ def test_max_hamming_change_rolls_only_the_components_that_read_it() -> None:
         assert (template_before != template_after) == (component in changed)
 
 
-def test_model_pack_change_rolls_detector_embedder_ops_api_but_not_the_indexer() -> None:
+def test_model_pack_change_rolls_every_component() -> None:
+    """The indexer checks the pack of every vector and sizes the collection by it: it rolls too."""
     base = minimal_spec("redis://redis:6379/0")
-    before, after = _hashes(base), _hashes(with_changes(base, models__pack="buffalo_sc"))
-    assert {c for c in COMPONENTS if before[c] != after[c]} == {"detector", "embedder", "ops-api"}
+    before, after = _hashes(base), _hashes(with_changes(base, models__pack="opencv_yunet_sface"))
+    assert {c for c in COMPONENTS if before[c] != after[c]} == set(COMPONENTS)
+    spec = spec_of(with_changes(base, models__pack="opencv_yunet_sface"))
+    assert env_of(build_deployment(OWNER, spec, "indexer"))["MODEL_PACK"]["valueFrom"] == {
+        "configMapKeyRef": {"name": "acme-config", "key": "MODEL_PACK"}
+    }
 
 
 def test_one_components_batch_size_rolls_only_that_component() -> None:
@@ -330,14 +336,60 @@ def test_cuda_gives_detector_and_embedder_a_gpu_and_keeps_ops_api_on_cpu() -> No
     )
 
 
-def test_models_volume_is_the_claim_when_given() -> None:
+def volumes_of(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {volume["name"]: volume for volume in pod.get("volumes", [])}
+
+
+def test_models_volume_is_the_claim_when_given_and_only_verified() -> None:
     spec = spec_of(example("facepipeline-full.yaml")["spec"])
     pod = build_deployment(OWNER, spec, "detector")["spec"]["template"]["spec"]
-    assert pod["volumes"] == [
-        {"name": "models", "persistentVolumeClaim": {"claimName": "facepipe-models", "readOnly": True}}
+    assert volumes_of(pod)["models"] == {
+        "name": "models",
+        "persistentVolumeClaim": {"claimName": "facepipe-models", "readOnly": True},
+    }
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["models"] == {"name": "models", "mountPath": "/models", "readOnly": True}
+    (init,) = pod["initContainers"]
+    # A read-only (pre-filled) claim: the init container checks, never downloads.
+    assert init["command"] == [
+        "python", "-m", "facepipe.vision.models.fetch", "--pack", "buffalo_l", "--dir", "/models", "--verify"
     ]
-    assert pod["containers"][0]["volumeMounts"][0]["mountPath"] == "/models"
-    assert "volumes" not in build_deployment(OWNER, spec, "indexer")["spec"]["template"]["spec"]
+    assert "models" not in volumes_of(build_deployment(OWNER, spec, "indexer")["spec"]["template"]["spec"])
+
+
+def test_without_a_claim_each_model_pod_fetches_its_pack_into_an_emptydir() -> None:
+    spec = spec_of(with_changes(minimal_spec("redis://redis:6379/0"), models__indexUrl="https://mirror/simple"))
+    for component in COMPONENTS:
+        pod = build_deployment(OWNER, spec, component)["spec"]["template"]["spec"]
+        if component == "indexer":
+            assert "initContainers" not in pod and "models" not in volumes_of(pod)
+            continue
+        assert volumes_of(pod)["models"] == {"name": "models", "emptyDir": {}}
+        (init,) = pod["initContainers"]
+        assert init["image"] == pod["containers"][0]["image"]  # the image that runs the models fetches them
+        assert init["command"] == [
+            "python", "-m", "facepipe.vision.models.fetch", "--pack", "buffalo_sc", "--dir", "/models"
+        ]
+        assert init["env"] == [{"name": "MODELS_INDEX_URL", "value": "https://mirror/simple"}]
+        init_mounts = {m["name"]: m for m in init["volumeMounts"]}
+        assert init_mounts["models"]["readOnly"] is False  # the fetch writes; the component only reads
+        main_mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+        assert main_mounts["models"]["readOnly"] is True
+        env = env_of(build_deployment(OWNER, spec, component))
+        assert env["MODELS_DIR"]["valueFrom"]["configMapKeyRef"]["key"] == "MODELS_DIR"
+    assert build_config_map(OWNER, spec)["data"]["MODELS_DIR"] == "/models"
+
+
+def test_a_pack_the_product_cannot_fetch_needs_a_claim() -> None:
+    from facepipe.operator.spec import SpecError
+
+    with pytest.raises(SpecError, match=r"spec\.models\.pack buffalo_l: .*claimName"):
+        spec_of(with_changes(minimal_spec("redis://redis:6379/0"), models__pack="buffalo_l"))
+    spec_of(
+        with_changes(
+            minimal_spec("redis://redis:6379/0"), models={"pack": "buffalo_l", "volume": {"claimName": "m"}}
+        )
+    )
 
 
 def test_hpa_scales_a_worker_on_its_input_streams_backlog() -> None:
@@ -389,7 +441,7 @@ def test_keda_provider_gives_a_scaled_object_and_no_hpa() -> None:
         {
             "type": "redis-streams",
             "metadata": {
-                "stream": "face-processing-queue:embedded",
+                "stream": "face-processing-queue:{acme}:embedded",
                 "consumerGroup": "pipeline",
                 "lagCount": "25",
                 "address": "cache.svc:6380",
@@ -435,3 +487,41 @@ def test_ops_api_autoscales_on_cpu() -> None:
 def test_builders_are_deterministic() -> None:
     spec = spec_of(example("facepipeline-full.yaml")["spec"])
     assert build_children(OWNER, spec) == build_children(OWNER, spec)
+
+
+def test_custom_stream_names_reach_the_autoscalers_from_the_same_settings_as_the_pods() -> None:
+    raw = with_changes(
+        minimal_spec("redis://redis:6379/0"),
+        settings={"DETECTED_STREAM_NAME": "faces-found", "EMBEDDED_STREAM_NAME": "vectors-made"},
+        components__embedder={"autoscaling": {"enabled": True, "provider": "keda", "minReplicas": 0}},
+        components__indexer={"autoscaling": {"enabled": True, "provider": "keda"}},
+    )
+    spec = spec_of(raw)
+    children = children_by_ref(build_children(OWNER, spec))
+    def trigger_stream(component: str) -> str:
+        return str(children[f"ScaledObject/acme-{component}"]["spec"]["triggers"][0]["metadata"]["stream"])
+
+    assert (trigger_stream("embedder"), trigger_stream("indexer")) == ("faces-found", "vectors-made")
+    # What the pods read is what the autoscalers watch.
+    pods = Settings.model_validate(build_config_map(OWNER, spec)["data"])
+    assert pods.streams_by_role == stream_names(spec) == {
+        "ingest": "face-processing-queue:{acme}",
+        "detected": "faces-found",
+        "embedded": "vectors-made",
+    }
+
+
+def test_workers_are_probed_on_their_metrics_port_and_ops_api_on_its_own() -> None:
+    from facepipe.core.metrics import HEALTH_PATH, READY_PATH
+
+    spec = spec_of(minimal_spec("redis://redis:6379/0"))
+    for component in WORKERS:
+        container = build_deployment(OWNER, spec, component)["spec"]["template"]["spec"]["containers"][0]
+        assert container["startupProbe"]["httpGet"] == {"path": READY_PATH, "port": "metrics"}
+        assert container["readinessProbe"]["httpGet"] == {"path": READY_PATH, "port": "metrics"}
+        assert container["livenessProbe"]["httpGet"] == {"path": HEALTH_PATH, "port": "metrics"}
+        # Model loading may take minutes: liveness only applies once the startup probe passed.
+        startup = container["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
+    ops = build_deployment(OWNER, spec, "ops-api")["spec"]["template"]["spec"]["containers"][0]
+    assert ops["livenessProbe"]["httpGet"] == {"path": "/", "port": "http"}

@@ -133,6 +133,10 @@ BEYOND_SCHEMA = {
         },
         "kedaAuthenticationRef",
     ),
+    "one bucket for two roles": (
+        {"storage": {"endpoint": "minio:9000", "buckets": {"crops": "shared", "thumbs": "shared"}}},
+        "BUCKET_CROPS and BUCKET_THUMBS are both 'shared'",
+    ),
     "ops-api cpu scaling without a cpu request": (
         {"components": {"opsApi": {"autoscaling": {"enabled": True}}}},
         "resources.requests.cpu",
@@ -158,3 +162,20 @@ def test_names_that_cannot_name_services_are_refused(name: str) -> None:
 def test_unknown_fields_are_named() -> None:
     with pytest.raises(SpecError, match=r"spec\.dedup\.maxHaming: unknown field"):
         parse_spec("demo", {**minimal_spec("redis://r:6379/0"), "dedup": {"maxHaming": 3}})
+
+
+def test_the_crd_carries_the_schema_hash_the_operator_expects() -> None:
+    """Edit the CRD's schema: this fails until the annotation and CRD_SCHEMA_HASH both say the new hash."""
+    from facepipe.operator.constants import ANNOTATION_SCHEMA_HASH, CRD_SCHEMA_HASH
+    from facepipe.operator.crd_check import crd_problem, schema_hash
+
+    document = crd()
+    actual = schema_hash(document)
+    assert document["metadata"]["annotations"][ANNOTATION_SCHEMA_HASH] == actual, f"annotate {actual}"
+    assert actual == CRD_SCHEMA_HASH, f"set facepipe.operator.constants.CRD_SCHEMA_HASH = {actual!r}"
+    assert crd_problem(document) is None
+    older = copy.deepcopy(document)
+    spec_properties = older["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    del spec_properties["properties"]["models"]
+    older["metadata"]["annotations"][ANNOTATION_SCHEMA_HASH] = schema_hash(older)
+    assert "helm show crds" in (crd_problem(older) or "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import threading
 from typing import Any
@@ -12,6 +13,7 @@ import redis
 from operatorkit import facepipeline, minimal_spec, wait_for
 
 from facepipe.core.settings import Settings
+from facepipe.core.tenancy import tenant_stream_name
 from facepipe.operator.handlers import pipeline
 from facepipe.operator.handlers.runtime import RUNTIME
 from facepipe.operator.kube import (
@@ -19,6 +21,7 @@ from facepipe.operator.kube import (
     DEPLOYMENT,
     FACE_PIPELINE,
     HPA,
+    POD,
     SCALED_OBJECT,
     SECRET,
     SERVICE,
@@ -123,16 +126,18 @@ def test_max_hamming_edit_rolls_only_its_readers_and_restart_at_rolls_all(
         moved = all(
             template(now[c])["metadata"]["annotations"]["facepipe.io/config-hash"]  # type: ignore[index]
             != template(before[c])["metadata"]["annotations"]["facepipe.io/config-hash"]
-            for c in ("detector", "indexer", "ops-api")
+            for c in ("indexer", "ops-api")
         )
         return now if moved else None  # type: ignore[return-value]
 
-    after = wait_for(hashes_moved, what="new config hashes on detector, indexer, ops-api")
-    # The embedder does not read dedup settings: untouched, not even a new resourceVersion.
-    assert (
-        after["embedder"]["metadata"]["resourceVersion"] == before["embedder"]["metadata"]["resourceVersion"]
-    )
-    assert template(after["embedder"]) == template(before["embedder"])
+    after = wait_for(hashes_moved, what="new config hashes on indexer, ops-api")
+    # The detector and embedder do not read dedup settings: untouched, not even a new resourceVersion.
+    for untouched in ("detector", "embedder"):
+        assert (
+            after[untouched]["metadata"]["resourceVersion"]
+            == before[untouched]["metadata"]["resourceVersion"]
+        )
+        assert template(after[untouched]) == template(before[untouched])
 
     patch_spec(kube, namespace, {"restartAt": "2026-11-28T12:00:00Z"})
     for component in COMPONENTS:
@@ -161,7 +166,7 @@ def test_keda_provider_swaps_the_hpa_for_a_scaled_object_and_back(
     wait_for(lambda: kube.get(HPA, namespace, "acme-indexer") is None, what="the HPA to go")
     trigger = scaled["spec"]["triggers"][0]
     assert trigger["type"] == "redis-streams" and trigger["metadata"]["lagCount"] == "40"
-    assert trigger["metadata"]["stream"] == "face-processing-queue:embedded"
+    assert trigger["metadata"]["stream"] == "face-processing-queue:{acme}:embedded"
 
     patch_spec(kube, namespace, {"components": {"indexer": {"autoscaling": {"provider": "hpa"}}}})
     wait_for(lambda: kube.get(HPA, namespace, "acme-indexer"), what="the HPA back")
@@ -173,7 +178,7 @@ def test_keda_provider_swaps_the_hpa_for_a_scaled_object_and_back(
 def test_status_carries_real_stream_figures_from_redis(
     kube: KubeApi, namespace: str, redis_url: str, redis_client: redis.Redis
 ) -> None:
-    stream = "face-processing-queue"
+    stream = "face-processing-queue:{acme}"  # the tenant's own stream
     for index in range(5):
         redis_client.xadd(stream, {"message": f'{{"n": {index}}}'})
     redis_client.xgroup_create(stream, "pipeline", id="0")
@@ -201,6 +206,47 @@ def test_status_carries_real_stream_figures_from_redis(
 
     redis_client.xadd(stream, {"message": "{}"})  # the timer picks up new figures
     wait_for(lambda: status(kube, namespace).get("ingestLag") == 6, what="the resync to see the new entry")
+
+
+def test_status_figures_follow_custom_stream_names(
+    kube: KubeApi, namespace: str, redis_url: str, redis_client: redis.Redis
+) -> None:
+    redis_client.xadd("faces-found", {"message": "{}"})
+    redis_client.xadd("faces-found:dlq", {"reason": "invalid_crop"})
+    spec = minimal_spec(redis_url)
+    spec["settings"] = {"DETECTED_STREAM_NAME": "faces-found"}
+    kube.create(facepipeline("acme", namespace, spec))
+
+    def detected() -> dict[str, Any] | None:
+        streams = {s["role"]: s for s in status(kube, namespace).get("streams", [])}
+        return streams.get("detected")
+
+    figures = wait_for(detected, what="the detected stream's figures")
+    assert (figures["name"], figures["length"], figures["dlqLength"]) == ("faces-found", 1, 1)
+
+
+def test_consumers_of_gone_pods_leave_the_groups_and_no_entry_is_dropped(
+    kube: KubeApi, namespace: str, redis_url: str, redis_client: redis.Redis
+) -> None:
+    stream = tenant_stream_name("acme")
+    for n in range(2):
+        redis_client.xadd(stream, {"message": json.dumps({"n": n})})
+    redis_client.xgroup_create(stream, "pipeline", id="0")
+    # A pod that finished its work and went away, and one that died holding an entry.
+    ((_, [(done_id, _)]),) = redis_client.xreadgroup("pipeline", "gone-pod", {stream: ">"}, count=1)
+    redis_client.xack(stream, "pipeline", done_id)
+    redis_client.xreadgroup("pipeline", "crashed-pod", {stream: ">"}, count=1)
+    spec = minimal_spec(redis_url)
+    spec["redis"]["staleConsumerSeconds"] = 1
+    kube.create(facepipeline("acme", namespace, spec))
+
+    def consumers() -> set[str]:
+        return {c["name"] for c in redis_client.xinfo_consumers(stream, "pipeline")}
+
+    wait_for(lambda: "gone-pod" not in consumers(), what="the idle consumer to be removed")
+    # Its pending entry keeps the crashed pod's consumer until XAUTOCLAIM moves the entry on.
+    assert consumers() == {"crashed-pod"}
+    assert redis_client.xpending(stream, "pipeline")["pending"] == 1
 
 
 def test_unreachable_redis_is_degraded_not_a_crash(kube: KubeApi, namespace: str) -> None:
@@ -393,6 +439,64 @@ def test_purge_policy_purges_through_the_seam_and_retain_does_not(
         RUNTIME.purger = None
 
 
+def test_purge_stops_the_tenants_pods_before_deleting_its_data(
+    kube: KubeApi, namespace: str, redis_url: str
+) -> None:
+    """Autoscalers deleted, Deployments at zero, every pod gone: only then the data."""
+    seen_at_purge: list[dict[str, Any]] = []
+
+    def replicas(component: str) -> int:
+        return int(kube.get(DEPLOYMENT, namespace, f"acme-{component}")["spec"]["replicas"])  # type: ignore[index]
+
+    def purger(settings: Settings, tenant: str) -> None:
+        seen_at_purge.append(
+            {
+                "replicas": {c: replicas(c) for c in COMPONENTS},
+                "pods": [p["metadata"]["name"] for p in kube.list(POD, namespace)],
+                "scalers": kube.list(HPA, namespace) + kube.list(SCALED_OBJECT, namespace),
+            }
+        )
+
+    RUNTIME.purger = purger
+    try:
+        spec = minimal_spec(redis_url)
+        spec["deletionPolicy"] = "Purge"
+        spec["components"] = {
+            "detector": {"autoscaling": {"enabled": True}},
+            "embedder": {"autoscaling": {"enabled": True, "provider": "keda", "minReplicas": 0}},
+        }
+        kube.create(facepipeline("acme", namespace, spec))
+        deployments = wait_for_children(kube, namespace)
+        wait_for(lambda: kube.get(SCALED_OBJECT, namespace, "acme-embedder"), what="the ScaledObject")
+        # A running embedder pod, as the kubelet would report it (the emulator runs none).
+        pod_labels = template(deployments["embedder"])["metadata"]["labels"]
+        kube.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "acme-embedder-5d9c-x1", "namespace": namespace, "labels": pod_labels},
+                "spec": {"containers": [{"name": "embedder", "image": "embedder:0.1.0"}]},
+                "status": {"phase": "Running"},
+            }
+        )
+        kube.delete(FACE_PIPELINE, namespace, "acme")
+        waiting = wait_for(
+            lambda: "stopping the tenant's pods" in status(kube, namespace).get("message", "")
+            and status(kube, namespace),
+            what="the purge to wait for the pods",
+        )
+        assert "acme-embedder-5d9c-x1" in waiting["message"] and waiting["phase"] == "Terminating"
+        assert seen_at_purge == []  # nothing deleted while a pod runs
+        for component in COMPONENTS:
+            wait_for(lambda c=component: replicas(c) == 0, what=f"{component} scaled to zero")
+        assert kube.list(HPA, namespace) == [] and kube.list(SCALED_OBJECT, namespace) == []
+        kube.delete(POD, namespace, "acme-embedder-5d9c-x1")  # its grace period is over
+        wait_for(lambda: kube.get(FACE_PIPELINE, namespace, "acme") is None, what="the purge and deletion")
+        assert seen_at_purge == [{"replicas": dict.fromkeys(COMPONENTS, 0), "pods": [], "scalers": []}]
+    finally:
+        RUNTIME.purger = None
+
+
 def test_failed_purge_keeps_the_finalizer_and_says_why(kube: KubeApi, namespace: str, redis_url: str) -> None:
     attempts: list[str] = []
     failure_seen = threading.Event()
@@ -454,6 +558,40 @@ def test_keda_not_installed_is_reported(tmp_path: Any, redis_url: str) -> None:
             api.close()
 
 
+def test_an_outdated_crd_is_reported_on_every_pipeline(tmp_path: Any, redis_url: str) -> None:
+    """`helm upgrade` left the old CRD in place: the pipeline still runs; Degraded says so and how to fix."""
+    import yaml
+    from operatorkit import CRD_PATH
+
+    from facepipe.operator.crd_check import CrdCheck
+
+    old = yaml.safe_load(CRD_PATH.read_text())
+    old["metadata"]["annotations"]["facepipe.io/schema-hash"] = "0123456789abcdef"  # an older release's
+    old_file = tmp_path / "old-crd.yaml"
+    old_file.write_text(yaml.safe_dump(old))
+    previous_check = RUNTIME.crd_check
+    RUNTIME.crd_check = CrdCheck(ttl_s=0)
+    try:
+        with EmulatorServer([old_file], keda=False) as cluster:
+            api = KubeApi.from_environment(str(write_kubeconfig(tmp_path / "kubeconfig", cluster.url)))
+            try:
+                api.create(facepipeline("acme", "ns", minimal_spec(redis_url)))
+                observation = pipeline.reconcile(api, "ns", "acme", read_streams=False, logger=LOGGER)
+                assert observation is not None and observation.crd_error
+                assert api.get(DEPLOYMENT, "ns", "acme-detector") is not None  # still applied
+                degraded = next(
+                    c
+                    for c in api.get(FACE_PIPELINE, "ns", "acme")["status"]["conditions"]  # type: ignore[index]
+                    if c["type"] == "Degraded"
+                )
+                assert (degraded["status"], degraded["reason"]) == ("True", "CRDOutdated")
+                assert "0123456789abcdef" in degraded["message"] and "helm show crds" in degraded["message"]
+            finally:
+                api.close()
+    finally:
+        RUNTIME.crd_check = previous_check
+
+
 def test_secret_sourced_redis_url_is_read_for_the_status(
     kube: KubeApi, namespace: str, redis_url: str
 ) -> None:
@@ -507,7 +645,14 @@ def test_purge_deletes_the_tenants_real_data_and_nothing_else(
     for tenant in ("gone", "kept"):
         store.put_bytes(settings.bucket_crops, f"{tenant}/ab/{'ab' * 32}/face_0.jpg", b"jpeg")
         index.upsert([FacePoint(tenant, "ab" * 32, 0, [0.5, 0.5, 0.5, 0.5])])
-        dedup.remember(tenant, "0123456789abcdef", Owner("ab" * 32, 0))
+        dedup.check_and_remember_batch([(tenant, [("0123456789abcdef", Owner("ab" * 32, 0))])])
+        # Queued work with the tenant's data in it: its own streams and their DLQs.
+        ingest = tenant_stream_name(tenant)
+        redis_client.xadd(ingest, {"message": json.dumps({"tenant_id": tenant, "image_sha256": "ab" * 32})})
+        detected = {"v": 1, "ingest": {"tenant_id": tenant}}
+        redis_client.xadd(f"{ingest}:detected", {"message": json.dumps(detected)})
+        redis_client.xadd(f"{ingest}:embedded:dlq", {"reason": "invalid_embedding", "payload": "{}"})
+        redis_client.xgroup_create(ingest, "pipeline", id="0")
     index.close()  # local mode: one process per path, and the purge opens it next
 
     RUNTIME.purger = lambda resolved, tenant: purge_tenant(resolved.model_copy(update=local_vectors), tenant)
@@ -547,6 +692,12 @@ def test_purge_deletes_the_tenants_real_data_and_nothing_else(
     assert len(list(store.list_keys(settings.bucket_crops, "kept/"))) == 1
     assert redis_client.keys("dedup:t:gone:*") == []
     assert redis_client.keys("dedup:t:kept:*")
+    assert redis_client.keys("face-processing-queue:{gone}*") == []  # streams, DLQs, groups: all gone
+    assert sorted(redis_client.keys("face-processing-queue:{kept}*")) == [
+        "face-processing-queue:{kept}",
+        "face-processing-queue:{kept}:detected",
+        "face-processing-queue:{kept}:embedded:dlq",
+    ]
     index = VectorIndex(settings)
     try:
         assert (index.count("gone"), index.count("kept")) == (0, 1)

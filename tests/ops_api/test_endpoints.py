@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from facepipe.core.errors import PermanentError
 from facepipe.core.settings import Settings
-from facepipe.core.streams import Outcome, StreamMessage, Worker
+from facepipe.core.worker import Outcome, StreamMessage, Worker
 from facepipe.store.storage import ObjectStore
 from facepipe.store.vectors import VectorIndex
 
@@ -156,16 +156,29 @@ def test_metrics_exposes_stream_gauges_for_every_pipeline_stream(
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
-    for stream in settings.pipeline_streams:
-        assert f'facepipe_stream_length{{stream="{stream}"}}' in text
-        assert f'facepipe_stream_lag{{group="pipeline",stream="{stream}"}}' in text
-        assert f'facepipe_stream_pending{{group="pipeline",stream="{stream}"}}' in text
-        assert f'facepipe_dlq_length{{stream="{stream}"}}' in text
+    for role, stream in settings.streams_by_role.items():
+        labels = f'stream="{stream}",stream_role="{role}"'
+        assert f"facepipe_stream_length{{{labels}}}" in text
+        assert f'facepipe_stream_lag{{group="pipeline",{labels}}}' in text
+        assert f'facepipe_stream_pending{{group="pipeline",{labels}}}' in text
+        assert f"facepipe_dlq_length{{{labels}}}" in text
     # No group yet on the detected stream: everything in it is lag (what the autoscaler must see).
-    assert f'facepipe_stream_length{{stream="{settings.detected_stream}"}} 5.0' in text
-    assert f'facepipe_stream_lag{{group="pipeline",stream="{settings.detected_stream}"}} 5.0' in text
-    assert f'facepipe_dlq_length{{stream="{INGEST}"}} 1.0' in text
+    detected = f'stream="{settings.detected_stream}",stream_role="detected"'
+    assert f"facepipe_stream_length{{{detected}}} 5.0" in text
+    assert f'facepipe_stream_lag{{group="pipeline",{detected}}} 5.0' in text
+    assert f'facepipe_dlq_length{{stream="{INGEST}",stream_role="ingest"}} 1.0' in text
     assert "facepipe_dedup_keys" in text
+
+
+def test_metrics_name_each_streams_role_whatever_the_stream_is_called(
+    make_client: AppFactory, redis_client: redis.Redis
+) -> None:
+    """Custom stream names keep their role label: the autoscalers and alerts select on it."""
+    client = make_client(detected_stream_name="faces-found", embedded_stream_name="vectors-made")
+    redis_client.xadd("faces-found", {"message": "{}"})
+    text = client.get("/metrics").text
+    assert 'facepipe_stream_length{stream="faces-found",stream_role="detected"} 1.0' in text
+    assert 'facepipe_stream_lag{group="pipeline",stream="vectors-made",stream_role="embedded"} 0.0' in text
 
 
 # --- /dlq ----------------------------------------------------------------------------------
@@ -312,6 +325,21 @@ def test_local_endpoint_serves_what_facepipe_up_set(
         "FACEPIPE_LOCAL_INFO", json.dumps({"mode": "local", "settings": {"redis_url": "redis://x"}})
     )
     assert client.get("/local").json()["settings"]["redis_url"] == "redis://x"
+
+
+def test_local_endpoint_hands_out_credentials_only_with_the_token(
+    make_client: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = {"mode": "local", "settings": {"redis_url": "redis://x", "minio_secret_key": "hush"}}
+    monkeypatch.setenv("FACEPIPE_LOCAL_INFO", json.dumps(secret))
+    client = make_client(ops_api_token="s3cret")
+    missing = client.get("/local")
+    assert (missing.status_code, missing.json()["error"]) == (401, "unauthorized")
+    assert "hush" not in missing.text
+    wrong = client.get("/local", headers={"Authorization": "Bearer nope"})
+    assert (wrong.status_code, wrong.json()["error"]) == (403, "forbidden")
+    right = client.get("/local", headers={"Authorization": "Bearer s3cret"})
+    assert right.json()["settings"]["minio_secret_key"] == "hush"
 
 
 def test_vector_index_is_shared_when_injected(settings: Settings) -> None:

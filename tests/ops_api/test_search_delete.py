@@ -13,7 +13,7 @@ from PIL import Image
 
 from facepipe.cli.ingest import ingest_paths
 from facepipe.core.settings import Settings
-from facepipe.core.streams import Worker
+from facepipe.core.worker import Worker
 from facepipe.detector.handler import DetectorHandler
 from facepipe.embedder.handler import EmbedderHandler
 from facepipe.indexer.handler import IndexerHandler
@@ -128,7 +128,7 @@ def test_search_bad_input_is_a_clear_4xx(make_client, settings: Settings, tmp_pa
         (
             {"files": {"image": ("notes.txt", b"hello, not an image")}, "data": {"tenant_id": "t"}},
             415,
-            "undecodable_image",
+            "not_an_image",
             "notes.txt is not a readable image",
         ),
         ({"files": {"image": ("empty.jpg", b"")}, "data": {"tenant_id": "t"}}, 400, "empty_upload", "empty"),

@@ -24,7 +24,14 @@ RUNTIME_REASONS = frozenset(
     {"invalid_json", "missing_payload", "missing_fields", "invalid_fields", "invalid_tenant_id"}
 )
 IMAGE_REASONS = frozenset(
-    {"object_not_found", "image_too_large", "unsupported_image_format", "undecodable_image"}
+    {
+        "object_not_found",
+        "image_too_large",
+        "too_many_pixels",
+        "unsupported_image_format",
+        "corrupt_image",
+        "not_an_image",
+    }
 )
 CROP_REASONS = frozenset({"invalid_crop", "undecodable_crop"})
 EMBEDDING_REASONS = frozenset({"invalid_embedding", "model_pack_mismatch", "undecodable_crop"})
@@ -101,29 +108,29 @@ def image_corpus(photo_jpeg: bytes) -> dict[str, tuple[bytes, frozenset[str]]]:
     rng = random.Random(4)
     small = Image.new("RGB", (32, 32), (90, 120, 150))
     small_jpeg = _jpeg(small)
-    acked_or_undecodable = frozenset({"acked", "undecodable_image"})
+    acked_or_corrupt = frozenset({"acked", "corrupt_image"})
     corpus: dict[str, tuple[bytes, frozenset[str]]] = {
-        "empty": (b"", frozenset({"undecodable_image"})),
-        "text": (b"hello, I am not an image\n" * 10, frozenset({"undecodable_image"})),
-        "html": (b"<!doctype html><html><body>404</body></html>", frozenset({"undecodable_image"})),
-        "random-bytes": (rng.randbytes(4096), frozenset({"undecodable_image"})),
-        "pdf": (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n", frozenset({"undecodable_image"})),
-        "jpeg-soi-only": (b"\xff\xd8\xff", frozenset({"undecodable_image"})),
-        "jpeg-truncated-10": (photo_jpeg[: len(photo_jpeg) // 10], frozenset({"undecodable_image"})),
-        "jpeg-truncated-50": (photo_jpeg[: len(photo_jpeg) // 2], frozenset({"undecodable_image"})),
-        "jpeg-truncated-tail": (photo_jpeg[:-200], frozenset({"undecodable_image"})),
+        "empty": (b"", frozenset({"not_an_image"})),
+        "text": (b"hello, I am not an image\n" * 10, frozenset({"not_an_image"})),
+        "html": (b"<!doctype html><html><body>404</body></html>", frozenset({"not_an_image"})),
+        "random-bytes": (rng.randbytes(4096), frozenset({"not_an_image"})),
+        "pdf": (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n", frozenset({"not_an_image"})),
+        "jpeg-soi-only": (b"\xff\xd8\xff", frozenset({"corrupt_image"})),
+        "jpeg-truncated-10": (photo_jpeg[: len(photo_jpeg) // 10], frozenset({"corrupt_image"})),
+        "jpeg-truncated-50": (photo_jpeg[: len(photo_jpeg) // 2], frozenset({"corrupt_image"})),
+        "jpeg-truncated-tail": (photo_jpeg[:-200], frozenset({"corrupt_image"})),
         "jpeg-trailing-garbage": (photo_jpeg + rng.randbytes(1000), frozenset({"acked"})),
         "jpeg-header-20000x20000": (
             _with_jpeg_size(small_jpeg, 20000, 20000),
-            frozenset({"image_too_large"}),
+            frozenset({"too_many_pixels"}),
         ),
-        "jpeg-header-65535x1": (_with_jpeg_size(small_jpeg, 65535, 1), frozenset({"image_too_large"})),
-        "jpeg-header-0x0": (_with_jpeg_size(small_jpeg, 0, 0), frozenset({"undecodable_image"})),
-        "jpeg-header-1x1-lie": (_with_jpeg_size(small_jpeg, 1, 1), acked_or_undecodable),
-        "png-bomb-20000x20000": (_png_bomb(20000, 20000), frozenset({"image_too_large"})),
-        "png-bomb-8000x8000": (_png_bomb(8000, 8000), frozenset({"image_too_large"})),
+        "jpeg-header-65535x1": (_with_jpeg_size(small_jpeg, 65535, 1), frozenset({"too_many_pixels"})),
+        "jpeg-header-0x0": (_with_jpeg_size(small_jpeg, 0, 0), frozenset({"corrupt_image"})),
+        "jpeg-header-1x1-lie": (_with_jpeg_size(small_jpeg, 1, 1), acked_or_corrupt),
+        "png-bomb-20000x20000": (_png_bomb(20000, 20000), frozenset({"too_many_pixels"})),
+        "png-bomb-8000x8000": (_png_bomb(8000, 8000), frozenset({"too_many_pixels"})),
         "png-bomb-16384x1": (_png_bomb(16384, 1), frozenset({"acked"})),
-        "png-bad-crc": (_png(small)[:-8] + b"\x00\x00\x00\x00" + _png(small)[-4:], acked_or_undecodable),
+        "png-bad-crc": (_png(small)[:-8] + b"\x00\x00\x00\x00" + _png(small)[-4:], acked_or_corrupt),
         "jpeg-1x1": (_jpeg(Image.new("RGB", (1, 1), (255, 255, 255))), frozenset({"acked"})),
         "png-1x1": (_png(Image.new("RGB", (1, 1))), frozenset({"acked"})),
         "png-1x1-rgba": (_png(Image.new("RGBA", (1, 1), (0, 0, 0, 0))), frozenset({"acked"})),
@@ -138,8 +145,10 @@ def image_corpus(photo_jpeg: bytes) -> dict[str, tuple[bytes, frozenset[str]]]:
         "bmp": (_save(small, "BMP"), frozenset({"unsupported_image_format"})),
         "tiff": (_save(small, "TIFF"), frozenset({"unsupported_image_format"})),
         "ico": (_save(small, "ICO"), frozenset({"unsupported_image_format"})),
+        "heic": (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(500),
+                 frozenset({"unsupported_image_format"})),
         "webp": (_save(small, "WEBP"), frozenset({"acked"})),
-        "webp-truncated": (_save(small, "WEBP")[:30], frozenset({"undecodable_image"})),
+        "webp-truncated": (_save(small, "WEBP")[:30], frozenset({"corrupt_image"})),
         "photo": (photo_jpeg, frozenset({"acked"})),
     }
     return corpus

@@ -297,7 +297,7 @@ class Stack:
             store.put_bytes(self.settings.bucket_raw, image.key, image.data, image.content_type)
 
     def publish(self, images: Iterable[GeneratedImage]) -> list[str]:
-        """XADD one runbook ingest message per image (uploaded first); the entry ids."""
+        """XADD one Phase 3 ingest message per image (uploaded first); the entry ids."""
         images = list(images)
         self.upload(images)
         client = self.redis()
@@ -309,6 +309,12 @@ class Stack:
         return [str(entry_id) for entry_id in pipe.execute()]
 
     # --------------------------------------------------------------- outcome
+    def added(self, stream: str) -> int:
+        """How many entries were ever added to ``stream`` (its length no longer says: workers trim
+        what they finished)."""
+        client = self.redis()
+        return int(client.xinfo_stream(stream)["entries-added"]) if client.exists(stream) else 0
+
     def depths(self) -> dict[str, dict[str, int]]:
         group = self.settings.redis_group_name
         out: dict[str, dict[str, int]] = {}
@@ -318,6 +324,7 @@ class Stack:
             pending = mine[0].pending if mine else 0
             out[depth.stream] = {
                 "length": depth.length,
+                "added": self.added(depth.stream),
                 "lag": lag,
                 "pending": pending,
                 "dlq": depth.dlq_length,
@@ -341,7 +348,7 @@ class Stack:
                 depths = self.depths()
                 ingest = depths.get(self.settings.ingest_stream, {})
                 done = all(d["lag"] == 0 and d["pending"] == 0 for d in depths.values())
-                done = done and (expected_ingest is None or ingest.get("length") == expected_ingest)
+                done = done and (expected_ingest is None or ingest.get("added") == expected_ingest)
                 calm = calm + 1 if done else 0
                 if calm >= 3:
                     return depths

@@ -21,7 +21,7 @@ OUTAGE_S = 10.0
 
 def _wait_progress(stack: Stack, stream: str, beyond: int, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
-    while stack.redis().xlen(stream) <= beyond:
+    while stack.added(stream) <= beyond:
         if time.monotonic() > deadline:
             raise TimeoutError(f"no progress on {stream}\n{stack.log_tails()}")
         time.sleep(0.3)
@@ -68,7 +68,7 @@ def test_outages_of_redis_s3_and_vector_store_lose_nothing(
     ]
     observed: dict[str, tuple[set[str], bool]] = {}
     for name, stop, start, _expected in plan:
-        _wait_progress(stack, settings.embedded_stream, stack.redis().xlen(settings.embedded_stream) + 2)
+        _wait_progress(stack, settings.embedded_stream, stack.added(settings.embedded_stream) + 2)
         observed[name] = _outage(stack, stop, start)
     stack.wait_drained(timeout=900, expected_ingest=len(images))
 

@@ -42,7 +42,7 @@ def _sigterm_mid_batch(stack: Stack, service: Service, stream: str, timeout: flo
 
 def _wait_backlog(stack: Stack, stream: str, entries: int, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
-    while stack.redis().xlen(stream) < entries:
+    while stack.added(stream) < entries:
         assert time.monotonic() < deadline, f"{stream} never reached {entries} entries\n{stack.log_tails()}"
         time.sleep(0.2)
 
@@ -69,8 +69,7 @@ def test_sigterm_mid_batch_finishes_acks_and_exits_zero(
     stack.wait_drained(timeout=900, expected_ingest=len(images))
     time.sleep(4)  # longer than CLAIM_IDLE_MS: a leftover entry would have been reclaimed by now
 
-    client = stack.redis()
-    ingest, detected, embedded = (client.xlen(s) for s in stack.settings.pipeline_streams)
+    ingest, detected, embedded = (stack.added(s) for s in stack.settings.pipeline_streams)
     reclaimed = sum(int(n) for s in stack.services for n in re.findall(r"Reclaimed (\d+) message", s.log()))
     result, problems = tally(stack, images)
     ok = (

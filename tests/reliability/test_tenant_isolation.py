@@ -124,8 +124,8 @@ def test_pipeline_search_stats_and_dedup_stay_within_each_tenant(
     # Dedup: a tenant that never saw a face is never told it is a duplicate.
     dedup = DedupCache(stack.redis(), stack.settings)
     phashes = [face.phash for img in originals for face in img.faces]
-    dedup_leaks = sum(dedup.should_skip("never-ingested-tenant", phash) for phash in phashes)
-    own_hits = sum(dedup.should_skip(tenants[0], phash) for phash in phashes)
+    dedup_leaks = sum(dedup.lookup("never-ingested-tenant", phash).is_duplicate for phash in phashes)
+    own_hits = sum(dedup.lookup(tenants[0], phash).is_duplicate for phash in phashes)
 
     leaks = result.leaks + search_leaks + len(stats_wrong) + dedup_leaks
     ok = not problems and leaks == 0 and result.indexed == result.expected and search_hits > 0
@@ -174,7 +174,7 @@ def test_delete_and_purge_never_touch_another_tenant(stack: Stack) -> None:
                 (settings.bucket_metadata, keys.metadata),
             ):
                 store.put_bytes(bucket, key, b"x")
-            dedup.check_and_remember(tenant, phash, Owner(sha, face, "0-1"))
+            dedup.check_and_remember_batch([(tenant, [(phash, Owner(sha, face, "0-1"))])])
             points.append(
                 FacePoint(
                     tenant,
@@ -299,7 +299,7 @@ def test_tenant_ids_that_try_to_escape_a_prefix_are_refused_everywhere(stack: St
             _refused(lambda: index.search(tenant, np.ones(512, np.float32))),
             _refused(lambda: list(index.scroll(tenant))),
             _refused(lambda: index.delete_tenant(tenant)),
-            _refused(lambda: dedup.should_skip(tenant, "0" * 16)),
+            _refused(lambda: dedup.lookup(tenant, "0" * 16)),
             _refused(lambda: dedup.flush(tenant)),
             _refused(lambda: tenant_prefix(tenant)),
             _refused(
@@ -318,7 +318,7 @@ def test_tenant_ids_that_try_to_escape_a_prefix_are_refused_everywhere(stack: St
         purge = httpx.delete(f"{base}/tenants/{quote(tenant, safe='')}", timeout=30).status_code
         assert purge in (400, 404, 405, 422), (tenant, purge)
 
-    dedup.check_and_remember("victim", "f" * 16, Owner("img", 0, "0-1"))
+    dedup.check_and_remember_batch([("victim", [("f" * 16, Owner("img", 0, "0-1"))])])
     keys_before = sorted(client.keys("*"))
     for tenant in ESCAPES:
         check(tenant)

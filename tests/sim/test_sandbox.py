@@ -18,7 +18,7 @@ KUBECTL = shutil.which("kubectl")
 
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Iterator[Path]:
-    assert KUBECTL, "this test drives the sandbox with kubectl: install it (notes/ENVIRONMENT.md)"
+    assert KUBECTL, "this test drives the sandbox with kubectl: install it (docs/development.md)"
     env = {**os.environ, "FACEPIPE_OPERATOR_RESYNC_SECONDS": "1"}
     env.pop("KUBECONFIG", None)
     process = subprocess.Popen(

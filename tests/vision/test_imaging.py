@@ -67,25 +67,46 @@ def test_exif_orientation_is_applied(faces_dir: Path) -> None:
     assert np.abs(decoded.astype(int) - upright.astype(int)).mean() < 4
 
 
-def test_truncated_jpeg_is_undecodable(faces_dir: Path) -> None:
+def test_truncated_or_damaged_images_are_corrupt(faces_dir: Path) -> None:
     data = (faces_dir / "obama_2.jpg").read_bytes()
-    assert reason_of(data[: len(data) // 2]) == "undecodable_image"
+    png = io.BytesIO()
+    Image.open(faces_dir / "obama_2.jpg").save(png, format="PNG")
+    assert reason_of(data[: len(data) // 2]) == "corrupt_image"
+    assert reason_of(data[:3]) == "corrupt_image"  # a JPEG signature and nothing after it
+    assert reason_of(png.getvalue()[:40]) == "corrupt_image"  # a PNG cut inside its header
 
 
-def test_text_file_named_jpg_is_undecodable() -> None:
-    text = b"this is not an image, just text in a file called photo.jpg\n" * 5
-    assert reason_of(text) == "undecodable_image"
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"this is not an image, just text in a file called photo.jpg\n" * 5,
+        b"<!doctype html><html><body>404 not found</body></html>",
+        b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n",
+        b"",
+    ],
+    ids=["text", "html", "pdf", "empty"],
+)
+def test_a_file_that_is_no_image_is_not_an_image(data: bytes) -> None:
+    assert reason_of(data) == "not_an_image"
 
 
-def test_empty_bytes_are_undecodable() -> None:
-    assert reason_of(b"") == "undecodable_image"
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic",
+        b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1",
+    ],
+    ids=["heic", "avif"],
+)
+def test_images_in_formats_the_decoder_cannot_read_are_unsupported(header: bytes) -> None:
+    assert reason_of(header + bytes(200)) == "unsupported_image_format"
 
 
 def test_huge_png_header_is_refused_without_decoding() -> None:
     bomb = png_header_only(20_000, 20_000)
     assert len(bomb) < 200
     started = time.perf_counter()
-    assert reason_of(bomb) == "image_too_large"
+    assert reason_of(bomb) == "too_many_pixels"
     # Refused from the header: decoding 400 megapixels would take seconds and 1.2 GB.
     assert time.perf_counter() - started < 1.0
 
@@ -98,7 +119,7 @@ def test_huge_png_header_is_refused_without_decoding() -> None:
     ],
 )
 def test_our_limits_apply_below_pillows_own(width: int, height: int, limits: ImageLimits) -> None:
-    assert reason_of(png_header_only(width, height), limits) == "image_too_large"
+    assert reason_of(png_header_only(width, height), limits) == "too_many_pixels"
 
 
 def test_too_many_bytes_is_too_large(faces_dir: Path) -> None:

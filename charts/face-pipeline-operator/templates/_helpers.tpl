@@ -58,6 +58,21 @@ app.kubernetes.io/part-of: face-pipeline
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
+{{/*
+Whether to render a prometheus-operator object (ServiceMonitor, PodMonitor, PrometheusRule):
+enabled, and the cluster serves its API (monitoring.coreos.com/v1/<kind>), so `helm install`
+works on a cluster without prometheus-operator (kind, minikube, most fresh clusters).
+`helm template` sees no cluster: pass --api-versions monitoring.coreos.com/v1/ServiceMonitor
+(and PodMonitor, PrometheusRule), or set monitoring.skipCapabilityCheck.
+Call with (dict "root" $ "enabled" <bool> "kind" "ServiceMonitor"); "true" or "".
+*/}}
+{{- define "fpo.monitoringOn" -}}
+{{- $root := .root -}}
+{{- if and .enabled (or $root.Values.monitoring.skipCapabilityCheck ($root.Capabilities.APIVersions.Has (printf "monitoring.coreos.com/v1/%s" .kind))) -}}
+true
+{{- end -}}
+{{- end -}}
+
 {{/* Where the Grafana dashboard ConfigMaps go. */}}
 {{- define "fpo.dashboardNamespace" -}}
 {{- default .Release.Namespace .Values.monitoring.dashboards.namespace -}}
@@ -66,14 +81,22 @@ app.kubernetes.io/part-of: face-pipeline
 {{/*
 The RBAC rules of the operator inside a namespace it watches: its own resource and the
 children it creates from each FacePipeline. Verbs are only those Kopf and the handlers use.
+Call with (dict "root" $ "secrets" <bool>): Secrets only in Roles of listed namespaces, never
+in the cluster-wide ClusterRole (see rbac.secretNamespaces).
 */}}
 {{- define "fpo.namespacedRules" -}}
+{{- $root := .root -}}
 - apiGroups: ["facepipe.io"]
   resources: ["facepipelines"]
   verbs: ["get", "list", "watch", "patch", "update"]
 - apiGroups: ["facepipe.io"]
   resources: ["facepipelines/status"]
   verbs: ["get", "patch", "update"]
+# The children's ownerReferences set blockOwnerDeletion: where OwnerReferencesPermissionEnforcement
+# is on (OpenShift), that needs update on the owner's finalizers.
+- apiGroups: ["facepipe.io"]
+  resources: ["facepipelines/finalizers"]
+  verbs: ["update"]
 # Kopf posts an Event per handler outcome.
 - apiGroups: [""]
   resources: ["events"]
@@ -91,17 +114,25 @@ children it creates from each FacePipeline. Verbs are only those Kopf and the ha
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
-{{- if .Values.rbac.keda }}
+# deletionPolicy Purge waits until the tenant's pods are gone before deleting its data.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+{{- if $root.Values.rbac.keda }}
 - apiGroups: ["keda.sh"]
   resources: ["scaledobjects"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
 {{- end }}
-{{- if .Values.rbac.readSecrets }}
-# Secrets named by a FacePipeline (Redis URL, S3 keys, Qdrant key): read one by name, never list.
+{{- if and .secrets $root.Values.rbac.readSecrets }}
+{{ include "fpo.secretRules" $root }}
+{{- end }}
+{{- end -}}
+
+{{/* Secrets named by a FacePipeline (Redis URL, S3 keys, Qdrant key): read one by name, never list. */}}
+{{- define "fpo.secretRules" -}}
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
-{{- end }}
 {{- end -}}
 
 {{/*

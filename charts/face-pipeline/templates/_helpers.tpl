@@ -21,26 +21,6 @@ facepipe.io/tenant: {{ .Values.tenantId | quote }}
 {{- end -}}
 
 {{/*
-The image of one component: its own image.repository/tag when given, else
-<image.registry>/<imageName>:<image.tag or appVersion>, with image.gpuTagSuffix on the
-detector and embedder tags when the models run on cuda (their images carry onnxruntime-gpu).
-Call with (dict "root" $ "key" "detector" "imageName" "detector").
-*/}}
-{{- define "fp.componentImage" -}}
-{{- $root := .root -}}
-{{- $own := (index $root.Values.components .key).image | default dict -}}
-{{- $repository := $own.repository | default (printf "%s/%s" (trimSuffix "/" $root.Values.image.registry) .imageName) -}}
-{{- $tag := $own.tag -}}
-{{- if not $tag -}}
-{{- $tag = $root.Values.image.tag | default $root.Chart.AppVersion -}}
-{{- if and (eq $root.Values.models.device "cuda") (has .key (list "detector" "embedder")) -}}
-{{- $tag = printf "%s%s" $tag $root.Values.image.gpuTagSuffix -}}
-{{- end -}}
-{{- end -}}
-{{- dict "repository" $repository "tag" $tag | toYaml -}}
-{{- end -}}
-
-{{/*
 The FacePipeline CRD's CEL rules that JSON Schema cannot express (values.schema.json,
 generated from the CRD, covers the rest): fail the render with the CRD's own message.
 */}}

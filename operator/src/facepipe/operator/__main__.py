@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     import facepipe.operator.main  # noqa: F401  (registers the handlers)
+    from facepipe.operator.handlers.runtime import RUNTIME
+
+    RUNTIME.watch_namespaces = tuple(args.namespace)
 
     kopf.configure(verbose=args.verbose, debug=args.debug)
     kopf.run(

@@ -102,14 +102,17 @@ def apply_children(
         result.updated.append(_ref(manifest))
     wanted = {_ref(m) for m in desired}
     for kind in MANAGED_KINDS:
-        for obj in _owned(api, kind, namespace, owner_name, owner_uid):
+        for obj in owned_children(api, kind, namespace, owner_name, owner_uid):
             ref = f"{kind.kind}/{obj['metadata']['name']}"
             if ref not in wanted and api.delete(kind, namespace, obj["metadata"]["name"]):
                 result.deleted.append(ref)
     return result
 
 
-def _owned(api: KubeApi, kind: Kind, namespace: str, owner_name: str, owner_uid: str) -> list[dict[str, Any]]:
+def owned_children(
+    api: KubeApi, kind: Kind, namespace: str, owner_name: str, owner_uid: str
+) -> list[dict[str, Any]]:
+    """The objects of ``kind`` this FacePipeline (by uid) owns."""
     selector = f"{LABEL_MANAGED_BY}={OPERATOR_NAME},{LABEL_INSTANCE}={owner_name}"
     try:
         items = api.list(kind, namespace, selector)

@@ -24,6 +24,9 @@ LABEL_TENANT: Final = f"{GROUP}/tenant"
 LABEL_ROLE: Final = f"{GROUP}/role"  # "worker" on detector/embedder/indexer pods (metrics Service)
 
 ANNOTATION_CONFIG_HASH: Final = f"{GROUP}/config-hash"
+# On the CRD: facepipe.operator.crd_check.schema_hash of its schema; the operator expects CRD_SCHEMA_HASH.
+ANNOTATION_SCHEMA_HASH: Final = f"{GROUP}/schema-hash"
+CRD_SCHEMA_HASH: Final = "1491927315816e62"
 ANNOTATION_RESTARTED_AT: Final = "kubectl.kubernetes.io/restartedAt"
 
 Component = Literal["detector", "embedder", "indexer", "ops-api"]

@@ -1,10 +1,16 @@
-"""Which runbook settings each component reads, and which ones the spec owns.
+"""The one table of the pipeline's settings: who reads each one, and who may set it.
 
 The names are the primary environment names of ``facepipe.core.settings.Settings``.
-A pod template carries (and its config hash covers) only the settings its
-component reads, so changing e.g. ``DEDUP_MAX_HAMMING`` rolls the detector, the
-indexer and ops-api but never the embedder. A test checks that every setting is
-in this table, so a new setting cannot silently miss its readers.
+Every component's environment is derived from this table (facepipe.operator.builders),
+so a setting more than one component reads comes from one place, the ConfigMap, and
+can never differ between them; only the settings in :data:`PER_COMPONENT` (batch sizes,
+threads, the consumer name, ...) may take a component's own value.
+
+A pod template carries (and its config hash covers) only the settings its component
+reads, so changing e.g. ``DEDUP_MAX_HAMMING`` rolls the indexer and ops-api but never
+the detector or the embedder. tests/operator/test_env_table.py checks the readers
+against what each component's code reads, so a new setting or a new read cannot
+silently miss its pods.
 """
 
 from __future__ import annotations
@@ -22,6 +28,35 @@ if TYPE_CHECKING:
 
 ALL: Final[frozenset[Component]] = frozenset(COMPONENTS)
 _WORKERS: Final[frozenset[Component]] = frozenset(WORKERS)
+_MODEL_RUNNERS: Final[frozenset[Component]] = frozenset({"detector", "embedder", "ops-api"})
+_IMAGE_DECODERS: Final[frozenset[Component]] = frozenset({"detector", "ops-api"})
+
+# Per pod by nature: how much work one pod takes on, its consumer name, its retry pacing.
+WORKER_LOOP: Final = (
+    "REDIS_CONSUMER_NAME",
+    "ENABLE_QUEUE_WORKER",
+    "READ_BLOCK_MS",
+    "CLAIM_IDLE_MS",
+    "MAX_DELIVERIES",
+    "RETRY_BACKOFF_INITIAL_S",
+    "RETRY_BACKOFF_MAX_S",
+    "WORKER_BATCH_SIZE",
+    "MAX_WORKER_CONCURRENCY",
+    "METRICS_PORT",
+    "WORKER_STALL_SECONDS",
+    "STREAM_RETENTION_MS",
+)
+DETECTION_AND_QUALITY: Final = (
+    "DET_SIZE",
+    "DET_THRESHOLD",
+    "MIN_FACE_SIZE",
+    "MIN_DET_SCORE",
+    "MIN_BLUR_VARIANCE",
+    "MAX_POSE_RATIO",
+    "MAX_IMAGE_BYTES",
+    "MAX_IMAGE_PIXELS",
+    "MAX_IMAGE_SIDE",
+)
 
 _GROUPS: Final[list[tuple[frozenset[Component], tuple[str, ...]]]] = [
     # Streams: every component (ops-api reports their figures).
@@ -37,26 +72,11 @@ _GROUPS: Final[list[tuple[frozenset[Component], tuple[str, ...]]]] = [
         ),
     ),
     # The worker loop.
-    (
-        _WORKERS,
-        (
-            "REDIS_CONSUMER_NAME",
-            "ENABLE_QUEUE_WORKER",
-            "READ_BLOCK_MS",
-            "CLAIM_IDLE_MS",
-            "MAX_DELIVERIES",
-            "RETRY_BACKOFF_INITIAL_S",
-            "RETRY_BACKOFF_MAX_S",
-            "WORKER_BATCH_SIZE",
-            "MAX_WORKER_CONCURRENCY",
-            "METRICS_PORT",
-        ),
-    ),
-    # Dedup: the detector pre-checks, the indexer commits, ops-api reports and flushes.
-    (
-        frozenset({"detector", "indexer", "ops-api"}),
-        ("ENABLE_GLOBAL_DEDUP", "DEDUP_TTL_SECONDS", "DEDUP_MAX_HAMMING"),
-    ),
+    (_WORKERS, WORKER_LOOP),
+    # Dedup: the indexer commits, ops-api reports, checks and flushes.
+    (frozenset({"indexer", "ops-api"}), ("ENABLE_GLOBAL_DEDUP", "DEDUP_TTL_SECONDS", "DEDUP_MAX_HAMMING")),
+    # Only the indexer claims faces while it indexes them.
+    (frozenset({"indexer"}), ("DEDUP_CLAIM_TTL_SECONDS",)),
     # Object storage: the detector downloads, the indexer stores artifacts, ops-api serves/deletes.
     (
         frozenset({"detector", "indexer", "ops-api"}),
@@ -73,29 +93,24 @@ _GROUPS: Final[list[tuple[frozenset[Component], tuple[str, ...]]]] = [
     ),
     # Vectors: the indexer upserts, ops-api searches.
     (frozenset({"indexer", "ops-api"}), ("QDRANT_URL", "QDRANT_API_KEY", "QDRANT_COLLECTION", "QDRANT_PATH")),
+    # The pack: everyone. The indexer runs no model but refuses vectors of another pack
+    # (model_pack_mismatch) and sizes the collection by the pack's dimension.
+    (ALL, ("MODEL_PACK",)),
     # Models: detection and embedding; ops-api runs both for search by photo.
-    (
-        frozenset({"detector", "embedder", "ops-api"}),
-        ("MODEL_PACK", "MODELS_DIR", "INFERENCE_DEVICE", "ORT_INTRA_OP_THREADS", "DET_SIZE", "DET_THRESHOLD"),
-    ),
-    (frozenset({"embedder", "ops-api"}), ("EMBED_BATCH_SIZE", "EMBED_MAX_WAIT_MS")),
-    # Quality gates and image limits: wherever images are decoded.
-    (
-        frozenset({"detector", "ops-api"}),
-        (
-            "MIN_FACE_SIZE",
-            "MIN_DET_SCORE",
-            "MIN_BLUR_VARIANCE",
-            "MAX_POSE_RATIO",
-            "MAX_IMAGE_BYTES",
-            "MAX_IMAGE_PIXELS",
-            "MAX_IMAGE_SIDE",
-        ),
-    ),
+    (_MODEL_RUNNERS, ("MODELS_DIR", "INFERENCE_DEVICE", "ORT_INTRA_OP_THREADS")),
+    (frozenset({"embedder"}), ("EMBED_BATCH_SIZE", "EMBED_MAX_WAIT_MS")),
+    # Detection, quality gates and image limits: wherever whole images are decoded and faces detected.
+    (_IMAGE_DECODERS, DETECTION_AND_QUALITY),
     (frozenset({"ops-api"}), ("OPS_API_HOST", "OPS_API_PORT", "OPS_API_TOKEN", "MAX_UPLOAD_BYTES")),
 ]
 
 READERS: Final[dict[str, frozenset[Component]]] = {name: who for who, names in _GROUPS for name in names}
+
+# Settings whose value may differ between the components that read them, by design: how
+# much work one pod takes on, its threads, its consumer name, its retry pacing. ops-api
+# runs its models on the CPU whatever INFERENCE_DEVICE the workers use (it gets no GPU).
+# Every other setting read by more than one component has one value for all of them.
+PER_COMPONENT: Final[frozenset[str]] = frozenset({*WORKER_LOOP, "INFERENCE_DEVICE", "ORT_INTRA_OP_THREADS"})
 
 # Set from dedicated spec fields (or per pod); spec.settings may not override them.
 MANAGED: Final[dict[str, str]] = {
@@ -156,6 +171,11 @@ def reads(component: Component, name: str) -> bool:
     return component in READERS.get(name, ALL)
 
 
+def component_may_set(component: Component, name: str) -> bool:
+    """Whether spec.components.<component>.settings may give ``name`` its own value there."""
+    return reads(component, name) and (name in PER_COMPONENT or READERS.get(name) == {component})
+
+
 def settings_problems(spec: PipelineSpec) -> list[str]:
     """Unknown or spec-owned names in spec.settings / components.*.settings, and invalid values."""
     from facepipe.operator.builders import component_literal_env, shared_env
@@ -175,6 +195,19 @@ def settings_problems(spec: PipelineSpec) -> list[str]:
                 problems.append(f"{where}.{name}: not a setting of the services")
             elif name in MANAGED:
                 problems.append(f"{where}.{name}: set by {MANAGED[name]}")
+    for component in COMPONENTS:
+        key = "opsApi" if component == "ops-api" else component
+        for name in _component_settings(spec, component):
+            if name not in known or name in MANAGED or name in aliases:
+                continue  # reported above
+            if not reads(component, name):
+                problems.append(f"spec.components.{key}.settings.{name}: the {component} does not read it")
+            elif not component_may_set(component, name):
+                readers = ", ".join(c for c in COMPONENTS if c in READERS[name])
+                problems.append(
+                    f"spec.components.{key}.settings.{name}: {readers} read it and must agree on it; "
+                    "set it once in spec.settings"
+                )
     if problems:
         return problems
     # Validate what each component would really see, with the services' own rules.
@@ -200,7 +233,10 @@ def _invalid_values(env: Mapping[str, str]) -> list[str]:
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
-            name = str(error["loc"][0]) if error["loc"] else "?"
+            if not error["loc"]:  # a check of several settings together names them itself
+                lines.append(str(error["msg"]).removeprefix("Value error, "))
+                continue
+            name = str(error["loc"][0])
             lines.append(f"{name}={error.get('input')!r} is invalid: {error['msg']}")
         return lines
     return []

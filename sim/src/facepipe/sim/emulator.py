@@ -1,7 +1,7 @@
 """KMock's KubernetesEmulator with what Kopf and kubectl need from a real API server.
 
 Plain ``kmock.KubernetesEmulator`` is an in-memory dict over HTTP. This subclass adds
-(notes/ENVIRONMENT.md lists the first three):
+(Kopf needs the first three):
 
 1. object identity and versions: ``metadata.uid``, ``creationTimestamp``,
    ``generation`` (bumped when anything outside metadata/status changes) and a
@@ -138,6 +138,17 @@ def field_selector_matches(selector: str | None, obj: Mapping[str, Any]) -> bool
 
 # --- the emulator ------------------------------------------------------------------------------
 
+# Custom kinds of the add-ons a cluster would have: (group/version, plural, kind, subresources).
+_KEDA_KINDS = (
+    ("keda.sh/v1alpha1", "scaledobjects", "ScaledObject", ("status",)),
+    ("keda.sh/v1alpha1", "triggerauthentications", "TriggerAuthentication", ()),
+)
+_MONITORING_KINDS = (
+    ("monitoring.coreos.com/v1", "servicemonitors", "ServiceMonitor", ()),
+    ("monitoring.coreos.com/v1", "podmonitors", "PodMonitor", ()),
+    ("monitoring.coreos.com/v1", "prometheusrules", "PrometheusRule", ()),
+)
+
 
 @attrs.define(kw_only=True)
 class FacePipeEmulator(kmock.KubernetesEmulator):
@@ -152,8 +163,11 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
 
     # -- resource registration --
 
-    def register_defaults(self, crd_paths: Iterable[Path] = (), *, keda: bool = True) -> None:
-        """Built-in kinds (the newest version of each), the given CRDs, and KEDA's kinds."""
+    def register_defaults(
+        self, crd_paths: Iterable[Path] = (), *, keda: bool = True, monitoring: bool = True
+    ) -> None:
+        """Built-in kinds (the newest version of each), the given CRDs, KEDA's kinds and
+        prometheus-operator's (ServiceMonitor, PodMonitor, PrometheusRule)."""
         # = self.resources.load_bundled(), without its deprecated importlib.resources call.
         bundled = importlib.resources.files("kmock._internal").joinpath("resources.json.gz").read_bytes()
         self.resources.load_data(gzip.decompress(bundled))
@@ -169,18 +183,15 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
             for doc in yaml.safe_load_all(Path(path).read_text()):
                 if doc and doc.get("kind") == "CustomResourceDefinition":
                     self.register_crd(doc)
-        if keda:
-            for plural, kind in (
-                ("scaledobjects", "ScaledObject"),
-                ("triggerauthentications", "TriggerAuthentication"),
-            ):
-                self.resources[f"keda.sh/v1alpha1/{plural}"] = kmock.ResourceInfo(
-                    kind=kind,
-                    singular=kind.lower(),
-                    namespaced=True,
-                    verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
-                    subresources={"status"} if plural == "scaledobjects" else set(),
-                )
+        extra = (_KEDA_KINDS if keda else ()) + (_MONITORING_KINDS if monitoring else ())
+        for api, plural, kind, subresources in extra:
+            self.resources[f"{api}/{plural}"] = kmock.ResourceInfo(
+                kind=kind,
+                singular=kind.lower(),
+                namespaced=True,
+                verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
+                subresources=set(subresources),
+            )
 
     def register_crd(self, crd: Mapping[str, Any]) -> None:
         spec = crd["spec"]
@@ -783,12 +794,19 @@ class EmulatorServer:
     """
 
     def __init__(
-        self, crd_paths: Iterable[Path] = (), *, host: str = "127.0.0.1", port: int = 0, keda: bool = True
+        self,
+        crd_paths: Iterable[Path] = (),
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        keda: bool = True,
+        monitoring: bool = True,
     ) -> None:
         self._crd_paths = list(crd_paths)
         self._host = host
         self._port = port or None
         self._keda = keda
+        self._monitoring = monitoring
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -818,7 +836,7 @@ class EmulatorServer:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         emulator = FacePipeEmulator()
-        emulator.register_defaults(self._crd_paths, keda=self._keda)
+        emulator.register_defaults(self._crd_paths, keda=self._keda, monitoring=self._monitoring)
         async with emulator, kmock.Server(emulator, host=self._host, port=self._port) as server:
             self.emulator = emulator
             self.url = f"http://{server.host}:{server.port}"

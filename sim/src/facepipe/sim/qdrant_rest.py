@@ -1,14 +1,20 @@
-"""A Qdrant REST stand-in: Qdrant's HTTP API over an embedded engine, for tests and the cluster simulation.
+"""A Qdrant REST stand-in: Qdrant's HTTP API over Qdrant Edge, for tests and the cluster simulation.
 
 Why it exists: no Qdrant server binary can be had on these machines, and an outage of
 the vector store is a failure that cannot be produced while the store lives inside the
-indexer's own process (embedded local mode). This small server puts the same local
-engine (``QdrantClient(path=...)``) behind the REST endpoints the pipeline really calls,
-so the indexer and the ops-api run as separate processes talking to a vector store they
-do not own, which the suite can stop, kill and restart like a real server. Every
-request and answer is Qdrant's own pydantic model, and errors come back as Qdrant does
-(HTTP status + ``{"status": {"error": ...}}``), so qdrant-client's remote mode raises its
-real exceptions. It serves only what face-pipeline uses.
+indexer's own process (embedded mode). This small server puts the embedded engine
+(:class:`facepipe.store.vectors.edge_engine.EdgeStore`, one Edge shard per collection
+under ``--path``) behind the REST endpoints face-pipeline calls, so the indexer and the
+ops-api run as separate processes talking to a vector store they do not own, which a
+suite can stop, kill -9 and restart like a real server.
+
+Every request body is validated as qdrant-client's own pydantic model
+(``qdrant_client.http.models``) and every answer is built as one, so qdrant-client's
+remote mode parses them exactly as a server's. Errors come back as Qdrant's do (HTTP
+status + ``{"status": {"error": ...}}``), so qdrant-client raises its real exceptions.
+It serves only the subset face-pipeline uses (:data:`ENDPOINTS`); anything else — another
+endpoint, a request field it does not implement, a filter outside the project's spec
+(keyword equalities) — gets an explicit error, never a silent success.
 
 ``python -m facepipe.sim.qdrant_rest --path DIR --port P``
 """
@@ -16,146 +22,313 @@ real exceptions. It serves only what face-pipeline uses.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import threading
 import time
-import warnings
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import uvicorn
-from pydantic import BaseModel
-from qdrant_client import QdrantClient
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from qdrant_client.http import models as qm
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-log = logging.getLogger("qdrant-facade")
-warnings.filterwarnings("ignore", message="Payload indexes have no effect")
+from facepipe.sim.qdrant_rest_models import (
+    ApiError,
+    collection_info,
+    point_id,
+    point_ids,
+    query_vector,
+    refuse_fields,
+    spec_filter,
+    with_flag,
+)
+from facepipe.store.vectors.base import VectorStoreError
+from facepipe.store.vectors.edge import edge_filter
+from facepipe.store.vectors.edge_engine import EdgeCollection, EdgeStore, plain_vector
+
+log = logging.getLogger("qdrant-stand-in")
+
+ENDPOINTS = (
+    ("GET", "/"),
+    ("GET", "/collections/{name}/exists"),
+    ("GET|PUT|DELETE", "/collections/{name}"),
+    ("PUT", "/collections/{name}/index"),
+    ("PUT", "/collections/{name}/points"),
+    ("POST", "/collections/{name}/points/query"),
+    ("POST", "/collections/{name}/points/scroll"),
+    ("POST", "/collections/{name}/points/count"),
+    ("POST", "/collections/{name}/points/delete"),
+)
+# `params` (hnsw_ef, exact) is accepted: the engine searches exactly whatever it says.
+QUERY_FIELDS = {
+    "query",
+    "filter",
+    "params",
+    "score_threshold",
+    "limit",
+    "offset",
+    "with_vector",
+    "with_payload",
+}
+
+
+class Collections:
+    """The store and its open collections (opened on first use, kept open)."""
+
+    def __init__(self, root: Path) -> None:
+        self.store = EdgeStore(root)
+        self._open: dict[str, EdgeCollection] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> EdgeCollection:
+        with self._lock:
+            if name not in self._open:
+                collection = self.store.open(name)
+                if collection is None:
+                    raise ApiError(404, f"Not found: Collection `{name}` doesn't exist!")
+                self._open[name] = collection
+            return self._open[name]
+
+    def exists(self, name: str) -> bool:
+        return self.store.exists(name)
+
+    def create(self, name: str, size: int, distance: str) -> None:
+        with self._lock:
+            if self.store.exists(name):
+                raise ApiError(409, f"Wrong input: Collection `{name}` already exists!")
+            self._open[name] = self.store.create(name, size, distance)
+
+    def drop(self, name: str) -> bool:
+        with self._lock:
+            collection = self._open.pop(name, None)
+            if collection is not None:
+                collection.close()
+            existed = self.store.exists(name)
+            self.store.drop(name)
+            return existed
+
+    def close(self) -> None:
+        with self._lock:
+            for collection in self._open.values():
+                collection.close()
+            self._open.clear()
+            self.store.close()
 
 
 def _dump(value: Any) -> Any:
     if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
+        return value.model_dump(mode="json", exclude_none=True)
     if isinstance(value, list):
         return [_dump(item) for item in value]
     return value
 
 
-def build_app(path: str) -> Starlette:
-    client = QdrantClient(path=path, force_disable_check_same_thread=True)
-    lock = threading.Lock()
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"status": {"error": message}, "time": 0.0}, status_code=status)
 
-    def answer(fn: Callable[[], Any]) -> JSONResponse:
-        started = time.perf_counter()
-        try:
-            with lock:
-                result = fn()
-        except (
-            ValueError,
-            KeyError,
-        ) as exc:  # what local mode raises for a bad request or missing collection
-            status = 404 if "not found" in str(exc).lower() else 400
-            return JSONResponse({"status": {"error": str(exc)}, "time": 0.0}, status_code=status)
-        return JSONResponse({"result": _dump(result), "status": "ok", "time": time.perf_counter() - started})
 
-    async def body(request: Request, model: type[BaseModel] | Any) -> Any:
+async def _answer(fn: Callable[[], Any]) -> JSONResponse:
+    started = time.perf_counter()
+    try:
+        result = await run_in_threadpool(fn)
+    except ApiError as exc:
+        return _error(exc.status, exc.message)
+    except (VectorStoreError, ValueError) as exc:  # the engine refused the request (wrong size, bad name)
+        return _error(400, f"Wrong input: {exc}")
+    return JSONResponse({"result": _dump(result), "status": "ok", "time": time.perf_counter() - started})
+
+
+async def _body(request: Request, model: Any) -> Any:
+    try:
         raw = await request.json()
-        if isinstance(model, type) and issubclass(model, BaseModel):
-            return model.model_validate(raw)
-        from pydantic import TypeAdapter
-
         return TypeAdapter(model).validate_python(raw)
+    except (ValueError, ValidationError) as exc:
+        raise ApiError(400, f"Format error in JSON body: {exc}") from exc
 
-    async def exists(request: Request) -> JSONResponse:
-        name = request.path_params["name"]
-        return answer(lambda: qm.CollectionExistence(exists=client.collection_exists(name)))
 
-    async def collection(request: Request) -> JSONResponse:
-        name = request.path_params["name"]
+def _updated() -> qm.UpdateResult:
+    return qm.UpdateResult(operation_id=0, status=qm.UpdateStatus.COMPLETED)
+
+
+def build_app(path: str) -> Starlette:
+    collections = Collections(Path(path))
+
+    def route(handler: Callable[..., Any]) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> JSONResponse:
+            try:
+                return await handler(request, request.path_params.get("name", ""))
+            except ApiError as exc:
+                return _error(exc.status, exc.message)
+
+        return endpoint
+
+    async def exists(_request: Request, name: str) -> JSONResponse:
+        return await _answer(lambda: qm.CollectionExistence(exists=collections.exists(name)))
+
+    async def collection(request: Request, name: str) -> JSONResponse:
         if request.method == "GET":
-            return answer(lambda: client.get_collection(name))
+            return await _answer(lambda: collection_info(collections.get(name)))
         if request.method == "DELETE":
-            return answer(lambda: client.delete_collection(name))
-        create = await body(request, qm.CreateCollection)
-        return answer(lambda: client.create_collection(name, vectors_config=create.vectors))
-
-    async def index(request: Request) -> JSONResponse:
-        name = request.path_params["name"]
-        create = await body(request, qm.CreateFieldIndex)
-        return answer(
-            lambda: client.create_payload_index(name, create.field_name, field_schema=create.field_schema)
+            return await _answer(lambda: collections.drop(name))
+        create = await _body(request, qm.CreateCollection)
+        refuse_fields(create, "create collection", allowed={"vectors"})
+        if not isinstance(create.vectors, qm.VectorParams):
+            raise ApiError(400, "Wrong input: the stand-in keeps one unnamed dense vector per collection")
+        vectors = create.vectors
+        return await _answer(
+            lambda: collections.create(name, vectors.size, vectors.distance.value.lower()) or True
         )
 
-    async def upsert(request: Request) -> JSONResponse:
-        name = request.path_params["name"]
-        operation = await body(request, qm.PointInsertOperations)
+    async def index(request: Request, name: str) -> JSONResponse:
+        create = await _body(request, qm.CreateFieldIndex)
+        schema = create.field_schema
+        is_keyword = schema == qm.PayloadSchemaType.KEYWORD or isinstance(schema, qm.KeywordIndexParams)
+        if not is_keyword:
+            raise ApiError(400, f"Wrong input: the stand-in builds keyword indexes only, got {schema!r}")
+        is_tenant = bool(getattr(schema, "is_tenant", False))
+
+        def run() -> qm.UpdateResult:
+            collections.get(name).create_keyword_index(create.field_name, is_tenant=is_tenant)
+            return _updated()
+
+        return await _answer(run)
+
+    async def upsert(request: Request, name: str) -> JSONResponse:
+        operation = await _body(request, qm.PointInsertOperations)
         if isinstance(operation, qm.PointsList):
-            points: Any = operation.points
+            refuse_fields(operation, "upsert", allowed={"points"})
+            ids = [p.id for p in operation.points]
+            vectors = [p.vector for p in operation.points]
+            payloads = [p.payload or {} for p in operation.points]
         else:
-            points = operation.batch
-        return answer(lambda: client.upsert(name, points=points))
+            refuse_fields(operation, "upsert", allowed={"batch"})
+            ids, vectors = list(operation.batch.ids), list(operation.batch.vectors)  # type: ignore[arg-type]
+            payloads = list(operation.batch.payloads or [{} for _ in ids])
+        if not all(isinstance(v, list) and all(isinstance(x, float | int) for x in v) for v in vectors):
+            raise ApiError(400, "Wrong input: the stand-in stores one unnamed dense vector per point")
 
-    async def query(request: Request) -> JSONResponse:
-        name = request.path_params["name"]
-        q = await body(request, qm.QueryRequest)
-        return answer(
-            lambda: client.query_points(
-                name,
-                query=q.query,
-                query_filter=q.filter,
-                limit=q.limit or 10,
-                offset=q.offset,
-                with_payload=True if q.with_payload is None else q.with_payload,
-                with_vectors=q.with_vector or False,
+        def run() -> qm.UpdateResult:
+            collections.get(name).upsert(point_ids(ids), vectors, payloads)  # type: ignore[arg-type]
+            return _updated()
+
+        return await _answer(run)
+
+    async def query(request: Request, name: str) -> JSONResponse:
+        q = await _body(request, qm.QueryRequest)
+        refuse_fields(q, "query", allowed=QUERY_FIELDS)
+        vector = query_vector(q.query)
+        flt = edge_filter(spec_filter(q.filter))
+
+        def run() -> qm.QueryResponse:
+            points = collections.get(name).query(
+                vector,
+                flt,
+                q.limit or 10,
+                offset=q.offset or 0,
                 score_threshold=q.score_threshold,
+                with_payload=with_flag(q.with_payload, "with_payload", default=False),
+                with_vector=with_flag(q.with_vector, "with_vector", default=False),
             )
-        )
+            return qm.QueryResponse(
+                points=[
+                    qm.ScoredPoint(
+                        id=point_id(p.id),
+                        version=p.version,
+                        score=p.score,
+                        payload=p.payload,
+                        vector=plain_vector(p.vector),
+                    )
+                    for p in points
+                ]
+            )
 
-    async def scroll(request: Request) -> JSONResponse:
-        name = request.path_params["name"]
-        s = await body(request, qm.ScrollRequest)
+        return await _answer(run)
+
+    async def scroll(request: Request, name: str) -> JSONResponse:
+        s = await _body(request, qm.ScrollRequest)
+        refuse_fields(s, "scroll", allowed={"offset", "limit", "filter", "with_payload", "with_vector"})
+        flt = edge_filter(spec_filter(s.filter))
 
         def run() -> qm.ScrollResult:
-            records, offset = client.scroll(
-                name,
-                scroll_filter=s.filter,
-                limit=s.limit or 10,
-                offset=s.offset,
-                with_payload=True if s.with_payload is None else s.with_payload,
-                with_vectors=s.with_vector or False,
+            records, offset = collections.get(name).scroll(
+                flt,
+                s.limit or 10,
+                point_ids([s.offset])[0] if s.offset is not None else None,
+                with_payload=with_flag(s.with_payload, "with_payload", default=True),
+                with_vector=with_flag(s.with_vector, "with_vector", default=False),
             )
-            return qm.ScrollResult(points=records, next_page_offset=offset)
+            return qm.ScrollResult(
+                points=[
+                    qm.Record(id=point_id(r.id), payload=r.payload, vector=plain_vector(r.vector))
+                    for r in records
+                ],
+                next_page_offset=point_id(offset) if offset is not None else None,
+            )
 
-        return answer(run)
+        return await _answer(run)
 
-    async def count(request: Request) -> JSONResponse:
-        name = request.path_params["name"]
-        c = await body(request, qm.CountRequest)
-        return answer(lambda: client.count(name, count_filter=c.filter, exact=True))
+    async def count(request: Request, name: str) -> JSONResponse:
+        c = await _body(request, qm.CountRequest)
+        refuse_fields(c, "count", allowed={"filter", "exact"})
+        flt = edge_filter(spec_filter(c.filter))
+        return await _answer(lambda: qm.CountResult(count=collections.get(name).count(flt)))
 
-    async def delete(request: Request) -> JSONResponse:
-        name = request.path_params["name"]
-        selector = await body(request, qm.PointsSelector)
-        return answer(lambda: client.delete(name, points_selector=selector))
+    async def delete(request: Request, name: str) -> JSONResponse:
+        selector = await _body(request, qm.PointsSelector)
 
-    async def root(_request: Request) -> JSONResponse:
-        return JSONResponse({"title": "qdrant-facade (reliability suite)", "version": "local"})
+        def run() -> qm.UpdateResult:
+            if isinstance(selector, qm.PointIdsList):
+                refuse_fields(selector, "delete", allowed={"points"})
+                collections.get(name).delete_ids(point_ids(selector.points))
+            else:
+                refuse_fields(selector, "delete", allowed={"filter"})
+                flt = edge_filter(spec_filter(selector.filter))
+                if flt is None:
+                    raise ApiError(400, "Wrong input: delete needs a filter with at least one condition")
+                collections.get(name).delete(flt)
+            return _updated()
+
+        return await _answer(run)
+
+    async def root(_request: Request, _name: str) -> JSONResponse:
+        return JSONResponse({"title": "qdrant REST stand-in (Qdrant Edge)", "version": "edge"})
+
+    async def unsupported(request: Request, _name: str) -> JSONResponse:
+        served = "; ".join(f"{method} {path}" for method, path in ENDPOINTS)
+        return _error(
+            501,
+            f"Not implemented: the Qdrant stand-in does not serve {request.method} {request.url.path} "
+            f"(it serves only what face-pipeline calls: {served})",
+        )
 
     routes = [
-        Route("/", root),
-        Route("/collections/{name}/exists", exists),
-        Route("/collections/{name}", collection, methods=["GET", "PUT", "DELETE"]),
-        Route("/collections/{name}/index", index, methods=["PUT"]),
-        Route("/collections/{name}/points", upsert, methods=["PUT"]),
-        Route("/collections/{name}/points/query", query, methods=["POST"]),
-        Route("/collections/{name}/points/scroll", scroll, methods=["POST"]),
-        Route("/collections/{name}/points/count", count, methods=["POST"]),
-        Route("/collections/{name}/points/delete", delete, methods=["POST"]),
+        Route("/", route(root)),
+        Route("/collections/{name}/exists", route(exists)),
+        Route("/collections/{name}", route(collection), methods=["GET", "PUT", "DELETE"]),
+        Route("/collections/{name}/index", route(index), methods=["PUT"]),
+        Route("/collections/{name}/points", route(upsert), methods=["PUT"]),
+        Route("/collections/{name}/points/query", route(query), methods=["POST"]),
+        Route("/collections/{name}/points/scroll", route(scroll), methods=["POST"]),
+        Route("/collections/{name}/points/count", route(count), methods=["POST"]),
+        Route("/collections/{name}/points/delete", route(delete), methods=["POST"]),
+        Route("/{rest:path}", route(unsupported), methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
     ]
-    return Starlette(routes=routes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            collections.close()  # flushes and closes every shard, then drops the folder's lock
+
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ import logging
 import sys
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s - %(message)s"
-# Libraries that log every HTTP request at INFO would drown the runbook's lines.
+# Libraries that log every HTTP request at INFO would drown the Phase 3 log lines (docs/compatibility.md).
 _QUIET_LOGGERS = ("urllib3", "httpx", "httpcore")
 
 

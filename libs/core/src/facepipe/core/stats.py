@@ -6,7 +6,7 @@ Keys (docs/design.md "Redis keys"):
 - ``stats:timings:<name>`` — HASH ``count`` (HINCRBY), ``total_ms`` (HINCRBYFLOAT)
 - ``stats:tenant:<tenant>:counters`` and ``stats:tenant:<tenant>:timings:<name>`` — the same per tenant
 
-:meth:`Stats.snapshot` returns exactly the runbook's ``GET /stats`` body. Writes
+:meth:`Stats.snapshot` returns exactly the Phase 3 ``GET /stats`` body. Writes
 take an optional ``pipeline=`` so the worker adds them to the MULTI that acks the
 message: a counter moves if and only if the message was acked. Each write is also
 mirrored into the Prometheus metrics of this process.
@@ -55,8 +55,10 @@ class Stats:
     ) -> None:
         """Add ``n`` to ``counter`` globally and, with ``tenant``, to that tenant's counters.
 
-        ``pipeline``: queue the writes on it (the caller executes) instead of sending now.
-        ``reason``: label for the Prometheus mirror of ``faces_rejected`` / ``worker_msgs_dlq``.
+        ``pipeline``: queue the writes on it (the caller executes) instead of sending now; the
+        Prometheus mirror is then the caller's to move (:meth:`mirror`) once the writes ran, so a
+        MULTI that is retried or never runs moves nothing.
+        ``reason``: label for the Prometheus mirror of ``faces_rejected``.
         """
         if counter not in COUNTERS:
             raise ValueError(f"unknown counter {counter!r}; known: {', '.join(COUNTERS)}")
@@ -70,7 +72,7 @@ class Stats:
             target.hincrby(self.counters_key(scope), counter, int(n))
         if pipeline is None:
             target.execute()
-        self._mirror_counter(counter, n, reason)
+            self.mirror(counter, n, reason)
 
     def record_timing(
         self,
@@ -96,7 +98,7 @@ class Stats:
 
     # --- read ---
     def snapshot(self, tenant: str | None = None) -> dict[str, dict[str, Any]]:
-        """The runbook's ``/stats`` body: all five counters and four timings, 0 when unset."""
+        """The Phase 3 ``/stats`` body: all five counters and four timings, 0 when unset."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(self.counters_key(tenant))
         for name in TIMINGS:
@@ -112,12 +114,11 @@ class Stats:
             timings[name] = {"count": count, "total": total, "avg": round(total / count, 3) if count else 0.0}
         return {"counters": snapshot_counters, "timings_ms": timings}
 
-    def _mirror_counter(self, counter: str, n: int, reason: str | None) -> None:
-        # The worker runtime owns worker_msgs_* in Prometheus (it knows stage and
-        # reason); only the face counters are mirrored here.
-        if counter == "faces_processed":
-            metrics.FACES_PROCESSED.labels(stage=self.stage).inc(n)
-        elif counter == "faces_rejected":
+    def mirror(self, counter: str, n: int, reason: str | None = None) -> None:
+        """Add a counter write that has run to this process's Prometheus metrics."""
+        # The worker runtime owns worker_msgs_* in Prometheus (it knows stage and reason), and
+        # facepipe_faces_processed_total{stage} (faces each stage accepted, counted at its ack).
+        if counter == "faces_rejected":
             metrics.FACES_REJECTED.labels(reason=reason or "unspecified").inc(n)
         elif counter == "faces_dup_skipped":
             metrics.FACES_DUP_SKIPPED.inc(n)

@@ -8,11 +8,13 @@ What is deleted, in this order (search stops returning the faces first):
    (where ``facepipe ingest`` puts them) and the raw objects the points name in the raw bucket
    when their key lies under ``<tenant>/`` (a raw object elsewhere may be shared with another
    tenant: the producer that chose that key deletes it);
-3. the dedup entries (owner keys and chunk-set members), even when dedup is disabled now.
+3. the dedup entries (owner keys, bucket records, write-log entries), even when dedup is disabled;
+4. the entries about the image (or tenant) in the pipeline streams and their DLQs, which carry
+   its crops and embeddings (``stream_entries``); for a tenant also its stats keys.
 
-Not deleted: the cluster-wide counters (numbers, no face data) and stream/DLQ entries still
-in flight. A message of the image still in the pipeline can re-create what was deleted;
-delete again once the streams are drained.
+Not deleted: the cluster-wide counters (numbers, no face data). A message of the image that a
+worker is processing at this moment can still re-create what was deleted; delete again once the
+streams are drained.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from dataclasses import dataclass
 import redis
 
 from facepipe.core.settings import Settings
+from facepipe.core.stats import Stats
 from facepipe.core.tenancy import validate_tenant_id
 from facepipe.store.dedup import DedupCache
 from facepipe.store.storage import ObjectStore, image_prefix, tenant_prefix
+from facepipe.store.stream_entries import delete_entries
 from facepipe.store.vectors import VectorIndex
 
 
@@ -36,6 +40,8 @@ class DeletionReport:
     artifacts: int  # crop, thumbnail and metadata objects removed
     raw_objects: int  # raw images removed
     dedup_entries: int  # image: remembered pHashes forgotten; tenant: dedup keys removed
+    stream_entries: int = 0  # entries about it removed from the pipeline streams and their DLQs
+    stats_keys: int = 0  # tenant: its per-tenant stats keys removed
 
 
 class _Clients:
@@ -113,9 +119,10 @@ def delete_image(
     try:
         points, artifacts, raw = _delete_everywhere(settings, clients, tenant, image_sha256, prefix)
         forgotten = DedupCache(clients.redis, settings).forget_image(tenant, image_sha256)
+        entries = delete_entries(clients.redis, settings.pipeline_streams, tenant, image_sha256)
     finally:
         clients.close()
-    return DeletionReport(tenant, image_sha256, points, artifacts, raw, forgotten)
+    return DeletionReport(tenant, image_sha256, points, artifacts, raw, forgotten, entries)
 
 
 def purge_tenant(
@@ -132,9 +139,17 @@ def purge_tenant(
     try:
         points, artifacts, raw = _delete_everywhere(settings, clients, tenant, None, tenant_prefix(tenant))
         dedup_keys = DedupCache(clients.redis, settings).flush(tenant)
+        entries = delete_entries(clients.redis, settings.pipeline_streams, tenant)
+        stats_keys = _delete_tenant_stats(clients.redis, tenant)
     finally:
         clients.close()
-    return DeletionReport(tenant, None, points, artifacts, raw, dedup_keys)
+    return DeletionReport(tenant, None, points, artifacts, raw, dedup_keys, entries, stats_keys)
+
+
+def _delete_tenant_stats(client: redis.Redis, tenant: str) -> int:
+    """The tenant's own counters and timings (``stats:tenant:<tenant>:*``)."""
+    keys = list(client.scan_iter(match=f"{Stats(client).prefix}:tenant:{tenant}:*", count=1000))
+    return int(client.delete(*keys)) if keys else 0
 
 
 # ops-api's name for purge_tenant.

@@ -1,4 +1,4 @@
-"""``python -m facepipe.store.ensure`` (``make phase3-ensure``): create buckets and the collection.
+"""Create the S3 buckets and the vector collection (``facepipe ensure``, ``make phase3-ensure``).
 
 Idempotent: what exists is left alone. The collection's vector size is the model pack's
 (MODEL_PACK); an existing collection of another size is reported, not touched.
@@ -6,18 +6,12 @@ Idempotent: what exists is left alone. The collection's vector size is the model
 
 from __future__ import annotations
 
-import argparse
-import logging
-import sys
 from dataclasses import dataclass
 
-from facepipe.core.logs import setup_logging
 from facepipe.core.packs import get_pack
-from facepipe.core.settings import Settings, get_settings
+from facepipe.core.settings import Settings
 from facepipe.store.storage import ObjectStore
 from facepipe.store.vectors import VectorIndex
-
-log = logging.getLogger("facepipe.ensure")
 
 
 @dataclass(frozen=True)
@@ -41,29 +35,3 @@ def ensure_storage_and_collection(settings: Settings, index: VectorIndex | None 
         if index is None:
             vectors.close()
     return EnsureReport(store.buckets, tuple(created), settings.qdrant_collection, dim, made)
-
-
-def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(prog="python -m facepipe.store.ensure", description=__doc__).parse_args(argv)
-    settings = get_settings()
-    setup_logging(settings.log_level)
-    try:
-        report = ensure_storage_and_collection(settings)
-    except Exception as exc:
-        log.error("ensure failed: %s: %s", type(exc).__name__, exc)
-        return 1
-    for bucket in report.buckets:
-        log.info("bucket %s: %s", bucket, "created" if bucket in report.buckets_created else "exists")
-    where = f"embedded at {settings.qdrant_path}" if settings.qdrant_embedded else settings.qdrant_url
-    log.info(
-        "collection %s (%d-d cosine, %s): %s",
-        report.collection,
-        report.dim,
-        where,
-        "created" if report.collection_created else "exists",
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

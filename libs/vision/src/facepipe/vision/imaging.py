@@ -40,22 +40,42 @@ class ImageLimits:
         return cls(settings.max_image_bytes, settings.max_image_pixels, settings.max_image_side)
 
 
+# File signatures: what a file claims to be, for telling a damaged image from a file that is no
+# image at all when the decoder cannot even read the header.
+_SUPPORTED_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")  # JPEG, PNG (WebP: RIFF....WEBP)
+# ISO-BMFF brands of image formats the decoder does not read (HEIC/HEIF, AVIF) at offset 8.
+_UNSUPPORTED_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis")
+_JPEG_XL_SIGNATURES = (b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")
+
+
+def _claimed_format(data: bytes) -> str | None:
+    """``"supported"`` or ``"unsupported"`` when the first bytes are an image signature, else None."""
+    if data.startswith(_SUPPORTED_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+        return "supported"
+    if (data[4:8] == b"ftyp" and data[8:12] in _UNSUPPORTED_BRANDS) or data.startswith(_JPEG_XL_SIGNATURES):
+        return "unsupported"
+    return None
+
+
 def decode_image(data: bytes, limits: ImageLimits) -> np.ndarray:
     """Decode JPEG/PNG/WebP bytes to BGR, EXIF orientation applied.
 
     The size is read from the header before any pixel is decoded, so a
     decompression bomb (a small file claiming a huge canvas) is refused without
-    allocating it. Raises ``PermanentError`` with reason ``image_too_large``,
-    ``unsupported_image_format`` or ``undecodable_image``.
+    allocating it. Raises ``PermanentError`` with a reason that tells the cases apart:
+    ``image_too_large`` (more than MAX_IMAGE_BYTES), ``too_many_pixels`` (MAX_IMAGE_PIXELS or
+    MAX_IMAGE_SIDE), ``unsupported_image_format`` (an image, but GIF, BMP, HEIC, ...),
+    ``corrupt_image`` (a JPEG/PNG/WebP that is truncated or damaged) or ``not_an_image``
+    (text, HTML, PDF, empty: no image at all).
     """
     if len(data) > limits.max_bytes:
         raise PermanentError("image_too_large", f"image is {len(data)} bytes, limit {limits.max_bytes}")
     try:
         image = Image.open(io.BytesIO(data))  # lazy: parses the header only
     except Image.DecompressionBombError as exc:  # Pillow's own ceiling, far above ours by default
-        raise PermanentError("image_too_large", str(exc)) from None
+        raise PermanentError("too_many_pixels", str(exc)) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise PermanentError("undecodable_image", f"not a readable image: {exc}") from None
+        raise _unreadable(data, exc) from None
     with image:
         if image.format not in SUPPORTED_FORMATS:
             raise PermanentError(
@@ -63,10 +83,10 @@ def decode_image(data: bytes, limits: ImageLimits) -> np.ndarray:
             )
         width, height = image.size
         if width < 1 or height < 1:
-            raise PermanentError("undecodable_image", f"image header claims {width}x{height}")
+            raise PermanentError("corrupt_image", f"{image.format} header claims {width}x{height} pixels")
         if max(width, height) > limits.max_side or width * height > limits.max_pixels:
             raise PermanentError(
-                "image_too_large",
+                "too_many_pixels",
                 f"{width}x{height} exceeds MAX_IMAGE_SIDE={limits.max_side} or "
                 f"MAX_IMAGE_PIXELS={limits.max_pixels}",
             )
@@ -76,12 +96,27 @@ def decode_image(data: bytes, limits: ImageLimits) -> np.ndarray:
             rotated = image.getexif().get(EXIF_ORIENTATION, 1) != 1
             oriented = ImageOps.exif_transpose(image) if rotated else image
             rgb = _to_rgb(oriented)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        except Image.DecompressionBombError as exc:
+            raise PermanentError("too_many_pixels", str(exc)) from None
+        except (OSError, SyntaxError, ValueError) as exc:
             raise PermanentError(
-                "undecodable_image", f"{image.format} image does not decode: {exc}"
+                "corrupt_image", f"{image.format} image is truncated or damaged: {exc}"
             ) from None
     # One copy RGB -> BGR (OpenCV's order) instead of a reversed view plus a contiguous copy.
     return cv2.cvtColor(np.asarray(rgb), cv2.COLOR_RGB2BGR)
+
+
+def _unreadable(data: bytes, exc: BaseException) -> PermanentError:
+    """Why a file whose header the decoder cannot read is refused."""
+    claimed = _claimed_format(data)
+    if claimed == "supported":
+        return PermanentError("corrupt_image", f"image header is truncated or damaged: {exc}")
+    if claimed == "unsupported":
+        return PermanentError(
+            "unsupported_image_format", "HEIC/AVIF/JPEG XL image; supported: JPEG, PNG, WebP"
+        )
+    what = "an empty file" if not data else f"{len(data)} bytes that are no image ({data[:16]!r}...)"
+    return PermanentError("not_an_image", f"not an image: {what}")
 
 
 EXIF_ORIENTATION = 0x0112

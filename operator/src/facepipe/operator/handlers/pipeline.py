@@ -12,11 +12,13 @@ import redis
 from facepipe.core.settings import Settings
 from facepipe.operator.apply import ApplyResult, apply_children
 from facepipe.operator.builders import PipelineRef, build_children, secret_env, shared_env, stream_names
+from facepipe.operator.claims import list_pipelines, stream_conflict
 from facepipe.operator.constants import COMPONENTS
+from facepipe.operator.consumers import prune_at
 from facepipe.operator.handlers import runtime
-from facepipe.operator.handlers.runtime import PURGE_RETRY_SECONDS, RUNTIME
+from facepipe.operator.handlers.runtime import RUNTIME
 from facepipe.operator.kube import FACE_PIPELINE, SECRET, KubeApi, KubeApiError
-from facepipe.operator.purge import PurgeUnavailable, settings_from_env
+from facepipe.operator.purge import settings_from_env
 from facepipe.operator.spec import PipelineSpec, SpecError, parse_spec
 from facepipe.operator.status import (
     ComponentState,
@@ -35,7 +37,15 @@ class SecretValueError(Exception):
 
 
 def read_secret_value(api: KubeApi, namespace: str, name: str, key: str) -> str:
-    secret = api.get(SECRET, namespace, name)
+    try:
+        secret = api.get(SECRET, namespace, name)
+    except KubeApiError as exc:
+        if exc.status != 403:
+            raise
+        raise SecretValueError(
+            f"the operator may not read Secret {name!r} in namespace {namespace!r} (forbidden): a "
+            "cluster-wide operator reads Secrets only in the operator chart's rbac.secretNamespaces"
+        ) from None
     if secret is None:
         raise SecretValueError(f"Secret {name!r} not found")
     if key in (secret.get("stringData") or {}):
@@ -75,16 +85,32 @@ def _components(spec: PipelineSpec, result: ApplyResult, owner: PipelineRef) -> 
 
 
 def _read_streams(
-    api: KubeApi, namespace: str, spec: PipelineSpec
+    api: KubeApi, namespace: str, spec: PipelineSpec, logger: Logger
 ) -> tuple[list[dict[str, Any]], str | None]:
+    """The stream figures for the status; first the consumers of gone pods leave the groups."""
     try:
         url = redis_url(api, namespace, spec)
+        if spec.redis.staleConsumerSeconds:
+            group, idle = spec.redis.groupName, spec.redis.staleConsumerSeconds
+            for stream, names in prune_at(url, stream_names(spec).values(), group, idle).items():
+                logger.info("removed %d idle consumers from %s: %s", len(names), stream, ", ".join(names))
         figures = read_stream_figures(url, stream_names(spec), spec.redis.groupName)
     except SecretValueError as exc:
         return [], f"cannot read the Redis URL: {exc}"
     except (redis.RedisError, OSError) as exc:
         return [], f"cannot read stream figures from Redis: {type(exc).__name__}: {exc}"
     return [figure.as_status() for figure in figures], None
+
+
+def _stream_conflict(api: KubeApi, body: dict[str, Any], spec: PipelineSpec) -> str | None:
+    def url_of(namespace: str, other: PipelineSpec) -> str | None:
+        try:
+            return redis_url(api, namespace, other)
+        except SecretValueError:
+            return None  # cannot tell which Redis: not compared
+
+    others = list_pipelines(api, RUNTIME.visible_namespaces(body["metadata"]["namespace"]))
+    return stream_conflict(body, spec, others, url_of)
 
 
 def reconcile(
@@ -112,7 +138,13 @@ def reconcile(
         except SpecError as exc:
             logger.warning("FacePipeline %s/%s has an invalid spec: %s", namespace, name, exc)
             obs = Observation(generation=generation, spec_error=str(exc))
-            _write_status(api, namespace, name, obs, previous)
+            write_status(api, namespace, name, obs, previous)
+            return obs
+        conflict = _stream_conflict(api, body, spec)
+        if conflict:
+            logger.warning("FacePipeline %s/%s not applied: %s", namespace, name, conflict)
+            obs = Observation(generation=generation, conflict_error=conflict)
+            write_status(api, namespace, name, obs, previous)
             return obs
         owner = PipelineRef(name, namespace, uid)
         apply_error = None
@@ -138,21 +170,22 @@ def reconcile(
         streams: list[dict[str, Any]] | None = None
         streams_error = None
         if read_streams:
-            streams, streams_error = _read_streams(api, namespace, spec)
+            streams, streams_error = _read_streams(api, namespace, spec, logger)
         obs = Observation(
             generation=generation,
             apply_error=apply_error,
+            crd_error=RUNTIME.crd_check.problem(api),
             changed=result.changed,
             components=_components(spec, result, owner),
             streams=streams,
             streams_error=streams_error,
             streams_read=read_streams,
         )
-        _write_status(api, namespace, name, obs, previous)
+        write_status(api, namespace, name, obs, previous)
         return obs
 
 
-def _write_status(
+def write_status(
     api: KubeApi, namespace: str, name: str, obs: Observation, previous: dict[str, Any]
 ) -> None:
     patch = status_patch(compute_status(obs, previous), previous)
@@ -210,35 +243,3 @@ def on_child_event(event: dict[str, Any], body: dict[str, Any], logger: Logger) 
                 logger=logger,
                 expected_uid=ref.get("uid"),
             )
-
-
-def purge_requested(spec: dict[str, Any], **_: Any) -> bool:
-    return (spec or {}).get("deletionPolicy") == "Purge"
-
-
-def on_delete_purge(name: str, namespace: str, uid: str, body: dict[str, Any], logger: Logger) -> None:
-    """deletionPolicy Purge: delete the tenant's data, then let Kopf drop the finalizer."""
-    api = RUNTIME.require_api()
-    previous = body.get("status") or {}
-    generation = int(body["metadata"].get("generation", 1))
-    try:
-        spec = parse_spec(name, body.get("spec"))
-        settings = tenant_settings(api, namespace, spec)
-        purger = RUNTIME.get_purger()
-        logger.info("purging the data of tenant %s", spec.tenantId)
-        purger(settings, spec.tenantId)
-    except (SpecError, SecretValueError, PurgeUnavailable, redis.RedisError, OSError, ValueError) as exc:
-        message = (
-            f"deletionPolicy Purge: the tenant's data could not be purged ({exc}); the finalizer "
-            "stays until it succeeds (or set deletionPolicy: Retain to keep the data)"
-        )
-        _write_status(
-            api,
-            namespace,
-            name,
-            Observation(generation=generation, purge_error=message, terminating=True),
-            previous,
-        )
-        raise kopf.TemporaryError(message, delay=PURGE_RETRY_SECONDS) from exc
-    RUNTIME.forget(uid)
-    logger.info("purged the data of tenant %s", spec.tenantId)

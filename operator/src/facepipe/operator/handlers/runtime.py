@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import kopf
 
 from facepipe.operator.constants import FINALIZER, GROUP
+from facepipe.operator.crd_check import CrdCheck
 from facepipe.operator.kube import KubeApi
 from facepipe.operator.purge import Purger, default_purger
 
@@ -18,6 +19,8 @@ from facepipe.operator.purge import Purger, default_purger
 RESYNC_SECONDS = float(os.environ.get("FACEPIPE_OPERATOR_RESYNC_SECONDS", "30"))
 # How long a failed purge waits before the next try (the finalizer holds the object meanwhile).
 PURGE_RETRY_SECONDS = float(os.environ.get("FACEPIPE_OPERATOR_PURGE_RETRY_SECONDS", "30"))
+# How often a Purge looks again whether the tenant's pods are gone.
+PURGE_POLL_SECONDS = float(os.environ.get("FACEPIPE_OPERATOR_PURGE_POLL_SECONDS", "5"))
 
 
 @dataclass
@@ -28,8 +31,12 @@ class Runtime:
     locks_guard: threading.Lock = field(default_factory=threading.Lock)
     # FacePipelines this operator serves (uid → namespace, name), for the periodic resync.
     pipelines: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # The operator's --namespace options (empty: every namespace), for listing FacePipelines
+    # where a cluster-wide list is not allowed.
+    watch_namespaces: tuple[str, ...] = ()
     resync_thread: threading.Thread | None = None
     stopping: threading.Event = field(default_factory=threading.Event)
+    crd_check: CrdCheck = field(default_factory=lambda: CrdCheck(RESYNC_SECONDS))
 
     def require_api(self) -> KubeApi:
         if self.api is None:
@@ -48,6 +55,12 @@ class Runtime:
     def tracked(self) -> list[tuple[str, str, str]]:
         with self.locks_guard:
             return [(uid, namespace, name) for uid, (namespace, name) in self.pipelines.items()]
+
+    def visible_namespaces(self, current: str) -> set[str]:
+        """Namespaces to list FacePipelines in when a cluster-wide list is forbidden."""
+        plain = {ns for ns in self.watch_namespaces if not any(c in ns for c in "*?[!")}
+        with self.locks_guard:
+            return {current, *plain, *(namespace for namespace, _ in self.pipelines.values())}
 
     def forget(self, uid: str) -> None:
         with self.locks_guard:

@@ -22,7 +22,7 @@ import uvicorn
 
 from facepipe.core.logs import setup_logging
 from facepipe.core.settings import Settings, load_settings
-from facepipe.core.streams import Worker
+from facepipe.core.worker import Worker
 from facepipe.indexer.handler import IndexerHandler
 from facepipe.ops_api.__main__ import uvicorn_config
 from facepipe.ops_api.app import create_app

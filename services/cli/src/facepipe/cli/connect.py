@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import redis
 
 from facepipe.core.settings import Settings, load_settings
 
@@ -41,9 +42,14 @@ class Target:
 
 
 def fetch_local_info(api: str, timeout_s: float = 3.0) -> dict[str, Any] | None:
-    """The /local document of a `facepipe up` ops-api, or None (nothing answers, or not local mode)."""
+    """The /local document of a `facepipe up` ops-api, or None (nothing answers, or not local mode).
+
+    It holds the stack's credentials: an ops-api with OPS_API_TOKEN set hands it out only with
+    the token, which is read from this process's OPS_API_TOKEN too."""
+    token = os.environ.get("OPS_API_TOKEN", "")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        response = httpx.get(f"{api.rstrip('/')}/local", timeout=timeout_s)
+        response = httpx.get(f"{api.rstrip('/')}/local", timeout=timeout_s, headers=headers)
     except httpx.HTTPError:
         return None
     if response.status_code != 200:
@@ -56,6 +62,11 @@ def resolve(api: str | None = None) -> Target:
     local = fetch_local_info(api)
     overrides = dict(local.get("settings", {})) if local else {}
     return Target(settings=load_settings(**overrides), api=api, local=local)
+
+
+def pipeline_redis(target: Target) -> redis.Redis:
+    """A client of the pipeline's Redis, for the commands that read or write it directly."""
+    return redis.Redis.from_url(target.settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
 
 
 class OpsApiClient:

@@ -3,7 +3,7 @@
 For each image: read it, check it decodes (JPEG/PNG/WebP, within the size
 limits), upload it to the raw bucket under a key derived from its sha256
 (``<tenant>/<sha[:2]>/<sha>/original.<ext>``; the same photo is stored once per
-tenant), and publish the runbook's ingest message. With ``wait``, watch the
+tenant), and publish the Phase 3 ingest message. With ``wait``, watch the
 pipeline drain and report what happened to these images.
 """
 
@@ -24,7 +24,7 @@ from facepipe.core.errors import PermanentError
 from facepipe.core.messages import IngestMessage, parse_message
 from facepipe.core.settings import Settings, dlq_stream
 from facepipe.core.stats import Stats
-from facepipe.core.tenancy import validate_tenant_id
+from facepipe.core.tenancy import tenant_stream_name, validate_tenant_id
 from facepipe.ops_api.depth import pipeline_depths, work_outstanding
 from facepipe.store.storage import ObjectStore, image_prefix
 from facepipe.vision.imaging import ImageLimits, decode_image, phash64
@@ -80,8 +80,17 @@ class IngestResult:
     skipped: list[Skipped] = field(default_factory=list)
 
 
+def with_ingest_stream(
+    settings: Settings, tenant_id: str, stream: str | None = None, tenant_stream: bool = False
+) -> Settings:
+    """Settings publishing to ``stream``, or to the tenant's own stream (facepipe.core.tenancy)."""
+    if tenant_stream:
+        stream = tenant_stream_name(tenant_id)
+    return settings.model_copy(update={"redis_stream_name": stream}) if stream else settings
+
+
 def build_message(settings: Settings, tenant_id: str, site: str, path: Path, data: bytes) -> tuple[str, dict]:
-    """(sha256, runbook ingest payload) for one image; raises PermanentError when it is not a usable image."""
+    """(sha256, Phase 3 ingest payload) for one image; raises PermanentError when it is not a usable image."""
     tenant_id = validate_tenant_id(tenant_id)
     image = decode_image(data, ImageLimits.from_settings(settings))
     sha = hashlib.sha256(data).hexdigest()

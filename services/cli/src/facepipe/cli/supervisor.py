@@ -32,6 +32,7 @@ RESTART_BACKOFF_MAX_S = 30.0
 # A child that ran this long before exiting counts as healthy: its next restart starts the backoff afresh.
 HEALTHY_RUN_S = 30.0
 POLL_INTERVAL_S = 0.2
+RESTARTED = "restarted"  # event: "restarted <name> (restart #<n>): pid <pid>"
 
 EventSink = Callable[[str], None]
 LineSink = Callable[[str, str], None]
@@ -178,8 +179,13 @@ class Supervisor:
             if child.restart_at is not None:
                 if now >= child.restart_at and not self._stop_requested.is_set():
                     child.restarts += 1
-                    self._on_event(f"restarting {child.spec.name} (restart #{child.restarts})")
                     self._spawn(child)
+                    # The supervisor's own account of the restart, with the new process's pid:
+                    # what a caller (or a test) waits on instead of watching the process table.
+                    assert child.proc is not None
+                    self._on_event(
+                        f"{RESTARTED} {child.spec.name} (restart #{child.restarts}): pid {child.proc.pid}"
+                    )
                 continue
             code = proc.poll()
             if code is None:

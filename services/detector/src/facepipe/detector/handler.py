@@ -6,7 +6,8 @@ under ``rejected`` with their reason and counted in ``faces_rejected``.
 
 Failures of the message itself go to the DLQ with a reason of their own:
 ``invalid_fields``/``missing_fields`` (the message), ``object_not_found`` (no such
-bucket/key), ``image_too_large``, ``unsupported_image_format``, ``undecodable_image``.
+bucket/key), ``image_too_large`` (bytes), ``too_many_pixels``, ``unsupported_image_format``,
+``corrupt_image`` (truncated or damaged), ``not_an_image``.
 S3 being down is transient: the worker retries, nothing is dead-lettered for it.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,7 +35,7 @@ from facepipe.core.messages import (
 from facepipe.core.metrics import timed
 from facepipe.core.settings import Settings
 from facepipe.core.stats import Stats
-from facepipe.core.streams import Outcome, Publish, StreamMessage, map_concurrently, worker_redis
+from facepipe.core.worker import Outcome, Publish, StreamMessage, map_concurrently, worker_redis
 from facepipe.store.storage import ObjectStore
 from facepipe.vision.imaging import (
     ImageLimits,
@@ -53,7 +55,7 @@ HINT_PADDING = 0.5      # a hinted box is widened by half its size per side befo
 
 
 class DetectorHandler:
-    """:class:`~facepipe.core.streams.StageHandler` of the detector stage."""
+    """:class:`~facepipe.core.worker.StageHandler` of the detector stage."""
 
     name = "detector"
     required_fields = ("image_sha256", "bucket", "key", "tenant_id")
@@ -112,9 +114,6 @@ class DetectorHandler:
         timings["detection"] = _ms_since(started)
 
         faces, rejected = self._faces(image, detections)
-        for face in rejected:
-            self.stats.incr("faces_rejected", 1, ingest.tenant_id, reason=face.reason)
-        metrics.FACES_PROCESSED.labels(stage=self.name).inc(len(faces))
 
         detected = DetectedMessage(
             ingest=ingest,
@@ -128,6 +127,8 @@ class DetectorHandler:
         return Outcome(
             publish=[Publish(self.settings.detected_stream, detected)],
             summary={"faces_total": len(detections), "accepted": len(faces), "rejected": len(rejected)},
+            # Counted in the ack's MULTI: a redelivered image does not count its rejections twice.
+            counters={"faces_rejected": dict(Counter(face.reason for face in rejected))},
         )
 
     def _detect(self, image: np.ndarray, ingest: IngestMessage) -> list[Detection]:

@@ -1,10 +1,10 @@
 """The embedder stage: detected messages → one embedding per face → embedded messages.
 
 Faces are embedded in batches that span messages: the worker hands over up to
-WORKER_BATCH_SIZE messages that are already waiting (it never waits for more, so a
-lone message goes through at once); their crops are gathered and cut into chunks
-of EMBED_BATCH_SIZE faces, one inference call per chunk. A face's vector does not
-depend on which chunk it landed in.
+WORKER_BATCH_SIZE messages; when a read brings fewer than EMBED_BATCH_SIZE faces, it waits
+up to EMBED_MAX_WAIT_MS for more (0: never, a lone message goes through at once). Their
+crops are gathered and cut into chunks of EMBED_BATCH_SIZE faces, one inference call per
+chunk. A face's vector does not depend on which chunk it landed in.
 
 One embedded message is published per detected message (zero faces included),
 ``embedding_b64`` being the little-endian float32 bytes of the unit vector.
@@ -26,7 +26,7 @@ from facepipe.core.errors import PermanentError
 from facepipe.core.messages import DetectedMessage, EmbeddedFace, EmbeddedMessage, parse_message
 from facepipe.core.settings import Settings
 from facepipe.core.stats import Stats
-from facepipe.core.streams import Outcome, Publish, StreamMessage, map_concurrently, worker_redis
+from facepipe.core.worker import Outcome, Publish, StreamMessage, map_concurrently, worker_redis
 from facepipe.vision.imaging import CROP_SIZE, decode_jpeg
 from facepipe.vision.models import FaceEmbedder, create_embedder
 
@@ -57,7 +57,7 @@ def decode_crop(crop_b64: str, index: int) -> np.ndarray:
 
 
 class EmbedderHandler:
-    """:class:`~facepipe.core.streams.StageHandler` of the embedder stage."""
+    """:class:`~facepipe.core.worker.StageHandler` of the embedder stage."""
 
     name = "embedder"
     required_fields = ("v", "ingest", "image", "model")
@@ -67,6 +67,7 @@ class EmbedderHandler:
         self.input_stream = settings.detected_stream
         self.embedder = embedder or create_embedder(settings)
         self.batch_size = settings.embed_batch_size
+        self.fill_wait_ms = settings.embed_max_wait_ms  # the worker loop's FillsBatches
         self.stats: Stats | None = None
 
     # ----------------------------------------------------------- lifecycle
@@ -88,6 +89,11 @@ class EmbedderHandler:
             self.stats.redis.close()
 
     # --------------------------------------------------------------- work
+    def batch_is_full(self, messages: list[StreamMessage]) -> bool:
+        """Whether the messages hold a whole inference batch of faces (the loop stops waiting)."""
+        faces = sum(len(m.payload["faces"]) for m in messages if isinstance(m.payload.get("faces"), list))
+        return faces >= self.batch_size
+
     def process_batch(self, messages: list[StreamMessage]) -> Sequence[Outcome | BaseException]:
         if self.stats is None:
             raise RuntimeError("EmbedderHandler.setup() was not called")
@@ -138,7 +144,6 @@ class EmbedderHandler:
             rejected=parsed.rejected,
             timings_ms={**parsed.timings_ms, "embedding": round(item.embedding_ms, 2)},
         )
-        metrics.FACES_PROCESSED.labels(stage=self.name).inc(len(faces))
         return Outcome(
             publish=[Publish(self.settings.embedded_stream, embedded)],
             summary={"faces_total": len(parsed.faces) + len(parsed.rejected), "accepted": len(faces),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from facepipe.core.streams import run_worker_cli
+from facepipe.core.worker import run_worker_cli
 from facepipe.indexer.handler import IndexerHandler
 
 

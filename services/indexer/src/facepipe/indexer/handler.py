@@ -1,60 +1,61 @@
-"""The indexer stage: embedded faces → dedup commit → S3 artifacts → Qdrant points → ack.
+"""The indexer stage: embedded faces → dedup claim → S3 artifacts → Qdrant points → confirm → ack.
 
 Order of effects for one message, and why it is safe to crash anywhere:
 
 1. validate everything (message, tenant, embeddings, crops) before touching any store, so a
    bad message claims no dedup entry;
-2. dedup ``check_and_remember`` of all its faces as one atomic step: a face that
-   near-duplicates a face remembered by another owner (another image, or the same image
-   ingested again) is skipped; the others are remembered *with their owner* (image_sha256,
-   face index, ingest event: see :func:`ingest_event_id`);
+2. dedup check-and-claim of all its faces as one atomic step (``check_and_claim_batch``): a
+   face that near-duplicates an indexed face of another owner (another image, or the same image
+   ingested again) is skipped; the others are *claimed* with their owner (image_sha256, face
+   index, ingest event: see :func:`~facepipe.indexer.claims.ingest_event_id`). A face near a
+   face another message only claimed waits for it (:mod:`facepipe.indexer.claims`);
 3. crop, thumbnail and metadata JSON to S3 at deterministic keys;
 4. one Qdrant upsert for the faces of the whole batch (point id = UUIDv5 of tenant, image, face);
-5. the worker acks.
+5. the claims of the messages that were indexed are confirmed, those of the others released;
+6. the worker acks.
 
-A crash after 2 leaves dedup entries whose face is not indexed yet; the redelivered message
-finds entries owned by itself, so they are not duplicates, and 3-4 simply run again
-(overwriting the same keys and points). Nothing is lost and nothing is doubled.
+A crash after 2 leaves claims whose faces are not indexed yet: the redelivered message finds
+claims owned by itself, so they are not duplicates, and 3-5 simply run again (overwriting the
+same keys and points); if it is never redelivered in time, the claims expire
+(DEDUP_CLAIM_TTL_SECONDS). A message that fails for good (dead-lettered) releases its claims,
+so re-ingesting its image later indexes its faces. Nothing is lost and nothing is doubled.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
-import json
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 import redis
-from PIL import Image, UnidentifiedImageError
 
 from facepipe.core.errors import PermanentError
-from facepipe.core.messages import EmbeddedFace, EmbeddedMessage, parse_message
+from facepipe.core.messages import EmbeddedMessage, parse_message
 from facepipe.core.metrics import timed
 from facepipe.core.packs import get_pack
 from facepipe.core.settings import Settings
 from facepipe.core.stats import Stats
-from facepipe.core.streams import Outcome, StreamMessage, map_concurrently, worker_redis
-from facepipe.store.dedup import DedupCache, DedupResult, Owner
-from facepipe.store.storage import ArtifactKeys, ObjectStore, artifact_keys
+from facepipe.core.worker import Outcome, StreamMessage, map_concurrently, worker_redis
+from facepipe.indexer.artifacts import (
+    decode_crop,
+    decode_embedding,
+    face_payload,
+    json_bytes,
+    thumbnail_jpeg,
+)
+from facepipe.indexer.claims import Claimed, ClaimPending, ingest_event_id, rounds
+from facepipe.store.dedup import DedupCache, DedupResult, Message, Owner
+from facepipe.store.storage import ObjectStore, artifact_keys
 from facepipe.store.vectors import FacePoint, VectorIndex
 
 log = logging.getLogger("facepipe.indexer")
 
-THUMB_SIZE = 64
-MAX_CROP_SIDE = 1024  # crops are 112x112; anything far larger is not one of ours
-STREAM_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
-# A stored embedding must be unit length (cosine); allow float32 rounding and re-normalise.
-NORM_TOLERANCE = 1e-2
+__all__ = ["IndexerHandler", "decode_embedding", "ingest_event_id", "thumbnail_jpeg"]
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: one message of the batch
 class _Prepared:
     """One validated message, ready for its side effects."""
 
@@ -63,85 +64,13 @@ class _Prepared:
     vectors: list[np.ndarray]
     crops: list[bytes]
     thumbs: list[bytes]
-    kept: list[int] = field(default_factory=list)  # positions in faces that are not duplicates
+    claimed: Claimed | None = None  # after the dedup claim
+    points: list[FacePoint] = field(default_factory=list)  # after its artifacts are stored
 
-
-@dataclass
-class _Indexed:
-    """One message whose artifacts are stored; its points wait for the batch upsert."""
-
-    outcome: Outcome
-    points: list[FacePoint]
-
-
-def ingest_event_id(message: StreamMessage) -> str:
-    """The ingest event a message belongs to: stable across its redeliveries, new for a new ingest.
-
-    A message that carries ``source.id`` (the ingest stream entry the image came in with) is
-    identified by it, so duplicates a stage published on its own redelivery, and a DLQ replay,
-    count as the same event. Without it, this embedded entry's own id (stable across the
-    indexer's redeliveries and retries) identifies the event.
-    """
-    source = message.payload.get("source")
-    if isinstance(source, dict):
-        source_id = source.get("id")
-        if isinstance(source_id, str) and STREAM_ENTRY_ID.fullmatch(source_id):
-            return source_id
-    return message.id
-
-
-def decode_embedding(face: EmbeddedFace, dim: int) -> np.ndarray:
-    """The face's embedding as a unit float32 vector of ``dim``, or PermanentError("invalid_embedding")."""
-    try:
-        raw = base64.b64decode(face.embedding_b64, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise PermanentError(
-            "invalid_embedding", f"face {face.index}: embedding_b64 is not base64: {exc}"
-        ) from None
-    if len(raw) != 4 * dim:
-        raise PermanentError(
-            "invalid_embedding",
-            f"face {face.index}: embedding has {len(raw)} bytes, expected {4 * dim} ({dim} x f32)",
-        )
-    vector = np.frombuffer(raw, dtype="<f4").astype(np.float32)
-    norm = float(np.linalg.norm(vector))
-    if not np.all(np.isfinite(vector)) or abs(norm - 1.0) > NORM_TOLERANCE:
-        raise PermanentError(
-            "invalid_embedding",
-            f"face {face.index}: embedding must be finite and L2-normalised (norm {norm:.4f})",
-        )
-    return vector / norm
-
-
-def decode_crop(face: EmbeddedFace) -> bytes:
-    try:
-        return base64.b64decode(face.crop_jpeg_b64, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise PermanentError(
-            "undecodable_crop", f"face {face.index}: crop_jpeg_b64 is not base64: {exc}"
-        ) from None
-
-
-def thumbnail_jpeg(crop_jpeg: bytes, size: int = THUMB_SIZE) -> bytes:
-    """A ``size`` x ``size`` JPEG of the aligned crop; PermanentError("undecodable_crop") if it is no image.
-
-    The crop comes from a stream anyone with Redis access can write to: the header's size is
-    checked before decoding, so a crop claiming 20,000x20,000 pixels is refused, never allocated.
-    """
-    try:
-        with Image.open(io.BytesIO(crop_jpeg)) as crop:  # lazy: parses the header only
-            width, height = crop.size
-            oversized = not (1 <= width <= MAX_CROP_SIDE and 1 <= height <= MAX_CROP_SIDE)
-            thumb = None if oversized else crop.convert("RGB").resize((size, size), Image.Resampling.BOX)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        raise PermanentError("undecodable_crop", "face crop is not a readable image") from None
-    if thumb is None:
-        raise PermanentError(
-            "undecodable_crop", f"face crop claims {width}x{height} pixels (at most {MAX_CROP_SIDE})"
-        )
-    out = io.BytesIO()
-    thumb.save(out, format="JPEG", quality=85)
-    return out.getvalue()
+    def owners(self) -> list[tuple[str, Owner]]:
+        ingest = self.parsed.ingest
+        event = ingest_event_id(self.message)
+        return [(f.phash, Owner(ingest.image_sha256, f.index, event)) for f in self.parsed.faces]
 
 
 class IndexerHandler:
@@ -215,91 +144,138 @@ class IndexerHandler:
     def process_batch(self, messages: list[StreamMessage]) -> Sequence[Outcome | BaseException]:
         limit = self.settings.max_worker_concurrency
         prepared = map_concurrently(self._prepare, messages, limit, return_exceptions=True)
-        # Dedup in stream order (one atomic check per message, the whole batch in two round
-        # trips), so within a batch the earlier message's face is the one kept; storing and
-        # indexing then run concurrently.
-        checked = self._dedup(prepared)
-        staged = map_concurrently(self._store_artifacts, checked, limit, return_exceptions=True)
-        points = [point for item in staged if isinstance(item, _Indexed) for point in item.points]
+        items = [item for item in prepared if isinstance(item, _Prepared)]
+        # Dedup in stream order (one atomic step per message, the whole batch in two round trips),
+        # so within a batch the earlier message's face is the one kept.
+        results: dict[_Prepared, Outcome | BaseException] = self._claim(items)
+        indexed, not_indexed = self._index_in_rounds([item for item in items if item.claimed], results)
+        results.update(self._settle(indexed, not_indexed))
+        return [results[item] if isinstance(item, _Prepared) else item for item in prepared]
+
+    def _index_in_rounds(
+        self, items: list[_Prepared], results: dict[_Prepared, Outcome | BaseException]
+    ) -> tuple[list[_Prepared], list[_Prepared]]:
+        """Index the claimed messages, each after the messages of the batch it waits on; record
+        their results. Returns the messages indexed and those not (failed, or still waiting)."""
+        by_claim = {id(item.claimed): item for item in items}
+        ordered, outside = rounds([item.claimed for item in items if item.claimed])
+        indexed: list[_Prepared] = []
+        not_indexed = [by_claim[id(claim)] for claim in outside]
+        for item in not_indexed:
+            results[item] = _waits(item)
+        for round_claims in ordered:
+            done = {item.claimed.key for item in indexed if item.claimed}
+            ready = []
+            for claim in round_claims:
+                item = by_claim[id(claim)]
+                if claim.waits_on() <= done:
+                    claim.waited_out()
+                    ready.append(item)
+                else:  # a message it waited on failed: its claims are released, try again
+                    results[item] = _waits(item)
+                    not_indexed.append(item)
+            for item, result in zip(ready, self._index_round(ready), strict=True):
+                results[item] = result
+                (indexed if isinstance(result, Outcome) else not_indexed).append(item)
+        return indexed, not_indexed
+
+    def _claim(self, items: list[_Prepared]) -> dict[_Prepared, Outcome | BaseException]:
+        """Claim every message's new faces (``item.claimed``); the messages whose claim failed."""
+        messages = [(item.parsed.ingest.tenant_id, item.owners()) for item in items]
+        outcomes: list[list[DedupResult] | BaseException]
+        try:
+            outcomes = list(self.dedup.check_and_claim_batch(messages))
+        except (ValueError, PermanentError):
+            # A message the dedup refuses must not fail the rest of the batch: one by one.
+            outcomes = [self._claim_one(message) for message in messages]
+        except Exception as exc:  # Redis down: these messages are retried (the runtime classifies it)
+            return dict.fromkeys(items, exc)
+        failed: dict[_Prepared, Outcome | BaseException] = {}
+        for item, (tenant, faces), outcome in zip(items, messages, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                failed[item] = outcome
+            else:
+                item.claimed = Claimed.of(tenant, faces, outcome)
+        return failed
+
+    def _claim_one(self, message: Message) -> list[DedupResult] | BaseException:
+        try:
+            return self.dedup.check_and_claim_batch([message])[0]
+        except Exception as exc:
+            return exc
+
+    def _index_round(self, items: list[_Prepared]) -> list[Outcome | BaseException]:
+        """Store the items' artifacts, then one upsert for all their points."""
+        limit = self.settings.max_worker_concurrency
+        staged = map_concurrently(self._store_artifacts, items, limit, return_exceptions=True)
+        points = [point for item, out in zip(items, staged, strict=True) if isinstance(out, Outcome)
+                  for point in item.points]
         if points:
             try:
                 with timed(self.stats, "upsert"):
                     self.index.upsert(points)
             except Exception as exc:
                 # Every message with points waits for this upsert: they all retry (or crash) together.
-                return [
-                    exc if isinstance(item, _Indexed) and item.points else _result(item) for item in staged
-                ]
-        return [_result(item) for item in staged]
+                return [exc if isinstance(out, Outcome) and item.points else out
+                        for item, out in zip(items, staged, strict=True)]
+        return staged
 
-    def _dedup(self, prepared: list[_Prepared | BaseException]) -> list[_Prepared | BaseException]:
-        valid = [item for item in prepared if isinstance(item, _Prepared)]
-        messages = []
-        for item in valid:
-            ingest = item.parsed.ingest
-            event = ingest_event_id(item.message)
-            owners = [(f.phash, Owner(ingest.image_sha256, f.index, event)) for f in item.parsed.faces]
-            messages.append((ingest.tenant_id, owners))
-        outcomes: list[list[DedupResult] | BaseException]
-        try:
-            outcomes = list(self.dedup.check_and_remember_batch(messages))
-        except (ValueError, PermanentError):
-            # A message the dedup refuses must not fail the rest of the batch: one by one.
-            outcomes = [self._dedup_one(tenant, faces) for tenant, faces in messages]
-        except Exception as exc:  # Redis down: these messages are retried (the runtime classifies it)
-            return [exc if isinstance(item, _Prepared) else item for item in prepared]
-        failed: dict[int, BaseException] = {}
-        for item, outcome in zip(valid, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                failed[id(item)] = outcome
-            else:
-                item.kept = [i for i, result in enumerate(outcome) if not result.is_duplicate]
-        return [failed.get(id(item), item) for item in prepared]
+    def _settle(
+        self, indexed: list[_Prepared], not_indexed: list[_Prepared]
+    ) -> dict[_Prepared, BaseException]:
+        """Confirm the claims of the indexed messages, then release the others' (a message that
+        was indexed twice in the batch keeps its confirmed entry). Returns the indexed messages
+        whose confirmation failed: they are retried (their own claims let them be indexed again)."""
+        failed: dict[_Prepared, BaseException] = {}
+        confirmed = [item.claimed.claims() for item in indexed if item.claimed and item.claimed.kept]
+        if confirmed:
+            try:
+                self.dedup.confirm(confirmed)
+            except Exception as exc:
+                failed = dict.fromkeys(indexed, exc)
+        released = [item.claimed.claims() for item in not_indexed if item.claimed and item.claimed.kept]
+        if released:
+            try:
+                self.dedup.release(released)
+            except Exception as exc:  # the claims expire after DEDUP_CLAIM_TTL_SECONDS instead
+                log.warning("Could not release the dedup claims of %d message(s): %s", len(released), exc)
+        return failed
 
-    def _dedup_one(self, tenant: str, faces: list[tuple[str, Owner]]) -> list[DedupResult] | BaseException:
-        try:
-            return self.dedup.check_and_remember_many(tenant, faces)
-        except Exception as exc:
-            return exc
-
-    def _store_artifacts(self, item: _Prepared | BaseException) -> _Indexed:
-        if isinstance(item, BaseException):
-            raise item  # a failure of an earlier step of this message, passed through
+    def _store_artifacts(self, item: _Prepared) -> Outcome:
+        """Crop, thumbnail and metadata of every claimed face to S3; ``item.points`` to upsert."""
+        assert item.claimed is not None
         parsed = item.parsed
         ingest = parsed.ingest
         tenant = ingest.tenant_id
         faces = parsed.faces
         created_at = datetime.now(UTC).isoformat(timespec="milliseconds")
         uploads: list[tuple[str, str, bytes, str]] = []
-        points: list[FacePoint] = []
-        for i in item.kept:
+        item.points = []
+        for i in item.claimed.kept:
             face = faces[i]
             keys = artifact_keys(tenant, ingest.image_sha256, face.index)
-            payload = self._payload(parsed, face, keys, created_at)
+            payload = face_payload(self.settings, parsed, face, keys, created_at)
             metadata = {**payload, "landmarks": face.landmarks, "image": parsed.image.model_dump()}
             uploads += [
                 (self.settings.bucket_crops, keys.crop, item.crops[i], "image/jpeg"),
                 (self.settings.bucket_thumbs, keys.thumb, item.thumbs[i], "image/jpeg"),
-                (self.settings.bucket_metadata, keys.metadata, _json_bytes(metadata), "application/json"),
+                (self.settings.bucket_metadata, keys.metadata, json_bytes(metadata), "application/json"),
             ]
-            points.append(FacePoint(tenant, ingest.image_sha256, face.index, item.vectors[i], payload))
+            item.points.append(FacePoint(tenant, ingest.image_sha256, face.index, item.vectors[i], payload))
         if uploads:
             with timed(self.stats, "storage", count=len(uploads), tenant=tenant):
                 map_concurrently(
                     lambda u: self.store.put_bytes(*u), uploads, self.settings.max_worker_concurrency
                 )
-        dup_skipped = len(faces) - len(item.kept)
-        return _Indexed(
-            outcome=Outcome(
-                summary={
-                    "faces_total": len(faces) + len(parsed.rejected),
-                    "accepted": len(item.kept),
-                    "rejected": len(parsed.rejected),
-                    "dup_skipped": dup_skipped,
-                },
-                counters={"faces_processed": len(item.kept), "faces_dup_skipped": dup_skipped},
-            ),
-            points=points,
+        kept, skipped = len(item.claimed.kept), len(item.claimed.skipped)
+        return Outcome(
+            summary={
+                "faces_total": len(faces) + len(parsed.rejected),
+                "accepted": kept,
+                "rejected": len(parsed.rejected),
+                "dup_skipped": skipped,
+            },
+            counters={"faces_processed": kept, "faces_dup_skipped": skipped},
         )
 
     def _prepare(self, message: StreamMessage) -> _Prepared:
@@ -320,36 +296,11 @@ class IndexerHandler:
         thumbs = [thumbnail_jpeg(crop) for crop in crops]  # also proves every crop decodes
         return _Prepared(message, parsed, vectors, crops, thumbs)
 
-    def _payload(
-        self, parsed: EmbeddedMessage, face: EmbeddedFace, keys: ArtifactKeys, created_at: str
-    ) -> dict:
-        ingest = parsed.ingest
-        return {
-            "tenant_id": ingest.tenant_id,
-            "site": ingest.site,
-            "url": ingest.url,
-            "image_sha256": ingest.image_sha256,
-            "face_index": face.index,
-            "bbox": face.bbox,
-            "det_score": face.det_score,
-            "quality": face.quality.model_dump(),
-            "phash": face.phash,
-            "phash_prefix": face.phash[:4],
-            "model_pack": parsed.model.pack,
-            "model": parsed.model.model_dump(),
-            "source": {"bucket": ingest.bucket, "key": ingest.key},
-            "artifacts": {
-                "crop": {"bucket": self.settings.bucket_crops, "key": keys.crop},
-                "thumb": {"bucket": self.settings.bucket_thumbs, "key": keys.thumb},
-                "metadata": {"bucket": self.settings.bucket_metadata, "key": keys.metadata},
-            },
-            "created_at": created_at,
-        }
 
-
-def _result(item: _Indexed | BaseException) -> Outcome | BaseException:
-    return item.outcome if isinstance(item, _Indexed) else item
-
-
-def _json_bytes(data: dict[str, Any]) -> bytes:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+def _waits(item: _Prepared) -> ClaimPending:
+    assert item.claimed is not None
+    owners = sorted({owner.image_sha256 for owner in item.claimed.waits.values()})
+    return ClaimPending(
+        f"message {item.message.id}: {len(item.claimed.waits)} face(s) near faces of image(s) "
+        f"{', '.join(owners)} that are being indexed; retrying once those are confirmed or released"
+    )

@@ -1,5 +1,9 @@
-"""Every error the ops-api returns is JSON: ``{"error": slug, "message": sentence, "status": code}``.
+"""Every error the ops-api returns is JSON: ``{"error": slug, "message": sentence, "status": code}``
+(plus ``dependency`` — ``redis``, ``s3`` or ``vector_store`` — when one failed: 503
+``dependency_unavailable`` while it is down).
 
+Routes raise :class:`ApiProblem`; :data:`EXCEPTION_HANDLERS` maps each exception type the app
+answers to the function that turns it into that JSON (one place to change how errors look).
 Also the upload-size guard (an ASGI middleware, so an oversize body is refused
 before it is read into memory or spooled to disk) and the bearer-token check of
 mutating endpoints.
@@ -9,13 +13,20 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from facepipe.core.errors import TransientError, is_transient
+
+log = logging.getLogger("facepipe.ops_api")
 
 # Room for the multipart framing and the small form fields around the file itself;
 # the file's own size is checked exactly against MAX_UPLOAD_BYTES by the endpoint.
@@ -35,8 +46,9 @@ _STATUS_SLUGS = {
 }
 
 
-class ApiError(Exception):
-    """Raise from an endpoint to answer ``status`` with a JSON error body."""
+class ApiProblem(Exception):
+    """Raise from a route to answer ``status`` with a JSON error body (the ops-api's HTTP error;
+    not to be confused with the operator's error of the Kubernetes API)."""
 
     def __init__(self, status: int, error: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -50,6 +62,13 @@ def error_body(status: int, error: str, message: str, **extra: Any) -> dict[str,
     return {"error": error, "message": message, "status": status, **extra}
 
 
+def error_response(
+    status: int, error: str, message: str, headers: Mapping[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    """The JSON answer of every error: routes, validation, unknown paths, oversize bodies."""
+    return JSONResponse(error_body(status, error, message, **extra), status, headers=headers)
+
+
 def _describe_validation(errors: list[dict[str, Any]]) -> str:
     parts = []
     for err in errors:
@@ -60,28 +79,95 @@ def _describe_validation(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.status, exc.error, exc.message), exc.status, headers=exc.headers)
+async def _problem(_request: Request, exc: ApiProblem) -> Response:
+    return error_response(exc.status, exc.error, exc.message, exc.headers)
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = list(exc.errors())
-        details = [
-            {"field": ".".join(str(p) for p in e.get("loc", ())), "problem": str(e.get("msg"))}
-            for e in errors
-        ]
-        body = error_body(422, "invalid_request", _describe_validation(errors), details=details)
-        return JSONResponse(body, 422)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        slug = _STATUS_SLUGS.get(exc.status_code, "error")
-        message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-        return JSONResponse(
-            error_body(exc.status_code, slug, message), exc.status_code, headers=getattr(exc, "headers", None)
+async def _invalid_request(_request: Request, exc: RequestValidationError) -> Response:
+    errors = list(exc.errors())
+    details = [
+        {"field": ".".join(str(p) for p in e.get("loc", ())), "problem": str(e.get("msg"))} for e in errors
+    ]
+    return error_response(422, "invalid_request", _describe_validation(errors), details=details)
+
+
+async def _http_exception(_request: Request, exc: StarletteHTTPException) -> Response:
+    slug = _STATUS_SLUGS.get(exc.status_code, "error")
+    message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+    return error_response(exc.status_code, slug, message, getattr(exc, "headers", None))
+
+
+# The dependencies the ops-api calls, by the top-level module of the client library whose
+# exception (or an exception it caused) reached the app.
+DEPENDENCIES = {"redis": "redis", "minio": "s3", "urllib3": "s3", "qdrant_client": "vector_store",
+                "httpx": "vector_store"}
+DEPENDENCY_NAMES = {"redis": "Redis", "s3": "S3", "vector_store": "the vector store"}
+RETRY_AFTER_S = "5"
+
+
+def failing_dependency(exc: BaseException) -> str | None:
+    """``redis``, ``s3`` or ``vector_store``: the dependency an exception comes from (through its
+    causes), or None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        dependency = DEPENDENCIES.get(type(current).__module__.split(".")[0])
+        if dependency is not None:
+            return dependency
+        current = current.__cause__ or current.__context__
+    return None
+
+
+async def _dependency_error(_request: Request, exc: Exception) -> Response:
+    """A dependency failed: 503 ``dependency_unavailable`` naming it when it is down or overloaded
+    (worth retrying: ``Retry-After``), else 500 ``dependency_error``."""
+    dependency = failing_dependency(exc) or "unknown"
+    name = DEPENDENCY_NAMES.get(dependency, "a dependency")
+    if is_transient(exc):
+        log.warning("%s unavailable: %s", name, exc)
+        return error_response(
+            503,
+            "dependency_unavailable",
+            f"{name} is unavailable, try again shortly: {exc}",
+            {"Retry-After": RETRY_AFTER_S},
+            dependency=dependency,
         )
+    log.error("%s refused the request: %s", name, exc)
+    message = f"{name} refused the request: {exc}"
+    return error_response(500, "dependency_error", message, dependency=dependency)
+
+
+async def _unexpected(_request: Request, exc: Exception) -> Response:
+    """Anything else: a bug. JSON like every other error; the traceback goes to the log."""
+    log.error("unexpected error", exc_info=exc)
+    dependency = failing_dependency(exc)
+    extra = {"dependency": dependency} if dependency else {}
+    return error_response(
+        500, "internal_error", f"unexpected {type(exc).__name__}; see the ops-api log", **extra
+    )
+
+
+# Each handler takes the exception type it is registered for.
+ExceptionHandler = Callable[[Request, Any], Awaitable[Response]]
+
+# Which exception becomes which JSON error: every error the ops-api answers is JSON with a
+# stable ``error`` code. Dependency failures are answered where they are raised (Redis's own
+# errors; S3 and vector store failures arrive as TransientError, see storage and vectors);
+# ``Exception`` is the last resort (Starlette re-raises it afterwards, so the server logs it).
+EXCEPTION_HANDLERS: dict[type[Exception], ExceptionHandler] = {
+    ApiProblem: _problem,
+    RequestValidationError: _invalid_request,
+    StarletteHTTPException: _http_exception,
+    redis.exceptions.RedisError: _dependency_error,
+    TransientError: _dependency_error,
+    Exception: _unexpected,
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    for exc_type, handler in EXCEPTION_HANDLERS.items():
+        app.add_exception_handler(exc_type, handler)
 
 
 def check_bearer_token(expected: str, authorization: str | None) -> None:
@@ -91,11 +177,11 @@ def check_bearer_token(expected: str, authorization: str | None) -> None:
     challenge = {"WWW-Authenticate": 'Bearer realm="facepipe-ops-api"'}
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(
+        raise ApiProblem(
             401, "unauthorized", "this endpoint needs 'Authorization: Bearer <OPS_API_TOKEN>'", challenge
         )
     if not hmac.compare_digest(token.strip().encode(), expected.encode()):
-        raise ApiError(403, "forbidden", "the bearer token does not match OPS_API_TOKEN", challenge)
+        raise ApiProblem(403, "forbidden", "the bearer token does not match OPS_API_TOKEN", challenge)
 
 
 class BodySizeLimit:
@@ -115,7 +201,7 @@ class BodySizeLimit:
         message = (
             f"request body of {size} is over the upload limit of {self.max_bytes} bytes (MAX_UPLOAD_BYTES)"
         )
-        return JSONResponse(error_body(413, "payload_too_large", message), 413)
+        return error_response(413, "payload_too_large", message)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -1,8 +1,8 @@
 """The ops-api's handles on Redis, S3, Qdrant and the face models, opened lazily and shared.
 
-In local mode the indexer runs in the same process (Qdrant local mode lets one
-process hold a path) and passes its :class:`VectorIndex` in, so both use one
-client; elsewhere the ops-api opens its own.
+In local mode the indexer runs in the same process (the embedded store, Qdrant Edge,
+lets one process hold its folder) and passes its :class:`VectorIndex` in, so both use
+one; elsewhere the ops-api opens its own.
 """
 
 from __future__ import annotations

