@@ -53,21 +53,39 @@ def namespace() -> str:
 
 @pytest.fixture(scope="session")
 def cluster_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSim]:
-    """API emulator, operator, controllers, kubelet and backing Services; pods run as real processes.
+    """API emulator, operator, controllers, kubelet, backing Services, Prometheus, HPA and KEDA.
 
     Needs root (network and mount namespaces); the kubelet's restart back-off is 1 s and the
     operator's resync 2 s, so that tests see restarts and figures quickly.
     """
     if os.geteuid() != 0:
         pytest.skip("the cluster simulation needs root: network and mount namespaces per pod")
+    from facepipe.sim.autoscaling import AutoscalingOptions
     from facepipe.sim.cluster import ClusterSim, SimConfig
+    from facepipe.sim.cluster_addons import AddonOptions
+    from facepipe.sim.hpa import HpaSettings
+    from facepipe.sim.keda import KedaSettings
+    from facepipe.sim.monitoring import MonitoringOptions
 
+    # The controllers' flags shortened as a cluster admin may set them, so that a scenario
+    # sees a scale-down within a minute or two: scrapes and rule evaluation every 2 s, alerts'
+    # `for` at most 10 s, HPA sync 3 s and 20 s downscale stabilisation, KEDA polling 3 s and a
+    # 20 s cooldown.
+    addons = AddonOptions(
+        monitoring=MonitoringOptions(scrape_interval=2, evaluation_interval=2, max_alert_for=10),
+        autoscaling=AutoscalingOptions(
+            hpa=HpaSettings(sync_period=3, downscale_stabilization=20),
+            keda=KedaSettings(default_polling_interval=3, default_cooldown_period=20),
+            adapter_relist_interval=5,
+        ),
+    )
     config = SimConfig(
         repo=REPO_ROOT,
         folder=tmp_path_factory.mktemp("cluster"),
         crds=[CRD_PATH],
         base_backoff=1.0,
         operator_env={"FACEPIPE_OPERATOR_RESYNC_SECONDS": "2", "FACEPIPE_OPERATOR_PURGE_RETRY_SECONDS": "2"},
+        addons=addons,
     )
     with ClusterSim(config) as sim:
         yield sim

@@ -6,7 +6,9 @@ the Deployment, ReplicaSet and Service controllers, a local-path claim binder, t
 stand-in that runs every pod as real processes in namespaces of their own, the backing
 servers published as Services, and the operator (``python -m facepipe.operator`` as a
 host process whose /etc/hosts carries the cluster's names, as it would in its namespace).
-Controllers, kubelet and proxies share one event loop on a thread of their own.
+Controllers, kubelet and proxies share one event loop on a thread of their own. Beside
+them (:mod:`facepipe.sim.cluster_addons`): the operator chart's monitors, a real
+Prometheus scraping what they select, and the HPA and KEDA stand-ins.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any, TypeVar
 from facepipe.sim import apiclient
 from facepipe.sim.apiclient import Api, Informer
 from facepipe.sim.backing import BACKING_SERVICES, BackingServers
+from facepipe.sim.cluster_addons import AddonOptions, Addons
 from facepipe.sim.containers import ContainerProcess
 from facepipe.sim.emulator import EmulatorServer, write_kubeconfig
 from facepipe.sim.hostprocs import Guardian, start_host_process
@@ -65,6 +68,7 @@ class SimConfig:
     images_root: Path = DEFAULT_ROOT
     controllers: list[ControllerFactory] = field(default_factory=list)
     prebuild_images: bool = True  # every image's environment before start() returns (else on first use)
+    addons: AddonOptions | None = field(default_factory=AddonOptions)  # Prometheus, HPA, KEDA
 
 
 class ClusterSim:
@@ -87,6 +91,7 @@ class ClusterSim:
         self.api: Api | None = None  # for controllers on the simulation's loop
         self.informers: dict[str, Informer] = {}  # by plural: pods, services, deployments, ...
         self.node: Node | None = None
+        self.addons: Addons | None = None
 
     # -- from the caller's thread --
 
@@ -106,9 +111,29 @@ class ClusterSim:
         if not self._ready.wait(timeout) or self._error is not None:
             self.stop()
             raise RuntimeError(f"the cluster simulation did not start: {self._error}") from self._error
+        if self.config.addons is not None:
+            addons = Addons(
+                self.kubeconfig, self.config.folder / "prometheus", self.resolve, self.config.addons
+            )
+            try:
+                self.addons = addons.start(self.config.repo, OPERATOR_NAMESPACE)
+            except BaseException:
+                self.stop()
+                raise
         return self
 
+    def resolve(self, host: str, port: int, namespace: str) -> tuple[str, int]:
+        """Where a name written in the cluster (``redis.ns.svc``) is reached from this host, as a
+        pod of ``namespace`` would resolve it (KEDA's trigger addresses)."""
+        return self.dns.resolve(host, namespace), port
+
+    @property
+    def prometheus_url(self) -> str | None:
+        return self.addons.prometheus_url if self.addons else None
+
     def stop(self) -> None:
+        if self.addons is not None:
+            self.addons.stop()
         if self._loop is not None and self._stop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
@@ -312,6 +337,10 @@ def main(argv: list[str] | None = None) -> int:
         help="namespaces that get the redis/minio/qdrant Services (default: default, facepipe-demo)",
     )  # fmt: skip
     parser.add_argument("--no-operator", action="store_true", help="do not start the operator")
+    parser.add_argument(
+        "--no-addons", action="store_true",
+        help="no Prometheus, no HPA/KEDA stand-ins, no operator chart monitors",
+    )  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -327,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         crds=crds,
         backing_namespaces=args.backing_namespace or ["default", "facepipe-demo"],
         operator=not args.no_operator,
+        addons=None if args.no_addons else AddonOptions(),
     )
     config.folder.mkdir(parents=True, exist_ok=True)
     sim = ClusterSim(config)
@@ -355,6 +385,12 @@ def _print_summary(sim: ClusterSim, kubeconfig: Path) -> None:
             address = sim.service_address(namespace, entry.name)
             name = f"{entry.name}.{namespace}.svc:{entry.port}"
             print(f"  {name:<32} {address}:{entry.port:<6} -> {sim.backing.url(entry.server)}")
+    if sim.addons is not None:
+        if sim.prometheus_url:
+            print(f"Prometheus (scrapes what {', '.join(sim.addons.monitors) or 'no monitor'} select): "
+                  f"{sim.prometheus_url}")  # fmt: skip
+        if sim.addons.autoscaling is not None:
+            print("Autoscalers: HPA v2 (prometheus-adapter rule of the operator chart) and KEDA stand-ins")
     print(f"  kubectl --kubeconfig {kubeconfig} apply --validate=false -f examples/facepipeline.yaml")
     print(f"  kubectl --kubeconfig {kubeconfig} get facepipelines,deployments,replicasets,pods,services")
     print("Ctrl-C stops.", flush=True)

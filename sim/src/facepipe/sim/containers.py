@@ -124,6 +124,7 @@ class ContainerState:
     ready: bool = False
     started: bool = False
     exit_code: int | None = None  # of the last run
+    pid: int = 0  # host pid of the running process (the pod's PIDs annotation, for CPU metrics)
 
     def as_status(self, pod_uid: str) -> dict[str, Any]:
         return {
@@ -223,7 +224,7 @@ class ContainerRunner:
         if self.stopping.is_set():  # stopped while starting
             await process.stop(self.grace)
         if init_pid:
-            self._set(state={"running": {"startedAt": started}}, exit_code=None)
+            self._set(state={"running": {"startedAt": started}}, exit_code=None, pid=init_pid)
         probes = asyncio.ensure_future(self._probe_all(launch, init_pid)) if init_pid else None
         code = await process.wait()
         if probes is not None:
@@ -238,7 +239,7 @@ class ContainerRunner:
         terminated = {"exitCode": code, "reason": reason, "startedAt": started, "finishedAt": now()}
         if message:
             terminated["message"] = message
-        self._set(state={"terminated": terminated}, ready=False, started=False, exit_code=code)
+        self._set(state={"terminated": terminated}, ready=False, started=False, exit_code=code, pid=0)
         self.on_exit(self.status)
         return code
 

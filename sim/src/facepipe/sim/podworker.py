@@ -8,7 +8,9 @@ meanwhile (``ContainerCreating``). Then the sandbox (network namespace, address,
 /etc/hosts), the volumes, the init containers one by one to completion, and the
 containers together. Deletion (``deletionTimestamp``): every container gets SIGTERM and
 the grace period, then SIGKILL; the pod object is then removed (delete with no grace).
-The status (phase, conditions, podIP, container states) is written as it changes.
+The status (phase, conditions, podIP, container states) is written as it changes, and the
+annotation ``sim.facepipe.io/pids`` names the running containers' processes (the simulation's
+metrics-server reads their CPU from it).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from facepipe.sim.imagecache import ImageMissing, ImageResolver
 from facepipe.sim.images import RecipeError
 from facepipe.sim.podnet import ClusterNetwork, start_holder, stop_holder
 from facepipe.sim.podstatus import PodStatus
+from facepipe.sim.resource_metrics import PIDS_ANNOTATION
 from facepipe.sim.services import ClusterDns
 from facepipe.sim.volumes import ClaimBinder, PodVolumes, VolumeNotReady
 
@@ -332,12 +335,18 @@ class PodWorker:
 
     async def _status_writer(self) -> None:
         written: dict[str, Any] | None = None
+        pids_written: str | None = None
         while True:
             await self._dirty.wait()
             self._dirty.clear()
             status = self.status()
-            if status != written and not self.gone:
+            pids = ",".join(str(r.status.pid) for r in self.runners if r.status.pid)
+            if (status != written or pids != pids_written) and not self.gone:
                 try:
+                    if pids != pids_written:
+                        annotations = {"metadata": {"annotations": {PIDS_ANNOTATION: pids or None}}}
+                        await self.node.api.patch(POD, self.namespace, self.name, annotations)
+                        pids_written = pids
                     await self.node.api.patch(
                         POD, self.namespace, self.name, {"status": status}, subresource="status"
                     )

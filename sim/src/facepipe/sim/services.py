@@ -66,6 +66,21 @@ class ClusterDns:
             lines.append(f"{alias['ip']}\t{' '.join(alias.get('hostnames') or [])}")
         return "\n".join(lines) + "\n"
 
+    def resolve(self, host: str, namespace: str) -> str:
+        """The address ``host`` has for a pod of ``namespace`` (an address passes through).
+
+        Raises LookupError for a name no Service has, as the pod's resolver would fail.
+        """
+        for (ns, name), addresses in self.records.items():
+            names = {f"{name}.{ns}.svc.{DOMAIN}", f"{name}.{ns}.svc", f"{name}.{ns}"}
+            if ns == namespace:
+                names.add(name)
+            if host in names and addresses:
+                return addresses[0]
+        if host == "localhost" or host.replace(".", "").isdigit():
+            return host
+        raise LookupError(f"{host} does not resolve in namespace {namespace}")
+
     def register(
         self,
         path: Path,
