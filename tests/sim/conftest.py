@@ -11,7 +11,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -97,19 +97,41 @@ def sim_namespace(cluster_sim: ClusterSim) -> Iterator[str]:
     name = f"s-{uuid.uuid4().hex[:8]}"
     cluster_sim.call(cluster_sim.publish_backing(name))
     yield name
-    # Stop what the test started: pods left running would take the CPU (model pods) and, on the
-    # shared Redis and its default stream names, the next test's messages (issue 16, item 11).
-    from simkit import kubectl, pods, wait_for
+    from simkit import clear_namespace
 
-    kubectl(
-        cluster_sim,
-        "delete",
-        "facepipelines,deployments,replicasets,pods",
-        "--all",
-        "-n",
-        name,
-        "--wait=false",
-    )
-    wait_for(
-        lambda: not pods(cluster_sim, name), timeout=300, interval=0.5, what=f"the pods of {name} to stop"
-    )
+    clear_namespace(cluster_sim, name)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The scenarios' figures (CLUSTER_SIM_FIGURES=path also writes them as Markdown)."""
+    kit = sys.modules.get("scenariokit")  # imported only when a scenario ran
+    if kit is None or not kit.FIGURES:
+        return
+    terminalreporter.section(f"cluster simulation figures (CLUSTER_SIM_SCALE={kit.SCALE:g})")
+    terminalreporter.write_line(kit.figures_markdown())
+    target = os.environ.get("CLUSTER_SIM_FIGURES")
+    if target:
+        Path(target).write_text(kit.figures_markdown() + "\n")
+        terminalreporter.write_line(f"written to {target}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.stash[CALL_REPORT] = report
+    return report
+
+
+CALL_REPORT = pytest.StashKey[pytest.TestReport]()
+
+
+@pytest.fixture
+def figure(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """A row of the figures table: the test sets ``scenario`` and ``measured``; the verdict is its outcome."""
+    from scenariokit import record
+
+    row = {"scenario": request.node.name.removeprefix("test_").replace("_", " "), "measured": "–"}
+    yield row
+    report = request.node.stash.get(CALL_REPORT, None)
+    record(row["scenario"], row["measured"], bool(report and report.passed))

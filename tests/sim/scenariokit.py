@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,22 +77,34 @@ def component_pods(sim: ClusterSim, namespace: str, instance: str) -> dict[str, 
     return found
 
 
-def settle_components(sim: ClusterSim, namespace: str, instance: str, timeout: float = 300) -> dict[str, Any]:
+def settle_components(
+    sim: ClusterSim,
+    namespace: str,
+    instance: str,
+    timeout: float = 300,
+    components: tuple[str, ...] = COMPONENTS,
+) -> dict[str, Any]:
     """Wait until every component has pods and each pod is Ready or stuck for a lasting reason."""
 
     def probe() -> dict[str, Any] | None:
         found = component_pods(sim, namespace, instance)
-        if all(found[c] and all(settled(p) for p in found[c]) for c in COMPONENTS):
+        if all(found[c] and all(settled(p) for p in found[c]) for c in components):
             return found
         return None
 
     return wait_for(probe, timeout=timeout, interval=1, what=f"the components of {instance} to settle")
 
 
-def all_ready(sim: ClusterSim, namespace: str, instance: str, timeout: float = 300) -> None:
-    """Assert: all four components, every pod Ready (with each pod's state and logs when not)."""
-    found = settle_components(sim, namespace, instance, timeout)
-    not_ready = [p for c in COMPONENTS for p in found[c] if not is_ready(p)]
+def all_ready(
+    sim: ClusterSim,
+    namespace: str,
+    instance: str,
+    timeout: float = 300,
+    components: tuple[str, ...] = COMPONENTS,
+) -> None:
+    """Assert: all four components (or those given), every pod Ready (each pod's state and logs when not)."""
+    found = settle_components(sim, namespace, instance, timeout, components)
+    not_ready = [p for c in components for p in found[c] if not is_ready(p)]
     assert not not_ready, "pods not Ready:\n" + describe(sim, not_ready)
 
 
@@ -160,3 +176,98 @@ def replica_set_hashes(sim: ClusterSim, namespace: str, instance: str) -> dict[s
         if labels.get(LABEL_INSTANCE) == instance and rs["spec"].get("replicas"):
             hashes[labels[LABEL_COMPONENT]].add(labels["pod-template-hash"])
     return hashes
+
+
+# --- installing, images ---
+
+
+def pipeline_values(namespace: str, tenant: str, claim: str, **extra: Any) -> dict[str, Any]:
+    """Connection details, the small model pack, and the models from a pre-filled claim."""
+    return {
+        "tenantId": tenant,
+        **connection_values(namespace),
+        "models": {"pack": "buffalo_sc", "volume": {"claimName": claim}},
+        **extra,
+    }
+
+
+def install(cluster_sim: ClusterSim, namespace: str, models_dir: Path, tenant: str, **extra: Any) -> None:
+    claim = prefill_models_claim(cluster_sim, namespace, models_dir)
+    docs = render_tenant_chart(pipeline_values(namespace, tenant, claim, **extra), tenant, namespace)
+    apply(cluster_sim, *docs, namespace=namespace)
+    all_ready(cluster_sim, namespace, tenant)
+
+
+def photos(faces_dir: Path) -> list[Path]:
+    return sorted(p for p in faces_dir.iterdir() if p.suffix in (".jpg", ".png"))
+
+
+def generated(tmp_path: Path, faces_dir: Path, count: int, seed: int) -> list[Path]:
+    """``count`` distinct images made from the test photos (crops, flips, mosaics; some face-less)."""
+    from reliability_images import composite, load_photos
+
+    folder = tmp_path / f"images-{seed}"
+    folder.mkdir()
+    out = []
+    for n, (_, data, content_type) in enumerate(composite(load_photos(faces_dir), count, seed)):
+        path = folder / f"{n:04d}.{'png' if content_type == 'image/png' else 'jpg'}"
+        path.write_bytes(data)
+        out.append(path)
+    return out
+
+
+# --- figures: one row per scenario, printed at the end of the session (tests/sim/conftest.py) ---
+
+FIGURES: list[dict[str, str]] = []
+
+
+def record(scenario: str, measured: str, verdict: bool) -> None:
+    """A row of the figures table: the scenario, what it measured, PASS or FAIL."""
+    FIGURES.append({"scenario": scenario, "measured": measured, "verdict": "PASS" if verdict else "FAIL"})
+
+
+def figures_markdown() -> str:
+    lines = ["| scenario | measured | verdict |", "|---|---|---|"]
+    lines += [f"| {r['scenario']} | {r['measured']} | {r['verdict']} |" for r in FIGURES]
+    return "\n".join(lines)
+
+
+class ReplicaRecorder:
+    """Every Deployment's ``spec.replicas`` in a namespace over time (what the autoscalers set)."""
+
+    def __init__(self, sim: ClusterSim, namespace: str, interval: float = 0.5) -> None:
+        self.sim, self.namespace, self.interval = sim, namespace, interval
+        self.history: dict[str, list[tuple[float, int]]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="replica-recorder", daemon=True)
+
+    def __enter__(self) -> ReplicaRecorder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _loop(self) -> None:
+        path = f"/apis/apps/v1/namespaces/{self.namespace}/deployments"
+        while not self._stop.wait(self.interval):
+            with contextlib.suppress(OSError, ValueError):
+                for deployment in (get(self.sim, path) or {}).get("items") or []:
+                    name = deployment["metadata"]["name"]
+                    replicas = int(deployment["spec"].get("replicas", 1))
+                    seen = self.history.setdefault(name, [])
+                    if not seen or seen[-1][1] != replicas:
+                        seen.append((time.time(), replicas))
+
+    def now(self, name: str) -> int | None:
+        seen = self.history.get(name)
+        return seen[-1][1] if seen else None
+
+    def peak(self, name: str) -> int:
+        return max((replicas for _, replicas in self.history.get(name, [])), default=0)
+
+    def first_time(self, name: str, condition: Callable[[int], bool], after: float = 0.0) -> float | None:
+        return next(
+            (at for at, replicas in self.history.get(name, []) if at >= after and condition(replicas)), None
+        )

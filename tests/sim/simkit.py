@@ -195,3 +195,13 @@ def watching(sim: ClusterSim, path: str) -> Iterator[Watch]:
         yield watch
     finally:
         watch.close()
+
+
+def clear_namespace(sim: ClusterSim, name: str) -> None:
+    """Stop what a test started in ``name`` and wait until its pods are gone.
+
+    Pods left running would take the CPU (model pods) and, on the shared Redis, whatever
+    the next test publishes on the same stream names.
+    """
+    kubectl(sim, "delete", "facepipelines,deployments,replicasets,pods", "--all", "-n", name, "--wait=false")
+    wait_for(lambda: not pods(sim, name), timeout=300, interval=0.5, what=f"the pods of {name} to stop")

@@ -2,10 +2,8 @@
 
 Everything goes through the user's paths: ``kubectl apply`` of the shipped example, ``helm
 template`` of the tenant chart, the documented ``facepipe`` CLI, the ops-api pod behind its
-Service. Tests marked ``xfail(strict=True, reason="issue 16: ...")`` fail today because of
-install bugs that issue 16 fixes (the lead removes the marks when it merges); the reason
-names what the simulation shows. The autoscaling and Prometheus scenarios of issue 17 plug in
-through ``SimConfig.controllers`` (facepipe.sim.cluster) when that part merges.
+Service. Scaling from queue depth and the dashboards and alerts: test_scaling_and_monitoring.py.
+Each scenario adds a row to the figures table printed at the end of the session.
 """
 
 from __future__ import annotations
@@ -16,15 +14,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from scenariokit import (
     SCALE,
     all_ready,
     connection_values,
     facepipe,
+    generated,
     host_settings,
     ingest,
-    prefill_models_claim,
+    install,
+    photos,
     render_tenant_chart,
     replica_set_hashes,
     traces,
@@ -39,80 +38,45 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "facepipeline.yaml"
 
 
-def pipeline_values(namespace: str, tenant: str, claim: str, **extra: Any) -> dict[str, Any]:
-    """Connection details, the small model pack, and the models from a pre-filled claim."""
-    return {
-        "tenantId": tenant,
-        **connection_values(namespace),
-        "models": {"pack": "buffalo_sc", "volume": {"claimName": claim}},
-        **extra,
-    }
-
-
-def install(cluster_sim: ClusterSim, namespace: str, models_dir: Path, tenant: str, **extra: Any) -> None:
-    claim = prefill_models_claim(cluster_sim, namespace, models_dir)
-    docs = render_tenant_chart(pipeline_values(namespace, tenant, claim, **extra), tenant, namespace)
-    apply(cluster_sim, *docs, namespace=namespace)
-    all_ready(cluster_sim, namespace, tenant)
-
-
-def photos(faces_dir: Path) -> list[Path]:
-    return sorted(p for p in faces_dir.iterdir() if p.suffix in (".jpg", ".png"))
-
-
-def generated(tmp_path: Path, faces_dir: Path, count: int, seed: int) -> list[Path]:
-    """``count`` distinct images made from the test photos (crops, flips, mosaics; some face-less)."""
-    from reliability_images import composite, load_photos
-
-    folder = tmp_path / f"images-{seed}"
-    folder.mkdir()
-    out = []
-    for n, (_, data, content_type) in enumerate(composite(load_photos(faces_dir), count, seed)):
-        path = folder / f"{n:04d}.{'png' if content_type == 'image/png' else 'jpg'}"
-        path.write_bytes(data)
-        out.append(path)
-    return out
-
-
 # --- the default installs (issue 16) ---------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 16: the CRD's default image ghcr.io/facepipe/face-pipeline is built by nothing "
-    "(ImagePullBackOff); then no models reach the pods (buffalo_l missing under /models)",
-)
 def test_the_shipped_example_brings_up_four_ready_components(
-    cluster_sim: ClusterSim, sim_namespace: str
+    cluster_sim: ClusterSim, sim_namespace: str, figure: dict[str, str]
 ) -> None:
     """examples/facepipeline.yaml unchanged: its redis/minio/qdrant are the namespace's Services here."""
+    figure["scenario"] = "examples/facepipeline.yaml applied"
+    started = time.monotonic()
     kubectl(cluster_sim, "apply", "--validate=false", "-n", sim_namespace, "-f", str(EXAMPLE))
     all_ready(cluster_sim, sim_namespace, "demo")
+    figure["measured"] = f"4 components Ready in {time.monotonic() - started:.0f} s"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 16: no models reach the pods (detector and embedder CrashLoopBackOff: "
-    "/models/buffalo_l/det_10g.onnx is missing; ops-api never Ready)",
-)
 def test_the_tenant_chart_on_default_values_brings_up_four_ready_components(
-    cluster_sim: ClusterSim, sim_namespace: str
+    cluster_sim: ClusterSim, sim_namespace: str, figure: dict[str, str]
 ) -> None:
+    figure["scenario"] = "tenant chart, default values"
+    started = time.monotonic()
     docs = render_tenant_chart(
         {"tenantId": "acme", **connection_values(sim_namespace)}, "acme", sim_namespace
     )
     apply(cluster_sim, *docs, namespace=sim_namespace)
     all_ready(cluster_sim, sim_namespace, "acme")
+    figure["measured"] = f"4 components Ready in {time.monotonic() - started:.0f} s"
 
 
 # --- a working install: processing, rolling, purging ---------------------------------------------
 
 
 def test_ingested_images_are_indexed_and_searchable_through_the_ops_api_pod(
-    cluster_sim: ClusterSim, sim_namespace: str, models_dir: Path, faces_dir: Path, faces_manifest: dict
+    cluster_sim: ClusterSim,
+    sim_namespace: str,
+    models_dir: Path,
+    faces_dir: Path,
+    faces_manifest: dict,
+    figure: dict[str, str],
 ) -> None:
+    figure["scenario"] = "ingest, search through the ops-api pod"
     install(cluster_sim, sim_namespace, models_dir, "acme")
     images = photos(faces_dir)
     summary = ingest(cluster_sim, sim_namespace, "acme", "acme", images)
@@ -133,11 +97,21 @@ def test_ingested_images_are_indexed_and_searchable_through_the_ops_api_pod(
         for name, info in faces_manifest.items()
         if info["identity"] == faces_manifest[probe.name]["identity"]
     }, best
+    figure["measured"] = (
+        f"{summary['images']} images, {summary['faces_processed']} faces indexed, 0 DLQ; "
+        "search found the identity"
+    )
 
 
 def test_changing_max_hamming_rolls_exactly_the_components_that_read_it(
-    cluster_sim: ClusterSim, sim_namespace: str, models_dir: Path, faces_dir: Path, tmp_path: Path
+    cluster_sim: ClusterSim,
+    sim_namespace: str,
+    models_dir: Path,
+    faces_dir: Path,
+    tmp_path: Path,
+    figure: dict[str, str],
 ) -> None:
+    figure["scenario"] = "maxHamming change rolls its readers"
     install(cluster_sim, sim_namespace, models_dir, "roll")
     before = replica_set_hashes(cluster_sim, sim_namespace, "roll")
     rolled = {c for c in COMPONENTS if reads(c, "DEDUP_MAX_HAMMING")}
@@ -179,18 +153,18 @@ def test_changing_max_hamming_rolls_exactly_the_components_that_read_it(
     assert all(t.stop_requested and t.exit_code == 0 for t in ended), ended
     # Nothing lost: every face processed is a point, once.
     settings = host_settings(cluster_sim, sim_namespace, "roll")
-    assert traces(settings, "roll")["points"] == during["faces_processed"] + summary_b["faces_processed"]
+    points = traces(settings, "roll")["points"]
+    assert points == during["faces_processed"] + summary_b["faces_processed"]
+    figure["measured"] = (
+        f"rolled {'/'.join(sorted(rolled))}; {len(ended)} old pods SIGTERM -> exit 0; "
+        f"{len(batch_a) + len(batch_b)} images, {points} points, 0 lost"
+    )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 16: Purge deletes the tenant's data while its four Deployments still run; "
-    "the pods stop only after the FacePipeline is gone",
-)
 def test_purge_stops_the_pods_first_and_leaves_no_trace(
-    cluster_sim: ClusterSim, sim_namespace: str, models_dir: Path, faces_dir: Path
+    cluster_sim: ClusterSim, sim_namespace: str, models_dir: Path, faces_dir: Path, figure: dict[str, str]
 ) -> None:
+    figure["scenario"] = "deletionPolicy Purge"
     install(cluster_sim, sim_namespace, models_dir, "gone", deletionPolicy="Purge")
     summary = ingest(cluster_sim, sim_namespace, "gone", "gone", photos(faces_dir))
     assert summary["faces_processed"] > 0 and summary["dlq"] == 0, summary
@@ -208,6 +182,10 @@ def test_purge_stops_the_pods_first_and_leaves_no_trace(
     late = {pod: round(at - gone_at, 1) for pod, at in stopped.items() if at > gone_at}
     assert not late, f"pods still running when the purge was done (seconds after): {late}"
     assert traces(settings, "gone") == {"points": 0, "objects": 0, "dedup_keys": 0, "stream_entries": 0}
+    figure["measured"] = (
+        f"{len(running)} pods stopped before the FacePipeline went; "
+        f"{summary['faces_processed']} points -> 0, objects/dedup keys/stream entries 0"
+    )
 
 
 # --- helpers --------------------------------------------------------------------------------------
