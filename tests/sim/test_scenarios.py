@@ -28,7 +28,7 @@ from scenariokit import (
     replica_set_hashes,
     traces,
 )
-from simkit import apply, get, kubectl, pods, wait_for, watching
+from simkit import IMAGE, apply, get, is_ready, kubectl, pods, state_of, wait_for, watching
 
 from facepipe.operator.constants import COMPONENTS
 from facepipe.operator.envmap import reads
@@ -186,6 +186,41 @@ def test_purge_stops_the_pods_first_and_leaves_no_trace(
         f"{len(running)} pods stopped before the FacePipeline went; "
         f"{summary['faces_processed']} points -> 0, objects/dedup keys/stream entries 0"
     )
+
+
+def test_a_deployment_whose_pod_template_cannot_be_honoured_fails_its_pod_with_a_reason(
+    cluster_sim: ClusterSim, sim_namespace: str, figure: dict[str, str]
+) -> None:
+    """A hostPath volume: the pod waits with CreateContainerError naming it; nothing runs in its place."""
+    figure["scenario"] = "unhonourable pod template"
+    labels = {"app": "host-reader"}
+    template = {
+        "metadata": {"labels": labels},
+        "spec": {
+            "containers": [{"name": "main", "image": IMAGE, "command": ["python", "-c", "print('ran')"]}],
+            "volumes": [{"name": "host", "hostPath": {"path": "/var/log"}}],
+        },
+    }
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "host-reader"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": template},
+    }
+    apply(cluster_sim, deployment, namespace=sim_namespace)
+
+    def refused() -> dict[str, Any] | None:
+        found = pods(cluster_sim, sim_namespace, "app=host-reader")
+        held = [p for p in found if state_of(p)[1].get("reason") == "CreateContainerError"]
+        return held[0] if held else None
+
+    held = wait_for(refused, timeout=120, interval=0.5, what="the pod to be refused")
+    message = state_of(held)[1]["message"]
+    assert "hostPath" in message and not is_ready(held)
+    assert not cluster_sim.logs(sim_namespace, held["metadata"]["name"], "main")  # nothing ran
+    status = get(cluster_sim, f"/apis/apps/v1/namespaces/{sim_namespace}/deployments/host-reader") or {}
+    assert not (status.get("status") or {}).get("availableReplicas")
+    figure["measured"] = f"pod waiting CreateContainerError: {message[:90]}"
 
 
 # --- helpers --------------------------------------------------------------------------------------
