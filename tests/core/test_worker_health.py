@@ -48,7 +48,11 @@ def test_an_idle_worker_stays_healthy_and_a_stuck_one_does_not(harness: Harness)
     while time.monotonic() - ready_at < stall_s * 2:
         assert probe(port, HEALTH_PATH)[0] == 200
         time.sleep(0.2)
-    assert "facepipe_worker_inflight_messages" in probe(port, "/metrics")[1]  # /metrics as before
+    exposition = probe(port, "/metrics")[1]
+    assert "facepipe_worker_inflight_messages" in exposition  # /metrics as before
+    # An idle stage exports its counters at 0 (dashboards show 0, not "no data").
+    for counter in ("msgs_acked", "transient_errors", "redeliveries"):
+        assert f'facepipe_worker_{counter}_total{{stage="toy"}} 0.0' in exposition, exposition
     harness.publish(harness.ingest_payload(1))  # the handler now sleeps for an hour: stuck
     _, text = wait_until(
         lambda: (answer := probe(port, HEALTH_PATH))[0] == 503 and answer, what="/healthz to report the stall"

@@ -104,6 +104,9 @@ def cluster_cli(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path, s
         and "minio.default.svc:9000" in output
         and "qdrant.default.svc:6333" in output
     )
+    # Prometheus scraping the operator chart's monitors, and the autoscalers (stopped with the rest).
+    assert "ServiceMonitor/face-pipeline-operator-ops-api" in output, output
+    assert "PodMonitor/face-pipeline-operator-workers" in output and "Autoscalers:" in output
     yield process, tmp_path / "kubeconfig", before
     if process.poll() is None:
         process.kill()
@@ -134,7 +137,7 @@ def test_sigterm_stops_everything_cleanly(cluster_cli: tuple[subprocess.Popen[st
     process, kubeconfig, interfaces_before = cluster_cli
     run_a_pod(kubeconfig)
     tree = descendants(process.pid)
-    assert len(tree) >= 6  # operator, redis, seaweedfs, qdrant, guardian, the pod's sandbox and container
+    assert len(tree) >= 7  # operator, redis, seaweedfs, qdrant, prometheus, guardian, the pod's sandbox...
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 0, output[-3000:]

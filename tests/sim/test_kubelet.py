@@ -287,6 +287,36 @@ def test_users_groups_and_security_context_bite(
     assert {k: seen[k] for k in expected} == expected
 
 
+WRITES = """
+import json
+out = {}
+for path in ("/tmp/x", "/var/tmp/x", "/x"):
+    try:
+        open(path, "w").write("x"); out[path] = "written"
+    except OSError as exc:
+        out[path] = exc.strerror
+print(json.dumps(out))
+"""
+
+
+def test_a_volume_over_an_image_folder_stays_writable_on_a_read_only_root(
+    cluster_sim: ClusterSim, sim_namespace: str
+) -> None:
+    """The operator's pods: readOnlyRootFilesystem with an emptyDir at /tmp (over the image's own /tmp)."""
+    manifest = bare_pod(
+        "ro", WRITES,
+        volumes=[{"name": "tmp", "emptyDir": {}}],
+        container={"volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                   "securityContext": {"readOnlyRootFilesystem": True}},
+    )  # fmt: skip
+    apply(cluster_sim, manifest, namespace=sim_namespace)
+    done = finished(cluster_sim, sim_namespace, "ro")
+    assert phase(done) == "Succeeded", cluster_sim.logs(sim_namespace, "ro", "main")
+    assert report(cluster_sim, sim_namespace, "ro") == {
+        "/tmp/x": "written", "/var/tmp/x": "Read-only file system", "/x": "Read-only file system",
+    }  # fmt: skip
+
+
 def test_run_as_non_root_refuses_a_root_user(cluster_sim: ClusterSim, sim_namespace: str) -> None:
     manifest = bare_pod("rootless", REPORT, securityContext={"runAsNonRoot": True, "runAsUser": 0})
     apply(cluster_sim, manifest, namespace=sim_namespace)

@@ -35,6 +35,7 @@ from facepipe.sim.apiclient import Api, Informer
 from facepipe.sim.backing import BACKING_SERVICES, BackingServers
 from facepipe.sim.cluster_addons import AddonOptions, Addons
 from facepipe.sim.containers import ContainerProcess
+from facepipe.sim.egress import DEFAULT_EGRESS, Egress
 from facepipe.sim.emulator import EmulatorServer, write_kubeconfig
 from facepipe.sim.hostprocs import Guardian, start_host_process
 from facepipe.sim.imagecache import DEFAULT_ROOT, ImageCache, ImageResolver
@@ -69,6 +70,7 @@ class SimConfig:
     controllers: list[ControllerFactory] = field(default_factory=list)
     prebuild_images: bool = True  # every image's environment before start() returns (else on first use)
     addons: AddonOptions | None = field(default_factory=AddonOptions)  # Prometheus, HPA, KEDA
+    egress: tuple[str, ...] = DEFAULT_EGRESS  # outside hosts the pods reach (facepipe.sim.egress)
 
 
 class ClusterSim:
@@ -243,6 +245,8 @@ class ClusterSim:
         )
         await self.guardian.start()
         await self.network.start()
+        egress = Egress(self.network, self.dns, self.config.egress)
+        await egress.start()
         claims = ClaimBinder(api, informers["persistentvolumeclaims"], folder / "claims")
         recipes = load_recipes(self.config.repo)
         images = ImageResolver(recipes, ImageCache(self.config.repo, self.config.images_root))
@@ -282,6 +286,7 @@ class ClusterSim:
                 await self.kubelet.stop()
                 await self._stop_operator()
         finally:
+            await egress.stop()
             await self.services.stop()
             await self.backing.stop()
             await self.network.stop()

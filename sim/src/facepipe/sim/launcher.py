@@ -210,9 +210,13 @@ def build_root(plan: dict) -> None:
         _apply_mount(root, mount)
     if plan.get("readonly_root"):
         # readOnlyRootFilesystem: the image's own file system (root, layers, /tmp...) cannot be
-        # written; volumes mounted on it keep their own mode.
-        for mount in plan["mounts"]:
-            if mount.get("image_layer"):
+        # written; volumes mounted on it keep their own mode. A layer that a volume covers at the
+        # same path (an emptyDir at /tmp) is out of reach anyway, and remounting the path would
+        # reach the volume on top (EBUSY).
+        mounts = plan["mounts"]
+        for n, mount in enumerate(mounts):
+            covered = any(later["target"] == mount["target"] for later in mounts[n + 1 :])
+            if mount.get("image_layer") and not covered:
                 _mount(
                     None, _inside(root, mount["target"]), None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
                 )

@@ -40,6 +40,7 @@ class ClusterDns:
 
     def __init__(self) -> None:
         self.records: dict[Key, list[str]] = {}
+        self.external: dict[str, str] = {}  # outside host names the node relays (facepipe.sim.egress)
         self._files: dict[Path, tuple[str, str | None, str, list[dict[str, Any]]]] = {}
         self._written: dict[Path, str] = {}
 
@@ -62,6 +63,7 @@ class ClusterDns:
             if ns == namespace:
                 names.append(name)
             lines += [f"{address}\t{' '.join(names)}" for address in addresses]
+        lines += [f"{address}\t{host}" for host, address in sorted(self.external.items())]
         for alias in aliases or []:
             lines.append(f"{alias['ip']}\t{' '.join(alias.get('hostnames') or [])}")
         return "\n".join(lines) + "\n"
@@ -101,6 +103,13 @@ class ClusterDns:
         if self.records.get(key) != addresses:
             self.records[key] = addresses
             self._refresh()
+
+    def set_external(self, host: str, address: str | None) -> None:
+        if address is None:
+            self.external.pop(host, None)
+        else:
+            self.external[host] = address
+        self._refresh()
 
     def remove(self, key: Key) -> None:
         if self.records.pop(key, None) is not None:
