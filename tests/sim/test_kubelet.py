@@ -223,6 +223,12 @@ def test_volumes_are_mounted_where_and_how_the_spec_says(cluster_sim: ClusterSim
     assert phase(done) == "Succeeded", cluster_sim.logs(sim_namespace, "vols", "main")
     init = done["status"]["initContainerStatuses"][0]
     assert init["state"]["terminated"]["exitCode"] == 0
+    ended = {
+        (t.container, t.init)
+        for t in cluster_sim.terminations
+        if (t.namespace, t.pod) == (sim_namespace, "vols")
+    }
+    assert ended == {("prepare", True), ("main", False)}
     seen = report(cluster_sim, sim_namespace, "vols")
     assert seen["from_init"] == "prepared"  # the init container ran first, into the shared emptyDir
     assert seen["config"] == "a: 1\n" and seen["secret_mode"] == "0o400" and seen["downward"] == "vols"

@@ -148,7 +148,7 @@ def test_changing_max_hamming_rolls_exactly_the_components_that_read_it(
     summary_b = ingest(cluster_sim, sim_namespace, "roll", "roll", batch_b)
     assert summary_b["dlq"] == 0 and summary_b["drained"], summary_b
     # The old processes got SIGTERM, finished and exited 0; nothing else stopped.
-    ended = [t for t in cluster_sim.terminations if t.namespace == sim_namespace]
+    ended = [t for t in cluster_sim.terminations if t.namespace == sim_namespace and not t.init]
     assert {t.pod for t in ended} == replaced
     assert all(t.stop_requested and t.exit_code == 0 for t in ended), ended
     # Nothing lost: every face processed is a point, once.
@@ -177,7 +177,9 @@ def test_purge_stops_the_pods_first_and_leaves_no_trace(
         gone_at = time.time()
         wait_for(lambda: not pods(cluster_sim, sim_namespace), timeout=300, what="the pods (Terminating too)")
     assert any(e["type"] == "DELETED" for e in watch.events)
-    stopped = {t.pod: t.finished_at for t in cluster_sim.terminations if t.namespace == sim_namespace}
+    stopped = {
+        t.pod: t.finished_at for t in cluster_sim.terminations if t.namespace == sim_namespace and not t.init
+    }
     assert set(stopped) == running
     late = {pod: round(at - gone_at, 1) for pod, at in stopped.items() if at > gone_at}
     assert not late, f"pods still running when the purge was done (seconds after): {late}"

@@ -50,6 +50,7 @@ class Termination:
     reason: str
     stop_requested: bool  # the pod was being deleted (SIGTERM sent), not a crash
     finished_at: float  # time.time()
+    init: bool = False  # an init container (runs to completion before the others start)
 
 
 @dataclass
@@ -298,12 +299,12 @@ class PodWorker:
             init=init,
             on_change=self._changed,
             base_backoff=self.node.base_backoff,
-            on_exit=self._record_exit,
+            on_exit=lambda state: self._record_exit(state, init=init),
         )
         runner.grace = self.grace  # a liveness restart stops the container as a deletion would
         return runner
 
-    def _record_exit(self, state: ContainerState) -> None:
+    def _record_exit(self, state: ContainerState, *, init: bool) -> None:
         terminated = state.state.get("terminated") or {}
         self.node.terminations.append(
             Termination(
@@ -314,6 +315,7 @@ class PodWorker:
                 str(terminated.get("reason", "")),
                 self.stop_requested.is_set(),
                 time.time(),
+                init,
             )
         )
 
