@@ -483,8 +483,9 @@ def test_every_pod_has_its_own_address_and_ports(cluster_sim: ClusterSim, sim_na
                                                                           "periodSeconds": 1}}  # fmt: skip
     apply(
         cluster_sim,
-        bare_pod("one", LISTEN, restart="Always", container=container),
-        bare_pod("two", LISTEN, restart="Always", container=container),
+        # PID 1 without a SIGTERM handler: the teardown waits the grace period, so keep it short.
+        bare_pod("one", LISTEN, restart="Always", container=container, terminationGracePeriodSeconds=1),
+        bare_pod("two", LISTEN, restart="Always", container=container, terminationGracePeriodSeconds=1),
         namespace=sim_namespace,
     )
     addresses = {}

@@ -221,6 +221,7 @@ def test_a_service_without_ready_endpoints_refuses_connections(
         restart="Always",
         labels={"app": "web"},
         container=container,
+        terminationGracePeriodSeconds=1,  # PID 1 without a SIGTERM handler: the grace period, then SIGKILL
     )
     apply(cluster_sim, never_ready, service("web"), namespace=sim_namespace)
     wait_pod(cluster_sim, sim_namespace, "lonely", lambda p: state_of(p)[0] == "running", what="running")
