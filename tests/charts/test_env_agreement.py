@@ -102,4 +102,3 @@ def test_a_component_override_of_a_shared_setting_is_refused() -> None:
     spec["components"] = {"indexer": {"settings": {"DET_SIZE": "512"}}}
     with pytest.raises(SpecError, match="the indexer does not read it"):
         parse_spec("demo", spec)
-

@@ -303,7 +303,10 @@ def test_every_image_the_operator_runs_is_one_skaffold_builds(source: str) -> No
         )
         assert owner in workspace_closure(recipe.package, members), f"{image} lacks {module}"
     assert {component for component, _, _ in _pod_images(pipeline)} == {
-        "detector", "embedder", "indexer", "ops-api"
+        "detector",
+        "embedder",
+        "indexer",
+        "ops-api",
     }
 
 

@@ -349,6 +349,7 @@ def test_operator_starts_with_the_charts_command_and_args(tmp_path: Path) -> Non
 
 # --------------------------------------------------------------------------- helm install, for real
 
+
 def _cluster(*, prometheus_operator: bool) -> Any:
     """An API server (the emulator) with our CRD, and prometheus-operator's kinds when asked."""
     from facepipe.sim.emulator import EmulatorServer

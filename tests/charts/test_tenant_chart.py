@@ -240,6 +240,16 @@ INVALID: list[tuple[str, dict[str, Any] | None, str]] = [
         },
         "kedaAuthenticationRef",
     ),
+    (
+        "hpa and keda mixed",
+        {
+            "components": {
+                "detector": {"autoscaling": {"enabled": True}},
+                "indexer": {"autoscaling": {"enabled": True, "provider": "keda"}},
+            }
+        },
+        "the workers use both hpa .detector. and keda .indexer.",
+    ),
 ]
 MISSING: list[tuple[str, tuple[str, ...], str]] = [
     ("missing tenant", ("tenantId",), "tenantId"),

@@ -138,7 +138,7 @@ def test_one_pipeline_becomes_config_map_four_deployments_services_and_autoscale
             "Deployment/acme-ops-api",
             "Service/acme-ops-api",
             "Service/acme-workers",
-            "HorizontalPodAutoscaler/acme-detector",
+            "ScaledObject/acme-detector",
             "ScaledObject/acme-embedder",
             "HorizontalPodAutoscaler/acme-ops-api",
         ]
@@ -352,13 +352,22 @@ def test_models_volume_is_the_claim_when_given_and_only_verified() -> None:
     (init,) = pod["initContainers"]
     # A read-only (pre-filled) claim: the init container checks, never downloads.
     assert init["command"] == [
-        "python", "-m", "facepipe.vision.models.fetch", "--pack", "buffalo_l", "--dir", "/models", "--verify"
+        "python",
+        "-m",
+        "facepipe.vision.models.fetch",
+        "--pack",
+        "buffalo_l",
+        "--dir",
+        "/models",
+        "--verify",
     ]
     assert "models" not in volumes_of(build_deployment(OWNER, spec, "indexer")["spec"]["template"]["spec"])
 
 
 def test_without_a_claim_each_model_pod_fetches_its_pack_into_an_emptydir() -> None:
-    spec = spec_of(with_changes(minimal_spec("redis://redis:6379/0"), models__indexUrl="https://mirror/simple"))
+    spec = spec_of(
+        with_changes(minimal_spec("redis://redis:6379/0"), models__indexUrl="https://mirror/simple")
+    )
     for component in COMPONENTS:
         pod = build_deployment(OWNER, spec, component)["spec"]["template"]["spec"]
         if component == "indexer":
@@ -368,7 +377,13 @@ def test_without_a_claim_each_model_pod_fetches_its_pack_into_an_emptydir() -> N
         (init,) = pod["initContainers"]
         assert init["image"] == pod["containers"][0]["image"]  # the image that runs the models fetches them
         assert init["command"] == [
-            "python", "-m", "facepipe.vision.models.fetch", "--pack", "buffalo_sc", "--dir", "/models"
+            "python",
+            "-m",
+            "facepipe.vision.models.fetch",
+            "--pack",
+            "buffalo_sc",
+            "--dir",
+            "/models",
         ]
         assert init["env"] == [{"name": "MODELS_INDEX_URL", "value": "https://mirror/simple"}]
         init_mounts = {m["name"]: m for m in init["volumeMounts"]}
@@ -498,17 +513,22 @@ def test_custom_stream_names_reach_the_autoscalers_from_the_same_settings_as_the
     )
     spec = spec_of(raw)
     children = children_by_ref(build_children(OWNER, spec))
+
     def trigger_stream(component: str) -> str:
         return str(children[f"ScaledObject/acme-{component}"]["spec"]["triggers"][0]["metadata"]["stream"])
 
     assert (trigger_stream("embedder"), trigger_stream("indexer")) == ("faces-found", "vectors-made")
     # What the pods read is what the autoscalers watch.
     pods = Settings.model_validate(build_config_map(OWNER, spec)["data"])
-    assert pods.streams_by_role == stream_names(spec) == {
-        "ingest": "face-processing-queue:{acme}",
-        "detected": "faces-found",
-        "embedded": "vectors-made",
-    }
+    assert (
+        pods.streams_by_role
+        == stream_names(spec)
+        == {
+            "ingest": "face-processing-queue:{acme}",
+            "detected": "faces-found",
+            "embedded": "vectors-made",
+        }
+    )
 
 
 def test_workers_are_probed_on_their_metrics_port_and_ops_api_on_its_own() -> None:

@@ -133,6 +133,15 @@ BEYOND_SCHEMA = {
         },
         "kedaAuthenticationRef",
     ),
+    "hpa and keda mixed": (
+        {
+            "components": {
+                "detector": {"autoscaling": {"enabled": True}},
+                "indexer": {"autoscaling": {"enabled": True, "provider": "keda"}},
+            }
+        },
+        "spec.components.autoscaling.provider: the workers use both hpa (detector) and keda (indexer)",
+    ),
     "one bucket for two roles": (
         {"storage": {"endpoint": "minio:9000", "buckets": {"crops": "shared", "thumbs": "shared"}}},
         "BUCKET_CROPS and BUCKET_THUMBS are both 'shared'",

@@ -462,12 +462,13 @@ def test_purge_stops_the_tenants_pods_before_deleting_its_data(
         spec = minimal_spec(redis_url)
         spec["deletionPolicy"] = "Purge"
         spec["components"] = {
-            "detector": {"autoscaling": {"enabled": True}},
             "embedder": {"autoscaling": {"enabled": True, "provider": "keda", "minReplicas": 0}},
+            "opsApi": {"autoscaling": {"enabled": True}, "resources": {"requests": {"cpu": "100m"}}},
         }
         kube.create(facepipeline("acme", namespace, spec))
         deployments = wait_for_children(kube, namespace)
         wait_for(lambda: kube.get(SCALED_OBJECT, namespace, "acme-embedder"), what="the ScaledObject")
+        wait_for(lambda: kube.get(HPA, namespace, "acme-ops-api"), what="the ops-api's HPA")
         # A running embedder pod, as the kubelet would report it (the emulator runs none).
         pod_labels = template(deployments["embedder"])["metadata"]["labels"]
         kube.create(
@@ -481,8 +482,10 @@ def test_purge_stops_the_tenants_pods_before_deleting_its_data(
         )
         kube.delete(FACE_PIPELINE, namespace, "acme")
         waiting = wait_for(
-            lambda: "stopping the tenant's pods" in status(kube, namespace).get("message", "")
-            and status(kube, namespace),
+            lambda: (
+                "stopping the tenant's pods" in status(kube, namespace).get("message", "")
+                and status(kube, namespace)
+            ),
             what="the purge to wait for the pods",
         )
         assert "acme-embedder-5d9c-x1" in waiting["message"] and waiting["phase"] == "Terminating"

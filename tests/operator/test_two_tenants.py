@@ -100,8 +100,19 @@ def test_facepipe_ingest_publishes_to_a_tenants_stream_and_only_its_status_count
 ) -> None:
     photo = faces_dir / sorted(faces_manifest)[0]
     cli = subprocess.run(
-        [sys.executable, "-m", "facepipe.cli", "ingest", str(photo), "--tenant", "acme", "--tenant-stream",
-         "--json", "--api", f"http://127.0.0.1:{free_port()}"],
+        [
+            sys.executable,
+            "-m",
+            "facepipe.cli",
+            "ingest",
+            str(photo),
+            "--tenant",
+            "acme",
+            "--tenant-stream",
+            "--json",
+            "--api",
+            f"http://127.0.0.1:{free_port()}",
+        ],
         env={**os.environ, **base_env},
         capture_output=True,
         text=True,

@@ -29,6 +29,16 @@ generated from the CRD, covers the rest): fail the render with the CRD's own mes
 {{- if or (gt (len $name) 50) (not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" $name)) -}}
 {{- fail (printf "FacePipeline name %q (nameOverride, else the release name) must be a DNS-1035 label of at most 50 characters: child Services are named after it" $name) -}}
 {{- end -}}
+{{- $providers := dict -}}
+{{- range $key := list "detector" "embedder" "indexer" -}}
+{{- $scaling := (index $.Values.components $key | default dict).autoscaling | default dict -}}
+{{- if $scaling.enabled -}}
+{{- $_ := set $providers ($scaling.provider | default "hpa") (append (get $providers ($scaling.provider | default "hpa") | default list) $key) -}}
+{{- end -}}
+{{- end -}}
+{{- if and (hasKey $providers "hpa") (hasKey $providers "keda") -}}
+{{- fail (printf "spec.components.autoscaling.provider: the workers use both hpa (%s) and keda (%s). The HPAs read their External metric from prometheus-adapter and KEDA serves its own, through the same Kubernetes API (external.metrics.k8s.io), which a cluster gives to one of them: use one provider for every worker" (join ", " $providers.hpa) (join ", " $providers.keda)) -}}
+{{- end -}}
 {{- range $key := list "detector" "embedder" "indexer" "opsApi" -}}
 {{- $component := index $.Values.components $key | default dict -}}
 {{- $scaling := $component.autoscaling | default dict -}}

@@ -44,8 +44,10 @@ def prune_stale_consumers(
     prune = client.register_script(_PRUNE)
     deleted = {}
     for stream in streams:
-        names = [name.decode() if isinstance(name, bytes) else str(name)
-                 for name in prune(keys=[stream], args=[group, idle_seconds * 1000])]
+        names = [
+            name.decode() if isinstance(name, bytes) else str(name)
+            for name in prune(keys=[stream], args=[group, idle_seconds * 1000])
+        ]
         if names:
             deleted[stream] = names
     return deleted

@@ -269,6 +269,7 @@ def _semantic_problems(spec: PipelineSpec) -> list[str]:
             problems.append(f"{where}: minReplicas 0 needs provider keda (an HPA keeps at least one replica)")
         if scaling.provider == "keda":
             problems += _keda_redis_problems(spec, where)
+    problems += _mixed_provider_problems(spec)
     ops = spec.components.opsApi
     if ops.autoscaling.enabled:
         where = "spec.components.opsApi.autoscaling"
@@ -293,6 +294,28 @@ def _semantic_problems(spec: PipelineSpec) -> list[str]:
         problems.append("spec.restartAt: must not be blank (remove the field instead)")
     problems += settings_problems(spec)
     return problems
+
+
+MIXED_PROVIDERS = (
+    "autoscaling.provider: the workers use both hpa ({hpa}) and keda ({keda}). The HPAs read their "
+    "External metric from prometheus-adapter and KEDA serves its own, through the same Kubernetes API "
+    "(external.metrics.k8s.io), which a cluster gives to one of them: use one provider for every worker"
+)
+
+
+def _mixed_provider_problems(spec: PipelineSpec) -> list[str]:
+    """Workers autoscaled by HPAs on the adapter's metric and by KEDA cannot both work in one cluster."""
+    by_provider: dict[str, list[str]] = {"hpa": [], "keda": []}
+    for key in ("detector", "embedder", "indexer"):
+        scaling = spec.worker(key).autoscaling
+        if scaling.enabled:
+            by_provider[scaling.provider].append(key)
+    if by_provider["hpa"] and by_provider["keda"]:
+        return [
+            "spec.components."
+            + MIXED_PROVIDERS.format(hpa=", ".join(by_provider["hpa"]), keda=", ".join(by_provider["keda"]))
+        ]
+    return []
 
 
 def _keda_redis_problems(spec: PipelineSpec, where: str) -> list[str]:

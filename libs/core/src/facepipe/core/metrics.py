@@ -147,6 +147,18 @@ def heartbeat() -> None:
     WORKER_HEALTH.beat()
 
 
+def start_stage_series(stage: str) -> None:
+    """Export the stage's counters at 0 before its first message.
+
+    A counter series that first appears at 1 loses that increment to rate() and increase(), so an
+    alert on a stage's first dead letters or a dashboard's first minute would read too low. DLQ
+    reasons are open-ended: each reason's series still starts at its first dead letter.
+    """
+    for counter in (WORKER_MSGS_ACKED, WORKER_TRANSIENT_ERRORS, WORKER_REDELIVERIES, FACES_PROCESSED):
+        counter.labels(stage=stage)
+    WORKER_INFLIGHT.labels(stage=stage).set(0)
+
+
 def mark_ready() -> None:
     """The handler is set up and the loop starts: /readyz answers 200 from now on."""
     WORKER_HEALTH.mark_ready()

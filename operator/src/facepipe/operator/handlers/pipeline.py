@@ -185,9 +185,7 @@ def reconcile(
         return obs
 
 
-def write_status(
-    api: KubeApi, namespace: str, name: str, obs: Observation, previous: dict[str, Any]
-) -> None:
+def write_status(api: KubeApi, namespace: str, name: str, obs: Observation, previous: dict[str, Any]) -> None:
     patch = status_patch(compute_status(obs, previous), previous)
     if patch:
         try:

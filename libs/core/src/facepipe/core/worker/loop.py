@@ -128,15 +128,7 @@ class Worker:
             self.log.info("Stream: %s", self.stream)
             self.log.info("Group: %s", self.group)
             self.log.info("Batch size: %d", self.batch_size)
-            metrics.WORKER_INFLIGHT.labels(stage=self.stage).set(0)
-            # Counters a healthy stage may never move start at 0: a dashboard shows a flat line,
-            # not "no data" (prometheus-client exports a labelled series only once it is used).
-            for counter in (
-                metrics.WORKER_MSGS_ACKED,
-                metrics.WORKER_TRANSIENT_ERRORS,
-                metrics.WORKER_REDELIVERIES,
-            ):
-                counter.labels(stage=self.stage)
+            metrics.start_stage_series(self.stage)
             self.log.info("Worker started, waiting for messages...")
             metrics.mark_ready()
             while not self._stop.is_set():
