@@ -1,12 +1,19 @@
 """Queue depth drives scale; every dashboard query and alert finds its series; the DLQ alert fires.
 
-One pipeline (tenant chart, detector on an HPA over the chart's prometheus-adapter rule,
-embedder on KEDA's redis-streams trigger from zero) takes a backlog published with the
-documented ``facepipe ingest``. The simulation's autoscalers raise the replicas under the
-backlog and lower them after it drained (the controllers' windows are shortened in the
-``cluster_sim`` fixture, as a cluster admin may set them). Then the simulation's Prometheus,
-which scraped the pods through the operator chart's ServiceMonitor and PodMonitor, answers
-every dashboard panel and alert expression, and HighDLQRate fires on hostile messages.
+A pipeline (tenant chart) takes a backlog published with the documented ``facepipe ingest``,
+once per autoscaling provider (a pipeline has one: HPAs read prometheus-adapter's External
+metric and KEDA serves its own, and a cluster gives external.metrics.k8s.io to one of them;
+the simulation serves both, each metric from the one that knows it):
+
+- ``hpa``: the detector's HPA on the operator chart's prometheus-adapter rule, evaluated
+  against the simulation's Prometheus, goes above 1 and back;
+- ``keda``: the detector goes above 1 and the embedder from 0 and back to 0 with KEDA's
+  redis-streams scaler reading Redis.
+
+The controllers' windows are shortened in the ``cluster_sim`` fixture, as a cluster admin may
+set them. Then the simulation's Prometheus, which scraped the pods through the operator chart's
+ServiceMonitor and PodMonitor, answers every dashboard panel and alert expression, and
+HighDLQRate fires on hostile messages.
 """
 
 from __future__ import annotations
@@ -33,114 +40,133 @@ from scenariokit import (
     render_tenant_chart,
     traces,
 )
-from simkit import apply, clear_namespace, wait_for
+from simkit import apply, clear_namespace, get, wait_for
 
+from facepipe.operator.constants import COMPONENTS
 from facepipe.sim import promcheck
 from facepipe.sim.cluster import ClusterSim
 from facepipe.sim.prometheus_server import PrometheusClient
 
-TENANT = "busy"
-DETECTOR, EMBEDDER = f"{TENANT}-detector", f"{TENANT}-embedder"
-# The detector on an HPA (1..3), the embedder on KEDA (0..2); 10 entries of backlog per replica.
-AUTOSCALING = {
-    component: {
-        "autoscaling": {
-            "enabled": True, "provider": provider, "minReplicas": low, "maxReplicas": high,
-            "targetLagPerReplica": 10,
+# Replicas (min, max) of the autoscaled workers per provider; 10 entries of backlog per replica.
+BOUNDS = {
+    "hpa": {"detector": (1, 3), "embedder": (1, 2)},  # an HPA keeps at least one replica
+    "keda": {"detector": (1, 3), "embedder": (0, 2)},
+}
+
+
+def autoscaling(provider: str) -> dict[str, Any]:
+    return {
+        component: {
+            "autoscaling": {
+                "enabled": True, "provider": provider, "minReplicas": low, "maxReplicas": high,
+                "targetLagPerReplica": 10,
+            }
         }
-    }
-    for component, provider, low, high in (("detector", "hpa", 1, 3), ("embedder", "keda", 0, 2))
-}  # fmt: skip
+        for component, (low, high) in BOUNDS[provider].items()
+    }  # fmt: skip
 
 
 def _replicas(sim: ClusterSim, namespace: str, name: str) -> int | None:
-    from simkit import get
-
     found = get(sim, f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
     return None if found is None else int(found["spec"].get("replicas", 1))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=sorted(BOUNDS))
 def backlog_run(
-    cluster_sim: ClusterSim, models_dir: Path, faces_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    cluster_sim: ClusterSim,
+    models_dir: Path,
+    faces_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, Any]]:
     """Install, publish the backlog, watch the replicas until they are back at their minimum."""
+    provider: str = request.param
+    tenant, bounds = f"busy-{provider}", BOUNDS[provider]
+    names = {component: f"{tenant}-{component}" for component in bounds}
     namespace = f"s-{uuid.uuid4().hex[:8]}"
     cluster_sim.call(cluster_sim.publish_backing(namespace))
-    run: dict[str, Any] = {"namespace": namespace}
+    run: dict[str, Any] = {"namespace": namespace, "provider": provider, "tenant": tenant, "names": names}
     try:
         claim = prefill_models_claim(cluster_sim, namespace, models_dir)
-        values = pipeline_values(namespace, TENANT, claim, components=AUTOSCALING)
-        apply(cluster_sim, *render_tenant_chart(values, TENANT, namespace), namespace=namespace)
-        # KEDA takes the idle embedder to zero after its cooldown; the others come up Ready.
+        values = pipeline_values(namespace, tenant, claim, components=autoscaling(provider))
+        apply(cluster_sim, *render_tenant_chart(values, tenant, namespace), namespace=namespace)
+        # A worker whose minimum is 0 goes there (KEDA, after its cooldown); the others come up Ready.
+        at_zero = [c for c, (low, _) in bounds.items() if low == 0]
         wait_for(
-            lambda: _replicas(cluster_sim, namespace, EMBEDDER) == 0,
-            timeout=300, interval=1, what="KEDA to scale the idle embedder to 0",
+            lambda: all(_replicas(cluster_sim, namespace, names[c]) == 0 for c in at_zero),
+            timeout=300, interval=1, what=f"{at_zero} at 0 replicas",
         )  # fmt: skip
-        all_ready(cluster_sim, namespace, TENANT, components=("detector", "indexer", "ops-api"))
+        running = tuple(c for c in COMPONENTS if c not in at_zero)
+        all_ready(cluster_sim, namespace, tenant, components=running)
         images = generated(tmp_path_factory.mktemp("backlog"), faces_dir, max(40, int(400 * SCALE)), 7)
         run["images"] = len(images)
         with ReplicaRecorder(cluster_sim, namespace) as replicas:
             published_at = time.time()
             summary: dict[str, Any] = {}
             worker = threading.Thread(
-                target=lambda: summary.update(ingest(cluster_sim, namespace, TENANT, TENANT, images))
+                target=lambda: summary.update(ingest(cluster_sim, namespace, tenant, tenant, images))
             )
             worker.start()
             worker.join(1200)
             drained_at = time.time()
             run["summary"] = summary
             wait_for(
-                lambda: replicas.now(DETECTOR) == 1 and replicas.now(EMBEDDER) == 0,
-                timeout=300, interval=1, what="the detector back at 1 and the embedder at 0",
+                lambda: all(replicas.now(names[c]) == low for c, (low, _) in bounds.items()),
+                timeout=300, interval=1, what="the autoscaled workers back at their minimum",
             )  # fmt: skip
             run["replicas"] = replicas
             run["published_at"], run["drained_at"] = published_at, drained_at
-        run["points"] = traces(host_settings(cluster_sim, namespace, TENANT), TENANT)["points"]
+        run["points"] = traces(host_settings(cluster_sim, namespace, tenant), tenant)["points"]
         yield run
     finally:
         clear_namespace(cluster_sim, namespace)
 
 
-def test_a_backlog_scales_the_detector_hpa_up_and_the_embedder_from_zero_then_both_back(
+def test_a_backlog_scales_the_workers_up_and_back_to_their_minimum(
     backlog_run: dict[str, Any], figure: dict[str, str]
 ) -> None:
-    figure["scenario"] = "backlog drives HPA and KEDA"
+    provider, names = backlog_run["provider"], backlog_run["names"]
+    figure["scenario"] = f"backlog drives {provider.upper()}"
     summary, replicas = backlog_run["summary"], backlog_run["replicas"]
     assert summary.get("drained") and summary["images"] == backlog_run["images"], summary
     assert summary["dlq"] == 0, summary
     # Every face processed is one point: nothing lost, nothing indexed twice.
     assert backlog_run["points"] == summary["faces_processed"], (backlog_run["points"], summary)
-    assert replicas.peak(DETECTOR) > 1, replicas.history
-    assert replicas.peak(EMBEDDER) >= 1, replicas.history
     start, drained = backlog_run["published_at"], backlog_run["drained_at"]
-    detector_up = replicas.first_time(DETECTOR, lambda n: n > 1, after=start)
-    embedder_up = replicas.first_time(EMBEDDER, lambda n: n > 0, after=start)
-    detector_down = replicas.first_time(DETECTOR, lambda n: n == 1, after=detector_up or start)
-    embedder_down = replicas.first_time(EMBEDDER, lambda n: n == 0, after=embedder_up or start)
-    assert None not in (detector_up, embedder_up, detector_down, embedder_down), replicas.history
+    figures = []
+    for component, (low, _) in BOUNDS[provider].items():
+        name = names[component]
+        up = replicas.first_time(name, lambda n, low=low: n > low, after=start)
+        down = replicas.first_time(name, lambda n, low=low: n == low, after=up or start)
+        if component == "detector" or low == 0:  # the first stage always has the backlog
+            assert up is not None and down is not None, (component, replicas.history)
+        if up is not None and down is not None:
+            figures.append(
+                f"{component} {low}->{replicas.peak(name)} up after {up - start:.0f} s, back to {low} "
+                f"{down - drained:+.0f} s after the drain"
+            )
+        else:
+            figures.append(f"{component} stayed at {low}")
     figure["measured"] = (
         f"{summary['images']} images, {summary['faces_processed']} faces, lost 0, duplicated 0; "
-        f"detector 1->{replicas.peak(DETECTOR)} (HPA) up after {detector_up - start:.0f} s, back to 1 "
-        f"{detector_down - drained:+.0f} s after the drain; embedder 0->{replicas.peak(EMBEDDER)} (KEDA) "
-        f"up after {embedder_up - start:.0f} s, back to 0 {embedder_down - drained:+.0f} s after the drain"
+        + "; ".join(figures)
     )
 
 
 def test_every_dashboard_query_and_alert_finds_its_series_and_the_dlq_alert_fires(
     cluster_sim: ClusterSim, backlog_run: dict[str, Any], figure: dict[str, str]
 ) -> None:
-    figure["scenario"] = "dashboards, alerts, DLQ alert"
+    figure["scenario"] = f"dashboards, alerts, DLQ alert ({backlog_run['provider'].upper()} run)"
     assert cluster_sim.prometheus_url, "the simulation runs Prometheus"
     prometheus = PrometheusClient(cluster_sim.prometheus_url)
-    namespace = backlog_run["namespace"]
+    namespace, tenant = backlog_run["namespace"], backlog_run["tenant"]
     # Hostile messages on the tenant's ingest stream: the detector dead-letters them. A first one
     # makes the (stage, reason) series; rate() and increase() count from its first sample, so the
     # burst that the alert must see comes after Prometheus has scraped it (see the report in
     # docs/cluster-sim.md: the first burst of a never-seen reason is invisible to the alert).
-    settings = host_settings(cluster_sim, namespace, TENANT)
+    settings = host_settings(cluster_sim, namespace, tenant)
     client = redis.Redis.from_url(settings.redis_url)
-    dlq = f'facepipe_worker_msgs_dlq_total{{namespace="{namespace}",tenant="{TENANT}",stage="detector"}}'
+    dlq = f'facepipe_worker_msgs_dlq_total{{namespace="{namespace}",tenant="{tenant}",stage="detector"}}'
     try:
         client.xadd(settings.ingest_stream, {"message": json.dumps({"hostile": 0})})
         prometheus.wait_for(lambda: prometheus.query(dlq), timeout=120, what=f"{dlq} to be scraped")
@@ -150,7 +176,7 @@ def test_every_dashboard_query_and_alert_finds_its_series_and_the_dlq_alert_fire
         client.close()
     firing = prometheus.wait_for(
         lambda: prometheus.query(
-            f'ALERTS{{alertname="HighDLQRate",alertstate="firing",namespace="{namespace}",tenant="{TENANT}"}}'
+            f'ALERTS{{alertname="HighDLQRate",alertstate="firing",namespace="{namespace}",tenant="{tenant}"}}'
         ),
         timeout=300,
         what="HighDLQRate to fire",
