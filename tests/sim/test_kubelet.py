@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import pytest
 from simkit import (
@@ -25,6 +26,7 @@ from simkit import (
 )
 
 from facepipe.sim.cluster import ClusterSim
+from facepipe.sim.resource_metrics import PIDS_ANNOTATION
 
 REPORT = """
 import json, os, socket, sys
@@ -453,12 +455,16 @@ def test_what_the_stand_in_cannot_honour_fails_the_pod_with_a_reason(
     assert not cluster_sim.logs(sim_namespace, "refused", "main")  # nothing ran
 
 
+def conditions(pod: dict) -> list[dict]:
+    return list((pod.get("status") or {}).get("conditions") or [])  # none before the kubelet's first write
+
+
 def test_a_pod_that_needs_a_gpu_stays_unscheduled(cluster_sim: ClusterSim, sim_namespace: str) -> None:
     container = {"resources": {"limits": {"nvidia.com/gpu": 1}}}
     apply(cluster_sim, bare_pod("gpu", REPORT, container=container), namespace=sim_namespace)
     held = wait_pod(
         cluster_sim, sim_namespace, "gpu",
-        lambda p: any(c["type"] == "PodScheduled" and c["status"] == "False" for c in p["status"]["conditions"]),  # noqa: E501
+        lambda p: any(c["type"] == "PodScheduled" and c["status"] == "False" for c in conditions(p)),
         what="unschedulable",
     )  # fmt: skip
     scheduled = next(c for c in held["status"]["conditions"] if c["type"] == "PodScheduled")
@@ -492,6 +498,9 @@ def test_every_pod_has_its_own_address_and_ports(cluster_sim: ClusterSim, sim_na
     for name in ("one", "two"):
         ready = wait_pod(cluster_sim, sim_namespace, name, is_ready, what="Ready")
         addresses[name] = ready["status"]["podIP"]
+        # Its container's process, named for the simulation's metrics-server (HPA cpu).
+        pid = int(ready["metadata"]["annotations"][PIDS_ANNOTATION])
+        assert "python" in Path(f"/proc/{pid}/cmdline").read_text()
     assert addresses["one"] != addresses["two"]
     for name, address in addresses.items():
         with socket.create_connection((address, 9100), timeout=10) as conn:

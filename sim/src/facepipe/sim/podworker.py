@@ -337,7 +337,7 @@ class PodWorker:
 
     async def _status_writer(self) -> None:
         written: dict[str, Any] | None = None
-        pids_written: str | None = None
+        pids_written = ""  # nothing to annotate until a container runs
         while True:
             await self._dirty.wait()
             self._dirty.clear()
