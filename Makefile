@@ -79,6 +79,18 @@ operator-sandbox: install ## Kubernetes API emulator + the operator on 127.0.0.1
 operator-test: install ## the operator's tests (Kopf against the emulator, builders, CRD)
 	$(PY) -m pytest tests/operator $(PYTEST_ARGS)
 
+# --- cluster simulation (issue #17) ---
+.PHONY: cluster-sim cluster-sim-test cluster-sim-scenarios
+cluster-sim: install models ## emulated API + operator + a kubelet running every pod as real processes + Prometheus + HPA/KEDA stand-ins (root); kubeconfig in .sandbox/kubeconfig (Ctrl-C stops)
+	$(PY) -m facepipe.sim.cluster --dir .sandbox
+
+cluster-sim-test: install models ## the simulation's own tests and the deploy scenarios at reduced size (also in `make test`)
+	$(PY) -m pytest tests/sim $(PYTEST_ARGS)
+
+CLUSTER_SIM_SCALE ?= 1
+cluster-sim-scenarios: install models ## the deploy scenarios at full size (CI runs CLUSTER_SIM_SCALE=0.25 inside `make test`)
+	CLUSTER_SIM_SCALE=$(CLUSTER_SIM_SCALE) $(PY) -m pytest tests/sim/test_scenarios.py tests/sim/test_scaling_and_monitoring.py $(PYTEST_ARGS)
+
 # --- reliability suite (issue #8) ---
 # --- Redis Cluster (issue #19) ---
 .PHONY: test-cluster

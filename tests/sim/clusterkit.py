@@ -53,7 +53,12 @@ def loopback_address() -> str:
 
 
 class Tenant:
-    """A FacePipeline's children as the operator builds them, ownerless (no FacePipeline here)."""
+    """A FacePipeline's children as the operator builds them, ownerless (no FacePipeline here).
+
+    Each component's objects come from a spec holding only that component's settings: a
+    pipeline has one autoscaling provider (the operator refuses a mix), but these tests put an
+    HPA and a ScaledObject side by side, which the simulation's metrics router serves together.
+    """
 
     def __init__(self, namespace: str, redis_url: str, name: str = "acme", **components: Any) -> None:
         raw = {
@@ -61,17 +66,21 @@ class Tenant:
             "redis": {"url": redis_url},
             "storage": {"endpoint": "minio:9000"},
             "vectorDb": {"url": "http://qdrant:6333"},
-            "components": components,
         }
         self.namespace, self.name = namespace, name
-        self.spec: PipelineSpec = parse_spec(name, raw)
+        self.spec: PipelineSpec = parse_spec(name, {**raw, "components": {}})
+        self.component_specs = {
+            key: parse_spec(name, {**raw, "components": {key: value}}) for key, value in components.items()
+        }
         self.owner = builders.PipelineRef(name, namespace, "none")
         self.streams = builders.stream_names(self.spec)
         self.group = self.spec.redis.groupName
 
     def build(self, what: str, component: str | None = None) -> dict[str, Any]:
         builder = getattr(builders, f"build_{what}")
-        manifest = builder(self.owner, self.spec, component) if component else builder(self.owner, self.spec)
+        key = "opsApi" if component == "ops-api" else component
+        spec = self.component_specs.get(key or "", self.spec)
+        manifest = builder(self.owner, spec, component) if component else builder(self.owner, self.spec)
         manifest["metadata"].pop("ownerReferences", None)
         return manifest
 

@@ -12,6 +12,8 @@ Plain ``kmock.KubernetesEmulator`` is an in-memory dict over HTTP. This subclass
 3. lists with ``kind: <Kind>List``, ``apiVersion`` and a ``resourceVersion``;
 4. status subresources (``/status`` writes only status; the main endpoint ignores it),
    PUT, optimistic concurrency on ``metadata.resourceVersion``, JSON-patch errors as 422,
+   strategic merge patches (facepipe.sim.strategic: what ``kubectl apply`` sends),
+   graceful deletion of pods bound to a node (left to the kubelet to finish),
    ``generateName``, and deletion with finalizers plus garbage collection of dependents
    by owner uid (what kube-controller-manager would do);
 5. ``kubectl get`` tables: the CRD's printer columns and a few built-in columns.
@@ -43,6 +45,8 @@ import jsonpatch
 import kmock
 import yaml
 from kmock._internal import dicts, enums, rendering
+
+from facepipe.sim.strategic import strategic_merge
 
 Resource = kmock.resource
 _EVENT_LOG_SIZE = 20_000
@@ -358,6 +362,8 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
                     new["status"] = copy.deepcopy(old["status"])
                 if status_only:
                     new = {**copy.deepcopy(old), "status": data.get("status")}
+            elif "strategic-merge-patch" in request.headers.get("Content-Type", ""):
+                new = strategic_merge(old, data)  # what `kubectl apply` sends for built-in kinds
             else:
                 new = dict(dicts.patch_dict(copy.deepcopy(old), data))
         else:
@@ -372,6 +378,7 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
             "generation",
             "resourceVersion",
             "deletionTimestamp",
+            "deletionGracePeriodSeconds",
         ):
             if field in old["metadata"]:
                 new_meta[field] = old["metadata"][field]
@@ -387,7 +394,11 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
             new_meta["generation"] = int(old["metadata"].get("generation", 1)) + 1
         new_meta["resourceVersion"] = self._next_revision()
         self.objects[key].history.append(new)
-        if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers"):
+        if (
+            new_meta.get("deletionTimestamp")
+            and not new_meta.get("finalizers")
+            and not (_is_pod(res) and new_meta.get("deletionGracePeriodSeconds"))  # the kubelet's to end
+        ):
             await self._finalize(res, key)
         else:
             await self._emit(res, "MODIFIED", new)
@@ -399,16 +410,40 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
         key = (res, request.namespace, request.name)
         if self._live(key) is None:
             raise _not_found(res, request.name)
-        orphan = request.params.get("propagationPolicy") == "Orphan" or (
-            isinstance(request.data, dict) and request.data.get("propagationPolicy") == "Orphan"
-        )
-        await self._delete_key(res, key, orphan=orphan)
+        options = request.data if isinstance(request.data, dict) else {}
+        orphan = "Orphan" in (request.params.get("propagationPolicy"), options.get("propagationPolicy"))
+        grace = options.get("gracePeriodSeconds", request.params.get("gracePeriodSeconds"))
+        await self._delete_key(res, key, orphan=orphan, grace=None if grace is None else int(grace))
 
     async def _delete_key(
-        self, res: Resource, key: tuple[Resource, str | None, str], *, orphan: bool
+        self, res: Resource, key: tuple[Resource, str | None, str], *, orphan: bool, grace: int | None = None
     ) -> None:
         obj = self._live(key)
-        if obj is None or obj["metadata"].get("deletionTimestamp"):
+        if obj is None:
+            return
+        if obj["metadata"].get("deletionTimestamp"):
+            # A pod already terminating goes now when asked with no grace (what the kubelet does
+            # once its containers are gone), unless finalizers still hold it.
+            if grace == 0 and _is_pod(res) and obj["metadata"].get("deletionGracePeriodSeconds"):
+                if not obj["metadata"].get("finalizers"):
+                    await self._finalize(res, key, orphan=orphan)
+                    return
+                new = copy.deepcopy(obj)
+                new["metadata"]["deletionGracePeriodSeconds"] = 0
+                new["metadata"]["resourceVersion"] = self._next_revision()
+                self.objects[key].history.append(new)
+                await self._emit(res, "MODIFIED", new)
+            return
+        grace_seconds = _pod_grace(res, obj, grace)
+        if grace_seconds:
+            # Graceful deletion, as the API server does it for a pod bound to a node: it stays,
+            # Terminating, until the kubelet has stopped its containers and deletes it with no grace.
+            new = copy.deepcopy(obj)
+            new["metadata"]["deletionTimestamp"] = _now()
+            new["metadata"]["deletionGracePeriodSeconds"] = grace_seconds
+            new["metadata"]["resourceVersion"] = self._next_revision()
+            self.objects[key].history.append(new)
+            await self._emit(res, "MODIFIED", new)
             return
         if obj["metadata"].get("finalizers"):
             new = copy.deepcopy(obj)
@@ -634,6 +669,18 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
         return _BUILTIN_COLUMNS.get(res.plural, [])
 
 
+def _is_pod(res: Resource) -> bool:
+    return res.group == "" and res.plural == "pods"
+
+
+def _pod_grace(res: Resource, obj: Mapping[str, Any], grace: int | None) -> int:
+    """Seconds of graceful deletion: only for a pod that a kubelet runs (bound to a node)."""
+    spec = obj.get("spec") or {}
+    if not (_is_pod(res) and spec.get("nodeName")):
+        return 0
+    return int(grace if grace is not None else spec.get("terminationGracePeriodSeconds", 30))
+
+
 def _wants_table(request: rendering.Request) -> bool:
     return "as=Table" in request.headers.get("Accept", "")
 
@@ -661,7 +708,46 @@ def _ready(obj: Mapping[str, Any]) -> str:
     return f"{status.get('readyReplicas', 0)}/{(obj.get('spec') or {}).get('replicas', '-')}"
 
 
+def _pod_ready(obj: Mapping[str, Any]) -> str:
+    statuses = (obj.get("status") or {}).get("containerStatuses") or []
+    containers = (obj.get("spec") or {}).get("containers") or []
+    return f"{sum(1 for c in statuses if c.get('ready'))}/{len(containers)}"
+
+
+def _pod_status(obj: Mapping[str, Any]) -> str:
+    """kubectl's STATUS: Terminating, else a waiting/terminated reason, else the phase."""
+    if obj["metadata"].get("deletionTimestamp"):
+        return "Terminating"
+    status = obj.get("status") or {}
+    for key in ("initContainerStatuses", "containerStatuses"):
+        for container in status.get(key) or []:
+            state = container.get("state") or {}
+            ended = state.get("waiting") or state.get("terminated") or {}
+            reason = ended.get("reason")
+            if reason and reason != "Completed":
+                return str(reason)
+            if key == "initContainerStatuses" and state.get("running"):
+                return "Init:Running"
+    return str(status.get("phase", "Pending"))
+
+
+def _restarts(obj: Mapping[str, Any]) -> int:
+    statuses = (obj.get("status") or {}).get("containerStatuses") or []
+    return sum(int(c.get("restartCount", 0)) for c in statuses)
+
+
 _BUILTIN_COLUMNS: dict[str, list[tuple[str, str, Any]]] = {
+    "pods": [
+        ("Ready", "string", _pod_ready),
+        ("Status", "string", _pod_status),
+        ("Restarts", "integer", _restarts),
+        ("IP", "string", lambda o: (o.get("status") or {}).get("podIP", "<none>")),
+    ],
+    "replicasets": [
+        ("Desired", "integer", lambda o: (o.get("spec") or {}).get("replicas", 0)),
+        ("Current", "integer", lambda o: (o.get("status") or {}).get("replicas", 0)),
+        ("Ready", "integer", lambda o: (o.get("status") or {}).get("readyReplicas", 0)),
+    ],
     "deployments": [
         ("Ready", "string", _ready),
         ("Up-to-date", "integer", lambda o: (o.get("status") or {}).get("updatedReplicas", 0)),

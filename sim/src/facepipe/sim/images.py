@@ -29,6 +29,14 @@ import yaml
 SYSTEM_PYTHON = "/usr/bin/python3.11"
 
 
+# The environment every base image this Dockerfile may start FROM (Debian-based python:*-slim)
+# gives its processes; the image's own ENV lines are layered over it ($PATH expands to this).
+BASE_IMAGE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C.UTF-8",
+}
+
+
 class RecipeError(Exception):
     """The Dockerfile or skaffold.yaml says something this reproduction cannot honour."""
 
@@ -37,6 +45,18 @@ class RecipeError(Exception):
 class Instruction:
     op: str
     args: str
+
+
+@dataclass(frozen=True)
+class ImageUser:
+    """An account the image's final stage creates (``groupadd``/``useradd``): /etc/passwd lines."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+    shell: str = "/usr/sbin/nologin"
+    create_home: bool = False
 
 
 @dataclass(frozen=True)
@@ -51,7 +71,15 @@ class ImageRecipe:
     cmd: list[str] = field(default_factory=list)
     user: str = ""
     workdir: str = "/"
-    venv_path: str = "/app/.venv"  # where the image keeps its environment
+    build_env: dict[str, str] = field(default_factory=dict)  # build stage ENV (uv's settings)
+    build_workdir: str = "/"
+    users: tuple[ImageUser, ...] = ()  # accounts the final stage creates (useradd)
+    copies_before: tuple[int, ...] = ()  # per sync command: how many COPYs precede it (its layer)
+
+    @property
+    def venv_path(self) -> str:
+        """Where the image keeps its environment: the build stage's UV_PROJECT_ENVIRONMENT."""
+        return self.build_env.get("UV_PROJECT_ENVIRONMENT", "/app/.venv")
 
     @property
     def package(self) -> str:
@@ -136,6 +164,51 @@ def _sync_commands(run_args: str, values: dict[str, str]) -> list[list[str]]:
     return commands
 
 
+_ACCOUNT_OPTIONS = {
+    "-u": "uid",
+    "--uid": "uid",
+    "-g": "gid",
+    "--gid": "gid",
+    "-d": "home",
+    "--home-dir": "home",
+    "-s": "shell",
+    "--shell": "shell",
+}
+
+
+def _users(run_args: str) -> list[ImageUser]:
+    """The ``useradd`` commands of one RUN line, with their numeric ids (the only ones honoured)."""
+    users = []
+    for part in re.split(r"&&|;|\|\|", run_args):
+        words = shlex.split(part)
+        if not words or words[0] != "useradd":
+            continue
+        options: dict[str, str] = {}
+        flags: set[str] = set()
+        rest = words[1:]
+        while rest:
+            word = rest.pop(0)
+            if word in _ACCOUNT_OPTIONS and rest:
+                options[_ACCOUNT_OPTIONS[word]] = rest.pop(0)
+            elif word.startswith("-"):
+                flags.add(word)
+            else:
+                options["name"] = word
+        if not (options.get("uid", "").isdigit() and options.get("gid", "").isdigit() and "name" in options):
+            raise RecipeError(f"RUN {part.strip()!r}: useradd needs a name, a numeric --uid and --gid")
+        users.append(
+            ImageUser(
+                options["name"],
+                int(options["uid"]),
+                int(options["gid"]),
+                options.get("home", f"/home/{options['name']}"),
+                options.get("shell", "/usr/sbin/nologin"),
+                create_home=bool(flags & {"-m", "--create-home"}),
+            )
+        )
+    return users
+
+
 def parse_recipe(image: str, dockerfile: Path, build_args: dict[str, str]) -> ImageRecipe:
     steps = instructions(dockerfile)
     stages = _stages(steps)
@@ -145,21 +218,34 @@ def parse_recipe(image: str, dockerfile: Path, build_args: dict[str, str]) -> Im
     build, final = stages[0], stages[-1]
     build_values = {**global_args, **_arg_defaults(build), **build_args}
     copies, syncs = [], []
+    copies_before: list[int] = []
+    build_env: dict[str, str] = dict(BASE_IMAGE_ENV)
+    build_workdir = "/"
     for step in build:
-        if step.op == "COPY":
+        if step.op == "ENV":
+            for name, value in _env_pairs(step.args).items():
+                build_env[name] = _substitute(value, {**build_values, **build_env})
+        elif step.op == "WORKDIR":
+            build_workdir = step.args
+        elif step.op == "COPY":
             if "--from=" in step.args:
                 continue
             *sources, dest = shlex.split(_substitute(step.args, build_values))
             copies.append((sources, dest))
         elif step.op == "RUN":
-            syncs += _sync_commands(step.args, build_values)
+            found = _sync_commands(step.args, build_values)
+            syncs += found
+            copies_before += [len(copies)] * len(found)
     final_values = {**global_args, **_arg_defaults(final), **build_args}
-    env: dict[str, str] = {}
+    env: dict[str, str] = dict(BASE_IMAGE_ENV)
     entrypoint: list[str] = []
     cmd: list[str] = []
     user, workdir = "", "/"
+    users: list[ImageUser] = []
     for step in final:
-        if step.op == "ENV":
+        if step.op == "RUN":
+            users += _users(step.args)
+        elif step.op == "ENV":
             for name, value in _env_pairs(step.args).items():
                 env[name] = _substitute(value, {**final_values, **env})
         elif step.op == "ENTRYPOINT":
@@ -173,7 +259,20 @@ def parse_recipe(image: str, dockerfile: Path, build_args: dict[str, str]) -> Im
     if not syncs:
         raise RecipeError(f"{dockerfile}: the build stage runs no `uv sync`")
     return ImageRecipe(
-        image, dockerfile, dict(build_args), copies, syncs, env, entrypoint, cmd, user, workdir
+        image,
+        dockerfile,
+        dict(build_args),
+        copies,
+        syncs,
+        env,
+        entrypoint,
+        cmd,
+        user,
+        workdir,
+        build_env,
+        build_workdir,
+        tuple(users),
+        tuple(copies_before),
     )
 
 
@@ -190,8 +289,10 @@ def load_recipes(repo: Path) -> dict[str, ImageRecipe]:
     return recipes
 
 
-def stage_build_context(recipe: ImageRecipe, repo: Path, target: Path) -> Path:
+def stage_build_context(recipe: ImageRecipe, repo: Path, target: Path, copies: int | None = None) -> Path:
     """Copy exactly what the build stage COPYs (and nothing else) into ``target`` (its WORKDIR).
+
+    ``copies``: only the first so many COPY lines (the context as a given layer sees it).
 
     Docker's rules: a directory source copies its contents; a destination ending in '/'
     (or shared by several sources) is a directory that receives each source by name.
@@ -199,7 +300,7 @@ def stage_build_context(recipe: ImageRecipe, repo: Path, target: Path) -> Path:
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
-    for sources, dest in recipe.copies:
+    for sources, dest in recipe.copies[:copies]:
         into_dir = dest.endswith("/") or len(sources) > 1
         for source in sources:
             src = repo / source

@@ -1,0 +1,118 @@
+"""The servers a FacePipeline points at, run by the simulation and published as Services.
+
+One redis-server, one SeaweedFS (the S3 API, credentials minioadmin/minioadmin) and the
+Qdrant REST stand-in (facepipe.sim.qdrant_rest) run on the host's 127.0.0.1; each is a
+Service without a selector whose Endpoints name that address, in every namespace asked
+for, under the names the examples and charts use. The table:
+
+=========  ======  ===================================  =========================================
+Service    port    server                               used by
+=========  ======  ===================================  =========================================
+redis      6379    redis-server                         ``redis://redis:6379/0`` (examples/),
+                                                        ``redis://redis.<ns>.svc:6379/0`` (charts)
+minio      9000    SeaweedFS S3 (minioadmin/minioadmin)  ``minio:9000``, ``minio.<ns>.svc:9000``
+qdrant     6333    Qdrant REST stand-in                 ``http://qdrant:6333``, ``http://qdrant.<ns>.svc:6333``
+=========  ======  ===================================  =========================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from facepipe.cli.localservers import ServerProcess, free_port, start_redis, start_seaweedfs, wait_for_port
+from facepipe.sim.apiclient import ENDPOINTS, SERVICE, Api, ApiError
+from facepipe.sim.hostprocs import Guardian
+
+LABELS = {"app.kubernetes.io/managed-by": "facepipe-sim", "facepipe.io/sim-backing": "true"}
+
+
+@dataclass(frozen=True)
+class BackingService:
+    name: str  # the Service's name in each namespace
+    port: int  # the Service's port
+    port_name: str
+    server: str  # key of the running server
+
+
+BACKING_SERVICES = (
+    BackingService("redis", 6379, "redis", "redis"),
+    BackingService("minio", 9000, "s3", "s3"),
+    BackingService("qdrant", 6333, "http", "qdrant"),
+)
+
+
+def start_qdrant_stand_in(folder: Path) -> ServerProcess:
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log_path = folder / "qdrant.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "facepipe.sim.qdrant_rest", "--path", str(folder / "data"),
+             "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    server = ServerProcess("qdrant", proc, port, folder, log_path, {"url": f"http://127.0.0.1:{port}"})
+    try:
+        wait_for_port(port, timeout=60, proc=proc)
+    except Exception:
+        server.stop()
+        raise
+    return server
+
+
+class BackingServers:
+    def __init__(self, folder: Path, guardian: Guardian) -> None:
+        self.folder = folder
+        self.guardian = guardian
+        self.servers: dict[str, ServerProcess] = {}
+
+    async def start(self) -> None:
+        starters = {
+            "redis": lambda: start_redis(self.folder / "redis"),
+            "s3": lambda: start_seaweedfs(self.folder / "seaweedfs"),
+            "qdrant": lambda: start_qdrant_stand_in(self.folder / "qdrant"),
+        }
+        for key, starter in starters.items():
+            server = await asyncio.to_thread(starter)
+            self.servers[key] = server
+            self.guardian.watch(server.proc.pid)  # started with a new session: pgid == pid
+
+    async def publish(self, api: Api, namespace: str) -> None:
+        """The Services (and their Endpoints) in ``namespace``; idempotent."""
+        for entry in BACKING_SERVICES:
+            server = self.servers[entry.server]
+            service = {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": entry.name, "namespace": namespace, "labels": dict(LABELS)},
+                "spec": {"ports": [{"name": entry.port_name, "port": entry.port, "protocol": "TCP"}]},
+            }
+            endpoints = {
+                "apiVersion": "v1",
+                "kind": "Endpoints",
+                "metadata": {"name": entry.name, "namespace": namespace, "labels": dict(LABELS)},
+                "subsets": [
+                    {
+                        "addresses": [{"ip": "127.0.0.1"}],
+                        "ports": [{"name": entry.port_name, "port": server.port, "protocol": "TCP"}],
+                    }
+                ],
+            }
+            for kind, body in ((ENDPOINTS, endpoints), (SERVICE, service)):
+                try:
+                    await api.create(kind, body)
+                except ApiError as exc:
+                    if exc.status != 409:
+                        raise
+
+    async def stop(self) -> None:
+        for server in self.servers.values():
+            await asyncio.to_thread(server.stop)
+            self.guardian.forget(server.proc.pid)
+
+    def url(self, key: str) -> str:
+        return self.servers[key].url
