@@ -30,12 +30,10 @@ import copy
 import datetime
 import gzip
 import importlib.resources
-import json
 import re
 import secrets
-import threading
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +44,8 @@ import kmock
 import yaml
 from kmock._internal import dicts, enums, rendering
 
+from facepipe.sim.emulator.errors import conflict, invalid, not_found
+from facepipe.sim.emulator.reads import EmulatorReads
 from facepipe.sim.strategic import strategic_merge
 
 Resource = kmock.resource
@@ -66,76 +66,6 @@ def _now() -> str:
     return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _conflict(message: str) -> kmock.KubernetesError:
-    return kmock.KubernetesError(status=409, reason="Conflict", message=message, details={})
-
-
-def _invalid(message: str) -> kmock.KubernetesError:
-    return kmock.KubernetesError(status=422, reason="Invalid", message=message, details={})
-
-
-def _not_found(resource: Resource, name: str | None) -> kmock.KubernetesError:
-    return kmock.KubernetesError(
-        status=404, reason="NotFound", message=f'{resource.plural} "{name}" not found', details={}
-    )
-
-
-# --- selectors ---------------------------------------------------------------------------------
-
-_SET_EXPR = re.compile(r"^\s*([^\s!=]+)\s+(in|notin)\s+\(([^)]*)\)\s*$")
-
-
-def _split_selector(text: str) -> list[str]:
-    parts, depth, current = [], 0, ""
-    for char in text:
-        depth += char == "("
-        depth -= char == ")"
-        if char == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    if current.strip():
-        parts.append(current)
-    return parts
-
-
-def label_selector_matches(selector: str | None, labels: Mapping[str, str]) -> bool:
-    """Equality- and set-based selectors: ``a=b``, ``a!=b``, ``a``, ``!a``, ``a in (x,y)``."""
-    for term in _split_selector(selector or ""):
-        term = term.strip()
-        if match := _SET_EXPR.match(term):
-            key, op, values = match.group(1), match.group(2), {v.strip() for v in match.group(3).split(",")}
-            if (labels.get(key) in values) != (op == "in"):
-                return False
-        elif "!=" in term:
-            key, value = term.split("!=", 1)
-            if labels.get(key.strip()) == value.strip():
-                return False
-        elif "=" in term:
-            key, value = term.replace("==", "=").split("=", 1)
-            if labels.get(key.strip()) != value.strip():
-                return False
-        elif term.startswith("!"):
-            if term[1:].strip() in labels:
-                return False
-        elif term not in labels:
-            return False
-    return True
-
-
-def field_selector_matches(selector: str | None, obj: Mapping[str, Any]) -> bool:
-    for term in _split_selector(selector or ""):
-        negate = "!=" in term
-        path, value = term.replace("!=", "=").replace("==", "=").split("=", 1)
-        current: Any = obj
-        for part in path.strip().split("."):
-            current = current.get(part) if isinstance(current, Mapping) else None
-        if (str(current) == value.strip()) == negate:
-            return False
-    return True
-
-
 # --- the emulator ------------------------------------------------------------------------------
 
 # Custom kinds of the add-ons a cluster would have: (group/version, plural, kind, subresources).
@@ -151,7 +81,7 @@ _MONITORING_KINDS = (
 
 
 @attrs.define(kw_only=True)
-class FacePipeEmulator(kmock.KubernetesEmulator):
+class FacePipeEmulator(EmulatorReads, kmock.KubernetesEmulator):
     """The emulator; call :meth:`register_defaults` (or register resources) before serving."""
 
     _revision: int = attrs.field(default=0, init=False)
@@ -260,18 +190,18 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
         res = request.resource
         assert res is not None
         if not isinstance(request.data, dict):
-            raise _invalid("the body must be a JSON object")
+            raise invalid("the body must be a JSON object")
         body = request.data  # mutated in place: the fallback answers with the stored object by name
         meta = body.setdefault("metadata", {})
         namespaced = self._is_namespaced_info(self._info(res))
         namespace = (request.namespace or meta.get("namespace")) if namespaced else None
         if namespaced:
             if not namespace:
-                raise _invalid("metadata.namespace is required")
+                raise invalid("metadata.namespace is required")
             meta["namespace"] = namespace
         if not meta.get("name"):
             if not meta.get("generateName"):
-                raise _invalid("metadata.name or metadata.generateName is required")
+                raise invalid("metadata.name or metadata.generateName is required")
             meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
         key = (res, namespace, meta["name"])
         if self._live(key) is not None:
@@ -322,7 +252,7 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
         key = (res, request.namespace, request.name)
         old = self._live(key)
         if old is None:
-            raise _not_found(res, request.name)
+            raise not_found(res, request.name)
         data = request.data
         subresource = request.subresource
         if subresource not in (None, "status"):
@@ -344,11 +274,11 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
             try:
                 new = jsonpatch.apply_patch(copy.deepcopy(old), ops, in_place=False)
             except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
-                raise _invalid(f"the JSON patch cannot be applied: {exc}") from None
+                raise invalid(f"the JSON patch cannot be applied: {exc}") from None
         elif isinstance(data, dict):
             expected = (data.get("metadata") or {}).get("resourceVersion")
             if expected is not None and str(expected) != old["metadata"]["resourceVersion"]:
-                raise _conflict(
+                raise conflict(
                     f'the object has been modified; {res.plural} "{request.name}": '
                     "please apply your changes to the latest version and try again"
                 )
@@ -367,7 +297,7 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
             else:
                 new = dict(dicts.patch_dict(copy.deepcopy(old), data))
         else:
-            raise _invalid("the body must be a JSON object or a JSON patch")
+            raise invalid("the body must be a JSON object or a JSON patch")
         # Identity is the server's, whatever the client sent.
         new_meta = new.setdefault("metadata", {})
         for field in (
@@ -409,7 +339,7 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
         assert res is not None
         key = (res, request.namespace, request.name)
         if self._live(key) is None:
-            raise _not_found(res, request.name)
+            raise not_found(res, request.name)
         options = request.data if isinstance(request.data, dict) else {}
         orphan = "Orphan" in (request.params.get("propagationPolicy"), options.get("propagationPolicy"))
         grace = options.get("gracePeriodSeconds", request.params.get("gracePeriodSeconds"))
@@ -513,161 +443,6 @@ class FacePipeEmulator(kmock.KubernetesEmulator):
         # Skip KubernetesEmulator._handle (its simpler state changes are replaced above).
         return await super(kmock.KubernetesEmulator, self)._handle(request)
 
-    # -- discovery --
-
-    async def _serve_version(self, request: rendering.Request) -> rendering.Payload:
-        payload = await super()._serve_version(request)
-        assert isinstance(payload, dict)
-        # KMock writes "/v1" for the core group, which kubectl cannot map; and subresources
-        # carry their parent's short names, which kubectl then reports as ambiguous.
-        payload["groupVersion"] = payload["groupVersion"].lstrip("/")
-        for entry in payload["resources"]:
-            if "/" in entry["name"]:
-                entry.update(shortNames=[], singularName="", categories=[])
-        return payload
-
-    # -- reads --
-
-    def _matching(self, request: rendering.Request) -> list[dict[str, Any]]:
-        label_selector = request.params.get("labelSelector")
-        field_selector = request.params.get("fieldSelector")
-        items = []
-        for (res, namespace, name), obj in self.objects.items():
-            if res != request.resource or obj.deleted:
-                continue
-            if request.namespace is not None and namespace != request.namespace:
-                continue
-            if request.name is not None and name != request.name:
-                continue
-            raw = obj.raw
-            if not label_selector_matches(label_selector, raw.get("metadata", {}).get("labels") or {}):
-                continue
-            if not field_selector_matches(field_selector, raw):
-                continue
-            items.append(raw)
-        return sorted(items, key=lambda o: (o["metadata"].get("namespace") or "", o["metadata"]["name"]))
-
-    def _known(self, res: Resource | None) -> bool:
-        return res is not None and res in self.resources
-
-    async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
-        res = request.resource
-        if not self._known(res):
-            raise kmock.KubernetesResourceNotFoundError()
-        assert res is not None
-        async with self._lock:
-            items = copy.deepcopy(self._matching(request))
-            revision = str(self._revision)
-        if _wants_table(request):
-            return self._table(res, items, revision)
-        return {
-            "apiVersion": self._api_version(res),
-            "kind": f"{self._kind(res)}List",
-            "metadata": {"resourceVersion": revision},
-            "items": items,
-        }
-
-    async def _serve_fetch(self, request: rendering.Request) -> rendering.Payload:
-        res = request.resource
-        assert res is not None
-        async with self._lock:
-            obj = self._live((res, request.namespace, request.name or ""))
-            obj = copy.deepcopy(obj)
-            revision = str(self._revision)
-        if obj is None:
-            raise _not_found(res, request.name)
-        if _wants_table(request):
-            return self._table(res, [obj], revision)
-        return obj
-
-    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
-        yield b""  # send the headers now: the stream may stay quiet for a long time
-        res = request.resource
-        assert res is not None
-        since_param = request.params.get("resourceVersion")
-        label_selector = request.params.get("labelSelector")
-        field_selector = request.params.get("fieldSelector")
-        bus = self._buses[res]
-
-        def wanted(event: Mapping[str, Any]) -> bool:
-            obj = event.get("object") or {}
-            meta = obj.get("metadata") or {}
-            if request.namespace is not None and meta.get("namespace") != request.namespace:
-                return False
-            if request.name is not None and meta.get("name") != request.name:
-                return False
-            return label_selector_matches(
-                label_selector, meta.get("labels") or {}
-            ) and field_selector_matches(field_selector, obj)
-
-        async with self._lock:
-            marker = await bus.mark()
-            if since_param in (None, "", "0"):
-                # "Any version": the current state as synthetic ADDED events, then changes.
-                initial = [{"type": "ADDED", "object": copy.deepcopy(obj)} for obj in self._matching(request)]
-                seen = self._revision
-            else:
-                seen = int(since_param)
-                initial = [copy.deepcopy(event) for rv, event in self._event_log[res] if rv > seen]
-                seen = max([seen] + [int(e["object"]["metadata"]["resourceVersion"]) for e in initial])
-        try:
-            for event in initial:
-                if wanted(event):
-                    yield event
-            async for event in bus.stream(since=marker):
-                if int(event["object"]["metadata"]["resourceVersion"]) <= seen:
-                    continue  # already sent from the log
-                if wanted(event):
-                    yield event
-        finally:
-            await bus.unmark(marker)
-
-    # -- kubectl tables --
-
-    def _table(self, res: Resource, items: list[dict[str, Any]], revision: str) -> dict[str, Any]:
-        columns = [("Name", "string", lambda o: o["metadata"]["name"])]
-        columns += self._columns_for(res)
-        columns.append(("Age", "string", lambda o: _age(o["metadata"].get("creationTimestamp"))))
-        return {
-            "kind": "Table",
-            "apiVersion": "meta.k8s.io/v1",
-            "metadata": {"resourceVersion": revision},
-            "columnDefinitions": [
-                {
-                    "name": name,
-                    "type": kind,
-                    "format": "name" if name == "Name" else "",
-                    "description": "",
-                    "priority": 0,
-                }
-                for name, kind, _ in columns
-            ],
-            "rows": [
-                {
-                    "cells": [fn(obj) for _, _, fn in columns],
-                    "object": {
-                        "kind": "PartialObjectMetadata",
-                        "apiVersion": "meta.k8s.io/v1",
-                        "metadata": obj["metadata"],
-                    },
-                }
-                for obj in items
-            ],
-        }
-
-    def _columns_for(self, res: Resource) -> list[tuple[str, str, Any]]:
-        if res in self._printer_columns:
-            columns = []
-            for column in self._printer_columns[res]:
-                if column.get("jsonPath") == ".metadata.creationTimestamp":
-                    continue  # the generic Age column
-                path = column["jsonPath"]
-                columns.append(
-                    (column["name"], column.get("type", "string"), lambda o, path=path: _json_path(o, path))
-                )
-            return columns
-        return _BUILTIN_COLUMNS.get(res.plural, [])
-
 
 def _is_pod(res: Resource) -> bool:
     return res.group == "" and res.plural == "pods"
@@ -679,199 +454,3 @@ def _pod_grace(res: Resource, obj: Mapping[str, Any], grace: int | None) -> int:
     if not (_is_pod(res) and spec.get("nodeName")):
         return 0
     return int(grace if grace is not None else spec.get("terminationGracePeriodSeconds", 30))
-
-
-def _wants_table(request: rendering.Request) -> bool:
-    return "as=Table" in request.headers.get("Accept", "")
-
-
-def _json_path(obj: Mapping[str, Any], path: str) -> Any:
-    current: Any = obj
-    for part in path.strip(".").split("."):
-        current = current.get(part) if isinstance(current, Mapping) else None
-    return current
-
-
-def _age(timestamp: str | None) -> str:
-    if not timestamp:
-        return "<unknown>"
-    then = datetime.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
-    seconds = int((datetime.datetime.now(tz=datetime.UTC) - then).total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{max(seconds, 0)}s"
-
-
-def _ready(obj: Mapping[str, Any]) -> str:
-    status = obj.get("status") or {}
-    return f"{status.get('readyReplicas', 0)}/{(obj.get('spec') or {}).get('replicas', '-')}"
-
-
-def _pod_ready(obj: Mapping[str, Any]) -> str:
-    statuses = (obj.get("status") or {}).get("containerStatuses") or []
-    containers = (obj.get("spec") or {}).get("containers") or []
-    return f"{sum(1 for c in statuses if c.get('ready'))}/{len(containers)}"
-
-
-def _pod_status(obj: Mapping[str, Any]) -> str:
-    """kubectl's STATUS: Terminating, else a waiting/terminated reason, else the phase."""
-    if obj["metadata"].get("deletionTimestamp"):
-        return "Terminating"
-    status = obj.get("status") or {}
-    for key in ("initContainerStatuses", "containerStatuses"):
-        for container in status.get(key) or []:
-            state = container.get("state") or {}
-            ended = state.get("waiting") or state.get("terminated") or {}
-            reason = ended.get("reason")
-            if reason and reason != "Completed":
-                return str(reason)
-            if key == "initContainerStatuses" and state.get("running"):
-                return "Init:Running"
-    return str(status.get("phase", "Pending"))
-
-
-def _restarts(obj: Mapping[str, Any]) -> int:
-    statuses = (obj.get("status") or {}).get("containerStatuses") or []
-    return sum(int(c.get("restartCount", 0)) for c in statuses)
-
-
-_BUILTIN_COLUMNS: dict[str, list[tuple[str, str, Any]]] = {
-    "pods": [
-        ("Ready", "string", _pod_ready),
-        ("Status", "string", _pod_status),
-        ("Restarts", "integer", _restarts),
-        ("IP", "string", lambda o: (o.get("status") or {}).get("podIP", "<none>")),
-    ],
-    "replicasets": [
-        ("Desired", "integer", lambda o: (o.get("spec") or {}).get("replicas", 0)),
-        ("Current", "integer", lambda o: (o.get("status") or {}).get("replicas", 0)),
-        ("Ready", "integer", lambda o: (o.get("status") or {}).get("readyReplicas", 0)),
-    ],
-    "deployments": [
-        ("Ready", "string", _ready),
-        ("Up-to-date", "integer", lambda o: (o.get("status") or {}).get("updatedReplicas", 0)),
-        ("Available", "integer", lambda o: (o.get("status") or {}).get("availableReplicas", 0)),
-    ],
-    "configmaps": [("Data", "integer", lambda o: len(o.get("data") or {}))],
-    "services": [
-        ("Type", "string", lambda o: (o.get("spec") or {}).get("type", "ClusterIP")),
-        (
-            "Port(s)",
-            "string",
-            lambda o: ",".join(
-                f"{p.get('port')}/{p.get('protocol', 'TCP')}" for p in (o.get("spec") or {}).get("ports", [])
-            ),
-        ),
-    ],
-    "horizontalpodautoscalers": [
-        ("Reference", "string", lambda o: "Deployment/" + str(_json_path(o, ".spec.scaleTargetRef.name"))),
-        ("MinPods", "integer", lambda o: _json_path(o, ".spec.minReplicas")),
-        ("MaxPods", "integer", lambda o: _json_path(o, ".spec.maxReplicas")),
-        ("Replicas", "integer", lambda o: _json_path(o, ".status.currentReplicas") or 0),
-    ],
-    "scaledobjects": [
-        ("ScaleTargetName", "string", lambda o: _json_path(o, ".spec.scaleTargetRef.name")),
-        ("Min", "integer", lambda o: _json_path(o, ".spec.minReplicaCount")),
-        ("Max", "integer", lambda o: _json_path(o, ".spec.maxReplicaCount")),
-        (
-            "Triggers",
-            "string",
-            lambda o: ",".join(t.get("type", "") for t in _json_path(o, ".spec.triggers") or []),
-        ),
-    ],
-}
-
-
-# --- running it --------------------------------------------------------------------------------
-
-
-class EmulatorServer:
-    """The emulator served on 127.0.0.1 from a background thread with its own event loop.
-
-    ``with EmulatorServer(crd_paths=[...]) as server: server.url``. Everything else in the
-    process (Kopf, kubectl, tests) talks to it over HTTP, exactly as to an API server.
-    """
-
-    def __init__(
-        self,
-        crd_paths: Iterable[Path] = (),
-        *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        keda: bool = True,
-        monitoring: bool = True,
-    ) -> None:
-        self._crd_paths = list(crd_paths)
-        self._host = host
-        self._port = port or None
-        self._keda = keda
-        self._monitoring = monitoring
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self.url = ""
-        self.emulator: FacePipeEmulator | None = None
-
-    def start(self) -> str:
-        self._thread = threading.Thread(target=self._run, name="kube-emulator", daemon=True)
-        self._thread.start()
-        self._ready.wait(30)
-        if self._error is not None:
-            raise RuntimeError(f"the Kubernetes emulator did not start: {self._error}") from self._error
-        if not self.url:
-            raise RuntimeError("the Kubernetes emulator did not start within 30 s")
-        return self.url
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._serve())
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-
-    async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        emulator = FacePipeEmulator()
-        emulator.register_defaults(self._crd_paths, keda=self._keda, monitoring=self._monitoring)
-        async with emulator, kmock.Server(emulator, host=self._host, port=self._port) as server:
-            self.emulator = emulator
-            self.url = f"http://{server.host}:{server.port}"
-            self._ready.set()
-            await self._stop.wait()
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(10)
-
-    def __enter__(self) -> EmulatorServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def write_kubeconfig(path: Path, server_url: str, namespace: str = "default") -> Path:
-    """A kubeconfig for kubectl, Kopf and the kubernetes client (token auth, plain HTTP)."""
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "facepipe-sandbox", "cluster": {"server": server_url}}],
-        "users": [{"name": "sandbox", "user": {"token": "sandbox"}}],
-        "contexts": [
-            {
-                "name": "facepipe-sandbox",
-                "context": {"cluster": "facepipe-sandbox", "user": "sandbox", "namespace": namespace},
-            }
-        ],
-        "current-context": "facepipe-sandbox",
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config, indent=2) + "\n")
-    return path
