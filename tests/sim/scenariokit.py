@@ -150,7 +150,8 @@ def traces(settings: Settings, tenant: str) -> dict[str, int]:
     store = ObjectStore(settings)
     index = VectorIndex(settings)
     try:
-        points = index.count(tenant) if index.client.collection_exists(settings.qdrant_collection) else 0
+        # Every collection of the family: a collection per model pack, the tenant's alias naming one.
+        points = sum(index.view(name).count(tenant) for name in index.family_collections())
         objects = sum(
             len(list(store.list_keys(bucket, f"{tenant}/")))
             for bucket in store.buckets
