@@ -35,7 +35,7 @@ ONLY_DETECTOR = 'stage="detector"'
 ONLY_INDEXER = 'stage="indexer"'
 # Messages a stage finished either way: acked or dead-lettered (one selector, so a stage that
 # never dead-lettered still has a value).
-FINISHED = '{__name__=~"facepipe_worker_msgs_acked_total|facepipe_worker_msgs_dlq_total"'
+FINISHED = '{__name__=~"facepipe_worker_msgs_acked_total|facepipe_worker_dead_letters_total"'
 
 
 # --- Queries -----------------------------------------------------------------------------------
@@ -322,7 +322,7 @@ def queues() -> board.Dashboard:
                     "DLQ ratio by stage",
                     "Dead-lettered over finished (acked + dead-lettered); HighDLQRate fires over 10%.",
                     query(
-                        ratio("tenant, stage", "facepipe_worker_msgs_dlq_total", FINISHED),
+                        ratio("tenant, stage", "facepipe_worker_dead_letters_total", FINISHED),
                         legend_of("tenant, stage"),
                     ),
                     unit="percentunit",

@@ -58,8 +58,8 @@ def missing_from(scraped: set[str]) -> dict[str, set[str]]:
 def test_names_are_found_in_every_source() -> None:
     where = used_names()
     assert (
-        "facepipe_worker_msgs_dlq_total" in where
-        and "alert HighDLQRate" in where["facepipe_worker_msgs_dlq_total"]
+        "facepipe_worker_dead_letters_total" in where
+        and "alert HighDLQRate" in where["facepipe_worker_dead_letters_total"]
     )
     assert "prometheus-adapter" in where["facepipe_stream_pending"]
     assert any(p.endswith(".json") for p in where["facepipe_faces_rejected_total"])

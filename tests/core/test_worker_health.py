@@ -76,6 +76,7 @@ def test_a_started_worker_exports_its_counters_at_zero(harness: Harness) -> None
     text = probe(port, "/metrics")[1]
     for name in (
         "facepipe_worker_msgs_acked_total",
+        "facepipe_worker_dead_letters_total",
         "facepipe_worker_transient_errors_total",
         "facepipe_worker_redeliveries_total",
         "facepipe_faces_processed_total",

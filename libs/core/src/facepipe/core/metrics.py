@@ -58,6 +58,11 @@ WORKER_MSGS_ACKED = Counter(
 WORKER_MSGS_DLQ = Counter(
     "facepipe_worker_msgs_dlq", "Stream entries moved to <stream>:dlq", ["stage", "reason"]
 )
+# The same events without the open-ended reason: exported at 0 from the start, so rate() and
+# increase() (the HighDLQRate alert) see a first burst of a reason never seen before.
+WORKER_DEAD_LETTERS = Counter(
+    "facepipe_worker_dead_letters", "Stream entries moved to <stream>:dlq, whatever the reason", ["stage"]
+)
 WORKER_TRANSIENT_ERRORS = Counter(
     "facepipe_worker_transient_errors", "Batches retried in-process after a transient error", ["stage"]
 )
@@ -152,9 +157,16 @@ def start_stage_series(stage: str) -> None:
 
     A counter series that first appears at 1 loses that increment to rate() and increase(), so an
     alert on a stage's first dead letters or a dashboard's first minute would read too low. DLQ
-    reasons are open-ended: each reason's series still starts at its first dead letter.
+    reasons are open-ended: each reason's series starts at its first dead letter, which is why alerts
+    count dead letters with WORKER_DEAD_LETTERS.
     """
-    for counter in (WORKER_MSGS_ACKED, WORKER_TRANSIENT_ERRORS, WORKER_REDELIVERIES, FACES_PROCESSED):
+    for counter in (
+        WORKER_MSGS_ACKED,
+        WORKER_DEAD_LETTERS,
+        WORKER_TRANSIENT_ERRORS,
+        WORKER_REDELIVERIES,
+        FACES_PROCESSED,
+    ):
         counter.labels(stage=stage)
     WORKER_INFLIGHT.labels(stage=stage).set(0)
 

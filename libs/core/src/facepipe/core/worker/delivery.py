@@ -124,6 +124,7 @@ class Delivery:
 
         if self._commit(entry_id, queue):
             metrics.WORKER_MSGS_DLQ.labels(stage=self.stage, reason=error.reason).inc()
+            metrics.WORKER_DEAD_LETTERS.labels(stage=self.stage).inc()
             self.log.warning(
                 "Message %s moved to %s: %s: %s", entry_id, self.dlq, error.reason, error.message
             )
