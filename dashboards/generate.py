@@ -34,8 +34,10 @@ QUANTILES = (0.5, 0.95, 0.99)
 ONLY_DETECTOR = 'stage="detector"'
 ONLY_INDEXER = 'stage="indexer"'
 # Messages a stage finished either way: acked or dead-lettered (one selector, so a stage that
-# never dead-lettered still has a value).
-FINISHED = '{__name__=~"facepipe_worker_msgs_acked_total|facepipe_worker_dead_letters_total"'
+# never dead-lettered still has a value). The DLQ counter with its reason label: rate() drops
+# __name__, and acked and facepipe_worker_dead_letters_total series share their labels (stage
+# only), which one vector cannot hold.
+FINISHED = '{__name__=~"facepipe_worker_msgs_acked_total|facepipe_worker_msgs_dlq_total"'
 
 
 # --- Queries -----------------------------------------------------------------------------------

@@ -14,12 +14,12 @@ from typing import Any
 
 import helm_python as helm
 import redis
-import yaml
 from simkit import apply, describe, get, is_ready, kubectl, pods, settled, wait_for
 
 from facepipe.core.settings import Settings, dlq_stream
 from facepipe.operator.constants import COMPONENTS, LABEL_COMPONENT, LABEL_INSTANCE
 from facepipe.sim.cluster import ClusterSim
+from facepipe.sim.cluster_addons import chart_documents
 from facepipe.store.dedup import DedupCache
 from facepipe.store.storage import ObjectStore
 from facepipe.store.vectors import VectorIndex
@@ -42,13 +42,7 @@ def connection_values(namespace: str) -> dict[str, Any]:
 def render_tenant_chart(values: dict[str, Any], release: str, namespace: str) -> list[dict[str, Any]]:
     """`helm template` of the tenant chart, with the real Helm engine."""
     rendered = helm.Chart.load(str(TENANT_CHART)).render(values, name=release, namespace=namespace)
-    return [
-        doc
-        for path, text in sorted(rendered.items())
-        if path.endswith((".yaml", ".yml"))
-        for doc in yaml.safe_load_all(text)
-        if doc
-    ]
+    return chart_documents(rendered)
 
 
 def prefill_models_claim(
