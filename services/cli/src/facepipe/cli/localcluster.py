@@ -18,7 +18,7 @@ from pathlib import Path
 import redis
 from redis.cluster import key_slot
 
-from facepipe.cli.localservers import ServerProcess, free_port_block, redis_server_binary, wait_for_port
+from facepipe.cli.localservers import ServerProcess, free_port_block, start_redis
 
 BUS_OFFSET = 10000
 PORTS_FILE = "ports"
@@ -91,7 +91,6 @@ class LocalRedisCluster:
             time.sleep(0.2)
         raise TimeoutError(f"Redis Cluster not healthy within {timeout}s: {last[:500]}")
 
-
     def _replicas_synced(self, live: list[ServerProcess]) -> bool:
         links = [self.client(node.port).info("replication") for node in live]
         replicas = [link for link in links if link.get("role") == "slave"]
@@ -107,29 +106,14 @@ def _cluster_info(client: redis.Redis) -> dict[str, str]:
 
 
 def _start_node(data_dir: Path, port: int, persist: bool, node_timeout_ms: int) -> ServerProcess:
-    node_dir = data_dir / str(port)
-    node_dir.mkdir(parents=True, exist_ok=True)
-    log_path = node_dir / "redis.log"
-    args = [
-        redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir),
+    cluster_args = [
         "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-        "--cluster-node-timeout", str(node_timeout_ms), "--save", "", "--protected-mode", "no",
+        "--cluster-node-timeout", str(node_timeout_ms),
         # A replica's first full sync starts at once (the default waits 5 s for more replicas):
         # until it has synced, it cannot take over from its master.
         "--repl-diskless-sync-delay", "0",
-        "--logfile", str(log_path),
-    ]
-    if persist:
-        args += ["--appendonly", "yes", "--appendfsync", "everysec"]
-    quiet = subprocess.DEVNULL
-    proc = subprocess.Popen(args, stdout=quiet, stderr=quiet, start_new_session=True)
-    server = ServerProcess("redis", proc, port, node_dir, log_path, {"url": f"redis://127.0.0.1:{port}/0"})
-    try:
-        wait_for_port(port, proc=proc)
-    except Exception:
-        server.stop()
-        raise
-    return server
+    ]  # fmt: skip
+    return start_redis(data_dir / str(port), port, persist, extra_args=cluster_args)
 
 
 def start_redis_cluster(

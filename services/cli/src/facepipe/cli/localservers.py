@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,14 +121,29 @@ class ServerProcess:
         os.killpg(self.proc.pid, signal.SIGCONT)
 
 
-def start_redis(data_dir: Path, port: int | None = None, persist: bool = False) -> ServerProcess:
-    """A redis-server on 127.0.0.1. ``persist`` keeps an append-only file in data_dir."""
+def start_redis(
+    data_dir: Path, port: int | None = None, persist: bool = False, extra_args: Sequence[str] = ()
+) -> ServerProcess:
+    """A redis-server on 127.0.0.1. ``persist`` keeps an append-only file in data_dir;
+    ``extra_args`` are more redis-server options (a cluster node's)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     log_path = data_dir / "redis.log"
     args = [
-        redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
-        "--save", "", "--protected-mode", "no", "--logfile", str(log_path),
+        redis_server_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir),
+        "--save",
+        "",
+        "--protected-mode",
+        "no",
+        "--logfile",
+        str(log_path),
+        *extra_args,
     ]
     if persist:
         args += ["--appendonly", "yes", "--appendfsync", "everysec"]
@@ -157,16 +172,26 @@ def start_seaweedfs(
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
     args = [
         # -logdir keeps SeaweedFS's own log files out of /tmp.
-        weed_binary(), f"-logdir={data_dir}", "mini", f"-dir={data_dir}",
-        "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        f"-s3.port={port}", f"-master.port={master_port}", f"-volume.port={volume_port}",
-        f"-filer.port={filer_port}", "-admin.ui=false", "-webdav=false",
-        "-s3.port.iceberg=0", "-s3.port.lance=0",
+        weed_binary(),
+        f"-logdir={data_dir}",
+        "mini",
+        f"-dir={data_dir}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-s3.port={port}",
+        f"-master.port={master_port}",
+        f"-volume.port={volume_port}",
+        f"-filer.port={filer_port}",
+        "-admin.ui=false",
+        "-webdav=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
         # SeaweedFS gives every bucket its own collection of volumes (several at a time). With
         # the default volume count derived from free disk / 128 MB, a few dozen buckets exhaust
         # it ("No writable volumes"); small volumes and a generous count keep many buckets cheap
         # (volumes are not preallocated, so an empty one costs almost nothing on disk).
-        "-master.volumeSizeLimitMB=16", "-volume.max=20000",
+        "-master.volumeSizeLimitMB=16",
+        "-volume.max=20000",
     ]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
