@@ -1,13 +1,17 @@
 # face-pipeline make targets. Every target installs what it needs first.
 SHELL := /bin/bash
-UV ?= $(shell command -v uv 2>/dev/null || echo .venv-tools/bin/uv)
+# uv, found in the order facepipe.cli.programs finds every program: $FACEPIPE_UV, the workspace's
+# own (.venv/bin/uv, a dev dependency), .venv-tools/bin/uv, PATH. With none, the rule below puts
+# the Dockerfile's release (ARG UV_VERSION, which the dev dependency pins too) in .venv-tools.
+UV_VERSION := $(shell sed -n 's/^ARG UV_VERSION=//p' Dockerfile)
+UV ?= $(firstword $(FACEPIPE_UV) $(wildcard .venv/bin/uv .venv-tools/bin/uv) $(shell command -v uv 2>/dev/null) .venv-tools/bin/uv)
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
 .PHONY: install phase3-install test lint fmt models docs-settings
 
 $(UV):
-	python3 -m venv .venv-tools && .venv-tools/bin/pip install -q uv
+	python3 -m venv .venv-tools && .venv-tools/bin/pip install -q "uv==$(UV_VERSION)"
 
 .venv/.synced: pyproject.toml uv.lock $(wildcard libs/*/pyproject.toml services/*/pyproject.toml) operator/pyproject.toml sim/pyproject.toml | $(UV)
 	@# --locked: a uv.lock that no longer matches the pyproject files is an error, never silently rewritten.

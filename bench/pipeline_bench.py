@@ -11,8 +11,6 @@ the number of images. CPU seconds of every process are sampled around the run (p
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import json
 import os
 import signal
@@ -29,6 +27,7 @@ import redis
 from bench.common import rounded
 from bench.images import REPO_ROOT, BenchImage
 from facepipe.cli.localservers import ServerProcess, start_redis, start_seaweedfs
+from facepipe.cli.supervisor import die_with_parent
 from facepipe.core.settings import Settings, load_settings
 from facepipe.core.stats import TIMINGS, Stats
 from facepipe.store.storage import ObjectStore
@@ -36,14 +35,6 @@ from facepipe.store.storage import ObjectStore
 SERVICES = ("detector", "embedder", "indexer")
 READY_LINE = "Worker started, waiting for messages..."
 RAW_PREFIX = "bench"
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: the kernel sends SIGTERM to a service when the harness dies (Linux)."""
-    libc = ctypes.util.find_library("c")
-    if libc:
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(libc, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -168,7 +159,7 @@ class RunningPipeline:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # only a prctl call: safe between fork and exec
+                preexec_fn=die_with_parent,  # a prctl resolved at import: safe between fork and exec
             )
             log.close()
         deadline = time.monotonic() + timeout_s

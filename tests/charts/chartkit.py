@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,8 @@ import promql_parser
 import yaml
 from helm_python import _native
 from kubekit import helm_install  # noqa: F401  (re-exported for the chart tests)
+
+from facepipe.cli.programs import find_program
 
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR_CHART = REPO / "charts" / "face-pipeline-operator"
@@ -244,10 +245,9 @@ def adapter_exprs() -> list[str]:
 
 
 def promtool(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    binary = shutil.which("promtool")
-    if binary is None:
-        raise RuntimeError("promtool is missing: apt-get install -y --no-install-recommends prometheus")
-    return subprocess.run([binary, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [find_program("promtool"), *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
 
 
 # --------------------------------------------------------------------------- /metrics names

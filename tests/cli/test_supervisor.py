@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import sys
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from facepipe.cli.supervisor import ChildSpec, Supervisor
 
@@ -101,6 +105,54 @@ def test_child_that_ignores_sigterm_is_killed_after_the_timeout(tmp_path: Path) 
     assert not runner.is_alive()
     assert time.monotonic() - started < 20
     assert any("did not stop within" in e for e in events), events
+
+
+PDEATHSIG = """
+import ctypes, time
+sig = ctypes.c_int()
+ctypes.CDLL(None, use_errno=True).prctl(2, ctypes.byref(sig), 0, 0, 0)  # PR_GET_PDEATHSIG
+print(f'pdeathsig {sig.value}', flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_children_get_pdeathsig_from_a_prctl_resolved_before_the_fork(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # libc is resolved once, in the parent. Looking it up again between fork and exec (find_library
+    # runs `ldconfig -p`, CDLL dlopens) would raise in the forked child, where these are inherited,
+    # and Popen would fail with "Exception occurred in preexec_fn".
+    def after_fork(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("libc looked up in the child")
+
+    monkeypatch.setattr(ctypes.util, "find_library", after_fork)
+    monkeypatch.setattr(ctypes, "CDLL", after_fork)
+    lines: list[str] = []
+    supervisor = Supervisor(
+        [ChildSpec("child", [sys.executable, "-c", PDEATHSIG], dict(os.environ))],
+        tmp_path,
+        on_event=lambda _e: None,
+        on_line=lambda _n, line: lines.append(line),
+        stop_timeout_s=5.0,
+    )
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            supervisor.run(install_signal_handlers=False)
+        except BaseException as exc:
+            errors.append(exc)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    try:
+        assert _wait_for(lambda: bool(lines) or bool(errors)), "the child printed nothing"
+    finally:
+        supervisor.request_stop()
+        runner.join(timeout=30)
+    assert not errors, errors
+    assert lines[0] == "pdeathsig 15"  # SIGTERM when the supervisor's thread exits
 
 
 def test_indexer_shares_the_api_process_only_with_embedded_qdrant() -> None:

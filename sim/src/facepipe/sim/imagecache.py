@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from facepipe.cli.programs import ProgramNotFound, find_program
 from facepipe.sim import rootfs
 from facepipe.sim.images import ImageRecipe, RecipeError, python_for_images, stage_build_context
 
@@ -52,16 +53,11 @@ KEEP_PER_IMAGE = 2  # builds kept per image layer (a pod still running may use t
 
 
 def _uv_binary() -> Path:
-    """The real uv executable (not a pyenv shim script, which needs its whole tree)."""
-    found = shutil.which("uv")
-    if not found:
-        raise RecipeError("uv is not installed")
-    with contextlib.suppress(subprocess.SubprocessError, OSError):
-        # `uv self version` does not name its path; python -m uv's find_uv_bin does.
-        out = subprocess.run(["pyenv", "which", "uv"], capture_output=True, text=True, timeout=10)
-        if out.returncode == 0 and out.stdout.strip():
-            return Path(out.stdout.strip()).resolve()
-    return Path(found).resolve()
+    """The real uv executable (bound into the build container; facepipe.cli.programs finds it)."""
+    try:
+        return Path(find_program("uv")).resolve()
+    except ProgramNotFound as exc:
+        raise RecipeError(str(exc)) from exc
 
 
 def _uv_cache_dir() -> Path:

@@ -13,6 +13,7 @@ missing from an image fails here as it would in the cluster.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
@@ -24,10 +25,7 @@ from typing import Any
 
 import yaml
 
-# The Debian interpreter: world-readable, so pods that run as another uid can use it
-# (the pyenv one under /root cannot be). Falls back to whatever `python3.11` is on PATH.
-SYSTEM_PYTHON = "/usr/bin/python3.11"
-
+from facepipe.cli.programs import ProgramNotFound, find_program
 
 # The environment every base image this Dockerfile may start FROM (Debian-based python:*-slim)
 # gives its processes; the image's own ENV lines are layered over it ($PATH expands to this).
@@ -317,8 +315,15 @@ def stage_build_context(recipe: ImageRecipe, repo: Path, target: Path, copies: i
     return target
 
 
+@functools.cache
 def python_for_images() -> str:
-    return SYSTEM_PYTHON if os.access(SYSTEM_PYTHON, os.X_OK) else (shutil.which("python3.11") or "python3")
+    """The interpreter of every image environment and of the launcher: a python3.11 that other uids
+    can run (pods run as the image's user, e.g. 10001), so Debian's and never pyenv's under /root.
+    The real file, not a virtualenv's link to it."""
+    try:
+        return os.path.realpath(find_program("python3.11", for_other_users=True))
+    except ProgramNotFound as exc:
+        raise RecipeError(str(exc)) from exc
 
 
 def build_environment(recipe: ImageRecipe, repo: Path, target: Path, *, uv: str | None = None) -> Path:
@@ -327,7 +332,11 @@ def build_environment(recipe: ImageRecipe, repo: Path, target: Path, *, uv: str 
     The sources come from a staging copy holding only what the Dockerfile copies, so a
     workspace member the image does not copy cannot be installed by accident.
     """
-    uv = uv or shutil.which("uv") or "uv"
+    if uv is None:
+        try:
+            uv = find_program("uv")
+        except ProgramNotFound as exc:
+            raise RecipeError(str(exc)) from exc
     context = stage_build_context(recipe, repo, target / "context")
     venv = target / "venv"
     env = {

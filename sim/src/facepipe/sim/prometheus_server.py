@@ -9,12 +9,10 @@ files (Prometheus watches those itself). ``query`` and ``wait_for`` are the help
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -29,6 +27,8 @@ from typing import Any, TypeVar
 import yaml
 
 from facepipe.cli.localservers import free_port
+from facepipe.cli.programs import find_program
+from facepipe.cli.supervisor import die_with_parent
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,14 +36,6 @@ T = TypeVar("T")
 
 class PrometheusError(RuntimeError):
     """Prometheus answered an error (bad query, rejected configuration) or is not reachable."""
-
-
-def _die_with_parent() -> None:
-    # PR_SET_PDEATHSIG: the server gets SIGTERM if the process that started it dies, so a
-    # crashed test run leaves no Prometheus behind. (It follows the starting *thread*: start
-    # the server from a thread that outlives it, e.g. the main one.)
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
 def write_atomically(path: Path, text: str) -> bool:
@@ -59,9 +51,7 @@ def write_atomically(path: Path, text: str) -> bool:
 
 @functools.lru_cache(maxsize=256)
 def _promtool_check(text: str) -> str | None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        raise FileNotFoundError("promtool not found: apt-get install --no-install-recommends prometheus")
+    promtool = find_program("promtool")
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as file:
         file.write(text)
         file.flush()
@@ -163,7 +153,7 @@ class PrometheusServer(PrometheusClient):
         self.workdir = Path(workdir)
         self.port = port or free_port()
         super().__init__(f"http://127.0.0.1:{self.port}")
-        self.binary = shutil.which(binary) or binary
+        self.binary = binary  # a program's name (facepipe.cli.programs finds it) or a path
         self.global_config = dict(global_config or {"scrape_interval": "30s", "evaluation_interval": "30s"})
         self.config_path = self.workdir / "prometheus.yml"
         self.rules_dir = self.workdir / "rules"
@@ -174,15 +164,12 @@ class PrometheusServer(PrometheusClient):
     # -- lifecycle --
 
     def start(self, timeout: float = 60.0) -> str:
-        if shutil.which(self.binary) is None:
-            raise FileNotFoundError(
-                f"{self.binary} not found: apt-get install --no-install-recommends prometheus"
-            )
+        binary = self.binary if os.sep in self.binary else find_program(self.binary)
         for folder in (self.rules_dir, self.targets_dir, self.workdir / "data"):
             folder.mkdir(parents=True, exist_ok=True)
         self.write_config([])
         args = [
-            self.binary,
+            binary,
             f"--config.file={self.config_path}",
             f"--storage.tsdb.path={self.workdir / 'data'}",
             f"--web.listen-address=127.0.0.1:{self.port}",
@@ -196,7 +183,9 @@ class PrometheusServer(PrometheusClient):
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                # SIGTERM when the starting *thread* exits, so a crashed test run leaves no Prometheus
+                # behind: start it from a thread that outlives it, e.g. the main one.
+                preexec_fn=die_with_parent,
             )
         try:
             self.wait_for(lambda: self._ready(), timeout=timeout, what="Prometheus to be ready")

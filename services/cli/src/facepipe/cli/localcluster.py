@@ -9,7 +9,6 @@ an append-only file and its ``nodes.conf`` under ``<data_dir>/<port>/``, and the
 from __future__ import annotations
 
 import contextlib
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -19,16 +18,15 @@ import redis
 from redis.cluster import key_slot
 
 from facepipe.cli.localservers import ServerProcess, free_port_block, start_redis
+from facepipe.cli.programs import find_program
 
 BUS_OFFSET = 10000
 PORTS_FILE = "ports"
 
 
 def redis_cli_binary() -> str:
-    found = shutil.which("redis-cli")
-    if found is None:
-        raise FileNotFoundError("redis-cli not found (it creates the cluster): apt-get install redis-tools")
-    return found
+    """redis-cli (it creates the cluster), Redis 7 or newer: facepipe.cli.programs."""
+    return find_program("redis-cli")
 
 
 @dataclass

