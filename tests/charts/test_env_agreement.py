@@ -21,7 +21,7 @@ from facepipe.core.settings import Settings
 from facepipe.operator.builders import PipelineRef, build_children
 from facepipe.operator.constants import COMPONENTS
 from facepipe.operator.envmap import PER_COMPONENT
-from facepipe.operator.spec import parse_spec
+from facepipe.operator.validation import parse_spec
 from facepipe.sim.images import load_recipes
 
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
@@ -93,7 +93,7 @@ def test_the_settings_are_the_specs(source: str) -> None:
 
 def test_a_component_override_of_a_shared_setting_is_refused() -> None:
     """The one way a shared setting could differ: spec.components.<c>.settings. The operator refuses it."""
-    from facepipe.operator.spec import SpecError
+    from facepipe.operator.validation import SpecError
 
     spec = dict(PIPELINES["examples/facepipeline.yaml"]["spec"])
     spec["components"] = {"detector": {"settings": {"MIN_FACE_SIZE": "32"}}}

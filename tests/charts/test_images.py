@@ -252,7 +252,7 @@ def test_skaffold_tenant_values_render_a_valid_facepipeline(profile: str | None)
 def _pod_images(pipeline: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
     """(component, image, command) of every container and init container the operator would run."""
     from facepipe.operator.builders import PipelineRef, build_children
-    from facepipe.operator.spec import parse_spec
+    from facepipe.operator.validation import parse_spec
 
     name = pipeline["metadata"]["name"]
     children = build_children(PipelineRef(name, "ns", "uid"), parse_spec(name, pipeline["spec"]))

@@ -228,7 +228,7 @@ def test_monitors_match_the_operator_builders() -> None:
     """The operator's own builders produce pods and Services these monitors find."""
     from facepipe.operator import builders
     from facepipe.operator.constants import BACKLOG_METRIC, INPUT_ROLE
-    from facepipe.operator.spec import parse_spec
+    from facepipe.operator.validation import parse_spec
 
     spec = parse_spec(
         "acme",

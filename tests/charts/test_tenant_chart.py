@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from facepipe.operator import builders
 from facepipe.operator.constants import COMPONENTS
-from facepipe.operator.spec import SpecError, parse_spec
+from facepipe.operator.validation import SpecError, parse_spec
 
 VALUES = values_sets(TENANT_CHART)
 MINIMAL = VALUES["minimal"]

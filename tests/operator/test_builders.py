@@ -23,7 +23,7 @@ from facepipe.operator.builders import (
 )
 from facepipe.operator.constants import COMPONENTS, WORKERS
 from facepipe.operator.envmap import MANAGED, READERS, primary_env_names, reads
-from facepipe.operator.spec import parse_spec
+from facepipe.operator.validation import parse_spec
 
 OWNER = PipelineRef(name="acme", namespace="tenants", uid="0b7c6a4e-1111-4222-8333-944445555666")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -396,7 +396,7 @@ def test_without_a_claim_each_model_pod_fetches_its_pack_into_an_emptydir() -> N
 
 
 def test_a_pack_the_product_cannot_fetch_needs_a_claim() -> None:
-    from facepipe.operator.spec import SpecError
+    from facepipe.operator.validation import SpecError
 
     with pytest.raises(SpecError, match=r"spec\.models\.pack buffalo_l: .*claimName"):
         spec_of(with_changes(minimal_spec("redis://redis:6379/0"), models__pack="buffalo_l"))

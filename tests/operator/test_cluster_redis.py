@@ -15,9 +15,9 @@ from facepipe.core.redisconn import Client
 from facepipe.operator.builders import PipelineRef, build_children
 from facepipe.operator.consumers import prune_at
 from facepipe.operator.environment import stream_names
-from facepipe.operator.spec import SpecError, parse_spec
 from facepipe.operator.stream_figures import read_stream_figures
 from facepipe.operator.stream_purge import purge_streams
+from facepipe.operator.validation import SpecError, parse_spec
 
 OWNER = PipelineRef(name="acme", namespace="tenants", uid="0b7c6a4e-1111-4222-8333-944445555666")
 KEDA = {"autoscaling": {"enabled": True, "provider": "keda", "minReplicas": 0, "targetLagPerReplica": 25}}

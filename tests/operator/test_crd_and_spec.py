@@ -11,7 +11,7 @@ import pytest
 import yaml
 from operatorkit import CRD_PATH, EXAMPLES, minimal_spec
 
-from facepipe.operator.spec import SpecError, parse_spec
+from facepipe.operator.validation import SpecError, parse_spec
 
 
 def crd() -> dict[str, Any]:

@@ -19,7 +19,7 @@ from facepipe.operator.packs import (
     pack_status,
     plan_packs,
 )
-from facepipe.operator.spec import parse_spec
+from facepipe.operator.validation import parse_spec
 from facepipe.store.pack_migration import MigrationState, Retained
 
 OWNER = PipelineRef("acme", "tenants", "uid-1")

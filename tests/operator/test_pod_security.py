@@ -11,7 +11,7 @@ from kubekit import restricted_violations
 from operatorkit import EXAMPLES, minimal_spec
 
 from facepipe.operator.builders import PipelineRef, build_children
-from facepipe.operator.spec import parse_spec
+from facepipe.operator.validation import parse_spec
 
 OWNER = PipelineRef("acme", "tenants", "uid-1")
 SPECS = {

@@ -23,7 +23,8 @@ import psutil
 
 from facepipe.operator import builders
 from facepipe.operator.kube import DEPLOYMENT, KubeApi, KubeApiError
-from facepipe.operator.spec import PipelineSpec, parse_spec
+from facepipe.operator.spec import PipelineSpec
+from facepipe.operator.validation import parse_spec
 from facepipe.sim.kubeutil import POD, now_rfc3339
 from facepipe.sim.resource_metrics import PIDS_ANNOTATION
 

@@ -45,7 +45,7 @@ generated from the CRD, covers the rest): fail the render with the CRD's own mes
 {{- if and $scaling.enabled (gt (int64 $scaling.minReplicas) (int64 $scaling.maxReplicas)) -}}
 {{- fail (printf "components.%s: autoscaling.minReplicas must not exceed autoscaling.maxReplicas (%d > %d)" $key (int64 $scaling.minReplicas) (int64 $scaling.maxReplicas)) -}}
 {{- end -}}
-{{- /* What the operator would refuse later (facepipe.operator.spec), refused now. */ -}}
+{{- /* What the operator would refuse later (facepipe.operator.validation), refused now. */ -}}
 {{- if and $scaling.enabled (eq $scaling.provider "keda") $.Values.redis.urlSecretRef (not $.Values.redis.kedaAuthenticationRef) -}}
 {{- fail (printf "components.%s: autoscaling.provider keda with redis.urlSecretRef needs redis.kedaAuthenticationRef (a TriggerAuthentication giving KEDA the address and password)" $key) -}}
 {{- end -}}

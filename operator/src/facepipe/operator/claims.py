@@ -20,7 +20,8 @@ from urllib.parse import urlparse
 
 from facepipe.operator.builders import stream_names
 from facepipe.operator.kube import FACE_PIPELINE, KubeApi, KubeApiError
-from facepipe.operator.spec import PipelineSpec, SpecError, parse_spec
+from facepipe.operator.spec import PipelineSpec
+from facepipe.operator.validation import SpecError, parse_spec
 
 
 def redis_identity(url: str) -> str:

@@ -1,7 +1,7 @@
 """The one table of the pipeline's settings: who reads each one, and who may set it.
 
 The names are the primary environment names of ``facepipe.core.settings.Settings``.
-Every component's environment is derived from this table (facepipe.operator.builders),
+Every component's environment is derived from this table (facepipe.operator.environment),
 so a setting more than one component reads comes from one place, the ConfigMap, and
 can never differ between them; only the settings in :data:`PER_COMPONENT` (batch sizes,
 threads, the consumer name, ...) may take a component's own value.
@@ -15,16 +15,12 @@ silently miss its pods.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-from pydantic import AliasChoices, ValidationError
+from pydantic import AliasChoices
 
 from facepipe.core.settings import Settings
 from facepipe.operator.constants import COMPONENTS, WORKERS, Component
-
-if TYPE_CHECKING:
-    from facepipe.operator.spec import PipelineSpec
 
 ALL: Final[frozenset[Component]] = frozenset(COMPONENTS)
 _WORKERS: Final[frozenset[Component]] = frozenset(WORKERS)
@@ -176,69 +172,3 @@ def reads(component: Component, name: str) -> bool:
 def component_may_set(component: Component, name: str) -> bool:
     """Whether spec.components.<component>.settings may give ``name`` its own value there."""
     return reads(component, name) and (name in PER_COMPONENT or READERS.get(name) == {component})
-
-
-def settings_problems(spec: PipelineSpec) -> list[str]:
-    """Unknown or spec-owned names in spec.settings / components.*.settings, and invalid values."""
-    from facepipe.operator.builders import component_literal_env, shared_env
-
-    known = set(primary_env_names())
-    aliases = legacy_aliases()
-    problems: list[str] = []
-    sources = {"spec.settings": spec.settings}
-    for component in COMPONENTS:
-        key = "opsApi" if component == "ops-api" else component
-        sources[f"spec.components.{key}.settings"] = _component_settings(spec, component)
-    for where, values in sources.items():
-        for name in values:
-            if name in aliases:
-                problems.append(f"{where}.{name}: a legacy alias; use {aliases[name]}")
-            elif name not in known:
-                problems.append(f"{where}.{name}: not a setting of the services")
-            elif name in MANAGED:
-                problems.append(f"{where}.{name}: set by {MANAGED[name]}")
-    for component in COMPONENTS:
-        key = "opsApi" if component == "ops-api" else component
-        for name in _component_settings(spec, component):
-            if name not in known or name in MANAGED or name in aliases:
-                continue  # reported above
-            if not reads(component, name):
-                problems.append(f"spec.components.{key}.settings.{name}: the {component} does not read it")
-            elif not component_may_set(component, name):
-                readers = ", ".join(c for c in COMPONENTS if c in READERS[name])
-                problems.append(
-                    f"spec.components.{key}.settings.{name}: {readers} read it and must agree on it; "
-                    "set it once in spec.settings"
-                )
-    if problems:
-        return problems
-    # Validate what each component would really see, with the services' own rules.
-    shared = shared_env(spec)
-    for component in COMPONENTS:
-        env = {name: value for name, value in shared.items() if reads(component, name)}
-        env.update(component_literal_env(spec, component))
-        env.setdefault("REDIS_URL", "redis://from-secret:6379/0")  # the value sits in a Secret
-        problems += [f"{component}: {line}" for line in _invalid_values(env)]
-    return sorted(set(problems))
-
-
-def _component_settings(spec: PipelineSpec, component: Component) -> Mapping[str, str]:
-    if component == "ops-api":
-        return spec.components.opsApi.settings
-    return spec.worker(component).settings
-
-
-def _invalid_values(env: Mapping[str, str]) -> list[str]:
-    try:
-        # model_validate reads only `env`, never the operator's own environment.
-        Settings.model_validate(dict(env))
-    except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            if not error["loc"]:  # a check of several settings together names them itself
-                lines.append(str(error["msg"]).removeprefix("Value error, "))
-                continue
-            name = str(error["loc"][0])
-            lines.append(f"{name}={error.get('input')!r} is invalid: {error['msg']}")
-        return lines
-    return []

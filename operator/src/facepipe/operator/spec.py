@@ -1,23 +1,20 @@
-"""The FacePipeline spec as typed, defaulted Python objects.
+"""The FacePipeline spec as typed, defaulted Python objects: the bottom layer of the operator.
 
 The defaults mirror the CRD's OpenAPI defaults (a test keeps them equal), because
 the API server applies them only where the CRD is installed with its schema; an
-emulator or an old object may come without them. :func:`parse_spec` also runs the
-checks a schema cannot express; every problem becomes one readable line that the
-operator puts into the Degraded condition.
+emulator or an old object may come without them. This module imports no other module of
+the operator: everything else builds on it. The checks a schema cannot express (and the
+parsing of a raw spec) are facepipe.operator.validation's.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from facepipe.core.packs import PACKS
-from facepipe.core.redisconn import hash_tag, is_cluster_url
-from facepipe.core.tenancy import is_valid_tenant_id, tenant_stream_name
+from facepipe.core.redisconn import is_cluster_url
+from facepipe.core.tenancy import tenant_stream_name
 
 
 class _Model(BaseModel):
@@ -216,146 +213,3 @@ class PipelineSpec(_Model):
             "embedder": self.components.embedder,
             "indexer": self.components.indexer,
         }[component]
-
-
-class SpecError(ValueError):
-    """The spec cannot be reconciled; ``problems`` are one line each, naming the field."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
-
-
-# Service names are <name>-ops-api / <name>-workers: DNS-1035 labels of at most 63 characters.
-_NAME_PATTERN = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
-MAX_NAME_LENGTH = 50
-_LABEL_VALUE = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
-
-
-def _describe(error: Mapping[str, Any]) -> str:
-    loc = ".".join(str(part) for part in error["loc"])
-    message = str(error["msg"])
-    if error["type"] == "extra_forbidden":
-        message = "unknown field"
-    return f"spec.{loc}: {message}" if loc else f"spec: {message}"
-
-
-def parse_spec(name: str, raw_spec: Mapping[str, Any] | None) -> PipelineSpec:
-    """Typed spec with defaults, or :class:`SpecError` listing every problem found."""
-    problems: list[str] = []
-    if not _NAME_PATTERN.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
-        problems.append(
-            f"metadata.name {name!r}: must be a DNS-1035 label (a-z, 0-9, '-', starting with a letter) "
-            f"of at most {MAX_NAME_LENGTH} characters, because child Services are named after it"
-        )
-    try:
-        spec = PipelineSpec.model_validate(dict(raw_spec or {}))
-    except ValidationError as exc:
-        raise SpecError(problems + [_describe(err) for err in exc.errors()]) from None
-    problems += _semantic_problems(spec)
-    if problems:
-        raise SpecError(problems)
-    return spec
-
-
-def _semantic_problems(spec: PipelineSpec) -> list[str]:
-    # Imported here: envmap imports this module's types.
-    from facepipe.operator.envmap import settings_problems
-
-    problems: list[str] = []
-    if not is_valid_tenant_id(spec.tenantId) or not _LABEL_VALUE.fullmatch(spec.tenantId):
-        # Everything else derives names from the tenant (labels, the stream): stop here.
-        return [
-            f"spec.tenantId {spec.tenantId!r}: 1-63 characters of A-Z a-z 0-9 _ . -, starting and "
-            "ending with a letter or digit, without '..'"
-        ]
-    if (spec.redis.url is None) == (spec.redis.urlSecretRef is None):
-        problems.append("spec.redis: give exactly one of url and urlSecretRef")
-    named = spec.redis.streamName
-    if spec.redis.is_cluster and named is not None and hash_tag(named) != spec.tenantId:
-        tag = "{" + spec.tenantId + "}"
-        problems.append(
-            f"spec.redis.streamName {named!r}: on a Redis Cluster a tenant's streams carry its hash tag "
-            f"{tag} (or leave streamName out: face-processing-queue:{tag})"
-        )
-    for key, worker in (
-        ("detector", spec.components.detector),
-        ("embedder", spec.components.embedder),
-        ("indexer", spec.components.indexer),
-    ):
-        scaling = worker.autoscaling
-        if not scaling.enabled:
-            continue
-        where = f"spec.components.{key}.autoscaling"
-        if scaling.minReplicas > scaling.maxReplicas:
-            problems.append(
-                f"{where}: minReplicas {scaling.minReplicas} exceeds maxReplicas {scaling.maxReplicas}"
-            )
-        if scaling.provider == "hpa" and scaling.minReplicas < 1:
-            problems.append(f"{where}: minReplicas 0 needs provider keda (an HPA keeps at least one replica)")
-        if scaling.provider == "keda":
-            problems += _keda_redis_problems(spec, where)
-    problems += _mixed_provider_problems(spec)
-    ops = spec.components.opsApi
-    if ops.autoscaling.enabled:
-        where = "spec.components.opsApi.autoscaling"
-        if ops.autoscaling.minReplicas > ops.autoscaling.maxReplicas:
-            problems.append(
-                f"{where}: minReplicas {ops.autoscaling.minReplicas} exceeds maxReplicas "
-                f"{ops.autoscaling.maxReplicas}"
-            )
-        if "cpu" not in ops.resources.requests:
-            problems.append(
-                "spec.components.opsApi.resources.requests.cpu: required when opsApi autoscaling is "
-                "enabled (it scales on CPU utilisation of the request)"
-            )
-    pack = PACKS[spec.models.pack]
-    if not pack.fetchable and not spec.models.volume.claimName:
-        problems.append(
-            f"spec.models.pack {pack.name}: its weights cannot be downloaded by the pods; fill a "
-            "PersistentVolumeClaim with them and name it in spec.models.volume.claimName (or use "
-            "buffalo_sc or opencv_yunet_sface, which the pods fetch themselves)"
-        )
-    if spec.restartAt is not None and not spec.restartAt.strip():
-        problems.append("spec.restartAt: must not be blank (remove the field instead)")
-    problems += settings_problems(spec)
-    return problems
-
-
-MIXED_PROVIDERS = (
-    "autoscaling.provider: the workers use both hpa ({hpa}) and keda ({keda}). The HPAs read their "
-    "External metric from prometheus-adapter and KEDA serves its own, through the same Kubernetes API "
-    "(external.metrics.k8s.io), which a cluster gives to one of them: use one provider for every worker"
-)
-
-
-def _mixed_provider_problems(spec: PipelineSpec) -> list[str]:
-    """Workers autoscaled by HPAs on the adapter's metric and by KEDA cannot both work in one cluster."""
-    by_provider: dict[str, list[str]] = {"hpa": [], "keda": []}
-    for key in ("detector", "embedder", "indexer"):
-        scaling = spec.worker(key).autoscaling
-        if scaling.enabled:
-            by_provider[scaling.provider].append(key)
-    if by_provider["hpa"] and by_provider["keda"]:
-        return [
-            "spec.components."
-            + MIXED_PROVIDERS.format(hpa=", ".join(by_provider["hpa"]), keda=", ".join(by_provider["keda"]))
-        ]
-    return []
-
-
-def _keda_redis_problems(spec: PipelineSpec, where: str) -> list[str]:
-    from facepipe.operator.builders import keda_redis_address
-
-    if spec.redis.kedaAuthenticationRef:
-        return []
-    if spec.redis.url is None:
-        return [
-            f"{where}: provider keda with redis.urlSecretRef needs redis.kedaAuthenticationRef "
-            "(a TriggerAuthentication giving KEDA the address and password)"
-        ]
-    try:
-        keda_redis_address(spec.redis.url, cluster=spec.redis.is_cluster)
-    except ValueError as exc:
-        return [f"{where}: {exc}"]
-    return []

@@ -32,9 +32,9 @@ from facepipe.operator.handlers.pipeline import SecretValueError, tenant_setting
 from facepipe.operator.handlers.runtime import PURGE_POLL_SECONDS, PURGE_RETRY_SECONDS, RUNTIME
 from facepipe.operator.kube import DEPLOYMENT, HPA, JOB, POD, SCALED_OBJECT, KubeApi, KubeApiError
 from facepipe.operator.purge import PurgeUnavailable
-from facepipe.operator.spec import SpecError, parse_spec
 from facepipe.operator.status import Observation
 from facepipe.operator.stream_purge import purge_streams
+from facepipe.operator.validation import SpecError, parse_spec
 
 Logger = logging.Logger | logging.LoggerAdapter
 

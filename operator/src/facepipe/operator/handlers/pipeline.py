@@ -30,7 +30,7 @@ from facepipe.operator.packs import (
     read_record,
 )
 from facepipe.operator.purge import settings_from_env
-from facepipe.operator.spec import PipelineSpec, SpecError, parse_spec
+from facepipe.operator.spec import PipelineSpec
 from facepipe.operator.status import (
     ComponentState,
     Observation,
@@ -39,6 +39,7 @@ from facepipe.operator.status import (
     status_patch,
 )
 from facepipe.operator.stream_figures import read_stream_figures
+from facepipe.operator.validation import SpecError, parse_spec
 
 Logger = logging.Logger | logging.LoggerAdapter
 
