@@ -143,6 +143,50 @@ def test_bad_messages_go_to_the_dlq_with_reason_and_the_worker_keeps_going(harne
     assert stats.snapshot("demo")["counters"]["worker_msgs_dlq"] == 1
 
 
+def test_raw_entries_of_any_bytes_are_dead_lettered_with_their_reason_on_the_first_delivery(harness) -> None:
+    """Field values and names that are not UTF-8, or that json.loads(bytes) would take for UTF-16
+    or UTF-32 (a NUL first or second), never crash a delivery: each entry is dead-lettered with
+    its reason at once, and a valid batch-mate is processed in the same batch."""
+    bytes_client = redis.Redis.from_url(harness.env["REDIS_URL"])
+    raw_entries: list[tuple[dict[bytes, bytes], str]] = [
+        # Found at full size by the hostile-input scenario: ended max_deliveries_exceeded.
+        ({b"data": "\x00\xf7\x8cTt!\x01".encode()}, "invalid_json"),
+        ({b"message": b"\x00\x00\x00{"}, "invalid_json"),  # utf-32-be to json's guess
+        ({b"message": b'{\x00"a": 1}'}, "invalid_json"),  # utf-16-le to json's guess
+        ({b"message": b"\x00\xff\xfe\x80"}, "invalid_json"),  # not UTF-8
+        ({b"data": b"\xc3\x28"}, "invalid_json"),  # not UTF-8 either
+        ({b"message": b"[" * 100_000}, "invalid_json"),  # deeper than the parser recurses
+        (  # a lone surrogate, which no output could carry on
+            {b"message": json.dumps(harness.ingest_payload(1, key="demo/\ud800.jpg")).encode()},
+            "invalid_json",
+        ),
+        ({b"\xff\xfe": b"x"}, "missing_payload"),  # a field name that is not UTF-8
+        ({b"message\xff": b"{}", b"\x00": b"\x00"}, "missing_payload"),
+    ]
+    expected = {
+        bytes_client.xadd(INGEST, fields).decode(): (reason, fields) for fields, reason in raw_entries
+    }
+    good = harness.publish(harness.ingest_payload(7))
+
+    result = harness.run("--once", "--max-batch", "16")
+    assert result.returncode == 0, result.stderr
+    assert "crashed" not in result.stderr and "Unexpected error" not in result.stderr, result.stderr
+
+    dead = {fields[b"source_id"].decode(): fields for _id, fields in bytes_client.xrange(DLQ)}
+    assert set(dead) == set(expected)
+    for entry_id, (reason, fields) in expected.items():
+        entry = dead[entry_id]
+        assert (entry[b"reason"].decode(), entry[b"delivery_count"]) == (reason, b"1"), (fields, entry)
+        payload = next((fields[name] for name in (b"message", b"data") if name in fields), None)
+        if payload is not None:  # kept byte for byte
+            assert entry[b"payload"] == payload
+    # Without a payload field: the fields as JSON, names byte for byte.
+    nameless = next(i for i, (_reason, fields) in expected.items() if b"\xff\xfe" in fields)
+    assert dead[nameless][b"payload"] == b'{"\xff\xfe": "x"}'
+    assert harness.out_sources() == [good]
+    assert harness.pending() == 0
+
+
 def test_kill_9_holding_unacked_entries_another_consumer_reclaims_them_exactly_once(harness) -> None:
     fast = [harness.publish(harness.ingest_payload(n)) for n in (1, 2)]
     slow = [harness.publish(harness.ingest_payload(n, slow=True)) for n in (3, 4)]

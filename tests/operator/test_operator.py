@@ -164,9 +164,11 @@ def test_keda_provider_swaps_the_hpa_for_a_scaled_object_and_back(
     patch_spec(kube, namespace, {"components": {"indexer": {"autoscaling": {"provider": "keda"}}}})
     scaled = wait_for(lambda: kube.get(SCALED_OBJECT, namespace, "acme-indexer"), what="the ScaledObject")
     wait_for(lambda: kube.get(HPA, namespace, "acme-indexer") is None, what="the HPA to go")
-    trigger = scaled["spec"]["triggers"][0]
-    assert trigger["type"] == "redis-streams" and trigger["metadata"]["lagCount"] == "40"
-    assert trigger["metadata"]["stream"] == "face-processing-queue:{acme}:embedded"
+    lag, pending = scaled["spec"]["triggers"]
+    assert lag["type"] == pending["type"] == "redis-streams"
+    assert (lag["metadata"]["lagCount"], pending["metadata"]["pendingEntriesCount"]) == ("40", "40")
+    for trigger in (lag, pending):
+        assert trigger["metadata"]["stream"] == "face-processing-queue:{acme}:embedded"
 
     patch_spec(kube, namespace, {"components": {"indexer": {"autoscaling": {"provider": "hpa"}}}})
     wait_for(lambda: kube.get(HPA, namespace, "acme-indexer"), what="the HPA back")

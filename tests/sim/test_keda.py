@@ -265,6 +265,81 @@ def test_scales_to_zero_only_after_the_cooldown(
     assert scenario.sync(64) == 0  # the next poll after the cooldown
 
 
+def pending_trigger(redis_url: str) -> dict[str, Any]:
+    metadata = {"address": address(redis_url), "stream": STREAM, "consumerGroup": GROUP}
+    return {"type": "redis-streams", "metadata": {**metadata, "pendingEntriesCount": "10"}}
+
+
+@pytest.mark.parametrize(("with_pending", "after_cooldown"), [(False, 0), (True, 2)])
+def test_entries_read_but_not_acked_keep_it_active_only_with_a_pending_trigger(
+    kube: KubeApi,
+    namespace: str,
+    redis_url: str,
+    backlog: redis.Redis,
+    with_pending: bool,
+    after_cooldown: int,
+) -> None:
+    """The operator's ScaledObject: lagCount and pendingEntriesCount on one stream and group.
+    Every entry read by a consumer that has not acked it yet (lag 0, pending 5): lag alone is
+    inactive and scales the worker to zero after the cooldown, with the entries in hand."""
+    backlog.xreadgroup(GROUP, "c1", {STREAM: ">"})
+    triggers = [lag_trigger(redis_url)] + ([pending_trigger(redis_url)] if with_pending else [])
+    body = scaled_object(namespace, "worker", triggers[0], minReplicaCount=0, cooldownPeriod=60)
+    body["spec"]["triggers"] = triggers
+    kube.request("POST", DEPLOYMENT.path(namespace), body=deployment(namespace, "worker", 2))
+    kube.request("POST", SCALED_OBJECT.path(namespace), body=body)
+    keda = KedaController(kube, settings=KedaSettings(default_polling_interval=30))
+    start = time.time()
+    for at in (0, 31, 62, 93):
+        keda.sync_once(now=start + at)
+    status = kube.get(SCALED_OBJECT, namespace, "worker")
+    worker = kube.get(DEPLOYMENT, namespace, "worker")
+    assert status is not None and worker is not None
+    assert worker["spec"]["replicas"] == after_cooldown
+    assert condition_status(status, "Active") == ("True" if with_pending else "False")
+    # Each trigger is a metric of KEDA's HPA, which scales on the larger proposal.
+    assert status["status"]["externalMetricNames"] == [
+        f"s{i}-redis-streams-acme-images" for i in range(len(triggers))
+    ]
+    drain_pending = backlog.xpending_range(STREAM, GROUP, min="-", max="+", count=10)
+    backlog.xack(STREAM, GROUP, *[row["message_id"] for row in drain_pending])
+    keda.sync_once(now=start + 124)  # inactive since 93 s: within the cooldown
+    keda.sync_once(now=start + 155)
+    worker = kube.get(DEPLOYMENT, namespace, "worker")
+    assert worker is not None and worker["spec"]["replicas"] == 0
+
+
+def test_a_pending_trigger_on_a_group_not_created_yet_is_an_error_that_never_scales_to_zero(
+    kube: KubeApi, namespace: str, redis_url: str, redis_client: redis.Redis
+) -> None:
+    """XPENDING on a stream or group that does not exist is NOGROUP: a trigger error, and KEDA
+    scales nothing to zero on one; the lag trigger (XLEN while the group does not exist) still
+    activates the worker from zero."""
+    body = scaled_object(namespace, "worker", lag_trigger(redis_url), minReplicaCount=0)
+    body["spec"]["triggers"] = [lag_trigger(redis_url), pending_trigger(redis_url)]
+    kube.request("POST", DEPLOYMENT.path(namespace), body=deployment(namespace, "worker", 1))
+    kube.request("POST", SCALED_OBJECT.path(namespace), body=body)
+    keda = KedaController(kube, settings=KedaSettings(default_polling_interval=1, default_cooldown_period=0))
+    start = time.time()
+    keda.sync_once(now=start)
+    status = kube.get(SCALED_OBJECT, namespace, "worker")
+    assert status is not None
+    conditions = {c["type"]: c for c in status["status"]["conditions"]}
+    assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("False", "TriggerError")
+    assert "NOGROUP" in conditions["Ready"]["message"]
+    assert kube.get(DEPLOYMENT, namespace, "worker")["spec"]["replicas"] == 1  # type: ignore[index]
+
+    redis_client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)  # the worker's start
+    keda.sync_once(now=start + 2)
+    assert kube.get(DEPLOYMENT, namespace, "worker")["spec"]["replicas"] == 0  # type: ignore[index]
+    redis_client.xgroup_destroy(STREAM, GROUP)  # lost (a Redis without persistence restarted)
+    redis_client.xadd(STREAM, {"i": 1})
+    keda.sync_once(now=start + 4)  # lag: XLEN 1 while the group does not exist; pending: NOGROUP
+    assert kube.get(DEPLOYMENT, namespace, "worker")["spec"]["replicas"] == 1  # type: ignore[index]
+    status = kube.get(SCALED_OBJECT, namespace, "worker")
+    assert status is not None and condition_status(status, "Active") == "True"
+
+
 def test_polling_interval_is_honoured(
     kube: KubeApi, namespace: str, redis_url: str, redis_client: redis.Redis
 ) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -426,6 +427,49 @@ def test_deletion_sends_sigterm_then_sigkill_after_the_grace_period(
     assert [(t.exit_code, t.stop_requested) for t in ended] == [(exit_code, True)]
     logs = cluster_sim.logs(sim_namespace, "ending", "main")
     assert ("done" in logs) == (exit_code == 0)
+
+
+def _processes_with(token: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if token.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:  # gone meanwhile
+                pass
+    return found
+
+
+def test_a_pod_deleted_while_it_starts_leaves_no_process_behind(
+    cluster_sim: ClusterSim, sim_namespace: str
+) -> None:
+    """Deleted while waiting for a volume; the volume comes, and the start goes on for a moment.
+    A container started after the deletion must be stopped with the pod, never left running on
+    its own (a worker nobody sees, consuming its stream: KEDA saw no lag to scale it up for)."""
+    token = f"leak-check-{sim_namespace}"
+    volume = {"name": "conf", "configMap": {"name": "late"}}
+    manifest = bare_pod(
+        "starting",
+        f"import time  # {token}\nprint('serving', flush=True)\nwhile True: time.sleep(0.1)",
+        restart="Always",
+        terminationGracePeriodSeconds=2,
+        volumes=[volume],
+        container={"volumeMounts": [{"name": "conf", "mountPath": "/conf"}]},
+    )
+    apply(cluster_sim, manifest, namespace=sim_namespace)
+    wait_pod(
+        cluster_sim, sim_namespace, "starting",
+        lambda p: "late" in (state_of(p)[1].get("message") or ""), what="waiting for its volume",
+    )  # fmt: skip
+    from simkit import kubectl
+
+    kubectl(cluster_sim, "delete", "pod", "starting", "-n", sim_namespace, "--wait=false")
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "late"}, "data": {"a": "1"}}
+    apply(cluster_sim, config_map, namespace=sim_namespace)
+    wait_for(lambda: pod(cluster_sim, sim_namespace, "starting") is None, timeout=60, what="the pod to go")
+    time.sleep(8)  # what the start did after the deletion has happened by now
+    assert _processes_with(token) == [], cluster_sim.logs(sim_namespace, "starting", "main")
 
 
 @pytest.mark.parametrize(

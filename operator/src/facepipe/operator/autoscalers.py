@@ -1,6 +1,15 @@
 """Per autoscaled component an HPA (External metric facepipe_stream_backlog, or CPU for ops-api)
-or a KEDA ScaledObject (redis-streams lagCount on the component's input stream; the
-redis-cluster-streams scaler on a Redis Cluster), never both."""
+or a KEDA ScaledObject, never both.
+
+The ScaledObject has two redis-streams triggers on the component's input stream and group (the
+redis-cluster-streams scaler on a Redis Cluster): ``lagCount`` and ``pendingEntriesCount``, since
+KEDA's scaler counts one of them per trigger, and the backlog is both (what the HPA's
+facepipe_stream_backlog adds up). KEDA is active while either count is above 0, and its HPA
+takes the larger proposal. With lag alone, entries read but not yet acked (batches in hand, a
+killed consumer's entries waiting to be reclaimed) did not count: a worker whose whole backlog
+was pending looked idle. Until the worker has created its group, XPENDING answers NOGROUP, a
+trigger error on which KEDA scales nothing to zero.
+"""
 
 from __future__ import annotations
 
@@ -107,6 +116,24 @@ def build_hpa(owner: PipelineRef, spec: PipelineSpec, component: Component) -> M
     }
 
 
+def _stream_trigger(spec: PipelineSpec, component: Component, count: str, target: int) -> dict[str, Any]:
+    """One redis-streams trigger on the component's input stream and group, counting ``count``:
+    ``lagCount`` (entries no consumer has read yet) or ``pendingEntriesCount`` (read, not yet
+    acked). KEDA's scaler counts one of them per trigger; the backlog is both."""
+    trigger_metadata = {
+        "stream": stream_names(spec)[INPUT_ROLE[component]],
+        "consumerGroup": spec.redis.groupName,
+        count: str(target),
+    }
+    trigger: dict[str, Any] = {"type": keda_trigger_type(spec), "metadata": trigger_metadata}
+    if spec.redis.kedaAuthenticationRef:
+        trigger["authenticationRef"] = {"name": spec.redis.kedaAuthenticationRef}
+    else:
+        assert spec.redis.url is not None  # parse_spec guarantees it
+        trigger_metadata.update(keda_redis_address(spec.redis.url, cluster=spec.redis.is_cluster))
+    return trigger
+
+
 def build_scaled_object(owner: PipelineRef, spec: PipelineSpec, component: Component) -> Manifest:
     meta = metadata(owner, child_name(owner, component), component_labels(owner, spec, component))
     if component == "ops-api":
@@ -121,18 +148,10 @@ def build_scaled_object(owner: PipelineRef, spec: PipelineSpec, component: Compo
         bounds = (scaling.minReplicas, scaling.maxReplicas)
     else:
         worker = spec.worker(component).autoscaling
-        trigger_metadata = {
-            "stream": stream_names(spec)[INPUT_ROLE[component]],
-            "consumerGroup": spec.redis.groupName,
-            "lagCount": str(worker.targetLagPerReplica),
-        }
-        trigger: dict[str, Any] = {"type": keda_trigger_type(spec), "metadata": trigger_metadata}
-        if spec.redis.kedaAuthenticationRef:
-            trigger["authenticationRef"] = {"name": spec.redis.kedaAuthenticationRef}
-        else:
-            assert spec.redis.url is not None  # parse_spec guarantees it
-            trigger_metadata.update(keda_redis_address(spec.redis.url, cluster=spec.redis.is_cluster))
-        triggers = [trigger]
+        triggers = [
+            _stream_trigger(spec, component, "lagCount", worker.targetLagPerReplica),
+            _stream_trigger(spec, component, "pendingEntriesCount", worker.targetLagPerReplica),
+        ]
         bounds = (worker.minReplicas, worker.maxReplicas)
     return {
         "apiVersion": "keda.sh/v1alpha1",

@@ -9,6 +9,9 @@
 - with ``consumerGroup`` only: ``XPENDING`` count, target ``pendingEntriesCount`` (default 5);
 - without ``consumerGroup``: ``XLEN``, target ``streamLength`` (default 5);
 - active when the count exceeds ``activationLagCount`` (default 0), whatever the factor;
+- an error (``XPENDING`` on a stream or group that does not exist: NOGROUP) is the trigger's
+  error, not a count; a ScaledObject with several triggers (one factor each) is active when
+  any is, and its HPA has one External metric per trigger (it takes the largest proposal);
 - the HPA metric is External ``s<i>-redis-streams-<stream>`` (``/ . : % ( )`` made ``-``),
   target type ``metricType`` (default AverageValue).
 

@@ -124,6 +124,10 @@ class PodWorker:
                 await asyncio.wait_for(asyncio.shield(lifecycle), 5)
             lifecycle.cancel()
             await asyncio.gather(lifecycle, return_exceptions=True)
+            # The start starts no container after the stop request (_lifecycle), but one it had
+            # in hand then, or a runner cancelled with it, may have a process: stop every one,
+            # or it would run on without its pod (a cancelled runner does not stop its process).
+            await asyncio.gather(*(r.stop(self.grace) for r in self.init_runners + self.runners))
             self._changed()
             await asyncio.sleep(0)  # let the writer see the final states
         finally:
@@ -136,20 +140,29 @@ class PodWorker:
             self.done.set()
 
     async def _lifecycle(self) -> None:
+        """Admission to running containers; nothing is started once the pod is being deleted
+        (a deletion can come at any step: the runners it stopped are those that existed)."""
+        stopping = self.stop_requested.is_set
         try:
-            if not await self._admit():
+            if not await self._admit() or stopping():
                 return
             recipes = await self._pull_images()
-            if recipes is None:
+            if recipes is None or stopping():
                 return
             await self._start_sandbox()
             volumes = await self._prepare_volumes()
+            if volumes is None:
+                return
             restart_policy = (self.pod.get("spec") or {}).get("restartPolicy", "Always")
             for container in podspec.containers(self.pod, init=True):
+                if stopping():
+                    return
                 runner = self._runner(container, recipes, volumes, restart_policy, init=True)
                 self.init_runners.append(runner)
                 if not await runner.run():
                     return  # failed for good (restartPolicy Never): the pod is Failed
+            if stopping():  # an init container that ended with 0 when it was told to stop
+                return
             self.initialized = True
             self._changed()
             self.runners = [
@@ -228,17 +241,21 @@ class PodWorker:
         (self.folder / "hostname").write_text(self.name + "\n")
         self._changed()
 
-    async def _prepare_volumes(self) -> PodVolumes:
-        while True:
+    async def _prepare_volumes(self) -> PodVolumes | None:
+        """The pod's volumes, once they can be set up; None when the pod is deleted first."""
+        while not self.stop_requested.is_set():
             volumes = PodVolumes(
                 self.pod, self.folder, self.node.claims_folder, self.node.cluster, self.pod_ip
             )
             try:
                 await asyncio.to_thread(volumes.prepare, self.node.claims.exists)
-                return volumes
             except (VolumeNotReady, podspec.ConfigError) as exc:
                 self._wait_all("ContainerCreating", f"MountVolume.SetUp failed: {exc}")
-                await asyncio.sleep(2)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop_requested.wait(), 2)
+                continue
+            return volumes
+        return None
 
     def _runner(
         self,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import threading
 
+_MAX_DOUBLINGS = 64  # 2**64 times any initial delay is past any max_s
+
 
 class Backoff:
     """Delays of ``initial_s * 2**(attempt-1)``, capped at ``max_s``; waits end early on ``stop``."""
@@ -15,8 +17,11 @@ class Backoff:
         self.stop = stop
 
     def delay(self, attempt: int) -> float:
+        # The exponent is capped: past about 1024 attempts (a long outage at a short max_s)
+        # 2**attempt no longer converts to a float, and the OverflowError would end the wait.
+        doubled = self.initial_s * 2.0 ** min(max(attempt - 1, 0), _MAX_DOUBLINGS)
         # Jitter, so replicas that failed together do not retry in lockstep.
-        return min(self.max_s, self.initial_s * 2 ** max(attempt - 1, 0)) * random.uniform(0.8, 1.0)
+        return min(self.max_s, doubled) * random.uniform(0.8, 1.0)
 
     def sleep(self, attempt: int) -> bool:
         """Wait the attempt's backoff; False when asked to stop meanwhile."""

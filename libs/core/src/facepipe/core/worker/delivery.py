@@ -203,7 +203,7 @@ class Delivery:
 def _try_json(raw: str) -> Any:
     try:
         return json.loads(raw)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         return None
 
 

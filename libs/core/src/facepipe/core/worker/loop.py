@@ -260,6 +260,13 @@ class Worker:
                 messages.append(message)
             except PermanentError as error:
                 self._delivery.dead_letter(*entry, error)
+            except Exception:  # a bug in decoding: that entry crashed, its batch-mates go on
+                self.log.exception(
+                    "Message %s crashed the %s decoder (delivery %d); left pending for redelivery",
+                    entry[0],
+                    self.stage,
+                    entry[2],
+                )
         return messages
 
     def _check_slot(self, message: StreamMessage) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -13,6 +14,8 @@ from facepipe.core.errors import PermanentError
 from facepipe.core.tenancy import is_valid_tenant_id
 
 PAYLOAD_FIELDS = ("message", "data")  # preferred, legacy
+# A \uD800-\uDFFF escape: half of a pair, or a lone surrogate (checked after parsing).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 RawEntry = tuple[str, dict[str, str], int]  # (entry id, fields, delivery count)
 
@@ -110,11 +113,24 @@ def decode_entry(entry: RawEntry, stream: str, required_fields: Sequence[str]) -
         )
     raw = fields[field_name]
     try:
-        payload = json.loads(raw.encode("utf-8"))
+        raw.encode("utf-8")
     except UnicodeEncodeError as exc:  # undecodable bytes survived as surrogates
         raise PermanentError("invalid_json", f"payload is not UTF-8: {exc}") from exc
+    try:
+        # Parsed as the text it is. json.loads(bytes) would guess the encoding from the first
+        # bytes: a payload starting with a NUL (or with a NUL second) is taken for UTF-16 or
+        # UTF-32 and raises UnicodeDecodeError, a crash redelivered until MAX_DELIVERIES.
+        # A UTF-8 byte order mark, which that guess skipped, is still skipped.
+        payload = json.loads(raw.removeprefix("\ufeff"))
     except json.JSONDecodeError as exc:
         raise PermanentError("invalid_json", f"payload is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # nested deeper than the parser's recursion limit
+        raise PermanentError("invalid_json", "payload is nested too deeply to parse") from exc
+    if _SURROGATE_ESCAPE.search(raw):
+        try:  # JSON escapes can spell a lone surrogate, which no UTF-8 output can carry on
+            json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise PermanentError("invalid_json", f"payload holds a lone surrogate escape: {exc}") from exc
     if not isinstance(payload, dict):
         kind = type(payload).__name__
         raise PermanentError("invalid_json", f"payload must be a JSON object, got {kind}")
