@@ -1,8 +1,9 @@
 """A small synchronous client for the few kinds the operator manages.
 
 Built on the ``kubernetes`` package only for its configuration (kubeconfig or
-in-cluster credentials, TLS, token refresh); requests are plain JSON with merge
-patches, so one code path serves built-in kinds and KEDA's custom kinds alike.
+in-cluster credentials, TLS, token refresh); requests are plain JSON: server-side apply
+patches, merge patches and JSON patches, so one code path serves built-in kinds and
+KEDA's custom kinds alike.
 Kopf runs the operator's sync handlers in worker threads, where this blocks fine.
 """
 
@@ -78,7 +79,7 @@ class KubeApiError(Exception):
 
 
 class KubeApi:
-    """get / list / create / merge-patch / delete of JSON objects."""
+    """get / list / create / server-side apply / merge-patch / JSON-patch / delete of JSON objects."""
 
     def __init__(self, api_client: kubernetes.client.ApiClient, *, timeout_s: float = 30.0) -> None:
         self._client = api_client
@@ -173,6 +174,37 @@ class KubeApi:
             kind.path(namespace, name, subresource),
             body=dict(patch),
             content_type="application/merge-patch+json",
+        )
+
+    def apply(
+        self, manifest: Mapping[str, Any], *, field_manager: str, force: bool = False
+    ) -> dict[str, Any]:
+        """Server-side apply: ``manifest`` is the whole intent of ``field_manager`` for the object.
+
+        The API server creates the object when missing, sets every field given, and removes
+        the fields this manager applied before and gives no longer (unless another manager
+        holds them too). ``force`` takes fields another manager changed back instead of
+        answering 409. JSON is YAML, so the body goes as JSON under the apply content type.
+        """
+        kind = kind_of(manifest)
+        self.writes += 1
+        return self.request(
+            "PATCH",
+            kind.path(manifest["metadata"].get("namespace"), manifest["metadata"]["name"]),
+            body=dict(manifest),
+            content_type="application/apply-patch+yaml",
+            query={"fieldManager": field_manager, "force": "true" if force else "false"},
+        )
+
+    def json_patch(
+        self, kind: Kind, namespace: str | None, name: str, operations: list[Mapping[str, Any]]
+    ) -> dict[str, Any]:
+        self.writes += 1
+        return self.request(
+            "PATCH",
+            kind.path(namespace, name),
+            body=[dict(operation) for operation in operations],
+            content_type="application/json-patch+json",
         )
 
     def delete(self, kind: Kind, namespace: str | None, name: str) -> bool:

@@ -313,6 +313,8 @@ class ClusterSim:
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig.resolve()),
             "FACEPIPE_OPERATOR_RESYNC_SECONDS": os.environ.get("FACEPIPE_OPERATOR_RESYNC_SECONDS", "10"),
+            # The emulator has no server-side apply: children by merge patches (facepipe.operator.apply).
+            "FACEPIPE_OPERATOR_APPLY": "merge",
             **self.config.operator_env,
         }
         self.operator = await start_host_process(

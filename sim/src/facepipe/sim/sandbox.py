@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import facepipe.operator.main  # noqa: F401  (registers the handlers)
 
+    # The emulator has no server-side apply: children by merge patches (facepipe.operator.apply).
+    os.environ["FACEPIPE_OPERATOR_APPLY"] = "merge"
+
     kopf.configure(verbose=args.verbose)
     if not args.verbose:  # one access-log line per API request drowns the operator's own lines
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -189,7 +189,7 @@ def reconcile(
         apply_error = None
         result = ApplyResult()
         try:
-            result = apply_children(api, namespace, name, uid, children)
+            result = apply_children(api, namespace, name, uid, children, mode=RUNTIME.apply_mode)
         except KubeApiError as exc:
             if exc.status >= 500 or exc.status == 429:
                 raise  # the API server's trouble: Kopf retries with backoff

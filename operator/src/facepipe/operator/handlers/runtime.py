@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import kopf
 
+from facepipe.operator.apply import ApplyMode, parse_apply_mode
 from facepipe.operator.constants import FINALIZER, GROUP
 from facepipe.operator.crd_check import CrdCheck
 from facepipe.operator.kube import KubeApi
@@ -37,6 +38,9 @@ class Runtime:
     resync_thread: threading.Thread | None = None
     stopping: threading.Event = field(default_factory=threading.Event)
     crd_check: CrdCheck = field(default_factory=lambda: CrdCheck(RESYNC_SECONDS))
+    # How children are written (facepipe.operator.apply): server-side apply, or merge patches
+    # for an API server without it (the development emulator); $FACEPIPE_OPERATOR_APPLY.
+    apply_mode: ApplyMode = "server-side"
 
     def require_api(self) -> KubeApi:
         if self.api is None:
@@ -82,9 +86,14 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger | logging.
     )
     settings.posting.level = logging.WARNING  # Kubernetes events only for problems
     settings.execution.max_workers = 8
+    RUNTIME.apply_mode = parse_apply_mode(os.environ.get("FACEPIPE_OPERATOR_APPLY"))
     if RUNTIME.api is None:
         RUNTIME.api = KubeApi.from_environment(os.environ.get("FACEPIPE_OPERATOR_KUBECONFIG") or None)
-    logger.info("facepipe operator configured (resync every %.0f s)", RESYNC_SECONDS)
+    logger.info(
+        "facepipe operator configured (resync every %.0f s, children applied %s)",
+        RESYNC_SECONDS,
+        "server-side" if RUNTIME.apply_mode == "server-side" else "by merge patches (no server-side apply)",
+    )
 
 
 def start_resync(resync_all: Callable[[], None], logger: logging.Logger | logging.LoggerAdapter) -> None:

@@ -12,7 +12,8 @@ Plain ``kmock.KubernetesEmulator`` is an in-memory dict over HTTP. This subclass
 3. lists with ``kind: <Kind>List``, ``apiVersion`` and a ``resourceVersion``;
 4. status subresources (``/status`` writes only status; the main endpoint ignores it),
    PUT, optimistic concurrency on ``metadata.resourceVersion``, JSON-patch errors as 422,
-   strategic merge patches (facepipe.sim.strategic: what ``kubectl apply`` sends),
+   strategic merge patches (facepipe.sim.strategic: what ``kubectl apply`` sends), but no
+   server-side apply (an apply patch is answered 415),
    graceful deletion of pods bound to a node (left to the kubelet to finish),
    ``generateName``, and deletion with finalizers plus garbage collection of dependents
    by owner uid (what kube-controller-manager would do);
@@ -38,7 +39,7 @@ import jsonpatch
 import kmock
 from kmock._internal import dicts, enums, rendering
 
-from facepipe.sim.emulator.errors import conflict, invalid, not_found
+from facepipe.sim.emulator.errors import conflict, invalid, not_found, unsupported_media_type
 from facepipe.sim.emulator.kinds import EmulatorKinds, now_timestamp
 from facepipe.sim.emulator.reads import EmulatorReads
 from facepipe.sim.strategic import strategic_merge
@@ -161,6 +162,13 @@ class FacePipeEmulator(EmulatorKinds, EmulatorReads, kmock.KubernetesEmulator):
         res = request.resource
         assert res is not None and request.name is not None
         key = (res, request.namespace, request.name)
+        if "apply-patch" in request.headers.get("Content-Type", ""):
+            # Server-side apply (field ownership, removal of fields a manager stops applying) is
+            # not emulated: refused as by an API server without it, never taken for a merge patch.
+            raise unsupported_media_type(
+                "server-side apply is not emulated: use a real kube-apiserver, or merge patches "
+                "(the operator: FACEPIPE_OPERATOR_APPLY=merge)"
+            )
         old = self._live(key)
         if old is None:
             raise not_found(res, request.name)

@@ -11,6 +11,10 @@ def conflict(message: str) -> kmock.KubernetesError:
     return kmock.KubernetesError(status=409, reason="Conflict", message=message, details={})
 
 
+def unsupported_media_type(message: str) -> kmock.KubernetesError:
+    return kmock.KubernetesError(status=415, reason="UnsupportedMediaType", message=message, details={})
+
+
 def invalid(message: str) -> kmock.KubernetesError:
     return kmock.KubernetesError(status=422, reason="Invalid", message=message, details={})
 
