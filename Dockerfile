@@ -9,8 +9,12 @@
 # simulation, which builds each image's environment from the `uv sync` line below).
 # Models are not baked in: MODELS_DIR (/models) is a volume the pods fill at start.
 ARG PYTHON_VERSION=3.11
+# The base of both stages: a Debian bookworm with Python at one fixed path. Users' default is the
+# official image; where no registry is reachable, a base made locally (debootstrap, with uv in
+# it) serves: the test cluster builds `localhost/facepipe/python-base:3.11-bookworm` (docs/test-cluster.md).
+ARG BASE=python:${PYTHON_VERSION}-slim-bookworm
 
-FROM python:${PYTHON_VERSION}-slim-bookworm AS build
+FROM ${BASE} AS build
 ARG UV_VERSION=0.13.9
 # The workspace member to install (facepipe-detector, facepipe-embedder, facepipe-indexer,
 # facepipe-ops-api or facepipe-operator).
@@ -21,7 +25,8 @@ ARG PACKAGE
 ARG ONNXRUNTIME=cpu
 ARG ONNXRUNTIME_GPU="onnxruntime-gpu[cuda,cudnn]==1.31.1"
 RUN test -n "$PACKAGE" || { echo "--build-arg PACKAGE=facepipe-<component> is required" >&2; exit 1; }
-RUN pip install --no-cache-dir "uv==${UV_VERSION}"
+# A base that ships uv (the local one) keeps it; the official image gets it from PyPI.
+RUN command -v uv >/dev/null 2>&1 || python3 -m pip install --no-cache-dir "uv==${UV_VERSION}"
 ENV UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_PYTHON_DOWNLOADS=never \
@@ -39,6 +44,7 @@ COPY services/ops-api/pyproject.toml services/ops-api/
 COPY services/cli/pyproject.toml services/cli/
 COPY operator/pyproject.toml operator/
 COPY sim/pyproject.toml sim/
+COPY cluster/pyproject.toml cluster/
 # Third-party dependencies of this member only (no dev tools): this layer outlives source edits.
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-install-workspace --package "$PACKAGE"
@@ -63,7 +69,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
       *) echo "ONNXRUNTIME must be cpu or gpu, not $ONNXRUNTIME" >&2; exit 1 ;; \
     esac
 
-FROM python:${PYTHON_VERSION}-slim-bookworm
+FROM ${BASE}
 # The module `python -m` runs (facepipe.detector, ..., facepipe.operator).
 ARG MODULE
 RUN test -n "$MODULE" || { echo "--build-arg MODULE=facepipe.<component> is required" >&2; exit 1; }

@@ -1,0 +1,142 @@
+"""The product on the real cluster, as a platform engineer installs it.
+
+The operator chart is installed with the real helm on its defaults (plus the cluster's model
+mirror: pods reach nothing off this machine), so the operator runs as a pod under the chart's
+ServiceAccount and RBAC. ``examples/facepipeline.yaml`` is applied unchanged in a namespace that
+enforces the ``restricted`` Pod Security profile, next to the backing services it names
+(``redis``, ``minio``, ``qdrant``). Images come from the root Dockerfile, built here by buildah.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from facepipe.testcluster import backing
+from facepipe.testcluster.cluster import Cluster
+from facepipe.testcluster.layout import REPO_ROOT
+
+OPERATOR_NS = "facepipe-system"
+TENANT_NS = "demo"
+EXAMPLE = REPO_ROOT / "examples" / "facepipeline.yaml"
+FACES = Path(os.environ.get("FACEPIPE_FACES_DIR", REPO_ROOT.parent / "shared" / "data" / "faces"))
+WORKLOADS = ("detector", "embedder", "indexer", "ops-api")
+
+
+def wait_for(check, timeout: float, what: str, interval: float = 1.0):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what}: not within {timeout:.0f}s (last: {last!r})")
+
+
+def helm(cluster: Cluster, *args: str) -> str:
+    result = subprocess.run(
+        [cluster.bins["helm"], "--kubeconfig", str(cluster.kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def conditions(cluster: Cluster, name: str, namespace: str) -> dict[str, str]:
+    obj = json.loads(cluster.kubectl("-n", namespace, "get", "facepipeline", name, "-o", "json").stdout)
+    return {c["type"]: c["status"] for c in obj.get("status", {}).get("conditions", [])}
+
+
+def service_ip(cluster: Cluster, name: str, namespace: str) -> str:
+    return cluster.kubectl("-n", namespace, "get", "service", name, "-o", "jsonpath={.spec.clusterIP}").stdout
+
+
+@pytest.fixture(scope="module")
+def installed(cluster_manager) -> Cluster:  # noqa: ANN001
+    cluster = cluster_manager.get()
+    log = cluster.run.logs / "build.log"
+    built = backing.build_images(cluster.run, log)
+    cluster.kubectl("create", "namespace", backing.MIRROR_NAMESPACE)
+    cluster.apply(backing.manifests(backing.MIRROR_NAMESPACE, built, ("models-index",)))
+    helm(
+        cluster, "install", "facepipe-operator", str(REPO_ROOT / "charts" / "face-pipeline-operator"),
+        "--namespace", OPERATOR_NS, "--create-namespace", "--set", f"models.indexUrl={backing.MODELS_INDEX_URL}",
+        "--wait", "--timeout", "5m",
+    )  # fmt: skip
+    cluster.kubectl("create", "namespace", TENANT_NS)
+    cluster.kubectl("label", "namespace", TENANT_NS, "pod-security.kubernetes.io/enforce=restricted")
+    cluster.apply(backing.manifests(TENANT_NS, built))
+    for name in backing.TENANT_SERVICES:
+        cluster.kubectl("-n", TENANT_NS, "rollout", "status", f"deployment/{name}", "--timeout=300s")
+    cluster.kubectl("-n", TENANT_NS, "apply", "-f", str(EXAMPLE))
+    return cluster
+
+
+def test_the_example_pipeline_becomes_ready_on_the_built_images(installed: Cluster) -> None:
+    cluster = installed
+    state = wait_for(
+        lambda: (c := conditions(cluster, "demo", TENANT_NS)).get("Ready") == "True" and c,
+        900,
+        "FacePipeline demo Ready",
+    )
+    assert state.get("Degraded") == "False", state
+    pods = json.loads(
+        cluster.kubectl(
+            "-n", TENANT_NS, "get", "pods", "-l", "app.kubernetes.io/instance=demo", "-o", "json"
+        ).stdout
+    )
+    by_component = {p["metadata"]["labels"].get("app.kubernetes.io/component"): p for p in pods["items"]}
+    assert set(WORKLOADS) <= set(by_component), sorted(by_component)
+    for component in WORKLOADS:
+        pod = by_component[component]
+        assert pod["status"]["phase"] == "Running", (component, pod["status"])
+        image = pod["spec"]["containers"][0]["image"]
+        assert image.startswith(f"ghcr.io/face-pipeline/{component}:"), image
+        assert pod["spec"]["securityContext"].get("runAsNonRoot") is True
+
+
+def test_the_operator_runs_as_a_pod_under_the_charts_service_account(installed: Cluster) -> None:
+    pods = json.loads(installed.kubectl("-n", OPERATOR_NS, "get", "pods", "-o", "json").stdout)["items"]
+    assert [p["status"]["phase"] for p in pods] == ["Running"]
+    assert pods[0]["spec"]["serviceAccountName"].startswith("facepipe-operator")
+
+
+def test_ingest_with_the_cli_and_search_through_the_ops_api_service(installed: Cluster) -> None:
+    cluster = installed
+    wait_for(
+        lambda: conditions(cluster, "demo", TENANT_NS).get("Ready") == "True", 900, "FacePipeline demo Ready"
+    )
+    env = {
+        **os.environ,
+        "REDIS_URL": f"redis://{service_ip(cluster, 'redis', TENANT_NS)}:6379/0",
+        "MINIO_ENDPOINT": f"{service_ip(cluster, 'minio', TENANT_NS)}:9000",
+        "FACEPIPE_API": f"http://{service_ip(cluster, 'demo-ops-api', TENANT_NS)}:8001",
+    }
+    photos = sorted(FACES.glob("*.jpg"))[:8]
+    facepipe = [sys.executable, "-m", "facepipe.cli"]
+    ingest = subprocess.run(
+        [*facepipe, "ingest", *map(str, photos), "--tenant", "demo", "--tenant-stream", "--wait", "--timeout", "600", "--json"],
+        env=env, capture_output=True, text=True, timeout=700,
+    )  # fmt: skip
+    assert ingest.returncode == 0, ingest.stdout + ingest.stderr
+    summary = json.loads(ingest.stdout)
+    assert summary.get("dead_letters", summary.get("dlq", 0)) == 0, summary
+    query = photos[0]
+    found = subprocess.run(
+        [*facepipe, "search", str(query), "--tenant", "demo", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert found.returncode == 0, found.stderr
+    hits = json.loads(found.stdout)
+    assert hits, "no hit"
