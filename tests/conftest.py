@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import redis
 
+from facepipe.cli import ports
 from facepipe.cli.localcluster import LocalRedisCluster, start_redis_cluster
 from facepipe.cli.localservers import ServerProcess, start_redis, start_seaweedfs
 from facepipe.core.redisconn import Client, connect, masters
@@ -29,6 +30,13 @@ if TYPE_CHECKING:
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # shared helpers: imagekit
 FACES_DIR = Path(os.environ.get("FACEPIPE_FACES_DIR", REPO_ROOT.parent / "shared" / "data" / "faces"))
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A loopback port where connecting is refused for the whole test (bound, never listening)."""
+    with ports.refused_port() as port:
+        yield port
 
 
 @pytest.fixture(scope="session")
@@ -173,6 +181,7 @@ def photos(faces_manifest: dict[str, dict], faces_dir: Path) -> dict[str, np.nda
     limits = ImageLimits(max_bytes=50 * 1024 * 1024, max_pixels=60_000_000, max_side=16_384)
     return {name: decode_image((faces_dir / name).read_bytes(), limits) for name in faces_manifest}
 
+
 # --- Kubernetes API emulator (facepipe.sim.emulator): shared by the operator and sim tests ---
 
 CRD_PATH = REPO_ROOT / "crds" / "facepipelines.facepipe.io.yaml"
@@ -220,6 +229,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = reporter.stats.get("skipped", []) if reporter is not None else []
     if skipped:
-        reporter.write_line(f"CI=true: {len(skipped)} test(s) skipped; CI must have everything they need",
-                            red=True)
+        reporter.write_line(
+            f"CI=true: {len(skipped)} test(s) skipped; CI must have everything they need", red=True
+        )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

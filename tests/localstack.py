@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import httpx
 import psutil
 import redis
 
-from facepipe.cli.localservers import free_port
+from facepipe.cli.ports import launch, with_free_ports
 from facepipe.core.settings import Settings, load_settings
 
 # Variables of a developer's shell that would point the stack elsewhere.
@@ -80,19 +79,6 @@ class Stack:
         return (self.data_dir / "up.log").read_text(errors="replace")
 
 
-def wait_ready(api: str, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "facepipe up exited during start-up"
-        try:
-            if httpx.get(f"{api}/ready", timeout=10).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{api}/ready not 200 within {timeout}s")
-
-
 def stack_env(models_dir: Path, **extra: str) -> dict[str, str]:
     """This process's environment without what would point a stack elsewhere, plus the test's settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED)}
@@ -111,21 +97,27 @@ def stack_env(models_dir: Path, **extra: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def running_stack(data_dir: Path, env: dict[str, str], port: int | None = None) -> Iterator[Stack]:
-    """``facepipe up --data-dir <data_dir>/stack`` until the block ends (then SIGTERM, and SIGKILL if needed).
+    """``facepipe up --data-dir <data_dir>/stack`` until the block ends (then SIGTERM, and SIGKILL if needed),
+    on ``port`` or a free one (another if that one is taken meanwhile).
 
     Its output is appended to ``<data_dir>/up.log``; a later stack on the same data dir reuses
     the data (Redis' append-only file, SeaweedFS, the vector store)."""
-    port = port or free_port()
-    api = f"http://127.0.0.1:{port}"
-    env = {**env, "FACEPIPE_API": api}
-    command = [sys.executable, "-m", "facepipe.cli", "up", "--data-dir", str(data_dir / "stack"), "--port"]
-    with open(data_dir / "up.log", "ab") as log:
-        proc = subprocess.Popen(
-            [*command, str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+
+    def start(port: int) -> tuple[subprocess.Popen, str, dict[str, str]]:
+        api = f"http://127.0.0.1:{port}"
+        up_env = {**env, "FACEPIPE_API": api}
+        command = [sys.executable, "-m", "facepipe.cli", "up", "--data-dir", str(data_dir / "stack")]
+
+        def ready() -> bool:
+            return httpx.get(f"{api}/ready", timeout=10).status_code == 200
+
+        proc = launch("facepipe up", [*command, "--port", str(port)], data_dir / "up.log", [port], ready,
+                      timeout=240, env=up_env)  # fmt: skip
+        return proc, api, up_env
+
+    proc, api, env = start(port) if port else with_free_ports(start)
     local: dict[str, Any] = {}
     try:
-        wait_ready(api, proc, timeout=240)
         local = httpx.get(f"{api}/local", timeout=10).json()
         yield Stack(api, proc, env, data_dir, local)
     finally:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import subprocess
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,12 +15,12 @@ import numpy as np
 import redis
 
 from facepipe.cli.ingest import ingest_paths
-from facepipe.cli.localservers import free_port, wait_for_port
 from facepipe.core.settings import Settings
 from facepipe.core.worker import Worker
 from facepipe.detector.handler import DetectorHandler
 from facepipe.embedder.handler import EmbedderHandler
 from facepipe.indexer.handler import IndexerHandler
+from facepipe.sim.backing import start_qdrant_stand_in
 from facepipe.store.storage import ObjectStore
 from facepipe.store.vectors import VectorIndex
 from facepipe.vision.imaging import ImageLimits, align_face, decode_image
@@ -96,12 +94,8 @@ def group_photos(manifest: dict[str, dict], faces_dir: Path) -> set[str]:
 @contextlib.contextmanager
 def qdrant_server(path: Path) -> Iterator[str]:
     """A Qdrant server for the test (the REST stand-in, its own process, data in ``path``); its URL."""
-    port = free_port()
-    command = [sys.executable, "-m", "facepipe.sim.qdrant_rest", "--path", str(path), "--port", str(port)]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    server = start_qdrant_stand_in(path, path.with_name(f"{path.name}.log"))
     try:
-        wait_for_port(port, timeout=60, proc=proc)
-        yield f"http://127.0.0.1:{port}"
+        yield server.url
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        server.stop(timeout=60)

@@ -28,7 +28,7 @@ from chartkit import (
     promql_metric_names,
 )
 
-from facepipe.cli.localservers import free_port
+from facepipe.cli.ports import launch, listening_socket, with_free_ports
 
 
 def used_names() -> dict[str, set[str]]:
@@ -106,10 +106,17 @@ def test_names_exist_in_the_metrics_registry() -> None:
 # --------------------------------------------------------------------------- live scrape
 
 
-def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def _start(
+    args: list[str], env: dict[str, str], log: Path, pass_fds: tuple[int, ...]
+) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, *args], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            [sys.executable, *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            pass_fds=pass_fds,
         )
 
 
@@ -148,24 +155,35 @@ def live_expositions(base_env: dict[str, str], tmp_path: Path) -> Iterator[dict[
         "LOG_LEVEL": "INFO",
         "READ_BLOCK_MS": "200",
     }
-    api_port, metrics_port = free_port(), free_port()
-    ops_api = _start(
-        ["-m", "facepipe.ops_api", "--host", "127.0.0.1", "--port", str(api_port)],
-        {**env, "QDRANT_PATH": str(tmp_path / "qdrant-ops-api")},
-        tmp_path / "ops-api.log",
-    )
-    worker = _start(
-        ["-m", "facepipe.indexer"],
-        {**env, "QDRANT_PATH": str(tmp_path / "qdrant-indexer"), "METRICS_PORT": str(metrics_port)},
-        tmp_path / "indexer.log",
-    )
+    with listening_socket() as api_socket:  # the ops-api serves it (--fd): no one else can take the port
+        api_port, fd = api_socket.getsockname()[1], api_socket.fileno()
+        ops_api = _start(
+            ["-m", "facepipe.ops_api", "--fd", str(fd)],
+            {**env, "QDRANT_PATH": str(tmp_path / "qdrant-ops-api")},
+            tmp_path / "ops-api.log",
+            pass_fds=(fd,),
+        )
+
+    def start_indexer(port: int) -> tuple[subprocess.Popen[bytes], int]:
+        """The indexer with its metrics on ``port``, once it listens there itself."""
+        indexer_env = {**env, "QDRANT_PATH": str(tmp_path / "qdrant-indexer"), "METRICS_PORT": str(port)}
+        argv = [sys.executable, "-m", "facepipe.indexer"]
+        return launch(
+            "the indexer", argv, tmp_path / "indexer.log", [port], timeout=90, env=indexer_env
+        ), port
+
     try:
-        yield {
-            "ops-api": _scrape(f"http://127.0.0.1:{api_port}/metrics", ops_api, tmp_path / "ops-api.log"),
-            "indexer": _scrape(f"http://127.0.0.1:{metrics_port}/metrics", worker, tmp_path / "indexer.log"),
-        }
+        worker, metrics_port = with_free_ports(start_indexer)
+        try:
+            yield {
+                "ops-api": _scrape(f"http://127.0.0.1:{api_port}/metrics", ops_api, tmp_path / "ops-api.log"),
+                "indexer": _scrape(
+                    f"http://127.0.0.1:{metrics_port}/metrics", worker, tmp_path / "indexer.log"
+                ),
+            }
+        finally:
+            _stop(worker)
     finally:
-        _stop(worker)
         _stop(ops_api)
 
 

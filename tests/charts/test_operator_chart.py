@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -33,7 +32,7 @@ from chartkit import (
 )
 from kubekit import restricted_violations
 
-from facepipe.cli.localservers import free_port
+from facepipe.cli.ports import launch, with_free_ports
 
 VALUES = values_sets(OPERATOR_CHART)
 NAMESPACE = "facepipe-system"
@@ -311,39 +310,33 @@ def test_operator_starts_with_the_charts_command_and_args(tmp_path: Path) -> Non
     its liveness probe, so every option the chart passes is one the operator understands."""
     from facepipe.sim.emulator import EmulatorServer, write_kubeconfig
 
-    port = free_port()
-    values = {"operator": {"watchNamespaces": ["acme"], "verbose": True, "livenessPort": port}}
-    docs = render_in_cluster(values)
-    container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"][0] == "python"
-    command = [sys.executable, *container["command"][1:], *container["args"]]
-    probe = container["livenessProbe"]["httpGet"]
     server = EmulatorServer([OPERATOR_CHART / "crds" / CRD_FILE.name])
     server.start()
-    log = tmp_path / "operator.log"
     env = {**os.environ, "KUBECONFIG": str(write_kubeconfig(tmp_path / "kubeconfig", server.url))}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+
+    def start(port: int) -> subprocess.Popen:
+        """The chart's container, its liveness probe on ``port``: up once Kopf answers it with 200."""
+        values = {"operator": {"watchNamespaces": ["acme"], "verbose": True, "livenessPort": port}}
+        container = one(render_in_cluster(values), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+        assert container["command"][0] == "python"
+        command = [sys.executable, *container["command"][1:], *container["args"]]
+        liveness = f"http://127.0.0.1:{port}{container['livenessProbe']['httpGet']['path']}"
+
+        def alive() -> bool:
+            with urllib.request.urlopen(liveness, timeout=5) as response:
+                return bool(response.status == 200)
+
+        return launch("the operator", command, tmp_path / "operator.log", [port], alive, timeout=90, env=env)
+
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, f"operator exited {proc.returncode}:\n{log.read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{probe['path']}", timeout=5) as response:
-                    assert response.status == 200
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                assert time.monotonic() < deadline, f"no liveness answer:\n{log.read_text()[-3000:]}"
-                time.sleep(0.5)
-    finally:
+        proc = with_free_ports(start)
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+    finally:
         server.stop()
 
 

@@ -68,10 +68,10 @@ def test_build_message_refuses_non_images_and_bad_tenants(tmp_path: Path) -> Non
     assert bad_tenant.value.reason == "invalid_tenant_id"
 
 
-def test_cli_reports_a_missing_stack_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from facepipe.cli.localservers import free_port
-
-    api = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+def test_cli_reports_a_missing_stack_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], refused_port: int
+) -> None:
+    api = f"http://127.0.0.1:{refused_port}"  # nothing listens there
     assert main(["search", str(insightface_t1()), "--tenant", "demo", "--api", api]) == 1
     assert "no ops-api answers" in capsys.readouterr().err
     assert main(["search", str(tmp_path / "missing.jpg"), "--tenant", "demo", "--api", api]) == 2

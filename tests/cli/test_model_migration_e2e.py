@@ -21,8 +21,6 @@ import pytest
 from localstack import Stack, running_stack, stack_env
 from packkit import group_photos, identities, same_person_first, sha_of
 
-from facepipe.cli.localservers import free_port
-
 pytestmark = pytest.mark.slow
 TENANT = "demo"
 BUFFALO, SFACE = "buffalo_sc", "opencv_yunet_sface"
@@ -110,21 +108,28 @@ def test_change_the_pack_and_back_while_search_keeps_answering(
     photos = sorted(faces_dir / name for name in faces_manifest if faces_dir / name != held_back)
     obama_before = [p for p in people["obama"] if p != held_back]
     env = stack_env(models_dir, MAX_POSE_RATIO="100")  # every face reaches the index (one is in profile)
-    port = free_port()
 
-    with running_stack(tmp_path, {**env, "MODEL_PACK": BUFFALO}, port) as stack:
+    with running_stack(tmp_path, {**env, "MODEL_PACK": BUFFALO}) as stack:
         summary = stack.cli_json("ingest", *map(str, photos), "--tenant", TENANT, "--wait")
         faces = summary["faces_processed"]
         assert faces == sum(faces_manifest[p.name]["faces"] for p in photos) and summary["dlq"] == 0
         check_identities(stack, {**people, "obama": obama_before}, groups)
 
-    with running_stack(tmp_path, {**env, "MODEL_PACK": SFACE}, port) as stack:
+    with running_stack(tmp_path, {**env, "MODEL_PACK": SFACE}) as stack:
         assert stack.cli_json("ingest", str(held_back), "--tenant", TENANT, "--wait")["faces_processed"] == 1
         assert migration(stack)["pack"] == BUFFALO  # new pods index into their pack's collection meanwhile
         assert sha_of(held_back) not in search(stack, people["obama"][0])
         with searching(stack, people["obama"][0]) as searcher:
             out = stack.cli(
-                "reembed", "--tenant", TENANT, "--pack", SFACE, "--max-faces-per-s", "4", "--settle-s", "3",
+                "reembed",
+                "--tenant",
+                TENANT,
+                "--pack",
+                SFACE,
+                "--max-faces-per-s",
+                "4",
+                "--settle-s",
+                "3",
                 timeout=600,
             ).stdout
         assert f"tenant {TENANT} searches with {SFACE}: {faces + 1} faces" in out, out
@@ -137,7 +142,7 @@ def test_change_the_pack_and_back_while_search_keeps_answering(
         assert [kept["pack"] for kept in record["previous"]] == [BUFFALO]
         check_identities(stack, people, groups)
 
-    with running_stack(tmp_path, {**env, "MODEL_PACK": BUFFALO}, port) as stack:
+    with running_stack(tmp_path, {**env, "MODEL_PACK": BUFFALO}) as stack:
         with searching(stack, people["biden"][0]) as searcher:
             command = ("reembed", "--tenant", TENANT, "--pack", BUFFALO, "--settle-s", "3")
             out = stack.cli(*command, timeout=600).stdout

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import redis
 
-from facepipe.cli.localservers import free_port
 from facepipe.cli.main import main
 from facepipe.core.settings import load_settings
 from facepipe.store.dedup import DedupCache
@@ -29,10 +28,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def pipeline_env(base_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def pipeline_env(
+    base_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, refused_port: int
+) -> dict[str, str]:
     """The session's servers in the environment; FACEPIPE_API where nothing answers, so no
     `facepipe up` on this machine is used instead."""
-    env = {**base_env, "FACEPIPE_API": f"http://127.0.0.1:{free_port()}"}
+    env = {**base_env, "FACEPIPE_API": f"http://127.0.0.1:{refused_port}"}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
@@ -103,9 +104,12 @@ def test_dedup_flush_of_one_tenant_leaves_the_others(
 
 
 def test_dedup_commands_say_when_redis_is_unreachable(
-    pipeline_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    pipeline_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    refused_port: int,
 ) -> None:
-    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{refused_port}/0")
     assert main(["dedup-stats"]) == 1
     assert "cannot reach the pipeline" in capsys.readouterr().err
 

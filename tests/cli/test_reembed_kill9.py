@@ -23,7 +23,6 @@ import pytest
 import redis
 from packkit import index_photos, qdrant_server
 
-from facepipe.cli.localservers import free_port
 from facepipe.core.settings import Settings, load_settings
 from facepipe.store.pack_migration import MigrationRecords, MigrationState
 from facepipe.store.storage import ObjectStore
@@ -65,6 +64,7 @@ def test_a_backfill_killed_mid_way_resumes_with_no_face_missing_or_doubled(
     buffalo_sc: Any,
     faces_dir: Path,
     redis_client: redis.Redis,
+    refused_port: int,
 ) -> None:
     with vector_store(kind, tmp_path) as qdrant:
         mine = ("QDRANT_", "FACEPIPE_", "MODEL_PACK")
@@ -76,7 +76,7 @@ def test_a_backfill_killed_mid_way_resumes_with_no_face_missing_or_doubled(
             "INFERENCE_DEVICE": "cpu",
             "ORT_INTRA_OP_THREADS": "1",
             "MAX_POSE_RATIO": "100",
-            "FACEPIPE_API": f"http://127.0.0.1:{free_port()}",  # no local stack answers there
+            "FACEPIPE_API": f"http://127.0.0.1:{refused_port}",  # no local stack answers there
         }
         settings = load_settings(**{k.lower(): v for k, v in env.items() if k in base_env or k in qdrant})
         settings = settings.model_copy(update={"max_pose_ratio": 100.0, "models_dir": models_dir})

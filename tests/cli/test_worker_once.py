@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from facepipe.cli.localservers import free_port
 from facepipe.core.settings import load_settings
 from facepipe.core.stats import Stats
 from facepipe.store.vectors import VectorIndex
@@ -19,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_publish_test_then_worker_all_once_indexes_the_sample(
-    base_env: dict[str, str], models_dir: Path, redis_client
+    base_env: dict[str, str], models_dir: Path, redis_client, refused_port: int
 ) -> None:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "MINIO_", "QDRANT_", "BUCKET_"))
@@ -28,7 +27,7 @@ def test_publish_test_then_worker_all_once_indexes_the_sample(
     # Nothing answers there: the commands use the environment, not some local stack on :8001.
     env.update(
         {
-            "FACEPIPE_API": f"http://127.0.0.1:{free_port()}",
+            "FACEPIPE_API": f"http://127.0.0.1:{refused_port}",
             "MODELS_DIR": str(models_dir),
             "INFERENCE_DEVICE": "cpu",
             "ORT_INTRA_OP_THREADS": "1",

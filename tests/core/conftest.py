@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import redis
 
+from facepipe.cli.ports import ServerStartError, wait_serving, with_free_ports
+
 TOY_WORKER = Path(__file__).with_name("toy_worker.py")
 INGEST = "face-processing-queue"
 OUT = f"{INGEST}:out"
@@ -120,6 +122,21 @@ class Harness:
         worker = RunningWorker(proc, log_path)
         self.workers.append(worker)
         return worker
+
+    def start_with_metrics(self, *args: str, **extra_env: str) -> tuple[RunningWorker, int]:
+        """:meth:`start` with METRICS_PORT a free port (another if that one is taken meanwhile),
+        once the worker itself listens there; the worker and its metrics port."""
+
+        def start(port: int) -> tuple[RunningWorker, int]:
+            worker = self.start(*args, METRICS_PORT=str(port), **extra_env)
+            try:
+                wait_serving(worker.proc, "the toy worker", worker.log_path, [port])
+            except ServerStartError:
+                worker.kill()
+                raise
+            return worker, port
+
+        return with_free_ports(start)
 
     def out_sources(self) -> list[str]:
         return [json.loads(fields["message"])["source"] for _id, fields in self.redis.xrange(OUT)]

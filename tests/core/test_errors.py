@@ -13,7 +13,6 @@ from minio.error import S3Error, ServerError
 from qdrant_client import QdrantClient
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from facepipe.cli.localservers import free_port
 from facepipe.core.errors import PermanentError, TransientError, is_transient
 
 
@@ -23,8 +22,8 @@ def _raised(call) -> BaseException:
     return caught.value
 
 
-def test_redis_server_not_listening_is_transient() -> None:
-    client = redis.Redis(port=free_port(), socket_connect_timeout=2, retry=None)
+def test_redis_server_not_listening_is_transient(refused_port: int) -> None:
+    client = redis.Redis(port=refused_port, socket_connect_timeout=2, retry=None)
     exc = _raised(client.ping)
     assert isinstance(exc, redis.ConnectionError)
     assert is_transient(exc)
@@ -37,8 +36,8 @@ def test_redis_command_error_is_not_transient(redis_client: redis.Redis) -> None
     assert not is_transient(exc)
 
 
-def test_socket_refused_is_transient_file_errors_are_not() -> None:
-    refused = _raised(lambda: socket.create_connection(("127.0.0.1", free_port()), timeout=2))
+def test_socket_refused_is_transient_file_errors_are_not(refused_port: int) -> None:
+    refused = _raised(lambda: socket.create_connection(("127.0.0.1", refused_port), timeout=2))
     assert isinstance(refused, ConnectionRefusedError)
     assert is_transient(refused)
     missing = _raised(lambda: open("/nonexistent/facepipe"))  # noqa: SIM115
@@ -46,12 +45,12 @@ def test_socket_refused_is_transient_file_errors_are_not() -> None:
     assert not is_transient(missing)
 
 
-def test_urllib3_and_minio_with_s3_down_are_transient() -> None:
+def test_urllib3_and_minio_with_s3_down_are_transient(refused_port: int) -> None:
     pool = urllib3.PoolManager(retries=urllib3.Retry(total=0, connect=0))
-    exc = _raised(lambda: pool.request("GET", f"http://127.0.0.1:{free_port()}/"))
+    exc = _raised(lambda: pool.request("GET", f"http://127.0.0.1:{refused_port}/"))
     assert isinstance(exc, urllib3.exceptions.MaxRetryError)
     assert is_transient(exc)
-    client = Minio(f"127.0.0.1:{free_port()}", access_key="x", secret_key="y", secure=False)
+    client = Minio(f"127.0.0.1:{refused_port}", access_key="x", secret_key="y", secure=False)
     # Fail fast instead of after the SDK's five retries.
     client._http = urllib3.PoolManager(retries=urllib3.Retry(total=0, connect=0))
     exc = _raised(lambda: client.bucket_exists("raw-images"))
@@ -75,8 +74,8 @@ def test_minio_server_error_classified_by_status() -> None:
     assert not is_transient(ServerError("odd", 404))
 
 
-def test_qdrant_unreachable_is_transient_and_status_decides_unexpected_response() -> None:
-    client = QdrantClient(url=f"http://127.0.0.1:{free_port()}", timeout=2, check_compatibility=False)
+def test_qdrant_unreachable_is_transient_and_status_decides_unexpected_response(refused_port: int) -> None:
+    client = QdrantClient(url=f"http://127.0.0.1:{refused_port}", timeout=2, check_compatibility=False)
     exc = _raised(client.get_collections)
     assert isinstance(exc, ResponseHandlingException)
     assert is_transient(exc)

@@ -6,11 +6,12 @@ import re
 import subprocess
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY, generate_latest
 
-from facepipe.cli.localservers import free_port
+from facepipe.cli.ports import PortTaken, with_free_ports
 from facepipe.cli.programs import find_program, which_program
 from facepipe.core import metrics
 
@@ -65,8 +66,14 @@ def test_exposition_passes_promtool_lint() -> None:
 
 def test_metrics_server_serves_the_registry_and_zero_means_off() -> None:
     assert metrics.start_metrics_server(0) is None
-    port = free_port()
-    server = metrics.start_metrics_server(port, addr="127.0.0.1")
+
+    def serve(port: int) -> tuple[Any, int]:
+        try:
+            return metrics.start_metrics_server(port, addr="127.0.0.1"), port
+        except RuntimeError as exc:  # taken since it was picked: on another one
+            raise PortTaken(port, str(exc)) from exc
+
+    server, port = with_free_ports(serve)
     try:
         metrics.WORKER_MSGS_DLQ.labels(stage="embedder", reason="invalid_json").inc()
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()

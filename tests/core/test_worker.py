@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis
 
-from facepipe.cli.localservers import free_port, start_redis
+from facepipe.cli.localservers import start_redis
 from facepipe.core.stats import Stats
 
 INGEST = "face-processing-queue"
@@ -323,8 +323,8 @@ def test_final_stage_counts_completed_messages_in_stats(harness) -> None:
 
 
 def test_worker_survives_a_redis_outage(harness, tmp_path: Path) -> None:
-    port = free_port()
-    server = start_redis(tmp_path / "redis-a", port=port)
+    server = start_redis(tmp_path / "redis-a")
+    port = server.port
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url, decode_responses=True)
     try:

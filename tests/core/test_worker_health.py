@@ -11,7 +11,6 @@ import time
 import urllib.error
 import urllib.request
 
-from facepipe.cli.localservers import free_port
 from facepipe.core.metrics import HEALTH_PATH, READY_PATH, WorkerHealth
 
 from .conftest import Harness, wait_until
@@ -39,9 +38,8 @@ def test_the_heartbeat_decides_both_probes() -> None:
 
 
 def test_an_idle_worker_stays_healthy_and_a_stuck_one_does_not(harness: Harness) -> None:
-    port = free_port()
     stall_s = 2.0
-    worker = harness.start(METRICS_PORT=str(port), WORKER_STALL_SECONDS=str(stall_s), TOY_SLEEP_S="3600")
+    worker, port = harness.start_with_metrics(WORKER_STALL_SECONDS=str(stall_s), TOY_SLEEP_S="3600")
     wait_until(lambda: probe(port, READY_PATH)[0] == 200, what=f"ready; log:\n{worker.log()[-2000:]}")
     ready_at = time.monotonic()
     # Idle (blocking on an empty stream) for longer than the stall limit: still healthy.
@@ -58,10 +56,9 @@ def test_an_idle_worker_stays_healthy_and_a_stuck_one_does_not(harness: Harness)
     worker.kill()
 
 
-def test_readyz_waits_for_the_handler_setup(harness: Harness) -> None:
+def test_readyz_waits_for_the_handler_setup(harness: Harness, refused_port: int) -> None:
     """Redis down at start: the handler's setup retries, /readyz says 503 meanwhile, /healthz 200."""
-    port = free_port()
-    worker = harness.start(METRICS_PORT=str(port), REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    worker, port = harness.start_with_metrics(REDIS_URL=f"redis://127.0.0.1:{refused_port}/0")
     wait_until(lambda: probe(port, HEALTH_PATH)[0] == 200, what=f"listening; log:\n{worker.log()[-2000:]}")
     code, text = probe(port, READY_PATH)
     assert code == 503 and "starting" in text
@@ -70,8 +67,7 @@ def test_readyz_waits_for_the_handler_setup(harness: Harness) -> None:
 
 def test_a_started_worker_exports_its_counters_at_zero(harness: Harness) -> None:
     """A series born at 1 loses that increment to rate(): the stage's counters exist before any message."""
-    port = free_port()
-    worker = harness.start(METRICS_PORT=str(port))
+    worker, port = harness.start_with_metrics()
     wait_until(lambda: probe(port, READY_PATH)[0] == 200, what=f"ready; log:\n{worker.log()[-2000:]}")
     text = probe(port, "/metrics")[1]
     for name in (

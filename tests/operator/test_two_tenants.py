@@ -21,7 +21,6 @@ import redis
 from kubekit import helm_install, resolve_env
 from operatorkit import REPO_ROOT, facepipeline, minimal_spec, wait_for
 
-from facepipe.cli.localservers import free_port
 from facepipe.core.tenancy import tenant_stream_name
 from facepipe.operator.kube import CONFIG_MAP, DEPLOYMENT, FACE_PIPELINE, KubeApi
 
@@ -96,7 +95,12 @@ def test_a_tenants_pods_consume_only_its_own_messages(
 
 
 def test_facepipe_ingest_publishes_to_a_tenants_stream_and_only_its_status_counts_it(
-    kube: KubeApi, tenants: dict[str, str], base_env: dict[str, str], faces_dir: Path, faces_manifest: Any
+    kube: KubeApi,
+    tenants: dict[str, str],
+    base_env: dict[str, str],
+    faces_dir: Path,
+    faces_manifest: Any,
+    refused_port: int,
 ) -> None:
     photo = faces_dir / sorted(faces_manifest)[0]
     cli = subprocess.run(
@@ -111,7 +115,7 @@ def test_facepipe_ingest_publishes_to_a_tenants_stream_and_only_its_status_count
             "--tenant-stream",
             "--json",
             "--api",
-            f"http://127.0.0.1:{free_port()}",
+            f"http://127.0.0.1:{refused_port}",
         ],
         env={**os.environ, **base_env},
         capture_output=True,

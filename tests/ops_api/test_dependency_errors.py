@@ -7,8 +7,6 @@ stand-in), really stopped, then started again on the same port: the ops-api reco
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +14,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from facepipe.cli.localservers import ServerProcess, free_port, start_redis, start_seaweedfs, wait_for_port
+from facepipe.cli.localservers import ServerProcess, start_redis, start_seaweedfs
 from facepipe.core.settings import Settings, load_settings
 from facepipe.ops_api.app import create_app
 from facepipe.ops_api.backend import OpsBackend
+from facepipe.sim.backing import start_qdrant_stand_in
 from facepipe.store.storage import ObjectStore
 from facepipe.store.vectors import VectorIndex
 
@@ -33,8 +32,8 @@ class Dependencies:
     root: Path
     redis: ServerProcess
     s3: ServerProcess
-    qdrant: subprocess.Popen
-    qdrant_port: int
+    qdrant: ServerProcess | None = None
+    qdrant_port: int = 0  # any free port first, the same one after a restart
 
     @property
     def settings(self) -> Settings:
@@ -46,17 +45,14 @@ class Dependencies:
         )
 
     def start_qdrant(self) -> None:
-        self.qdrant = subprocess.Popen(
-            [sys.executable, "-m", "facepipe.sim.qdrant_rest", "--path", str(self.root / "qdrant"),
-             "--port", str(self.qdrant_port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        wait_for_port(self.qdrant_port, timeout=60, proc=self.qdrant)
+        self.qdrant = start_qdrant_stand_in(self.root / "qdrant", self.root / "qdrant.log", self.qdrant_port)
+        self.qdrant_port = self.qdrant.port
 
     def stop(self, name: str) -> None:
         if name == "vector_store":
-            self.qdrant.kill()
-            self.qdrant.wait(timeout=30)
+            if self.qdrant is not None:
+                self.qdrant.proc.kill()
+                self.qdrant.proc.wait(timeout=30)
         else:
             getattr(self, name).stop()
 
@@ -71,8 +67,7 @@ class Dependencies:
 
 @pytest.fixture
 def dependencies(tmp_path: Path) -> Iterator[Dependencies]:
-    deps = Dependencies(tmp_path, start_redis(tmp_path / "redis"), start_seaweedfs(tmp_path / "s3"),
-                        None, free_port())  # type: ignore[arg-type]
+    deps = Dependencies(tmp_path, start_redis(tmp_path / "redis"), start_seaweedfs(tmp_path / "s3"))
     try:
         deps.start_qdrant()
         ObjectStore(deps.settings).ensure_buckets()
@@ -125,7 +120,9 @@ def test_a_stopped_dependency_gives_503_naming_it_then_the_api_recovers(
         assert response.headers["content-type"] == "application/json", (path, response.text)
         body = response.json()
         assert (response.status_code, body["error"], body["dependency"]) == (
-            503, "dependency_unavailable", dependency
+            503,
+            "dependency_unavailable",
+            dependency,
         ), (path, body)
         assert body["status"] == 503 and "unavailable" in body["message"]
         assert response.headers["retry-after"]
@@ -153,5 +150,7 @@ def test_an_unexpected_error_is_json_too(
     response = client.get("/stats")
     assert response.status_code == 500
     assert response.json() == {
-        "error": "internal_error", "message": "unexpected RuntimeError; see the ops-api log", "status": 500
+        "error": "internal_error",
+        "message": "unexpected RuntimeError; see the ops-api log",
+        "status": 500,
     }

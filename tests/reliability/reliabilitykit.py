@@ -30,9 +30,11 @@ from minio import Minio
 from qdrant_client import QdrantClient
 from reliability_images import GeneratedImage
 
-from facepipe.cli.localservers import ServerProcess, free_port, start_redis, start_seaweedfs, wait_for_port
+from facepipe.cli.localservers import ServerProcess, start_redis, start_seaweedfs
+from facepipe.cli.ports import listening_socket
 from facepipe.core.settings import Settings, load_settings
 from facepipe.ops_api.depth import pipeline_depths
+from facepipe.sim.backing import start_qdrant_stand_in
 from facepipe.store.storage import ObjectStore
 from facepipe.store.vectors.naming import family
 
@@ -120,10 +122,11 @@ class Stack:
         self.services: list[Service] = []
         self.redis_server: ServerProcess | None = None
         self.s3_server: ServerProcess | None = None
-        self.qdrant_proc: subprocess.Popen | None = None
-        self.qdrant_port = free_port()
-        self.redis_port = free_port()
-        self.ops_port = free_port()
+        self.qdrant_server: ServerProcess | None = None
+        # Each server's port is its own pick at its first start, and the same after a restart.
+        self.qdrant_port = 0
+        self.redis_port: int | None = None
+        self.ops_port = 0
         self._s3_port: int | None = None
         self.spawned: Counter[str] = Counter()
 
@@ -137,33 +140,22 @@ class Stack:
 
     def start_redis(self) -> None:
         self.redis_server = start_redis(self.root / "redis", port=self.redis_port, persist=True)
+        self.redis_port = self.redis_server.port
 
     def start_s3(self) -> None:
         self.s3_server = start_seaweedfs(self.root / "s3", port=self._s3_port)
         self._s3_port = self.s3_server.port
 
     def start_qdrant(self) -> None:
-        log = open(self.root / "qdrant.log", "ab")  # noqa: SIM115 - the child owns it
-        self.qdrant_proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "facepipe.sim.qdrant_rest",
-                "--path",
-                str(self.root / "qdrant"),
-                "--port",
-                str(self.qdrant_port),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        self.qdrant_server = start_qdrant_stand_in(
+            self.root / "qdrant", self.root / "qdrant.log", self.qdrant_port
         )
-        wait_for_port(self.qdrant_port, timeout=60, proc=self.qdrant_proc)
+        self.qdrant_port = self.qdrant_server.port
 
     def stop_qdrant(self) -> None:
-        if self.qdrant_proc is not None and self.qdrant_proc.poll() is None:
-            os.killpg(self.qdrant_proc.pid, signal.SIGKILL)
-            self.qdrant_proc.wait(timeout=30)
+        if self.qdrant_server is not None and self.qdrant_server.running():
+            os.killpg(self.qdrant_server.proc.pid, signal.SIGKILL)
+            self.qdrant_server.proc.wait(timeout=30)
 
     def stop(self) -> None:
         for service in self.services:
@@ -204,8 +196,9 @@ class Stack:
             "RETRY_BACKOFF_MAX_S": "2",
             "METRICS_PORT": "0",
             "LOG_LEVEL": "INFO",
-            "OPS_API_PORT": str(self.ops_port),
         }
+        if self.ops_port:
+            env["OPS_API_PORT"] = str(self.ops_port)
         env.update(self.overrides)
         env.update(extra)
         return env
@@ -244,6 +237,7 @@ class Stack:
         script: Path | None = None,
         args: Iterable[str] = (),
         wait: bool = True,
+        pass_fds: tuple[int, ...] = (),
         **extra_env: str,
     ) -> Service:
         self.spawned[kind] += 1
@@ -261,6 +255,7 @@ class Stack:
             env=self.env(**extra_env),
             start_new_session=True,
             cwd=self.root,
+            pass_fds=pass_fds,
         )
         log.close()
         service = Service(kind, proc, log_path)
@@ -273,7 +268,10 @@ class Stack:
         return {kind: self.spawn(kind, **extra_env) for kind in ("detector", "embedder", "indexer")}
 
     def spawn_ops_api(self) -> Service:
-        service = self.spawn("ops-api")
+        """The ops-api serving a socket bound here: the port it had before, else any free one."""
+        with listening_socket(port=self.ops_port) as sock:
+            self.ops_port = sock.getsockname()[1]
+            service = self.spawn("ops-api", args=["--fd", str(sock.fileno())], pass_fds=(sock.fileno(),))
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,9 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from qdrant_client.http.exceptions import UnexpectedResponse
 
-from facepipe.cli.localservers import free_port, wait_for_port
+from facepipe.cli.localservers import ServerProcess
+from facepipe.cli.ports import ServerStartError
+from facepipe.sim.backing import start_qdrant_stand_in
 
 DIM = 8
 
@@ -29,25 +30,21 @@ DIM = 8
 class StandIn:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = path.with_name(f"{path.name}.log")
+        self.port = 0  # any free port first, the same one after a restart
+        self.server: ServerProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.server.proc if self.server is not None else None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "facepipe.sim.qdrant_rest",
-                "--path",
-                str(self.path),
-                "--port",
-                str(self.port),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        wait_for_port(self.port, timeout=60, proc=self.proc)
+        self.server = start_qdrant_stand_in(self.path, self.log_path, self.port)
+        self.port = self.server.port
 
     def kill9(self) -> None:
         assert self.proc is not None
@@ -102,10 +99,9 @@ def test_acknowledged_points_survive_kill9_and_a_second_server_is_refused(tmp_pa
             client.upsert("faces", points(10, start), wait=True)
 
         second = StandIn(stand_in.path)
-        with pytest.raises(RuntimeError):
-            second.start()  # wait_for_port: the process exited
-        assert second.proc is not None and second.proc.stdout is not None
-        output = second.proc.stdout.read().decode()
+        with pytest.raises(ServerStartError) as refused:
+            second.start()  # the process exited: the error says why, from its log
+        output = str(refused.value)
         assert f"already open by process {stand_in.proc.pid} " in output and str(stand_in.path) in output  # type: ignore[union-attr]
 
         stand_in.kill9()

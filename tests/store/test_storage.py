@@ -6,7 +6,6 @@ import os
 
 import pytest
 
-from facepipe.cli.localservers import free_port
 from facepipe.core.errors import PermanentError, TransientError, is_transient
 from facepipe.core.settings import Settings
 from facepipe.store.storage import ObjectStore, artifact_keys, image_prefix, tenant_prefix
@@ -85,8 +84,8 @@ def test_delete_and_delete_prefix_stay_inside_the_prefix(settings: Settings) -> 
     assert store.delete_prefix("no-such-bucket-here", "t1/") == 0
 
 
-def test_unreachable_endpoint_is_transient_and_unhealthy(settings: Settings) -> None:
-    down = settings.model_copy(update={"minio_endpoint": f"127.0.0.1:{free_port()}"})
+def test_unreachable_endpoint_is_transient_and_unhealthy(settings: Settings, refused_port: int) -> None:
+    down = settings.model_copy(update={"minio_endpoint": f"127.0.0.1:{refused_port}"})
     store = ObjectStore(down)
     assert not store.healthy()
     with pytest.raises(TransientError) as failure:

@@ -18,12 +18,13 @@ qdrant     6333    Qdrant REST stand-in                 ``http://qdrant:6333``, 
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from facepipe.cli.localservers import ServerProcess, free_port, start_redis, start_seaweedfs, wait_for_port
+from facepipe.cli.localservers import ServerProcess, start_redis, start_seaweedfs
+from facepipe.cli.ports import launch, listening_socket
 from facepipe.sim.apiclient import ENDPOINTS, SERVICE, Api, ApiError
 from facepipe.sim.hostprocs import Guardian
 
@@ -45,23 +46,37 @@ BACKING_SERVICES = (
 )
 
 
-def start_qdrant_stand_in(folder: Path) -> ServerProcess:
-    folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log_path = folder / "qdrant.log"
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "facepipe.sim.qdrant_rest", "--path", str(folder / "data"),
-             "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    server = ServerProcess("qdrant", proc, port, folder, log_path, {"url": f"http://127.0.0.1:{port}"})
-    try:
-        wait_for_port(port, timeout=60, proc=proc)
-    except Exception:
-        server.stop()
-        raise
-    return server
+def start_qdrant_stand_in(data: Path, log_path: Path, port: int = 0) -> ServerProcess:
+    """The Qdrant REST stand-in (its own process, its collections in ``data``) on a socket bound
+    here, on ``port`` (0: any free one), so no other server can take it meanwhile; up once it
+    answers a collection listing."""
+    sock = listening_socket(port=port)
+    port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+
+    def lists_collections() -> bool:
+        with urllib.request.urlopen(f"{url}/collections", timeout=5) as answer:
+            return bool(answer.status == 200)
+
+    command = [
+        sys.executable,
+        "-m",
+        "facepipe.sim.qdrant_rest",
+        "--path",
+        str(data),
+        "--fd",
+        str(sock.fileno()),
+    ]
+    proc = launch(
+        "the Qdrant REST stand-in",
+        command,
+        log_path,
+        [port],
+        ready=lists_collections,
+        timeout=120,
+        handed=sock,
+    )
+    return ServerProcess("qdrant", proc, port, data, log_path, {"url": url})
 
 
 class BackingServers:
@@ -74,7 +89,9 @@ class BackingServers:
         starters = {
             "redis": lambda: start_redis(self.folder / "redis"),
             "s3": lambda: start_seaweedfs(self.folder / "seaweedfs"),
-            "qdrant": lambda: start_qdrant_stand_in(self.folder / "qdrant"),
+            "qdrant": lambda: start_qdrant_stand_in(
+                self.folder / "qdrant" / "data", self.folder / "qdrant" / "qdrant.log"
+            ),
         }
         for key, starter in starters.items():
             server = await asyncio.to_thread(starter)

@@ -23,7 +23,6 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from facepipe.cli.localservers import free_port
 from facepipe.operator.kube import DEPLOYMENT, KubeApi
 from facepipe.sim.kubeutil import sanitize_label_name
 
@@ -80,7 +79,7 @@ class KubeStateMetrics:
     def __init__(self, kube: KubeApi, labels_allowlist: tuple[str, ...] = DEFAULT_LABELS_ALLOWLIST) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(DeploymentCollector(kube, labels_allowlist))
-        self.port = free_port()
+        self.port = 0  # start() binds a free one itself
         self._server: Any = None
 
     @property
@@ -89,6 +88,7 @@ class KubeStateMetrics:
 
     def start(self) -> None:
         self._server, _thread = start_http_server(self.port, addr="127.0.0.1", registry=self.registry)
+        self.port = self._server.server_port
 
     def stop(self) -> None:
         if self._server is not None:

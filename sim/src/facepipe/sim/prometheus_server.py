@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from facepipe.cli.localservers import free_port
+from facepipe.cli.ports import launch, with_free_ports
 from facepipe.cli.programs import find_program
 from facepipe.cli.supervisor import die_with_parent
 
@@ -151,7 +151,7 @@ class PrometheusServer(PrometheusClient):
         global_config: Mapping[str, Any] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
-        self.port = port or free_port()
+        self.port = port or 0  # 0: a free one, picked by start()
         super().__init__(f"http://127.0.0.1:{self.port}")
         self.binary = binary  # a program's name (facepipe.cli.programs finds it) or a path
         self.global_config = dict(global_config or {"scrape_interval": "30s", "evaluation_interval": "30s"})
@@ -168,40 +168,33 @@ class PrometheusServer(PrometheusClient):
         for folder in (self.rules_dir, self.targets_dir, self.workdir / "data"):
             folder.mkdir(parents=True, exist_ok=True)
         self.write_config([])
-        args = [
-            binary,
-            f"--config.file={self.config_path}",
-            f"--storage.tsdb.path={self.workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{self.port}",
-            "--web.enable-lifecycle",
-            "--storage.tsdb.retention.time=1d",
-            "--log.level=warn",
-        ]
-        with open(self.log_path, "ab") as log_file:
-            self._proc = subprocess.Popen(
-                args,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                # SIGTERM when the starting *thread* exits, so a crashed test run leaves no Prometheus
-                # behind: start it from a thread that outlives it, e.g. the main one.
-                preexec_fn=die_with_parent,
+
+        def start_on(port: int) -> subprocess.Popen[bytes]:
+            args = [
+                binary,
+                f"--config.file={self.config_path}",
+                f"--storage.tsdb.path={self.workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--web.enable-lifecycle",
+                "--storage.tsdb.retention.time=1d",
+                "--log.level=warn",
+            ]
+            # die_with_parent: SIGTERM when the starting *thread* exits, so a crashed test run leaves
+            # no Prometheus behind: start it from a thread that outlives it, e.g. the main one.
+            ready = functools.partial(self._ready, f"http://127.0.0.1:{port}")
+            proc = launch(
+                "prometheus", args, self.log_path, [port], ready, timeout, preexec_fn=die_with_parent
             )
-        try:
-            self.wait_for(lambda: self._ready(), timeout=timeout, what="Prometheus to be ready")
-        except Exception:
-            self.stop()
-            raise
+            self.port, self._url = port, f"http://127.0.0.1:{port}"
+            return proc
+
+        self._proc = start_on(self.port) if self.port else with_free_ports(start_on)
         return self.url
 
-    def _ready(self) -> bool:
-        if self._proc is not None and self._proc.poll() is not None:
-            raise PrometheusError(f"prometheus exited with {self._proc.returncode}; see {self.log_path}")
-        try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:
-                return bool(response.status == 200)
-        except (OSError, urllib.error.URLError):
-            return False
+    @staticmethod
+    def _ready(url: str) -> bool:
+        with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
+            return bool(response.status == 200)
 
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

@@ -16,7 +16,8 @@ It serves only the subset face-pipeline uses (:data:`ENDPOINTS`); anything else 
 endpoint, a request field it does not implement, a filter outside the project's spec
 (keyword equalities) — gets an explicit error, never a silent success.
 
-``python -m facepipe.sim.qdrant_rest --path DIR --port P``
+``python -m facepipe.sim.qdrant_rest --path DIR --port P`` (or ``--fd N``: serve a listening
+socket inherited from the parent, which bound it: :func:`facepipe.sim.backing.start_qdrant_stand_in`)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -404,9 +406,14 @@ def build_app(path: str) -> Starlette:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--path", required=True)
-    parser.add_argument("--port", type=int, required=True)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", type=int, help="listen on 127.0.0.1:PORT")
+    where.add_argument("--fd", type=int, help="serve this inherited listening socket")
     args = parser.parse_args()
-    uvicorn.run(build_app(args.path), host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+    config = uvicorn.Config(
+        build_app(args.path), host="127.0.0.1", port=args.port or 0, log_level="warning", access_log=False
+    )
+    uvicorn.Server(config).run(sockets=None if args.fd is None else [socket.socket(fileno=args.fd)])
 
 
 if __name__ == "__main__":

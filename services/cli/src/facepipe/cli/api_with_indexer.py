@@ -1,4 +1,4 @@
-"""``python -m facepipe.cli.api_with_indexer [--host H] [--port P]``: local mode's ops API + indexer.
+"""``python -m facepipe.cli.api_with_indexer [--host H] [--port P | --fd N]``: local mode's ops API + indexer.
 
 The embedded vector store lets only ONE process open its folder, and both the
 indexer (writes) and the ops-api (search, delete, readiness) need it; so in local
@@ -24,7 +24,7 @@ from facepipe.core.logs import setup_logging
 from facepipe.core.settings import Settings, load_settings
 from facepipe.core.worker import Worker
 from facepipe.indexer.handler import IndexerHandler
-from facepipe.ops_api.__main__ import uvicorn_config
+from facepipe.ops_api.__main__ import inherited_socket, uvicorn_config
 from facepipe.ops_api.app import create_app
 from facepipe.ops_api.backend import OpsBackend
 from facepipe.store.vectors import VectorIndex
@@ -32,7 +32,7 @@ from facepipe.store.vectors import VectorIndex
 log = logging.getLogger("facepipe.ops_api")
 
 
-def serve_with_indexer(settings: Settings, host: str, port: int) -> int:
+def serve_with_indexer(settings: Settings, host: str, port: int, fd: int | None = None) -> int:
     index = VectorIndex(settings)
     backend = OpsBackend(settings, index=index)
     server = uvicorn.Server(uvicorn_config(create_app(settings, backend), host, port))
@@ -40,7 +40,7 @@ def serve_with_indexer(settings: Settings, host: str, port: int) -> int:
 
     def run_api() -> None:
         try:
-            server.run()
+            server.run(sockets=inherited_socket(fd))
         except SystemExit:  # uvicorn exits this way when it cannot bind the port
             failed.set()
         except Exception:
@@ -69,11 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m facepipe.cli.api_with_indexer", description=__doc__)
     parser.add_argument("--host", help="interface to listen on (default OPS_API_HOST)")
     parser.add_argument("--port", type=int, help="port (default OPS_API_PORT, 8001)")
+    parser.add_argument(
+        "--fd", type=int, help="serve this inherited listening socket (`facepipe up` binds it)"
+    )
     args = parser.parse_args(argv)
     settings = load_settings()
     setup_logging(settings.log_level)
     host = args.host or settings.ops_api_host
-    return serve_with_indexer(settings, host, args.port or settings.ops_api_port)
+    return serve_with_indexer(settings, host, args.port or settings.ops_api_port, args.fd)
 
 
 if __name__ == "__main__":

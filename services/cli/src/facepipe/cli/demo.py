@@ -1,6 +1,7 @@
 """``facepipe demo`` (``make demo``): a throw-away local stack, sample faces in, a search out.
 
-Starts ``facepipe up`` on a free port with a temporary data dir, ingests the
+Starts ``facepipe up`` on a free port (another if that one is taken meanwhile) with a
+temporary data dir, ingests the
 sample faces that ship inside installed packages (insightface's t1.jpg, 6 faces;
 scikit-image's astronaut) plus ``../shared/data/faces`` when present and any
 paths given, waits for the pipeline, prints the stats and a search, stops the
@@ -9,7 +10,7 @@ stack and exits 0 (non-zero if any step failed).
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -22,7 +23,7 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 
-from facepipe.cli.localservers import free_port
+from facepipe.cli.ports import ServerStartError, launch, with_free_ports
 from facepipe.cli.samples import sample_images
 
 TENANT = "demo"
@@ -30,16 +31,16 @@ READY_TIMEOUT_S = 300.0
 SHARED_FACES = Path("..") / "shared" / "data" / "faces"
 
 
-def _wait_ready(api: str, up: subprocess.Popen, log_path: Path) -> bool:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if up.poll() is not None:
-            return False
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{api}/ready", timeout=10).status_code == 200:
-                return True
-        time.sleep(0.5)
-    return False
+def _start_up(data_dir: Path, log_path: Path, port: int) -> tuple[subprocess.Popen, str]:
+    """``facepipe up`` on ``port``, once it holds the port and its ops-api says ready."""
+    api = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "facepipe.cli", "up", "--data-dir", str(data_dir), "--port", str(port)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "FACEPIPE_API": api}
+
+    def ready() -> bool:
+        return httpx.get(f"{api}/ready", timeout=10).status_code == 200
+
+    return launch("facepipe up", argv, log_path, [port], ready, READY_TIMEOUT_S, env=env), api
 
 
 def _stop(up: subprocess.Popen, console: Console) -> int:
@@ -58,31 +59,30 @@ def _stop(up: subprocess.Popen, console: Console) -> int:
 def run_demo(extra_paths: list[Path] | None = None, keep: bool = False) -> int:
     console = Console(highlight=False)
     data_dir = Path(tempfile.mkdtemp(prefix="facepipe-demo-"))
-    port = free_port()
-    api = f"http://127.0.0.1:{port}"
     log_path = data_dir / "up.log"
     console.rule("[bold]facepipe demo")
     console.print(
-        f"starting the local stack: facepipe up --data-dir {data_dir} --port {port}  (log: {log_path})"
+        f"starting the local stack: facepipe up --data-dir {data_dir} --port <free>  (log: {log_path})"
     )
-    with open(log_path, "wb") as log:
-        up = subprocess.Popen(
-            [sys.executable, "-m", "facepipe.cli", "up", "--data-dir", str(data_dir), "--port", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "FACEPIPE_API": api},
-        )
+    started = time.monotonic()
     try:
-        code = _run_steps(console, api, up, log_path, data_dir, extra_paths or [])
-    except Exception as exc:  # report, then still stop the stack below
-        console.print(f"[bold red]demo step crashed: {type(exc).__name__}: {exc}[/]")
+        up, api = with_free_ports(functools.partial(_start_up, data_dir, log_path))
+    except ServerStartError as exc:  # up was stopped; its log's end is in the message
+        console.print("[bold red]the stack did not become ready:[/]")
+        console.print(str(exc), markup=False)
         code = 1
-    console.rule("stopping the stack")
-    stop_code = _stop(up, console)
-    if stop_code != 0:
-        console.print(f"[red]facepipe up exited with code {stop_code}; log: {log_path}[/]")
-        code = code or 1
+    else:
+        console.print(f"ready in {time.monotonic() - started:.0f}s: {api}")
+        try:
+            code = _run_steps(console, api, data_dir, extra_paths or [])
+        except Exception as exc:  # report, then still stop the stack below
+            console.print(f"[bold red]demo step crashed: {type(exc).__name__}: {exc}[/]")
+            code = 1
+        console.rule("stopping the stack")
+        stop_code = _stop(up, console)
+        if stop_code != 0:
+            console.print(f"[red]facepipe up exited with code {stop_code}; log: {log_path}[/]")
+            code = code or 1
     if keep or code:
         console.print(f"data and logs kept in {data_dir}")
     else:
@@ -91,17 +91,9 @@ def run_demo(extra_paths: list[Path] | None = None, keep: bool = False) -> int:
     return code
 
 
-def _run_steps(
-    console: Console, api: str, up: subprocess.Popen, log_path: Path, data_dir: Path, extra_paths: list[Path]
-) -> int:
+def _run_steps(console: Console, api: str, data_dir: Path, extra_paths: list[Path]) -> int:
     from facepipe.cli.main import main as facepipe
 
-    started = time.monotonic()
-    if not _wait_ready(api, up, log_path):
-        console.print("[bold red]the stack did not become ready; its log ends with:[/]")
-        console.print(log_path.read_text(errors="replace")[-4000:], markup=False)
-        return 1
-    console.print(f"ready in {time.monotonic() - started:.0f}s")
     photos = [str(p) for p in sample_images(data_dir / "samples")]
     query = photos[1]  # the astronaut
     if SHARED_FACES.is_dir():

@@ -9,6 +9,7 @@ an append-only file and its ``nodes.conf`` under ``<data_dir>/<port>/``, and the
 from __future__ import annotations
 
 import contextlib
+import functools
 import subprocess
 import time
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ from pathlib import Path
 import redis
 from redis.cluster import key_slot
 
-from facepipe.cli.localservers import ServerProcess, free_port_block, start_redis
+from facepipe.cli.localservers import ServerProcess, start_redis
+from facepipe.cli.ports import with_free_ports
 from facepipe.cli.programs import find_program
 
 BUS_OFFSET = 10000
@@ -103,7 +105,11 @@ def _cluster_info(client: redis.Redis) -> dict[str, str]:
     return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
 
 
-def _start_node(data_dir: Path, port: int, persist: bool, node_timeout_ms: int) -> ServerProcess:
+def _start_node(data_dir: Path, port: int | None, persist: bool, node_timeout_ms: int) -> ServerProcess:
+    """A node on ``port``, or on a free port P with P+BUS_OFFSET free too (its cluster bus)."""
+    if port is None:
+        start = functools.partial(_start_node, data_dir, persist=persist, node_timeout_ms=node_timeout_ms)
+        return with_free_ports(start, offsets=(0, BUS_OFFSET))
     cluster_args = [
         "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
         "--cluster-node-timeout", str(node_timeout_ms),
@@ -134,12 +140,12 @@ def start_redis_cluster(
     total = masters * (1 + replicas)
     known = [int(p) for p in ports_file.read_text().split()] if ports_file.exists() else []
     existing = len(known) == total and all((data_dir / str(p) / "nodes.conf").exists() for p in known)
-    ports = known if existing else [free_port_block((0, BUS_OFFSET)) for _ in range(total)]
     nodes: list[ServerProcess] = []
     cluster = LocalRedisCluster(nodes, masters, replicas, data_dir)
     try:
-        for port in ports:
+        for port in known if existing else [None] * total:
             nodes.append(_start_node(data_dir, port, persist, node_timeout_ms))
+        ports = [node.port for node in nodes]
         if not existing:
             _create(ports, replicas, timeout)
             if persist:

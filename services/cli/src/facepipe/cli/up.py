@@ -37,6 +37,7 @@ from rich.console import Console
 from rich.text import Text
 
 from facepipe.cli.localservers import ServerProcess, start_redis, start_seaweedfs
+from facepipe.cli.ports import PortTaken, listening_socket
 from facepipe.cli.supervisor import ChildSpec, Supervisor
 from facepipe.core.packs import get_pack
 from facepipe.core.settings import ConfigError, load_settings
@@ -74,15 +75,16 @@ def _locked(data_dir: Path) -> Iterator[None]:
         yield
 
 
-def _check_port_free(host: str, port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            raise UpError(
-                f"port {port} on {host} is in use (another `facepipe up`?): pass --port N"
-            ) from None
+def _api_socket(host: str, port: int) -> socket.socket:
+    """The ops-api's listening socket, bound before anything starts and held until the end: a
+    port in use is reported at once, no server started meanwhile can take it, and every start of
+    the API child serves it (``--fd``). ``port`` 0: any free port."""
+    try:
+        return listening_socket(host, port)
+    except (PortTaken, OSError) as exc:
+        raise UpError(
+            f"cannot listen on {host}:{port}: {exc} (another `facepipe up`?): pass --port N"
+        ) from None
 
 
 def _reap_stale_servers(data_dir: Path, say: Any) -> None:
@@ -149,18 +151,22 @@ def _settings_overrides(env: dict[str, str]) -> dict[str, str]:
     return {field: env[name] for name, field in _ENV_TO_FIELD.items() if name in env}
 
 
-def child_specs(env: dict[str, str], embedded_qdrant: bool, host: str, port: int) -> list[ChildSpec]:
+def child_specs(
+    env: dict[str, str], embedded_qdrant: bool, host: str, port: int, api_fd: int | None = None
+) -> list[ChildSpec]:
+    """``api_fd``: the listening socket the API child inherits and serves (see :func:`_api_socket`)."""
     py = sys.executable
-    api = ["--host", host, "--port", str(port)]
+    api = ["--host", host, "--port", str(port)] + ([] if api_fd is None else ["--fd", str(api_fd)])
+    fds = () if api_fd is None else (api_fd,)
     specs = [
         ChildSpec("detector", [py, "-m", "facepipe.detector"], env),
         ChildSpec("embedder", [py, "-m", "facepipe.embedder"], env),
     ]
     if embedded_qdrant:
-        specs.append(ChildSpec("api+indexer", [py, "-m", "facepipe.cli.api_with_indexer", *api], env))
+        specs.append(ChildSpec("api+indexer", [py, "-m", "facepipe.cli.api_with_indexer", *api], env, fds))
     else:
         specs.append(ChildSpec("indexer", [py, "-m", "facepipe.indexer"], env))
-        specs.append(ChildSpec("ops-api", [py, "-m", "facepipe.ops_api", *api], env))
+        specs.append(ChildSpec("ops-api", [py, "-m", "facepipe.ops_api", *api], env, fds))
     return specs
 
 
@@ -236,8 +242,8 @@ def run_up(
     printer = _Printer(console, quiet)
     data_dir = data_dir.expanduser()
     try:
-        with _locked(data_dir):
-            return _run_locked(data_dir.resolve(), host, port, printer, redis_cluster, cluster_tenant)
+        with _locked(data_dir), _api_socket(host, port) as api_socket:
+            return _run_locked(data_dir.resolve(), host, api_socket, printer, redis_cluster, cluster_tenant)
     except (UpError, ConfigError) as exc:
         console.print(Text(f"facepipe up: {exc}", style="bold red"), soft_wrap=True)
         return 2
@@ -274,13 +280,13 @@ def _start_redis(
 def _run_locked(
     data_dir: Path,
     host: str,
-    port: int,
+    api_socket: socket.socket,
     printer: _Printer,
     redis_cluster: int = 0,
     cluster_tenant: str = "demo",
 ) -> int:
     say = printer.event
-    _check_port_free(host, port)
+    port = api_socket.getsockname()[1]
     _reap_stale_servers(data_dir, say)
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -329,7 +335,7 @@ def _run_locked(
         env["FACEPIPE_LOCAL_INFO"] = json.dumps(info)
         (data_dir / STATE_FILE).write_text(json.dumps(info, indent=2))
         supervisor = Supervisor(
-            child_specs(env, embedded_qdrant, host, port),
+            child_specs(env, embedded_qdrant, host, port, api_socket.fileno()),
             data_dir / "logs",
             on_event=say,
             on_line=printer.line,

@@ -1,4 +1,7 @@
-"""``python -m facepipe.ops_api [--host H] [--port P]``: serve the ops API.
+"""``python -m facepipe.ops_api [--host H] [--port P | --fd N]``: serve the ops API.
+
+``--fd N`` serves a listening socket inherited from the parent, which bound it (local mode and
+the tests do, so no other server can take the port between its choice and the bind).
 
 Local mode runs the ops API and the indexer in one process (``facepipe.cli.api_with_indexer``),
 because the embedded vector store can be opened by one process only.
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 
 import uvicorn
@@ -23,7 +27,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m facepipe.ops_api", description="Serve the ops API.")
     parser.add_argument("--host", help="interface to listen on (default OPS_API_HOST)")
     parser.add_argument("--port", type=int, help="port (default OPS_API_PORT, 8001)")
+    parser.add_argument("--fd", type=int, help="serve this inherited listening socket instead")
     return parser.parse_args(argv)
+
+
+def inherited_socket(fd: int | None) -> list[socket.socket] | None:
+    """uvicorn's ``sockets`` for ``--fd``: the inherited listening socket (None: bind host:port)."""
+    return None if fd is None else [socket.socket(fileno=fd)]
 
 
 def uvicorn_config(app: object, host: str, port: int) -> uvicorn.Config:
@@ -33,8 +43,8 @@ def uvicorn_config(app: object, host: str, port: int) -> uvicorn.Config:
     )
 
 
-def serve(settings: Settings, host: str, port: int) -> int:
-    uvicorn.Server(uvicorn_config(create_app(settings), host, port)).run()
+def serve(settings: Settings, host: str, port: int, fd: int | None = None) -> int:
+    uvicorn.Server(uvicorn_config(create_app(settings), host, port)).run(sockets=inherited_socket(fd))
     return 0
 
 
@@ -44,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_level)
     host = args.host or settings.ops_api_host
     port = args.port or settings.ops_api_port
-    return serve(settings, host, port)
+    return serve(settings, host, port, args.fd)
 
 
 if __name__ == "__main__":
