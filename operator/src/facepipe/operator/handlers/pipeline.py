@@ -11,6 +11,7 @@ import redis
 
 from facepipe.core.redisconn import as_cluster_url
 from facepipe.core.settings import Settings
+from facepipe.operator.addresses import is_url, qualify_endpoint, qualify_url
 from facepipe.operator.apply import ApplyResult, apply_children
 from facepipe.operator.builders import PipelineRef, build_children, secret_env, shared_env, stream_names
 from facepipe.operator.claims import list_pipelines, stream_conflict
@@ -75,7 +76,8 @@ def redis_url(api: KubeApi, namespace: str, spec: PipelineSpec) -> str:
     else:
         assert spec.redis.urlSecretRef is not None
         url = read_secret_value(api, namespace, spec.redis.urlSecretRef.name, spec.redis.urlSecretRef.key)
-    return as_cluster_url(url) if spec.redis.is_cluster else url
+    url = as_cluster_url(url) if spec.redis.is_cluster else url
+    return qualify_url(url, namespace)
 
 
 def tenant_settings(api: KubeApi, namespace: str, spec: PipelineSpec) -> Settings:
@@ -83,6 +85,12 @@ def tenant_settings(api: KubeApi, namespace: str, spec: PipelineSpec) -> Setting
     env = dict(shared_env(spec))
     for name, ref in secret_env(spec).items():
         env[name] = read_secret_value(api, namespace, ref["name"], ref["key"])
+    # The pods' addresses, as the operator (in another namespace) reaches them.
+    for name in ("REDIS_URL", "QDRANT_URL"):
+        if env.get(name) and is_url(env[name]):
+            env[name] = qualify_url(env[name], namespace)
+    if env.get("MINIO_ENDPOINT"):
+        env["MINIO_ENDPOINT"] = qualify_endpoint(env["MINIO_ENDPOINT"], namespace)
     return settings_from_env(env)
 
 
