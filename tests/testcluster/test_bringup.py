@@ -29,6 +29,23 @@ def test_the_cluster_serves_the_built_release_on_a_ready_node(cluster: Cluster) 
     assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
 
 
+def test_cluster_dns_serves_from_a_ready_coredns(cluster: Cluster) -> None:
+    slices = json.loads(
+        cluster.kubectl(
+            "-n",
+            "kube-system",
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=kube-dns",
+            "-o",
+            "json",
+        ).stdout
+    )
+    ready = [e for s in slices["items"] for e in s.get("endpoints") or [] if e["conditions"].get("ready")]
+    assert len(ready) == 1, slices
+
+
 def test_anonymous_requests_are_refused(cluster: Cluster) -> None:
     context = ssl.create_default_context(cafile=str(cluster.run.pki / "ca.crt"))
     with pytest.raises(urllib.error.HTTPError) as refused:
@@ -50,8 +67,11 @@ def test_sigterm_to_make_cluster_removes_everything(tmp_path: Path, cluster_mana
     run_dir = tmp_path / "cli"
     proc = subprocess.Popen(
         [sys.executable, "-m", "facepipe.testcluster", "up", "--no-product", "--dir", str(run_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     lines = []
     assert proc.stdout is not None
     for line in proc.stdout:

@@ -29,7 +29,7 @@ FACES = Path(os.environ.get("FACEPIPE_FACES_DIR", REPO_ROOT.parent / "shared" / 
 WORKLOADS = ("detector", "embedder", "indexer", "ops-api")
 
 
-def wait_for(check, timeout: float, what: str, interval: float = 1.0):  # noqa: ANN001, ANN201
+def wait_for(check, timeout: float, what: str, interval: float = 1.0):
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -61,17 +61,26 @@ def service_ip(cluster: Cluster, name: str, namespace: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def installed(cluster_manager) -> Cluster:  # noqa: ANN001
+def installed(cluster_manager) -> Cluster:
     cluster = cluster_manager.get()
     log = cluster.run.logs / "build.log"
     built = backing.build_images(cluster.run, log)
     cluster.kubectl("create", "namespace", backing.MIRROR_NAMESPACE)
     cluster.apply(backing.manifests(backing.MIRROR_NAMESPACE, built, ("models-index",)))
     helm(
-        cluster, "install", "facepipe-operator", str(REPO_ROOT / "charts" / "face-pipeline-operator"),
-        "--namespace", OPERATOR_NS, "--create-namespace", "--set", f"operator.modelsIndexUrl={backing.MODELS_INDEX_URL}",
-        "--wait", "--timeout", "5m",
-    )  # fmt: skip
+        cluster,
+        "install",
+        "facepipe-operator",
+        str(REPO_ROOT / "charts" / "face-pipeline-operator"),
+        "--namespace",
+        OPERATOR_NS,
+        "--create-namespace",
+        "--set",
+        f"operator.modelsIndexUrl={backing.MODELS_INDEX_URL}",
+        "--wait",
+        "--timeout",
+        "5m",
+    )
     cluster.kubectl("create", "namespace", TENANT_NS)
     cluster.kubectl("label", "namespace", TENANT_NS, "pod-security.kubernetes.io/enforce=restricted")
     cluster.apply(backing.manifests(TENANT_NS, built))
@@ -124,9 +133,23 @@ def test_ingest_with_the_cli_and_search_through_the_ops_api_service(installed: C
     photos = sorted(FACES.glob("*.jpg"))[:8]
     facepipe = [sys.executable, "-m", "facepipe.cli"]
     ingest = subprocess.run(
-        [*facepipe, "ingest", *map(str, photos), "--tenant", "demo", "--tenant-stream", "--wait", "--timeout", "600", "--json"],
-        env=env, capture_output=True, text=True, timeout=700,
-    )  # fmt: skip
+        [
+            *facepipe,
+            "ingest",
+            *map(str, photos),
+            "--tenant",
+            "demo",
+            "--tenant-stream",
+            "--wait",
+            "--timeout",
+            "600",
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=700,
+    )
     assert ingest.returncode == 0, ingest.stdout + ingest.stderr
     summary = json.loads(ingest.stdout)
     assert summary.get("dead_letters", summary.get("dlq", 0)) == 0, summary
@@ -140,3 +163,26 @@ def test_ingest_with_the_cli_and_search_through_the_ops_api_service(installed: C
     assert found.returncode == 0, found.stderr
     hits = json.loads(found.stdout)
     assert hits, "no hit"
+
+
+def test_the_operator_is_never_forbidden(installed: Cluster) -> None:
+    """The chart's RBAC covers what the operator does: the audit log has no 403 for its account."""
+    wait_for(
+        lambda: conditions(installed, "demo", TENANT_NS).get("Ready") == "True",
+        900,
+        "FacePipeline demo Ready",
+    )
+    account = json.loads(installed.kubectl("-n", OPERATOR_NS, "get", "pods", "-o", "json").stdout)["items"][
+        0
+    ]["spec"]["serviceAccountName"]
+    user = f"system:serviceaccount:{OPERATOR_NS}:{account}"
+    seen, forbidden = 0, []
+    for line in installed.run.audit_log.read_text().splitlines():
+        event = json.loads(line)
+        if event.get("user", {}).get("username") != user:
+            continue
+        seen += 1
+        if event.get("responseStatus", {}).get("code") == 403:
+            forbidden.append(f"{event['verb']} {event['requestURI']}")
+    assert seen > 0, f"no request of {user} in the audit log"
+    assert forbidden == [], forbidden

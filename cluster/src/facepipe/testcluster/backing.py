@@ -101,7 +101,7 @@ def manifests(namespace: str, built: dict[str, str], names: tuple[str, ...] = TE
                                 "runAsGroup": 10001,
                                 "fsGroup": 10001,
                                 "seccompProfile": {"type": "RuntimeDefault"},
-                            },  # fmt: skip
+                            },
                             "containers": [
                                 {
                                     "name": name,

@@ -101,10 +101,22 @@ def pause_binary(log: Path) -> Path:
     out = cache_dir() / "bin" / f"pause-{KUBERNETES_VERSION}" / "pause"
     if out.exists():
         return out
-    source = Path(subprocess.run(
-        ["go", "list", "-m", "-f", "{{.Dir}}", "k8s.io/kubernetes"], cwd=MODULES / "kubernetes", env=_go_env(),
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()) / "build" / "pause" / "linux" / "pause.c"  # fmt: skip
+    source = (
+        Path(
+            subprocess.run(
+                ["go", "list", "-m", "-f", "{{.Dir}}", "k8s.io/kubernetes"],
+                cwd=MODULES / "kubernetes",
+                env=_go_env(),
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+        )
+        / "build"
+        / "pause"
+        / "linux"
+        / "pause.c"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [
         "gcc",

@@ -33,13 +33,28 @@ AUDIT_POLICY = {
 def etcd(run: RunDir) -> Component:
     binary = shutil.which("etcd") or "/usr/bin/etcd"
     argv = [
-        binary, "--name", "facepipe", "--data-dir", run.etcd_data,
-        "--listen-client-urls", ETCD_CLIENT, "--advertise-client-urls", ETCD_CLIENT,
-        "--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-        "--initial-cluster", "facepipe=http://127.0.0.1:2380", "--initial-cluster-state", "new",
+        binary,
+        "--name",
+        "facepipe",
+        "--data-dir",
+        run.etcd_data,
+        "--listen-client-urls",
+        ETCD_CLIENT,
+        "--advertise-client-urls",
+        ETCD_CLIENT,
+        "--listen-peer-urls",
+        "http://127.0.0.1:2380",
+        "--initial-advertise-peer-urls",
+        "http://127.0.0.1:2380",
+        "--initial-cluster",
+        "facepipe=http://127.0.0.1:2380",
+        "--initial-cluster-state",
+        "new",
         # A throw-away test cluster: no fsync per write (the machine's disk is shared and slow).
-        "--unsafe-no-fsync", "--quota-backend-bytes", str(2 * 1024**3),
-    ]  # fmt: skip
+        "--unsafe-no-fsync",
+        "--quota-backend-bytes",
+        str(2 * 1024**3),
+    ]
     component = start("etcd", argv, run.logs)
     wait_until(component, lambda: _http_ok(f"{ETCD_CLIENT}/health"), 30, "healthy")
     return component
@@ -67,26 +82,41 @@ def apiserver(run: RunDir, bins: dict[str, Path], node_ip: str) -> Component:
     policy.write_text(yaml.safe_dump(AUDIT_POLICY))
     argv = [
         bins["kube-apiserver"],
-        f"--advertise-address={node_ip}", f"--bind-address={node_ip}", f"--secure-port={API_PORT}",
+        f"--advertise-address={node_ip}",
+        f"--bind-address={node_ip}",
+        f"--secure-port={API_PORT}",
         f"--etcd-servers={ETCD_CLIENT}",
-        "--anonymous-auth=false", f"--client-ca-file={pki}/ca.crt",
-        f"--tls-cert-file={pki}/kube-apiserver.crt", f"--tls-private-key-file={pki}/kube-apiserver.key",
-        "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction", "--allow-privileged=false",
-        f"--service-cluster-ip-range={SERVICE_CIDR}", "--service-node-port-range=30000-32767",
+        "--anonymous-auth=false",
+        f"--client-ca-file={pki}/ca.crt",
+        f"--tls-cert-file={pki}/kube-apiserver.crt",
+        f"--tls-private-key-file={pki}/kube-apiserver.key",
+        "--authorization-mode=Node,RBAC",
+        "--enable-admission-plugins=NodeRestriction",
+        "--allow-privileged=false",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--service-node-port-range=30000-32767",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={pki}/service-account.pub",
         f"--service-account-signing-key-file={pki}/service-account.key",
         f"--kubelet-client-certificate={pki}/apiserver-kubelet-client.crt",
         f"--kubelet-client-key={pki}/apiserver-kubelet-client.key",
-        f"--kubelet-certificate-authority={pki}/ca.crt", "--kubelet-preferred-address-types=InternalIP",
-        f"--audit-policy-file={policy}", f"--audit-log-path={run.audit_log}", "--audit-log-maxsize=200",
+        f"--kubelet-certificate-authority={pki}/ca.crt",
+        "--kubelet-preferred-address-types=InternalIP",
+        f"--audit-policy-file={policy}",
+        f"--audit-log-path={run.audit_log}",
+        "--audit-log-maxsize=200",
         # The aggregation layer: metrics-server, prometheus-adapter and KEDA serve APIs through it.
-        f"--requestheader-client-ca-file={pki}/front-proxy-ca.crt", "--requestheader-allowed-names=front-proxy-client",
-        "--requestheader-extra-headers-prefix=X-Remote-Extra-", "--requestheader-group-headers=X-Remote-Group",
+        f"--requestheader-client-ca-file={pki}/front-proxy-ca.crt",
+        "--requestheader-allowed-names=front-proxy-client",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        "--requestheader-group-headers=X-Remote-Group",
         "--requestheader-username-headers=X-Remote-User",
-        f"--proxy-client-cert-file={pki}/front-proxy-client.crt", f"--proxy-client-key-file={pki}/front-proxy-client.key",
-        "--enable-aggregator-routing=true", "--profiling=false", "--event-ttl=1h",
-    ]  # fmt: skip
+        f"--proxy-client-cert-file={pki}/front-proxy-client.crt",
+        f"--proxy-client-key-file={pki}/front-proxy-client.key",
+        "--enable-aggregator-routing=true",
+        "--profiling=false",
+        "--event-ttl=1h",
+    ]
     component = start("kube-apiserver", argv, run.logs)
     server = f"https://{node_ip}:{API_PORT}"
     write_kubeconfig(run.kubeconfig, pki, "admin", server)
@@ -105,13 +135,21 @@ def controller_manager(run: RunDir, bins: dict[str, Path]) -> Component:
     pki, kubeconfig = run.pki, run.root / "kube-controller-manager.kubeconfig"
     argv = [
         bins["kube-controller-manager"],
-        f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
-        "--bind-address=127.0.0.1", "--leader-elect=false", "--profiling=false",
-        f"--cluster-signing-cert-file={pki}/ca.crt", f"--cluster-signing-key-file={pki}/ca.key",
-        f"--root-ca-file={pki}/ca.crt", f"--service-account-private-key-file={pki}/service-account.key",
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        "--bind-address=127.0.0.1",
+        "--leader-elect=false",
+        "--profiling=false",
+        f"--cluster-signing-cert-file={pki}/ca.crt",
+        f"--cluster-signing-key-file={pki}/ca.key",
+        f"--root-ca-file={pki}/ca.crt",
+        f"--service-account-private-key-file={pki}/service-account.key",
         "--use-service-account-credentials=true",
-        f"--service-cluster-ip-range={SERVICE_CIDR}", f"--cluster-cidr={POD_CIDR}", "--allocate-node-cidrs=false",
-    ]  # fmt: skip
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        f"--cluster-cidr={POD_CIDR}",
+        "--allocate-node-cidrs=false",
+    ]
     component = start("kube-controller-manager", argv, run.logs)
     wait_until(component, lambda: _https_healthz(10257), 60, "healthy")
     return component
@@ -120,9 +158,14 @@ def controller_manager(run: RunDir, bins: dict[str, Path]) -> Component:
 def scheduler(run: RunDir, bins: dict[str, Path]) -> Component:
     kubeconfig = run.root / "kube-scheduler.kubeconfig"
     argv = [
-        bins["kube-scheduler"], f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
-        f"--authorization-kubeconfig={kubeconfig}", "--bind-address=127.0.0.1", "--leader-elect=false", "--profiling=false",
-    ]  # fmt: skip
+        bins["kube-scheduler"],
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        "--bind-address=127.0.0.1",
+        "--leader-elect=false",
+        "--profiling=false",
+    ]
     component = start("kube-scheduler", argv, run.logs)
     wait_until(component, lambda: _https_healthz(10259), 60, "healthy")
     return component

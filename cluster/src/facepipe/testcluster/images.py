@@ -132,18 +132,24 @@ def _files(paths: list[Path]) -> list[str]:
     """The files git would commit under ``paths`` (tracked, or new and not ignored)."""
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", *map(str, paths)],
-        cwd=REPO_ROOT, capture_output=True, check=True,
-    ).stdout.split(b"\0")  # fmt: skip
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
     return sorted({name.decode() for name in listed if name and (REPO_ROOT / name.decode()).is_file()})
 
 
 def image_id(image: str) -> str:
-    return subprocess.run(["buildah", "inspect", "--type", "image", "--format", "{{.FromImageID}}", image],
-                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    return subprocess.run(
+        ["buildah", "inspect", "--type", "image", "--format", "{{.FromImageID}}", image],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 def source_hash(paths: list[Path], extra: str = "") -> str:
-    """A hash of the files under ``paths`` (names and contents) and of ``extra`` (the base image's id): the tag."""
+    """A hash of the files under ``paths`` (names, contents) and of ``extra`` (the base image id): the tag."""
     digest = hashlib.sha256(extra.encode())
     for name in _files(paths):
         digest.update(name.encode() + b"\0" + (REPO_ROOT / name).read_bytes())
@@ -171,7 +177,7 @@ def product_images(run: RunDir, log: Path, chart_version: str, base: str = BASE_
             "operator",
             "sim/pyproject.toml",
             "cluster/pyproject.toml",
-        )  # fmt: skip
+        )
     ]
     tag = source_hash(inputs, extra=image_id(base))
     built = {}
@@ -187,7 +193,18 @@ def product_images(run: RunDir, log: Path, chart_version: str, base: str = BASE_
 
 def bud(image: str, containerfile: Path, context: Path, build_args: dict[str, str], log: Path) -> None:
     """``buildah bud``: every instruction executed; RUN steps reach the package registries (host network)."""
-    cmd: list = ["buildah", "bud", "--quiet", "--network", "host", "--layers", "--pull=never"]
+    # runc, as the cluster: crun (when installed) refuses cgroup v1 hybrid hosts.
+    cmd: list = [
+        "buildah",
+        "bud",
+        "--quiet",
+        "--runtime",
+        "runc",
+        "--network",
+        "host",
+        "--layers",
+        "--pull=never",
+    ]
     for key, value in build_args.items():
         cmd += ["--build-arg", f"{key}={value}"]
     _run([*cmd, "-f", containerfile, "-t", image, context], log)

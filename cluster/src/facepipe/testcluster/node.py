@@ -101,9 +101,14 @@ def kubelet(run: RunDir, bins: dict[str, Path], node_ip: str) -> Component:
     path = run.root / "kubelet-config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     argv = [
-        bins["kubelet"], f"--config={path}", f"--kubeconfig={run.root / 'kubelet.kubeconfig'}",
-        f"--root-dir={run.kubelet_dir}", f"--hostname-override={NODE_NAME}", f"--node-ip={node_ip}", "--v=1",
-    ]  # fmt: skip
+        bins["kubelet"],
+        f"--config={path}",
+        f"--kubeconfig={run.root / 'kubelet.kubeconfig'}",
+        f"--root-dir={run.kubelet_dir}",
+        f"--hostname-override={NODE_NAME}",
+        f"--node-ip={node_ip}",
+        "--v=1",
+    ]
     component = start("kubelet", argv, run.logs)
     wait_until(component, lambda: _node_ready(bins, run), 180, "Ready")
     return component
@@ -111,10 +116,20 @@ def kubelet(run: RunDir, bins: dict[str, Path], node_ip: str) -> Component:
 
 def _node_ready(bins: dict[str, Path], run: RunDir) -> bool:
     out = subprocess.run(
-        [bins["kubectl"], "--kubeconfig", run.kubeconfig, "get", "node", NODE_NAME, "-o",
-         'jsonpath={.status.conditions[?(@.type=="Ready")].status}'],
-        capture_output=True, text=True, timeout=10,
-    )  # fmt: skip
+        [
+            bins["kubectl"],
+            "--kubeconfig",
+            run.kubeconfig,
+            "get",
+            "node",
+            NODE_NAME,
+            "-o",
+            'jsonpath={.status.conditions[?(@.type=="Ready")].status}',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
     return out.stdout.strip() == "True"
 
 

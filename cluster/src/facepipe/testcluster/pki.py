@@ -77,9 +77,25 @@ def _make_ca(pki: Path, name: str, cn: str) -> None:
     if (pki / f"{name}.crt").exists():
         return
     _genkey(pki, f"{name}.key")
-    _openssl("req", "-x509", "-new", "-sha256", "-key", f"{name}.key", "-days", "3650", "-subj", f"/CN={cn}",
-             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-             "-out", f"{name}.crt", cwd=pki)  # fmt: skip
+    _openssl(
+        "req",
+        "-x509",
+        "-new",
+        "-sha256",
+        "-key",
+        f"{name}.key",
+        "-days",
+        "3650",
+        "-subj",
+        f"/CN={cn}",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-out",
+        f"{name}.crt",
+        cwd=pki,
+    )
 
 
 def _issue(pki: Path, who: Identity) -> None:
@@ -97,8 +113,25 @@ def _issue(pki: Path, who: Identity) -> None:
     (pki / f"{who.name}.ext").write_text("\n".join(ext) + "\n")
     _genkey(pki, f"{who.name}.key")
     _openssl("req", "-new", "-key", f"{who.name}.key", "-subj", subject, "-out", f"{who.name}.csr", cwd=pki)
-    _openssl("x509", "-req", "-sha256", "-in", f"{who.name}.csr", "-CA", f"{who.ca}.crt", "-CAkey", f"{who.ca}.key",
-             "-CAcreateserial", "-days", "365", "-extfile", f"{who.name}.ext", "-out", f"{who.name}.crt", cwd=pki)  # fmt: skip
+    _openssl(
+        "x509",
+        "-req",
+        "-sha256",
+        "-in",
+        f"{who.name}.csr",
+        "-CA",
+        f"{who.ca}.crt",
+        "-CAkey",
+        f"{who.ca}.key",
+        "-CAcreateserial",
+        "-days",
+        "365",
+        "-extfile",
+        f"{who.name}.ext",
+        "-out",
+        f"{who.name}.crt",
+        cwd=pki,
+    )
 
 
 def make_pki(pki: Path, node_ip: str) -> None:

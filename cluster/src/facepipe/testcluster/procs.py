@@ -49,9 +49,13 @@ def start(name: str, argv: Sequence[str], logs: Path, env: dict[str, str] | None
     log = logs / f"{name}.log"
     with log.open("ab") as sink:
         proc = subprocess.Popen(
-            [str(a) for a in argv], stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, start_new_session=True,
-        )  # fmt: skip
+            [str(a) for a in argv],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
     return Component(name, proc, log)
 
 

@@ -31,9 +31,21 @@ def _drain_pods(run: RunDir, bins: dict[str, Path], timeout: float = 60) -> None
     if kubectl is None:
         return
     subprocess.run(
-        [kubectl, "--kubeconfig", run.kubeconfig, "delete", "pods", "--all", "--all-namespaces", "--wait=false",
-         "--grace-period=1", "--request-timeout=10s"], capture_output=True, timeout=30,
-    )  # fmt: skip
+        [
+            kubectl,
+            "--kubeconfig",
+            run.kubeconfig,
+            "delete",
+            "pods",
+            "--all",
+            "--all-namespaces",
+            "--wait=false",
+            "--grace-period=1",
+            "--request-timeout=10s",
+        ],
+        capture_output=True,
+        timeout=30,
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not ctr(run, "tasks", "ls", "-q").stdout.split():
