@@ -1,4 +1,4 @@
-"""`python -m facepipe.testcluster up --dir .cluster`: the cluster in the foreground until Ctrl-C or SIGTERM."""
+"""`python -m facepipe.testcluster up --dir .cluster`: the cluster until Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
