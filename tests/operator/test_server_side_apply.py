@@ -20,8 +20,9 @@ from operatorkit import facepipeline, minimal_spec, wait_for
 
 from facepipe.operator.apply import apply_children, parse_apply_mode, up_to_date
 from facepipe.operator.builders import PipelineRef, build_children
-from facepipe.operator.kube import CONFIG_MAP, DEPLOYMENT, FACE_PIPELINE, KubeApi
+from facepipe.operator.kube import CONFIG_MAP, DEPLOYMENT, FACE_PIPELINE, JOB, KubeApi
 from facepipe.operator.managed_fields import FIELD_MANAGER, adopted, applied_entry, union, within
+from facepipe.operator.packs import PackPlan, build_reembed_job
 from facepipe.operator.validation import parse_spec
 
 COMPONENTS = ("detector", "embedder", "indexer", "ops-api")
@@ -240,6 +241,23 @@ def test_replicas_handed_to_an_autoscaler_keep_their_count(real_kube: KubeApi, r
     assert real_kube.writes == writes and not again.changed
     indexer = real_kube.get(DEPLOYMENT, real_namespace, "acme-indexer")
     assert indexer is not None and indexer["spec"]["replicas"] == 5
+
+
+def test_a_backfill_job_is_applied_once_and_deleted_when_no_longer_wanted(
+    real_kube: KubeApi, real_namespace: str
+) -> None:
+    """A Job's template is immutable and the API server adds to it: a second pass must leave it be."""
+    owner = _owner(real_kube, real_namespace)
+    spec = parse_spec(owner.name, minimal_spec("redis://redis:6379/0"))
+    plan = PackPlan("opencv_yunet_sface", "buffalo_sc", "buffalo_sc", migrating=True, record=None)
+    job = build_reembed_job(owner, spec, plan)
+    children = [*build_children(owner, spec), job]
+    assert f"Job/{job['metadata']['name']}" in _apply(real_kube, owner, children).created
+    writes = real_kube.writes
+    assert not _apply(real_kube, owner, children).changed and real_kube.writes == writes
+    done = _apply(real_kube, owner, build_children(owner, spec))
+    assert done.deleted == [f"Job/{job['metadata']['name']}"]
+    assert real_kube.get(JOB, real_namespace, job["metadata"]["name"]) is None
 
 
 def test_the_operator_removes_tolerations_and_pull_secrets_when_the_pipeline_moves_to_cpu(
