@@ -6,9 +6,8 @@ RBAC authorization, service-account keys. No controllers and no nodes: objects a
 defaulted, validated and field-managed exactly as in a cluster, and nothing acts on them (no
 ReplicaSets, no garbage collection, a deleted namespace stays Terminating).
 
-The binary: $FACEPIPE_KUBE_APISERVER, else the one facepipe.testcluster builds
-(``<cache>/bin/kubernetes-<version>-*/kube-apiserver``), else its spike build
-(``<cache>/spike/bin/kube-apiserver``); etcd from $PATH (Debian's etcd-server).
+The binary: $FACEPIPE_KUBE_APISERVER, else the test cluster's build of the release
+(facepipe.testcluster.build: cached by version, built on a miss); etcd from $PATH (Debian's etcd-server).
 """
 
 from __future__ import annotations
@@ -17,39 +16,33 @@ import os
 import shutil
 import socket
 import ssl
-import sys
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from facepipe.testcluster import build
+from facepipe.testcluster.layout import SERVICE_CIDR, cache_dir
+from facepipe.testcluster.pki import make_pki, write_kubeconfig
+from facepipe.testcluster.procs import Component, StartError, start, wait_until
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-try:
-    import facepipe.testcluster  # noqa: F401
-except ImportError:  # not a workspace member yet: its sources are importable from cluster/src
-    sys.path.append(str(REPO_ROOT / "cluster" / "src"))
-
-from facepipe.testcluster.layout import KUBERNETES_VERSION, SERVICE_CIDR, cache_dir  # noqa: E402
-from facepipe.testcluster.pki import make_pki, write_kubeconfig  # noqa: E402
-from facepipe.testcluster.procs import Component, StartError, start, wait_until  # noqa: E402
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 
 def find_binaries() -> tuple[Path, Path] | str:
-    """(kube-apiserver, etcd), or why they are missing."""
+    """(kube-apiserver, etcd), or why they are missing. The apiserver is built on a miss (the
+    first run on a machine takes the Go build: docs/test-cluster.md)."""
     etcd = shutil.which("etcd") or ("/usr/bin/etcd" if Path("/usr/bin/etcd").exists() else None)
-    explicit = os.environ.get("FACEPIPE_KUBE_APISERVER")
-    candidates = [Path(explicit)] if explicit else []
-    candidates += sorted((cache_dir() / "bin").glob(f"kubernetes-{KUBERNETES_VERSION}-*/kube-apiserver"))
-    candidates.append(cache_dir() / "spike" / "bin" / "kube-apiserver")
-    apiserver = next((path for path in candidates if path.is_file() and os.access(path, os.X_OK)), None)
-    if apiserver is None:
-        return "no kube-apiserver binary (facepipe.testcluster builds it; or set $FACEPIPE_KUBE_APISERVER)"
     if etcd is None:
         return "no etcd on $PATH (Debian: apt-get install etcd-server)"
-    return apiserver, Path(etcd)
+    explicit = os.environ.get("FACEPIPE_KUBE_APISERVER")
+    if explicit:
+        return Path(explicit), Path(etcd)
+    (cache_dir() / "logs").mkdir(parents=True, exist_ok=True)
+    folder = build.kubernetes_binaries(cache_dir() / "logs" / "build.log")
+    return folder / "kube-apiserver", Path(etcd)
 
 
 def _free_port() -> int:

@@ -434,7 +434,8 @@ def test_purge_policy_purges_through_the_seam_and_retain_does_not(
         assert [tenant for _, tenant in calls] == ["gone"]
         settings = calls[0][0]
         assert (settings.minio_access_key, settings.minio_secret_key) == ("ak", "sk")  # read from the Secret
-        assert settings.redis_url == redis_url and settings.qdrant_url == "http://qdrant:6333"
+        # The pods' short name, as the operator (in another namespace) reaches it.
+        assert settings.redis_url == redis_url and settings.qdrant_url == f"http://qdrant.{namespace}.svc:6333"
         # The cluster's garbage collector (emulated) removes the children with their owner.
         wait_for(lambda: kube.list(DEPLOYMENT, namespace) == [], what="children collected")
     finally:
