@@ -18,6 +18,10 @@ from facepipe.testcluster.cluster import Cluster
 from facepipe.testcluster.layout import API_PORT, KUBERNETES_VERSION, NODE_NAME
 from facepipe.testcluster.teardown import leftovers
 
+# The first test to use the cluster starts it: on a machine's first run that builds the images
+# (docs/test-cluster.md), so the limit covers a cold start.
+pytestmark = pytest.mark.timeout(3600)
+
 
 def test_the_cluster_serves_the_built_release_on_a_ready_node(cluster: Cluster) -> None:
     version = json.loads(cluster.kubectl("version", "-o", "json").stdout)

@@ -22,6 +22,11 @@ from facepipe.testcluster import backing
 from facepipe.testcluster.cluster import Cluster
 from facepipe.testcluster.layout import REPO_ROOT
 
+# The first test to use the cluster starts it: on a machine's first run that builds the images
+# (docs/test-cluster.md), so the limit covers a cold start.
+pytestmark = pytest.mark.timeout(3600)
+
+
 OPERATOR_NS = "facepipe-system"
 TENANT_NS = "demo"
 EXAMPLE = REPO_ROOT / "examples" / "facepipeline.yaml"

@@ -42,7 +42,7 @@ def _weed() -> Path:
 def build_images(run: RunDir, log: Path, base: str = images.BASE_IMAGE) -> dict[str, str]:
     built = {}
     for name, (containerfile, _port, _limit) in SERVICES.items():
-        inputs = [IMAGES_DIR / containerfile]
+        inputs = [IMAGES_DIR / containerfile, Path(__file__)]
         if name == "qdrant":
             inputs += [
                 REPO_ROOT / p for p in ("pyproject.toml", "uv.lock", "libs", "sim", "operator", "services")

@@ -159,6 +159,8 @@ def source_hash(paths: list[Path], extra: str = "") -> str:
 def copy_tree(source: Path, target: Path) -> None:
     """The workspace's files (as git sees them) copied to ``target``: a build context."""
     for name in _files([source]):
+        if name == ".dockerignore":  # it keeps development members' sources out of product images
+            continue
         (target / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO_ROOT / name, target / name)
 
