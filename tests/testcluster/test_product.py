@@ -184,3 +184,77 @@ def test_the_operator_is_never_forbidden(installed: Cluster) -> None:
             forbidden.append(f"{event['verb']} {event['requestURI']}")
     assert seen > 0, f"no request of {user} in the audit log"
     assert forbidden == [], forbidden
+
+
+def _deployment(cluster: Cluster, namespace: str, name: str) -> dict | None:
+    out = cluster.kubectl("-n", namespace, "get", "deployment", name, "-o", "json", check=False)
+    return json.loads(out.stdout) if out.returncode == 0 else None
+
+
+def test_a_pipeline_moved_from_cuda_to_cpu_loses_tolerations_and_pull_secrets(installed: Cluster) -> None:
+    """Server-side apply: a field the operator stops producing leaves the live Deployment."""
+    cluster, namespace = installed, "gpu-move"
+    cluster.kubectl("create", "namespace", namespace)
+    spec = {
+        "tenantId": "gpumove",
+        "redis": {"url": f"redis://redis.{TENANT_NS}.svc:6379/0"},
+        "storage": {"endpoint": f"minio.{TENANT_NS}.svc:9000"},
+        "vectorDb": {"url": f"http://qdrant.{TENANT_NS}.svc:6333"},
+        "models": {"device": "cuda"},
+        "image": {"pullSecrets": ["registry-cred"]},
+    }
+    manifest = {
+        "apiVersion": "facepipe.io/v1alpha1",
+        "kind": "FacePipeline",
+        "metadata": {"name": "moving"},
+        "spec": spec,
+    }
+    cluster.kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(manifest))
+
+    def gpu_fields() -> tuple[list, list]:
+        live = _deployment(cluster, namespace, "moving-detector") or {}
+        pod = live.get("spec", {}).get("template", {}).get("spec", {})
+        return pod.get("tolerations") or [], pod.get("imagePullSecrets") or []
+
+    tolerations, secrets = wait_for(lambda: all(gpu_fields()) and gpu_fields(), 300, "the cuda Deployment")
+    assert secrets == [{"name": "registry-cred"}] and tolerations, (tolerations, secrets)
+    patch = {"spec": {"models": {"device": "cpu"}, "image": {"pullSecrets": []}}}
+    cluster.kubectl(
+        "-n", namespace, "patch", "facepipeline", "moving", "--type=merge", "-p", json.dumps(patch)
+    )
+    wait_for(
+        lambda: gpu_fields() == ([], []), 300, "tolerations and pull secrets gone from the live Deployment"
+    )
+    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+
+
+def test_purge_stops_the_pods_first_and_leaves_no_trace(installed: Cluster) -> None:
+    cluster = installed
+    wait_for(
+        lambda: conditions(cluster, "demo", TENANT_NS).get("Ready") == "True", 900, "FacePipeline demo Ready"
+    )
+    patch = {"spec": {"deletionPolicy": "Purge"}}
+    cluster.kubectl("-n", TENANT_NS, "patch", "facepipeline", "demo", "--type=merge", "-p", json.dumps(patch))
+    cluster.kubectl("-n", TENANT_NS, "delete", "facepipeline", "demo", "--wait=false")
+
+    def gone() -> bool:
+        return cluster.kubectl("-n", TENANT_NS, "get", "facepipeline", "demo", check=False).returncode != 0
+
+    wait_for(gone, 600, "the purged FacePipeline gone")
+    pods = json.loads(
+        cluster.kubectl(
+            "-n", TENANT_NS, "get", "pods", "-l", "app.kubernetes.io/instance=demo", "-o", "json"
+        ).stdout
+    )
+    assert pods["items"] == [], [p["metadata"]["name"] for p in pods["items"]]
+    # No trace in the tenant's Redis (keys carry the hash tag {demo}) nor in its S3 buckets.
+    import redis
+    from minio import Minio
+
+    client = redis.Redis(host=service_ip(cluster, "redis", TENANT_NS), port=6379)
+    assert [k for k in client.scan_iter(match="*demo*")] == []
+    s3 = Minio(f"{service_ip(cluster, 'minio', TENANT_NS)}:9000", "minioadmin", "minioadmin", secure=False)
+    buckets = [b.name for b in s3.list_buckets()]
+    objects = [(bucket, o.object_name) for bucket in buckets for o in s3.list_objects(bucket, recursive=True)]
+    left = [(bucket, name) for bucket, name in objects if name.startswith("demo/")]
+    assert left == [], left[:10]
