@@ -1,9 +1,11 @@
-"""Deploy scenarios: what the operator and the charts install really runs, processes, rolls and purges.
+"""Deploy scenarios in the simulation: what the operator and the charts install runs and rolls.
 
-Everything goes through the user's paths: ``kubectl apply`` of the shipped example, ``helm
-template`` of the tenant chart, the documented ``facepipe`` CLI, the ops-api pod behind its
-Service. Scaling from queue depth and the dashboards and alerts: test_scaling_and_monitoring.py.
-Each scenario adds a row to the figures table printed at the end of the session.
+The shipped example, ingest and search through the ops-api Service, and Purge run on the real
+test cluster now (tests/testcluster/test_product.py); these are the scenarios it does not run
+yet, through the user's paths: ``helm template`` of the tenant chart, the documented
+``facepipe`` CLI. Scaling from queue depth and the dashboards and alerts:
+test_scaling_and_monitoring.py. Each scenario adds a row to the figures table printed at the
+end of the session.
 """
 
 from __future__ import annotations
@@ -18,17 +20,15 @@ from scenariokit import (
     SCALE,
     all_ready,
     connection_values,
-    facepipe,
     generated,
     host_settings,
     ingest,
     install,
-    photos,
     render_tenant_chart,
     replica_set_hashes,
     traces,
 )
-from simkit import IMAGE, apply, get, is_ready, kubectl, pods, state_of, wait_for, watching
+from simkit import IMAGE, apply, get, is_ready, kubectl, pods, state_of, wait_for
 
 from facepipe.operator.constants import COMPONENTS
 from facepipe.operator.envmap import reads
@@ -39,17 +39,6 @@ EXAMPLE = REPO / "examples" / "facepipeline.yaml"
 
 
 # --- the default installs (issue 16) ---------------------------------------------------------
-
-
-def test_the_shipped_example_brings_up_four_ready_components(
-    cluster_sim: ClusterSim, sim_namespace: str, figure: dict[str, str]
-) -> None:
-    """examples/facepipeline.yaml unchanged: its redis/minio/qdrant are the namespace's Services here."""
-    figure["scenario"] = "examples/facepipeline.yaml applied"
-    started = time.monotonic()
-    kubectl(cluster_sim, "apply", "--validate=false", "-n", sim_namespace, "-f", str(EXAMPLE))
-    all_ready(cluster_sim, sim_namespace, "demo")
-    figure["measured"] = f"4 components Ready in {time.monotonic() - started:.0f} s"
 
 
 def test_the_tenant_chart_on_default_values_brings_up_four_ready_components(
@@ -66,41 +55,6 @@ def test_the_tenant_chart_on_default_values_brings_up_four_ready_components(
 
 
 # --- a working install: processing, rolling, purging ---------------------------------------------
-
-
-def test_ingested_images_are_indexed_and_searchable_through_the_ops_api_pod(
-    cluster_sim: ClusterSim,
-    sim_namespace: str,
-    models_dir: Path,
-    faces_dir: Path,
-    faces_manifest: dict,
-    figure: dict[str, str],
-) -> None:
-    figure["scenario"] = "ingest, search through the ops-api pod"
-    install(cluster_sim, sim_namespace, models_dir, "acme")
-    images = photos(faces_dir)
-    summary = ingest(cluster_sim, sim_namespace, "acme", "acme", images)
-    assert summary["images"] == len(images) and summary["dlq"] == 0 and summary["drained"], summary
-    expected_faces = sum(faces_manifest[p.name]["faces"] for p in images)
-    assert summary["faces_processed"] + summary["faces_rejected"] == expected_faces, summary
-    settings = host_settings(cluster_sim, sim_namespace, "acme")
-    assert traces(settings, "acme")["points"] == summary["faces_processed"]
-    # Search by photo through the ops-api pod, by its Service's name.
-    api = f"http://acme-ops-api.{sim_namespace}.svc:8001"
-    probe = next(p for p in images if faces_manifest[p.name]["faces"] == 1)
-    found = facepipe(
-        cluster_sim, sim_namespace, "acme", "search", "--tenant", "acme", "--json", "--api", api, str(probe)
-    )
-    best = found["faces"][0]["matches"][0]
-    assert Path(best["url"]).name in {
-        name
-        for name, info in faces_manifest.items()
-        if info["identity"] == faces_manifest[probe.name]["identity"]
-    }, best
-    figure["measured"] = (
-        f"{summary['images']} images, {summary['faces_processed']} faces indexed, 0 DLQ; "
-        "search found the identity"
-    )
 
 
 def test_changing_max_hamming_rolls_exactly_the_components_that_read_it(
@@ -158,35 +112,6 @@ def test_changing_max_hamming_rolls_exactly_the_components_that_read_it(
     figure["measured"] = (
         f"rolled {'/'.join(sorted(rolled))}; {len(ended)} old pods SIGTERM -> exit 0; "
         f"{len(batch_a) + len(batch_b)} images, {points} points, 0 lost"
-    )
-
-
-def test_purge_stops_the_pods_first_and_leaves_no_trace(
-    cluster_sim: ClusterSim, sim_namespace: str, models_dir: Path, faces_dir: Path, figure: dict[str, str]
-) -> None:
-    figure["scenario"] = "deletionPolicy Purge"
-    install(cluster_sim, sim_namespace, models_dir, "gone", deletionPolicy="Purge")
-    summary = ingest(cluster_sim, sim_namespace, "gone", "gone", photos(faces_dir))
-    assert summary["faces_processed"] > 0 and summary["dlq"] == 0, summary
-    settings = host_settings(cluster_sim, sim_namespace, "gone")
-    running = {p["metadata"]["name"] for p in _pipeline_pods(cluster_sim, sim_namespace, "gone")}
-    path = f"/apis/facepipe.io/v1alpha1/namespaces/{sim_namespace}/facepipelines/gone"
-    with watching(cluster_sim, "/apis/facepipe.io/v1alpha1/facepipelines") as watch:
-        kubectl(cluster_sim, "delete", "facepipeline", "gone", "-n", sim_namespace, "--wait=false")
-        wait_for(lambda: get(cluster_sim, path) is None, timeout=300, what="the FacePipeline to go")
-        gone_at = time.time()
-        wait_for(lambda: not pods(cluster_sim, sim_namespace), timeout=300, what="the pods (Terminating too)")
-    assert any(e["type"] == "DELETED" for e in watch.events)
-    stopped = {
-        t.pod: t.finished_at for t in cluster_sim.terminations if t.namespace == sim_namespace and not t.init
-    }
-    assert set(stopped) == running
-    late = {pod: round(at - gone_at, 1) for pod, at in stopped.items() if at > gone_at}
-    assert not late, f"pods still running when the purge was done (seconds after): {late}"
-    assert traces(settings, "gone") == {"points": 0, "objects": 0, "dedup_keys": 0, "stream_entries": 0}
-    figure["measured"] = (
-        f"{len(running)} pods stopped before the FacePipeline went; "
-        f"{summary['faces_processed']} points -> 0, objects/dedup keys/stream entries 0"
     )
 
 
