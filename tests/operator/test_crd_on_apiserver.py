@@ -31,7 +31,9 @@ RULES = {
 def _spec_with(change: dict[str, Any]) -> dict[str, Any]:
     raw = minimal_spec("redis://redis:6379/0")
     for key, value in change.items():
-        raw[key] = {**raw[key], **value} if isinstance(value, dict) and isinstance(raw.get(key), dict) else value
+        raw[key] = (
+            {**raw[key], **value} if isinstance(value, dict) and isinstance(raw.get(key), dict) else value
+        )
     return raw
 
 
@@ -50,7 +52,9 @@ def test_schema_bounds_are_refused_by_the_api_server(case: str, real_kube: Any, 
 
 
 @pytest.mark.parametrize("case", list(RULES))
-def test_validation_rules_are_refused_with_their_message(case: str, real_kube: Any, real_namespace: str) -> None:
+def test_validation_rules_are_refused_with_their_message(
+    case: str, real_kube: Any, real_namespace: str
+) -> None:
     change, message = RULES[case]
     refused = _refusal(real_kube, real_namespace, _spec_with(change))
     assert refused.status == 422, refused

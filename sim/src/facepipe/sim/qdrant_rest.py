@@ -406,7 +406,9 @@ def build_app(path: str) -> Starlette:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--path", required=True)
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on with --port (a pod: 0.0.0.0)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on with --port (a pod: 0.0.0.0)"
+    )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--port", type=int, help="listen on HOST:PORT")
     where.add_argument("--fd", type=int, help="serve this inherited listening socket")
