@@ -131,16 +131,23 @@ def apiserver(run: RunDir, bins: dict[str, Path], node_ip: str) -> Component:
     return component
 
 
-def controller_manager(run: RunDir, bins: dict[str, Path]) -> Component:
-    pki, kubeconfig = run.pki, run.root / "kube-controller-manager.kubeconfig"
-    argv = [
-        bins["kube-controller-manager"],
+def _controller_flags(kubeconfig: Path) -> list[str]:
+    """What controller-manager and scheduler share: their identity, loopback-only, one instance."""
+    return [
         f"--kubeconfig={kubeconfig}",
         f"--authentication-kubeconfig={kubeconfig}",
         f"--authorization-kubeconfig={kubeconfig}",
         "--bind-address=127.0.0.1",
         "--leader-elect=false",
         "--profiling=false",
+    ]
+
+
+def controller_manager(run: RunDir, bins: dict[str, Path]) -> Component:
+    pki, kubeconfig = run.pki, run.root / "kube-controller-manager.kubeconfig"
+    argv = [
+        bins["kube-controller-manager"],
+        *_controller_flags(kubeconfig),
         f"--cluster-signing-cert-file={pki}/ca.crt",
         f"--cluster-signing-key-file={pki}/ca.key",
         f"--root-ca-file={pki}/ca.crt",
@@ -157,15 +164,7 @@ def controller_manager(run: RunDir, bins: dict[str, Path]) -> Component:
 
 def scheduler(run: RunDir, bins: dict[str, Path]) -> Component:
     kubeconfig = run.root / "kube-scheduler.kubeconfig"
-    argv = [
-        bins["kube-scheduler"],
-        f"--kubeconfig={kubeconfig}",
-        f"--authentication-kubeconfig={kubeconfig}",
-        f"--authorization-kubeconfig={kubeconfig}",
-        "--bind-address=127.0.0.1",
-        "--leader-elect=false",
-        "--profiling=false",
-    ]
+    argv = [bins["kube-scheduler"], *_controller_flags(kubeconfig)]
     component = start("kube-scheduler", argv, run.logs)
     wait_until(component, lambda: _https_healthz(10259), 60, "healthy")
     return component
