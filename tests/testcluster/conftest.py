@@ -7,12 +7,15 @@ again, so the order of the tests never decides whether they pass.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from facepipe.testcluster.cluster import Cluster
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for productkit
 
 
 class ClusterManager:

@@ -13,10 +13,18 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from productkit import (
+    FACES,
+    OPERATOR_NS,
+    conditions,
+    install_operator,
+    restricted_namespace_with_backing,
+    service_ip,
+    wait_for,
+)
 
 from facepipe.testcluster import backing
 from facepipe.testcluster.cluster import Cluster
@@ -27,70 +35,17 @@ from facepipe.testcluster.layout import REPO_ROOT
 pytestmark = pytest.mark.timeout(3600)
 
 
-OPERATOR_NS = "facepipe-system"
 TENANT_NS = "demo"
 EXAMPLE = REPO_ROOT / "examples" / "facepipeline.yaml"
-FACES = Path(os.environ.get("FACEPIPE_FACES_DIR", REPO_ROOT.parent / "shared" / "data" / "faces"))
 WORKLOADS = ("detector", "embedder", "indexer", "ops-api")
-
-
-def wait_for(check, timeout: float, what: str, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not within {timeout:.0f}s (last: {last!r})")
-
-
-def helm(cluster: Cluster, *args: str) -> str:
-    result = subprocess.run(
-        [cluster.bins["helm"], "--kubeconfig", str(cluster.kubeconfig), *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def conditions(cluster: Cluster, name: str, namespace: str) -> dict[str, str]:
-    obj = json.loads(cluster.kubectl("-n", namespace, "get", "facepipeline", name, "-o", "json").stdout)
-    return {c["type"]: c["status"] for c in obj.get("status", {}).get("conditions", [])}
-
-
-def service_ip(cluster: Cluster, name: str, namespace: str) -> str:
-    return cluster.kubectl("-n", namespace, "get", "service", name, "-o", "jsonpath={.spec.clusterIP}").stdout
 
 
 @pytest.fixture(scope="module")
 def installed(cluster_manager) -> Cluster:
     cluster = cluster_manager.get()
-    log = cluster.run.logs / "build.log"
-    built = backing.build_images(cluster.run, log)
-    cluster.kubectl("create", "namespace", backing.MIRROR_NAMESPACE)
-    cluster.apply(backing.manifests(backing.MIRROR_NAMESPACE, built, ("models-index",)))
-    helm(
-        cluster,
-        "install",
-        "facepipe-operator",
-        str(REPO_ROOT / "charts" / "face-pipeline-operator"),
-        "--namespace",
-        OPERATOR_NS,
-        "--create-namespace",
-        "--set",
-        f"operator.modelsIndexUrl={backing.MODELS_INDEX_URL}",
-        "--wait",
-        "--timeout",
-        "5m",
-    )
-    cluster.kubectl("create", "namespace", TENANT_NS)
-    cluster.kubectl("label", "namespace", TENANT_NS, "pod-security.kubernetes.io/enforce=restricted")
-    cluster.apply(backing.manifests(TENANT_NS, built))
-    for name in backing.TENANT_SERVICES:
-        cluster.kubectl("-n", TENANT_NS, "rollout", "status", f"deployment/{name}", "--timeout=300s")
+    built = backing.build_images(cluster.run, cluster.run.logs / "build.log")
+    install_operator(cluster, built)
+    restricted_namespace_with_backing(cluster, TENANT_NS, built)
     cluster.kubectl("-n", TENANT_NS, "apply", "-f", str(EXAMPLE))
     return cluster
 
