@@ -1,30 +1,26 @@
-"""Deploy scenarios in the simulation: what the operator and the charts install runs and rolls.
+"""Deploy scenarios in the simulation: what the operator installs runs and rolls.
 
-The shipped example, ingest and search through the ops-api Service, and Purge run on the real
-test cluster now (tests/testcluster/test_product.py); these are the scenarios it does not run
-yet, through the user's paths: ``helm template`` of the tenant chart, the documented
-``facepipe`` CLI. Scaling from queue depth and the dashboards and alerts:
-test_scaling_and_monitoring.py. Each scenario adds a row to the figures table printed at the
-end of the session.
+The shipped example, the tenant chart, ingest and search through the ops-api Service, and Purge
+run on the real test cluster now (tests/testcluster); these are the scenarios it does not run
+yet, through the user's paths (the documented ``facepipe`` CLI). Scaling from queue depth and
+the dashboards and alerts: test_scaling_and_monitoring.py. Each scenario adds a row to the
+figures table printed at the end of the session.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 from scenariokit import (
     SCALE,
     all_ready,
-    connection_values,
     generated,
     host_settings,
     ingest,
     install,
-    render_tenant_chart,
     replica_set_hashes,
     traces,
 )
@@ -39,19 +35,6 @@ EXAMPLE = REPO / "examples" / "facepipeline.yaml"
 
 
 # --- the default installs (issue 16) ---------------------------------------------------------
-
-
-def test_the_tenant_chart_on_default_values_brings_up_four_ready_components(
-    cluster_sim: ClusterSim, sim_namespace: str, figure: dict[str, str]
-) -> None:
-    figure["scenario"] = "tenant chart, default values"
-    started = time.monotonic()
-    docs = render_tenant_chart(
-        {"tenantId": "acme", **connection_values(sim_namespace)}, "acme", sim_namespace
-    )
-    apply(cluster_sim, *docs, namespace=sim_namespace)
-    all_ready(cluster_sim, sim_namespace, "acme")
-    figure["measured"] = f"4 components Ready in {time.monotonic() - started:.0f} s"
 
 
 # --- a working install: processing, rolling, purging ---------------------------------------------
