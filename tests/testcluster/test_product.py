@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -181,6 +182,96 @@ def test_a_pipeline_moved_from_cuda_to_cpu_loses_tolerations_and_pull_secrets(in
         lambda: gpu_fields() == ([], []), 300, "tolerations and pull secrets gone from the live Deployment"
     )
     cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+
+
+class PodWatch:
+    """Every pod event of a namespace, from ``kubectl get pods -w``: the exit codes of pods that go."""
+
+    def __init__(self, cluster: Cluster, namespace: str) -> None:
+        self.proc = subprocess.Popen(
+            [cluster.bins["kubectl"], "--kubeconfig", str(cluster.kubeconfig), "-n", namespace, "get", "pods",
+             "--watch", "--output-watch-events", "-o", "json"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.exits: dict[str, dict[str, int]] = {}  # pod -> container -> exit code
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        decoder, buffer = json.JSONDecoder(), ""
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            buffer += line
+            while buffer.strip():
+                try:
+                    event, end = decoder.raw_decode(buffer.lstrip())
+                except ValueError:
+                    break
+                buffer = buffer.lstrip()[end:]
+                pod = event["object"]
+                for status in pod.get("status", {}).get("containerStatuses") or []:
+                    done = status.get("state", {}).get("terminated")
+                    if done is not None:
+                        self.exits.setdefault(pod["metadata"]["name"], {})[status["name"]] = done["exitCode"]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def test_changing_max_hamming_rolls_exactly_its_readers_and_old_pods_exit_0(installed: Cluster) -> None:
+    from facepipe.operator.constants import COMPONENTS
+    from facepipe.operator.envmap import reads
+
+    cluster = installed
+    wait_for(
+        lambda: conditions(cluster, "demo", TENANT_NS).get("Ready") == "True", 900, "FacePipeline demo Ready"
+    )
+
+    def templates() -> dict[str, str]:
+        return {
+            c: json.dumps((_deployment(cluster, TENANT_NS, f"demo-{c}") or {})["spec"]["template"])
+            for c in COMPONENTS
+        }
+
+    def pods_of(components: set[str]) -> set[str]:
+        listed = json.loads(
+            cluster.kubectl(
+                "-n", TENANT_NS, "get", "pods", "-l", "app.kubernetes.io/instance=demo", "-o", "json"
+            ).stdout
+        )
+        return {
+            p["metadata"]["name"]
+            for p in listed["items"]
+            if p["metadata"]["labels"]["app.kubernetes.io/component"] in components
+        }
+
+    readers = {c for c in COMPONENTS if reads(c, "DEDUP_MAX_HAMMING")}
+    before, old_pods = templates(), pods_of(set(COMPONENTS))
+    replaced = pods_of(readers)
+    watch = PodWatch(cluster, TENANT_NS)
+    try:
+        patch = {"spec": {"dedup": {"maxHamming": 12}}}
+        cluster.kubectl(
+            "-n", TENANT_NS, "patch", "facepipeline", "demo", "--type=merge", "-p", json.dumps(patch)
+        )
+        wait_for(
+            lambda: not (replaced & pods_of(set(COMPONENTS))), 600, f"the old {sorted(readers)} pods gone"
+        )
+        after = templates()
+        assert {c for c in COMPONENTS if after[c] != before[c]} == readers
+        assert old_pods - replaced <= pods_of(set(COMPONENTS)), (
+            "a pod that does not read maxHamming was replaced"
+        )
+        wait_for(lambda: replaced <= set(watch.exits), 60, "the replaced pods' exit codes")
+    finally:
+        watch.stop()
+    assert {pod: codes for pod, codes in watch.exits.items() if pod in replaced} == {
+        pod: {name: 0 for name in watch.exits[pod]} for pod in replaced
+    }
+    wait_for(
+        lambda: conditions(cluster, "demo", TENANT_NS).get("Ready") == "True", 600, "Ready after the roll"
+    )
 
 
 def test_purge_stops_the_pods_first_and_leaves_no_trace(installed: Cluster) -> None:
