@@ -62,7 +62,7 @@ def real_apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     found = realapi.find_binaries()
     if isinstance(found, str):
         pytest.skip(found)
-    server = realapi.start_apiserver(tmp_path_factory.mktemp("apiserver"), *found)
+    server = realapi.start_apiserver(tmp_path_factory.mktemp("apiserver"), found)
     try:
         api = KubeApi.from_environment(str(server.kubeconfig))
         crd = yaml.safe_load(CRD_PATH.read_text())

@@ -19,7 +19,10 @@ from facepipe.testcluster.layout import API_PORT, POD_CIDR, SERVICE_CIDR, RunDir
 from facepipe.testcluster.pki import write_kubeconfig
 from facepipe.testcluster.procs import Component, start, wait_until
 
-ETCD_CLIENT = "http://127.0.0.1:2379"
+
+def etcd_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
+
 
 # Metadata of every request (who, what, the response code); RequestReceived adds nothing to that.
 AUDIT_POLICY = {
@@ -30,7 +33,8 @@ AUDIT_POLICY = {
 }
 
 
-def etcd(run: RunDir) -> Component:
+def etcd(run: RunDir, client_port: int = 2379, peer_port: int = 2380) -> Component:
+    """etcd on loopback; the cluster uses the standard ports, a test of the API server alone free ones."""
     binary = shutil.which("etcd") or "/usr/bin/etcd"
     argv = [
         binary,
@@ -39,15 +43,15 @@ def etcd(run: RunDir) -> Component:
         "--data-dir",
         run.etcd_data,
         "--listen-client-urls",
-        ETCD_CLIENT,
+        etcd_url(client_port),
         "--advertise-client-urls",
-        ETCD_CLIENT,
+        etcd_url(client_port),
         "--listen-peer-urls",
-        "http://127.0.0.1:2380",
+        etcd_url(peer_port),
         "--initial-advertise-peer-urls",
-        "http://127.0.0.1:2380",
+        etcd_url(peer_port),
         "--initial-cluster",
-        "facepipe=http://127.0.0.1:2380",
+        f"facepipe={etcd_url(peer_port)}",
         "--initial-cluster-state",
         "new",
         # A throw-away test cluster: no fsync per write (the machine's disk is shared and slow).
@@ -56,7 +60,7 @@ def etcd(run: RunDir) -> Component:
         str(2 * 1024**3),
     ]
     component = start("etcd", argv, run.logs)
-    wait_until(component, lambda: _http_ok(f"{ETCD_CLIENT}/health"), 30, "healthy")
+    wait_until(component, lambda: _http_ok(f"{etcd_url(client_port)}/health"), 60, "healthy")
     return component
 
 
@@ -76,7 +80,11 @@ def kubectl_ok(kubectl: Path, kubeconfig: Path, *args: str) -> bool:
     )
 
 
-def apiserver(run: RunDir, bins: dict[str, Path], node_ip: str) -> Component:
+def apiserver(
+    run: RunDir, bins: dict[str, Path], node_ip: str, port: int = API_PORT, etcd_port: int = 2379
+) -> Component:
+    """kube-apiserver on ``node_ip:port`` (the node's address in the cluster; loopback for a test
+    of the API server alone), and a kubeconfig for every identity of the cluster's PKI."""
     pki = run.pki
     policy = run.root / "audit-policy.yaml"
     policy.write_text(yaml.safe_dump(AUDIT_POLICY))
@@ -84,8 +92,8 @@ def apiserver(run: RunDir, bins: dict[str, Path], node_ip: str) -> Component:
         bins["kube-apiserver"],
         f"--advertise-address={node_ip}",
         f"--bind-address={node_ip}",
-        f"--secure-port={API_PORT}",
-        f"--etcd-servers={ETCD_CLIENT}",
+        f"--secure-port={port}",
+        f"--etcd-servers={etcd_url(etcd_port)}",
         "--anonymous-auth=false",
         f"--client-ca-file={pki}/ca.crt",
         f"--tls-cert-file={pki}/kube-apiserver.crt",
@@ -118,14 +126,14 @@ def apiserver(run: RunDir, bins: dict[str, Path], node_ip: str) -> Component:
         "--event-ttl=1h",
     ]
     component = start("kube-apiserver", argv, run.logs)
-    server = f"https://{node_ip}:{API_PORT}"
+    server = f"https://{node_ip}:{port}"
     write_kubeconfig(run.kubeconfig, pki, "admin", server)
     for user in ("kube-controller-manager", "kube-scheduler", "kube-proxy", "kubelet"):
         write_kubeconfig(run.root / f"{user}.kubeconfig", pki, user, server)
     wait_until(
         component,
         lambda: kubectl_ok(bins["kubectl"], run.kubeconfig, "get", "--raw", "/readyz"),
-        120,
+        240,
         "ready",
     )
     return component
